@@ -1,0 +1,33 @@
+# Two commands for people: `make demo` and `make test`. Both run the idempotent setup first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# Loopback only: DDS discovery stays on this host, nothing is sent to the cell's network.
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
+export PYTHONUNBUFFERED := 1
+ENV := source .venv/bin/activate && source install/setup.bash &&
+DURATION ?= 30
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit test-ros lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(ENV) python -m vla_insertion.tools.demo --duration $(DURATION)
+
+test: setup
+	@$(ENV) pytest -q -p no:cacheprovider $(PYTEST_ARGS) test
+
+test-unit: setup
+	@$(ENV) pytest -q -p no:cacheprovider $(PYTEST_ARGS) test/unit
+
+lint: setup
+	@$(ENV) pytest -q -p no:cacheprovider test/lint
+
+bench: setup
+	@$(ENV) for b in benchmarks/bench_*.py; do python $$b; done
+
+clean:
+	rm -rf build install log artifacts

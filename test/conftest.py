@@ -1,0 +1,60 @@
+"""Shared fixtures: ROS domain isolation, an rclpy context per module, bounded waits."""
+from __future__ import annotations
+
+import os
+import time
+import zlib
+
+import pytest
+
+_USED_DOMAINS: set[int] = set()
+
+
+def _domain_for(module_name: str) -> int:
+    # Stable per module, unique within one pytest run; 120..219 keeps clear of the default 0
+    # and of the demo, which uses ROS_DOMAIN_ID from the environment.
+    domain = 120 + zlib.crc32(module_name.encode()) % 100
+    while domain in _USED_DOMAINS:
+        domain = 120 + (domain - 119) % 100
+    _USED_DOMAINS.add(domain)
+    return domain
+
+
+@pytest.fixture(scope='module')
+def ros_domain_id(request) -> int:
+    return _domain_for(request.module.__name__)
+
+
+@pytest.fixture(scope='module')
+def ros_env(ros_domain_id) -> dict:
+    """Return the environment for child processes that join this module's ROS domain."""
+    env = dict(os.environ)
+    env['ROS_DOMAIN_ID'] = str(ros_domain_id)
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+@pytest.fixture(scope='module')
+def rclpy_context(ros_domain_id):
+    """Yield an initialised rclpy context on this module's own domain."""
+    rclpy = pytest.importorskip('rclpy')
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain_id)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+def _spin_until(executor, predicate, timeout_s: float, step_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        executor.spin_once(timeout_sec=step_s)
+    return predicate()
+
+
+@pytest.fixture
+def spin_until():
+    """Return a function that spins an executor until a predicate holds or a timeout passes."""
+    return _spin_until

@@ -1,0 +1,240 @@
+"""Message <-> numpy conversions at the ROS edge.
+
+The only module that knows both the ROS messages and the core data types. It imports message
+classes, never rclpy, so it is tested without a running ROS graph. Times are float seconds in the
+core and builtin_interfaces/Time on the wire; robot joints are radians and poses metres with a
+unit quaternion (REP 103).
+"""
+from __future__ import annotations
+
+import math
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+import numpy as np
+from sensor_msgs.msg import CompressedImage, JointState
+
+from vla_insertion.core.data import (
+    ActionChunkData, CameraFrame, NodeStatsData, RobotState, SensorWindowData, VLFeatureData)
+from vla_insertion.msg import ActionChunk, NodeStats, SensorWindow, VLFeatures
+
+
+class ConversionError(ValueError):
+    """A message does not hold what its fields claim (shape, size, finite values)."""
+
+
+# --- time ---------------------------------------------------------------------------------
+
+def time_to_msg(t_s: float) -> Time:
+    """Convert float seconds to builtin_interfaces/Time (nanosecond resolution)."""
+    if not math.isfinite(t_s) or t_s < 0.0:
+        raise ConversionError(f'time must be finite and >= 0, got {t_s}')
+    total_ns = int(round(t_s * 1e9))
+    return Time(sec=total_ns // 1_000_000_000, nanosec=total_ns % 1_000_000_000)
+
+
+def time_from_msg(t: Time) -> float:
+    return t.sec + t.nanosec * 1e-9
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def _matrix_from_flat(data, rows: int, cols: int, what: str) -> np.ndarray:
+    flat = np.asarray(data, dtype=np.float32)
+    if flat.size != rows * cols:
+        raise ConversionError(
+            f'{what}: data has {flat.size} values, expected {rows} x {cols} = {rows * cols}')
+    return flat.reshape(rows, cols)
+
+
+def _flat_float32(matrix: np.ndarray) -> np.ndarray:
+    # rosidl accepts a float32 numpy array for float32[] without a per-element Python copy.
+    return np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)
+
+
+# --- cameras ------------------------------------------------------------------------------
+
+def camera_frame_to_msg(frame: CameraFrame, frame_id: str = '') -> CompressedImage:
+    msg = CompressedImage()
+    msg.header.stamp = time_to_msg(frame.stamp_s)
+    msg.header.frame_id = frame_id or frame.view
+    msg.format = frame.encoding
+    msg.data = frame.data
+    return msg
+
+
+def camera_frame_from_msg(msg: CompressedImage, view: str) -> CameraFrame:
+    return CameraFrame(view=view, stamp_s=time_from_msg(msg.header.stamp),
+                       data=bytes(msg.data), encoding=msg.format.split(';')[0].strip() or 'jpeg')
+
+
+# --- robot --------------------------------------------------------------------------------
+
+def robot_state_to_msgs(state: RobotState, base_frame: str = 'base_link'
+                        ) -> tuple[JointState, PoseStamped]:
+    joints = JointState()
+    joints.header.stamp = time_to_msg(state.stamp_s)
+    joints.name = list(state.joint_names)
+    joints.position = [float(v) for v in state.joint_positions_rad]
+    pose = PoseStamped()
+    pose.header.stamp = joints.header.stamp
+    pose.header.frame_id = base_frame
+    p, q = state.tool_position_m, state.tool_orientation_xyzw
+    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in p)
+    (pose.pose.orientation.x, pose.pose.orientation.y,
+     pose.pose.orientation.z, pose.pose.orientation.w) = (float(v) for v in q)
+    return joints, pose
+
+
+def joint_state_from_msg(msg: JointState) -> tuple[float, np.ndarray]:
+    """Return (stamp [s], positions [rad] as float64) of a JointState."""
+    return time_from_msg(msg.header.stamp), np.asarray(msg.position, dtype=np.float64)
+
+
+def robot_state_from_msgs(joints: JointState, pose: PoseStamped | None = None,
+                          gripper: float = 0.0) -> RobotState:
+    stamp, positions = joint_state_from_msg(joints)
+    if pose is None:
+        position, orientation = np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0])
+    else:
+        p, o = pose.pose.position, pose.pose.orientation
+        position, orientation = np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w])
+    return RobotState(stamp_s=stamp, joint_positions_rad=positions,
+                      tool_position_m=position, tool_orientation_xyzw=orientation,
+                      gripper=gripper, joint_names=tuple(joints.name))
+
+
+# --- sensor window ------------------------------------------------------------------------
+
+def sensor_window_to_msg(window: SensorWindowData) -> SensorWindow:
+    rows, cols = window.samples.shape
+    msg = SensorWindow()
+    msg.header.stamp = time_to_msg(window.stamp_s)
+    msg.sample_rate_hz = float(window.sample_rate_hz)
+    msg.num_samples, msg.num_channels = rows, cols
+    msg.channel_names = list(window.channel_names)
+    msg.data = _flat_float32(window.samples)
+    msg.valid_samples = int(window.valid_samples)
+    msg.clock_offset_s = float(window.clock_offset_s)
+    msg.clock_calibrated = bool(window.clock_calibrated)
+    msg.gap_samples, msg.late_samples = int(window.gap_samples), int(window.late_samples)
+    return msg
+
+
+def sensor_window_from_msg(msg: SensorWindow) -> SensorWindowData:
+    samples = _matrix_from_flat(msg.data, msg.num_samples, msg.num_channels, 'SensorWindow')
+    if msg.valid_samples > msg.num_samples:
+        raise ConversionError(
+            f'SensorWindow: valid_samples {msg.valid_samples} > num_samples {msg.num_samples}')
+    return SensorWindowData(
+        stamp_s=time_from_msg(msg.header.stamp), samples=samples,
+        valid_samples=int(msg.valid_samples), sample_rate_hz=float(msg.sample_rate_hz),
+        channel_names=tuple(msg.channel_names), clock_offset_s=float(msg.clock_offset_s),
+        clock_calibrated=bool(msg.clock_calibrated), gap_samples=int(msg.gap_samples),
+        late_samples=int(msg.late_samples))
+
+
+# --- VL features --------------------------------------------------------------------------
+
+def vl_features_to_msg(feat: VLFeatureData) -> VLFeatures:
+    tokens, dim = feat.features.shape
+    msg = VLFeatures()
+    msg.header.stamp = time_to_msg(feat.stamp_s)
+    msg.view_stamps = [time_to_msg(t) for t in feat.view_stamps_s]
+    msg.view_names = list(feat.view_names)
+    msg.sequence = int(feat.sequence)
+    msg.model_id = feat.model_id
+    msg.contract_hash = feat.contract_hash
+    msg.untrained = bool(feat.untrained)
+    msg.num_tokens, msg.feature_dim = tokens, dim
+    msg.data = _flat_float32(feat.features)
+    msg.inference_ms = float(feat.inference_ms)
+    return msg
+
+
+def vl_features_from_msg(msg: VLFeatures) -> VLFeatureData:
+    features = _matrix_from_flat(msg.data, msg.num_tokens, msg.feature_dim, 'VLFeatures')
+    if len(msg.view_stamps) != len(msg.view_names):
+        raise ConversionError(f'VLFeatures: {len(msg.view_stamps)} view stamps for '
+                              f'{len(msg.view_names)} view names')
+    return VLFeatureData(
+        stamp_s=time_from_msg(msg.header.stamp), features=features, sequence=int(msg.sequence),
+        contract_hash=msg.contract_hash, model_id=msg.model_id,
+        view_names=tuple(msg.view_names),
+        view_stamps_s=tuple(time_from_msg(t) for t in msg.view_stamps),
+        inference_ms=float(msg.inference_ms), untrained=bool(msg.untrained))
+
+
+# --- action chunks ------------------------------------------------------------------------
+
+def action_chunk_to_msg(chunk: ActionChunkData) -> ActionChunk:
+    horizon, dim = chunk.actions.shape
+    msg = ActionChunk()
+    msg.header.stamp = time_to_msg(chunk.stamp_s)
+    msg.dt_s = float(chunk.dt_s)
+    msg.horizon, msg.action_dim = horizon, dim
+    msg.actions = _flat_float32(chunk.actions)
+    msg.sequence = int(chunk.sequence)
+    msg.feature_sequence = int(chunk.feature_sequence)
+    msg.feature_age_s = float(chunk.feature_age_s)
+    msg.reuse_index = int(chunk.reuse_index)
+    msg.sensor_window_stamp = time_to_msg(chunk.sensor_stamp_s)
+    msg.sensor_age_s = float(chunk.sensor_age_s)
+    msg.inference_ms = float(chunk.inference_ms)
+    msg.mode = int(chunk.mode)
+    return msg
+
+
+def action_chunk_from_msg(msg: ActionChunk) -> ActionChunkData:
+    actions = _matrix_from_flat(msg.actions, msg.horizon, msg.action_dim, 'ActionChunk')
+    return ActionChunkData(
+        stamp_s=time_from_msg(msg.header.stamp), actions=actions, dt_s=float(msg.dt_s),
+        sequence=int(msg.sequence), feature_sequence=int(msg.feature_sequence),
+        feature_age_s=float(msg.feature_age_s), reuse_index=int(msg.reuse_index),
+        sensor_stamp_s=time_from_msg(msg.sensor_window_stamp),
+        sensor_age_s=float(msg.sensor_age_s), inference_ms=float(msg.inference_ms),
+        mode=int(msg.mode))
+
+
+# --- stats and diagnostics ----------------------------------------------------------------
+
+def node_stats_to_msg(stats: NodeStatsData) -> NodeStats:
+    msg = NodeStats()
+    msg.header.stamp = time_to_msg(stats.stamp_s)
+    msg.node = stats.node
+    msg.rate_hz = float(stats.rate_hz)
+    msg.latency_mean_ms = float(stats.latency_mean_ms)
+    msg.latency_p99_ms = float(stats.latency_p99_ms)
+    msg.input_age_s = float(stats.input_age_s)
+    msg.published, msg.dropped = int(stats.published), int(stats.dropped)
+    return msg
+
+
+def node_stats_from_msg(msg: NodeStats) -> NodeStatsData:
+    return NodeStatsData(
+        stamp_s=time_from_msg(msg.header.stamp), node=msg.node, rate_hz=msg.rate_hz,
+        latency_mean_ms=msg.latency_mean_ms, latency_p99_ms=msg.latency_p99_ms,
+        input_age_s=msg.input_age_s, published=msg.published, dropped=msg.dropped)
+
+
+_LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,
+           'ERROR': DiagnosticStatus.ERROR, 'STALE': DiagnosticStatus.STALE}
+
+
+def diagnostic_status_to_msg(name: str, hardware_id: str, level: str, message: str,
+                             values: dict) -> DiagnosticStatus:
+    """One DiagnosticStatus; level is 'OK', 'WARN', 'ERROR' or 'STALE'."""
+    status = DiagnosticStatus()
+    status.level = _LEVELS[level]
+    status.name = name
+    status.hardware_id = hardware_id
+    status.message = message
+    status.values = [KeyValue(key=str(k), value=_format_value(v)) for k, v in values.items()]
+    return status
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f'{value:.4g}'
+    return str(value)

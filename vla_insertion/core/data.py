@@ -1,0 +1,107 @@
+"""Plain data types that flow through the pipeline, free of ROS.
+
+Every time is in seconds on the local (receiver) clock unless a name says otherwise; ROS
+messages carry the same values (see vla_insertion.conversions). Arrays are numpy, float32 for
+payloads, with shape comments in the dataclasses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """One compressed camera view as received from the cell."""
+
+    view: str                      # view name, e.g. "zed_1"
+    stamp_s: float                 # capture time mapped to the local clock [s]
+    data: bytes                    # encoded image bytes
+    encoding: str = 'jpeg'         # compression format ("jpeg" or "png")
+    width: int = 0                 # pixels, 0 if unknown before decoding
+    height: int = 0                # pixels, 0 if unknown before decoding
+
+
+@dataclass(frozen=True)
+class RobotState:
+    """Robot joints and tool pose, SI units (REP 103)."""
+
+    stamp_s: float                 # sender time mapped to the local clock [s]
+    joint_positions_rad: np.ndarray  # (6,) joint angles [rad]
+    tool_position_m: np.ndarray    # (3,) tool position in the robot base frame [m]
+    tool_orientation_xyzw: np.ndarray  # (4,) unit quaternion, x y z w
+    gripper: float = 0.0           # gripper command/state [0..1]
+    joint_names: tuple[str, ...] = ('joint_1', 'joint_2', 'joint_3',
+                                    'joint_4', 'joint_5', 'joint_6')
+
+
+@dataclass(frozen=True)
+class SensorWindowData:
+    """The newest window of high-rate sensor samples."""
+
+    stamp_s: float                 # time of the newest sample on the local clock [s]
+    # (num_samples, num_channels) float32, oldest first; NaN rows where no sample was received
+    samples: np.ndarray
+    valid_samples: int             # rows at the end of the window holding received samples
+    sample_rate_hz: float          # nominal sender rate [Hz]
+    channel_names: tuple[str, ...] = ()
+    clock_offset_s: float = 0.0    # estimated sender_clock - local_clock [s]
+    clock_calibrated: bool = False
+    gap_samples: int = 0           # running count of samples lost in sequence gaps
+    late_samples: int = 0          # running count of samples dropped for arriving late
+
+    @property
+    def complete(self) -> bool:
+        return self.valid_samples >= self.samples.shape[0]
+
+
+@dataclass(frozen=True)
+class VLFeatureData:
+    """Features produced by the VLM for one set of views."""
+
+    stamp_s: float                 # capture time of the newest view used [s]
+    features: np.ndarray           # (num_tokens, feature_dim) float32
+    sequence: int                  # increments per published feature set
+    contract_hash: str             # hash of the feature contract (see core.feature_contract)
+    model_id: str
+    view_names: tuple[str, ...] = ()
+    view_stamps_s: tuple[float, ...] = ()  # capture time per view [s]
+    inference_ms: float = 0.0
+    untrained: bool = False
+
+
+MODE_ASYNC = 0
+MODE_SYNC = 1
+
+
+@dataclass(frozen=True)
+class ActionChunkData:
+    """One action chunk from the action expert."""
+
+    stamp_s: float                 # time at which the first action applies [s]
+    actions: np.ndarray            # (horizon, action_dim) float32
+    dt_s: float                    # time between consecutive actions [s]
+    sequence: int = 0
+    feature_sequence: int = 0
+    feature_age_s: float = 0.0     # age of the VL features at use [s]
+    reuse_index: int = 0           # 1 for the first chunk that used these features
+    sensor_stamp_s: float = 0.0    # stamp of the sensor window used [s]
+    sensor_age_s: float = 0.0
+    inference_ms: float = 0.0
+    mode: int = MODE_ASYNC
+
+
+@dataclass(frozen=True)
+class NodeStatsData:
+    """Plottable health numbers of one node."""
+
+    stamp_s: float
+    node: str
+    rate_hz: float = 0.0
+    latency_mean_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    input_age_s: float = float('nan')
+    published: int = 0
+    dropped: int = 0
+    extra: dict = field(default_factory=dict)
