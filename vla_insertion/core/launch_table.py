@@ -1,0 +1,97 @@
+"""What runs in the cell: the single table behind the launch file and the demo.
+
+`launch/vla_insertion.launch.py` turns this table into launch_ros Nodes on a ROS machine; the
+demo (`tools/demo.py`) and the tests start the same programs with the same arguments as plain
+processes, because launch_ros is not installable on the development machine. A test checks that
+every executable, parameter file entry and parameter named here exists and is declared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    name: str
+    default: str
+    description: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    executable: str                # program in lib/vla_insertion (a console_scripts entry)
+    name: str                      # ROS node name, also its section in the params file
+    config: str                    # config dataclass in core.config its parameters come from
+    enabled_by: str = ''           # boolean launch argument that starts it ('' = always)
+    ros_node: bool = True          # False: a plain process (sim_cell) given --params-file
+    # launch argument -> parameter it overrides when the argument is not empty
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument('params_file', '', 'ROS params YAML for every node '
+                   '(default: share/vla_insertion/config/vla_insertion.yaml)'),
+    LaunchArgument('namespace', '', 'namespace for every node and relative topic'),
+    LaunchArgument('use_sim_time', 'false', 'use /clock (true when replaying a bag)'),
+    LaunchArgument('robot_ip', '', 'address of the robot PC publishing state on port 5556 '
+                   '(empty: the params file value, 127.0.0.1 by default)'),
+    LaunchArgument('checkpoint', '', 'action-expert checkpoint folder '
+                   '(empty: the params file value)'),
+    LaunchArgument('vlm_model', '', 'VLM hub id or local folder (empty: the params file value)'),
+    LaunchArgument('instruction', '', 'task instruction given to the VLM '
+                   '(empty: the params file value)'),
+    LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback'),
+    LaunchArgument('record', 'false', 'also record a rosbag2 bag of the documented topic set'),
+)
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec('sim_cell', 'sim_cell', 'SimCellConfig', enabled_by='sim', ros_node=False),
+    NodeSpec('camera_bridge', 'camera_bridge', 'CameraBridgeConfig'),
+    NodeSpec('robot_bridge', 'robot_bridge', 'RobotBridgeConfig',
+             overrides={'robot_ip': 'robot_ip'}),
+    NodeSpec('sensor_bridge', 'sensor_bridge', 'SensorBridgeConfig'),
+    NodeSpec('vlm_node', 'vlm_node', 'VlmConfig',
+             overrides={'vlm_model': 'model', 'instruction': 'instruction'}),
+    NodeSpec('action_expert', 'action_expert', 'ExpertConfig',
+             overrides={'checkpoint': 'checkpoint'}),
+    NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record'),
+)
+
+TRUE_WORDS = ('true', '1', 'yes', 'on')
+
+
+def is_true(value: str) -> bool:
+    return str(value).strip().lower() in TRUE_WORDS
+
+
+def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
+    """Return the nodes that run for these launch argument values."""
+    return [n for n in NODES if not n.enabled_by or is_true(arguments.get(n.enabled_by, ''))]
+
+
+def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:
+    """Return the parameters a node gets from non-empty launch arguments."""
+    return {param: arguments[arg] for arg, param in spec.overrides.items()
+            if arguments.get(arg, '')}
+
+
+def command_for(spec: NodeSpec, executable_dir: Path, params_file: Path,
+                arguments: dict[str, str]) -> list[str]:
+    """Return the command line that launch_ros would build for this node."""
+    cmd = [str(executable_dir / spec.executable)]
+    overrides = parameter_overrides(spec, arguments)
+    if not spec.ros_node:
+        cmd += ['--params-file', str(params_file)]
+        for param, value in overrides.items():
+            cmd += [f'--{param.replace("_", "-")}', value]
+        return cmd
+    cmd += ['--ros-args', '-r', f'__node:={spec.name}', '--params-file', str(params_file)]
+    namespace = arguments.get('namespace', '')
+    if namespace:
+        cmd += ['-r', f'__ns:=/{namespace.strip("/")}']
+    if is_true(arguments.get('use_sim_time', 'false')):
+        cmd += ['-p', 'use_sim_time:=true']
+    for param, value in overrides.items():
+        cmd += ['-p', f'{param}:={value}']
+    return cmd
