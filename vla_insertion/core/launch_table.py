@@ -76,10 +76,10 @@ def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, 
             if arguments.get(arg, '')}
 
 
-def command_for(spec: NodeSpec, executable_dir: Path, params_file: Path,
+def command_for(spec: NodeSpec, executable_dir: Path | str, params_file: Path | str,
                 arguments: dict[str, str]) -> list[str]:
     """Return the command line that launch_ros would build for this node."""
-    cmd = [str(executable_dir / spec.executable)]
+    cmd = [str(Path(executable_dir) / spec.executable)]
     overrides = parameter_overrides(spec, arguments)
     if not spec.ros_node:
         cmd += ['--params-file', str(params_file)]

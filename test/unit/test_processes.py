@@ -1,0 +1,53 @@
+"""The process supervisor stops programs cleanly and catches the ones that resist."""
+import sys
+import time
+
+from vla_insertion.core.processes import ProcessGroup
+
+CLEAN = 'import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass\n'
+STUBBORN = ('import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n'
+            'print("ready", flush=True)\ntime.sleep(60)\n')
+# A parent that starts a grandchild in its own group and exits on SIGINT; the grandchild
+# ignores SIGINT, so only SIGTERM ends it.
+PARENT = ('import subprocess, sys, time\n'
+          'subprocess.Popen([sys.executable, "-c", ' + repr(STUBBORN) + '])\n'
+          'try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass\n')
+
+
+def _wait_ready(path, timeout_s=10.0):
+    # the child must have installed its signal handler before we signal it
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and 'ready' in path.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f'{path.name} never became ready')
+
+
+def test_clean_shutdown_on_sigint(tmp_path):
+    group = ProcessGroup(log_dir=tmp_path)
+    group.start('clean', [sys.executable, '-c', CLEAN])
+    report = group.stop_all(grace_s=5.0)
+    assert report.clean
+    assert report.exit_codes['clean'] == 0
+    assert (tmp_path / 'clean.log').exists()
+
+
+def test_stubborn_process_is_forced_and_reported(tmp_path):
+    group = ProcessGroup(log_dir=tmp_path)
+    group.start('stubborn', [sys.executable, '-c', STUBBORN])
+    _wait_ready(tmp_path / 'stubborn.log')
+    report = group.stop_all(grace_s=0.5, term_s=2.0)
+    assert report.forced == ['stubborn']
+    assert not report.orphans
+    assert not report.clean
+
+
+def test_grandchildren_are_stopped_with_their_group(tmp_path):
+    group = ProcessGroup(log_dir=tmp_path)
+    group.start('parent', [sys.executable, '-c', PARENT])
+    _wait_ready(tmp_path / 'parent.log')
+    report = group.stop_all(grace_s=1.0, term_s=2.0)
+    # the parent exits on SIGINT but its grandchild ignores it: the group needs SIGTERM
+    assert report.forced == ['parent']
+    assert not report.orphans
