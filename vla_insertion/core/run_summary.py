@@ -1,0 +1,148 @@
+"""What a run of the pipeline did, in numbers: the demo's status lines and final summary.
+
+Fed with what a monitor receives (chunks, features, frames, windows, diagnostics); ROS-free so
+it is tested on synthetic runs with known answers.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+import math
+import threading
+
+import numpy as np
+
+from vla_insertion.core.data import ActionChunkData, SensorWindowData, VLFeatureData
+
+
+@dataclass
+class _Timed:
+    recv_s: float
+    value: object
+
+
+@dataclass
+class RunRecorder:
+    """Collects what the monitor receives; thread-safe appends."""
+
+    chunks: list[_Timed] = field(default_factory=list)
+    features: list[_Timed] = field(default_factory=list)
+    frames: Counter = field(default_factory=Counter)
+    last_window: SensorWindowData | None = None
+    last_joints_rad: np.ndarray | None = None
+    # node -> cause -> count (the newest value reported in /diagnostics)
+    drops: dict[str, dict[str, int]] = field(default_factory=dict)
+    untrained: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_chunk(self, recv_s: float, chunk: ActionChunkData) -> None:
+        with self._lock:
+            self.chunks.append(_Timed(recv_s, chunk))
+
+    def add_features(self, recv_s: float, feat: VLFeatureData) -> None:
+        with self._lock:
+            self.features.append(_Timed(recv_s, feat))
+            self.untrained = self.untrained or feat.untrained
+
+    def add_frame(self, view: str) -> None:
+        with self._lock:
+            self.frames[view] += 1
+
+    def set_window(self, window: SensorWindowData) -> None:
+        self.last_window = window
+
+    def set_joints(self, joints_rad: np.ndarray) -> None:
+        self.last_joints_rad = joints_rad
+
+    def set_drops(self, node: str, causes: dict[str, int]) -> None:
+        with self._lock:
+            self.drops[node] = dict(causes)
+
+    def snapshot(self) -> tuple[list[_Timed], list[_Timed]]:
+        with self._lock:
+            return list(self.chunks), list(self.features)
+
+
+def _rate(times: list[float]) -> float:
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(np.percentile(arr, 99))
+
+
+def summarize(rec: RunRecorder, since_s: float = -math.inf) -> dict:
+    """Summarise everything received at or after `since_s` (receive time, seconds)."""
+    chunks, features = rec.snapshot()
+    chunks = [c for c in chunks if c.recv_s >= since_s]
+    features = [f for f in features if f.recv_s >= since_s]
+    action_ms_mean, action_ms_p99 = _stats([c.value.inference_ms for c in chunks])
+    vl_ms_mean, vl_ms_p99 = _stats([f.value.inference_ms for f in features])
+    reuse = [c.value.reuse_index for c in chunks]
+    # how many chunks each feature set served: the highest reuse index seen per sequence
+    served: dict[int, int] = {}
+    for c in chunks:
+        served[c.value.feature_sequence] = max(served.get(c.value.feature_sequence, 0),
+                                               c.value.reuse_index)
+    drops = {f'{node}.{cause}': n for node, causes in sorted(rec.drops.items())
+             for cause, n in sorted(causes.items()) if n}
+    return {
+        'actions': len(chunks),
+        'action_rate_hz': _rate([c.recv_s for c in chunks]),
+        'action_ms_mean': action_ms_mean,
+        'action_ms_p99': action_ms_p99,
+        'vl_updates': len(features),
+        'vl_rate_hz': _rate([f.recv_s for f in features]),
+        'vl_ms_mean': vl_ms_mean,
+        'vl_ms_p99': vl_ms_p99,
+        'reuse_index_mean': float(np.mean(reuse)) if reuse else math.nan,
+        'chunks_per_feature_mean': float(np.mean(list(served.values()))) if served else math.nan,
+        'feature_age_s_mean': _stats([c.value.feature_age_s for c in chunks])[0],
+        'feature_age_s_p99': _stats([c.value.feature_age_s for c in chunks])[1],
+        'frames_per_view': dict(sorted(rec.frames.items())),
+        'drops': drops,
+        'untrained': rec.untrained,
+    }
+
+
+def status_line(rec: RunRecorder, window_s: float, now_s: float) -> str:
+    """One line like the original system's periodic status, over the last `window_s`."""
+    s = summarize(rec, since_s=now_s - window_s)
+    views = ', '.join(f'{v}:{n}' for v, n in s['frames_per_view'].items()) or 'none'
+    window = rec.last_window
+    fill = (f'{window.valid_samples}/{window.samples.shape[0]}' if window is not None
+            else 'none')
+    joints = rec.last_joints_rad
+    robot = (f'J1={math.degrees(joints[0]):.2f} deg' if joints is not None and len(joints)
+             else 'none')
+    label = ' (untrained models)' if rec.untrained else ''
+    return (f'VL updates: {s["vl_updates"]} | VL avg: {s["vl_ms_mean"]:.0f} ms | '
+            f'Actions: {s["actions"]} ({s["action_rate_hz"]:.2f} Hz) | '
+            f'Action avg: {s["action_ms_mean"]:.1f} ms | Images recv: {views} | '
+            f'Sensor: {fill} | Robot: {robot}{label}')
+
+
+def format_summary(s: dict, duration_s: float) -> str:
+    """Render the final summary as an aligned text block."""
+    drops = ', '.join(f'{k}={v}' for k, v in s['drops'].items()) or 'none'
+    rows = [
+        ('measured for', f'{duration_s:.1f} s'),
+        ('actions published', f'{s["actions"]} at {s["action_rate_hz"]:.2f} Hz'),
+        ('action inference', f'avg {s["action_ms_mean"]:.1f} ms, p99 {s["action_ms_p99"]:.1f} ms'),
+        ('VL updates', f'{s["vl_updates"]} at {s["vl_rate_hz"]:.2f} Hz'),
+        ('VL inference', f'avg {s["vl_ms_mean"]:.0f} ms, p99 {s["vl_ms_p99"]:.0f} ms'),
+        ('feature reuse', f'{s["chunks_per_feature_mean"]:.2f} chunks per VL update'),
+        ('feature age at use', f'avg {s["feature_age_s_mean"]:.3f} s, '
+                               f'p99 {s["feature_age_s_p99"]:.3f} s'),
+        ('frames per view', ', '.join(f'{v}={n}' for v, n in s['frames_per_view'].items())),
+        ('drops by cause', drops),
+        ('models', 'UNTRAINED (random weights): actions are not meaningful'
+         if s['untrained'] else 'trained'),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return '\n'.join(f'  {k.ljust(width)}  {v}' for k, v in rows)
