@@ -1,0 +1,188 @@
+"""The demo: the whole pipeline on the simulated cell with untrained tiny models.
+
+    make demo                      # 30 s
+    make demo DURATION=60
+
+Starts sim_cell and every node of the launch table as separate processes (the same commands
+`ros2 launch vla_insertion vla_insertion.launch.py sim:=true` runs), watches the topics from a
+small monitor node, prints a status line every few seconds, stops everything with SIGINT after
+the given time and prints a summary. Exits non-zero if a program died, the shutdown needed force,
+or no action chunk was published.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from pathlib import Path
+import subprocess
+import sys
+import threading
+import time
+
+from vla_insertion.core.launch_table import command_for, enabled_nodes, LAUNCH_ARGUMENTS
+from vla_insertion.core.processes import ProcessGroup
+from vla_insertion.core.run_summary import format_summary, RunRecorder, status_line, summarize
+
+log = logging.getLogger('demo')
+ROOT = Path.cwd()
+DEFAULT_OUT = Path('artifacts/demo')
+DEFAULT_VLM = Path('artifacts/models/tiny-qwen2.5-vl')
+DEFAULT_CHECKPOINT = Path('artifacts/checkpoints/untrained-expert')
+DEMO_DOMAIN_ID = '77'  # away from the default 0, so a demo does not mix with another graph
+
+
+def _package_paths() -> tuple[Path, Path]:
+    """Return (executable dir, params file) of the installed package."""
+    from ament_index_python.packages import get_package_prefix, get_package_share_directory
+    lib_dir = Path(get_package_prefix('vla_insertion')) / 'lib' / 'vla_insertion'
+    params = Path(get_package_share_directory('vla_insertion')) / 'config' / 'vla_insertion.yaml'
+    return lib_dir, params
+
+
+def _prepare_models(vlm: Path, checkpoint: Path, params_file: Path) -> None:
+    """Build the tiny untrained VLM and a matching untrained expert checkpoint if missing."""
+    steps = [
+        [sys.executable, '-m', 'vla_insertion.tools.make_tiny_vlm', '--out', str(vlm)],
+        [sys.executable, '-m', 'vla_insertion.tools.make_untrained_checkpoint',
+         '--vlm-model', str(vlm), '--params-file', str(params_file), '--out', str(checkpoint)],
+    ]
+    for cmd in steps:
+        log.info('preparing: %s', ' '.join(cmd[2:]))
+        subprocess.run(cmd, check=True)
+
+
+class _Monitor:
+    """A node that listens to the pipeline's outputs and fills a RunRecorder."""
+
+    def __init__(self, recorder: RunRecorder, views: list[str]) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        from vla_insertion.nodes.monitor import MonitorNode
+        self._rclpy = rclpy
+        rclpy.init()
+        self.node = MonitorNode(recorder, views)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # noqa: B902 - the executor stops when the context shuts down
+            pass
+
+    def close(self) -> None:
+        self._executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self._rclpy.try_shutdown()
+        self._thread.join(timeout=2.0)
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--duration', type=float, default=30.0,
+                        help='seconds to measure once the first action chunk arrived')
+    parser.add_argument('--startup-timeout', type=float, default=180.0,
+                        help='seconds to wait for the first action chunk')
+    parser.add_argument('--status-period', type=float, default=5.0,
+                        help='seconds between status lines')
+    parser.add_argument('--out', type=Path, default=DEFAULT_OUT,
+                        help='folder for logs/ and summary.json')
+    parser.add_argument('--vlm-model', type=Path, default=DEFAULT_VLM)
+    parser.add_argument('--checkpoint', type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument('--params-file', type=Path, default=None,
+                        help='ROS params file (default: the installed vla_insertion.yaml)')
+    parser.add_argument('--record', action='store_true', help='also record a bag')
+    return parser.parse_args(argv)
+
+
+def run(argv=None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='[demo] %(message)s')
+    os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    lib_dir, installed_params = _package_paths()
+    params_file = args.params_file or installed_params
+    _prepare_models(args.vlm_model, args.checkpoint, params_file)
+
+    launch_args = {a.name: a.default for a in LAUNCH_ARGUMENTS}
+    launch_args.update(sim='true', params_file=str(params_file),
+                       vlm_model=str(args.vlm_model.resolve()),
+                       checkpoint=str(args.checkpoint.resolve()),
+                       record='true' if args.record else 'false')
+    specs = enabled_nodes(launch_args)
+    from vla_insertion.core.config import load_node_params
+    views = list(load_node_params(params_file, 'camera_bridge').get(
+        'view_names', ['zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak']))
+
+    recorder = RunRecorder()
+    monitor = _Monitor(recorder, views)
+    group = ProcessGroup(log_dir=args.out / 'logs', env=dict(os.environ))
+    log.info('ROS_DOMAIN_ID=%s, logs in %s', os.environ['ROS_DOMAIN_ID'], args.out / 'logs')
+    for spec in specs:
+        group.start(spec.name, command_for(spec, lib_dir, params_file, launch_args))
+
+    failure = _watch(args, group, recorder)
+    measured_from = recorder.chunks[0].recv_s if recorder.chunks else time.monotonic()
+    log.info('stopping: SIGINT to every process')
+    report = group.stop_all(grace_s=10.0)
+    monitor.close()
+    summary = summarize(recorder, since_s=measured_from)
+    duration = time.monotonic() - measured_from
+    print('\n=== vla_insertion demo summary ===')
+    print(format_summary(summary, duration))
+    print(f'  {"shutdown".ljust(18)}  '
+          f'{"clean" if report.clean else f"forced: {report.forced}, orphans: {report.orphans}"}')
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / 'summary.json').write_text(json.dumps(
+        {**summary, 'duration_s': duration, 'exit_codes': report.exit_codes,
+         'forced': report.forced, 'orphans': report.orphans, 'failure': failure},
+        indent=2, default=_json_default))
+    if failure:
+        print(f'\nFAILED: {failure}')
+    return 1 if failure or not report.clean or summary['actions'] == 0 else 0
+
+
+def _watch(args, group: ProcessGroup, recorder: RunRecorder) -> str:
+    """Wait for the first chunk, then measure for the duration; return a failure or ''."""
+    start = time.monotonic()
+    first_chunk_s = None
+    next_status = start + args.status_period
+    while True:
+        now = time.monotonic()
+        died = group.exited()
+        if died:
+            names = ', '.join(f'{p.name} (exit {p.popen.returncode}, log {p.log_path})'
+                              for p in died)
+            return f'process exited early: {names}'
+        if first_chunk_s is None and recorder.chunks:
+            first_chunk_s = recorder.chunks[0].recv_s
+            log.info('first action chunk after %.1f s; measuring for %.0f s',
+                     first_chunk_s - start, args.duration)
+        if first_chunk_s is None and now - start > args.startup_timeout:
+            return f'no action chunk within {args.startup_timeout:.0f} s'
+        if first_chunk_s is not None and now - first_chunk_s >= args.duration:
+            return ''
+        if now >= next_status:
+            log.info(status_line(recorder, args.status_period, now))
+            next_status += args.status_period
+        time.sleep(0.1)
+
+
+def _json_default(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def main(argv=None) -> int:
+    return run(argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
