@@ -139,3 +139,64 @@ def load_node_params(path: str | Path, node_name: str) -> dict:
         if isinstance(key, str) and re.fullmatch(rf'/?[\w/]*/{re.escape(node_name)}', key):
             params.update((entry or {}).get('ros__parameters', {}) or {})
     return params
+
+
+# --- VLM ----------------------------------------------------------------------------------
+
+VLM_DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+VLM_ATTENTION = ('sdpa', 'eager', 'flash_attention_2')
+VLM_MODES = ('async', 'sync')
+
+
+@dataclasses.dataclass(frozen=True)
+class VlmConfig:
+    """The VLM node: model, views, prompt, feature reduction and scheduling."""
+
+    model: str = 'Qwen/Qwen2.5-VL-3B-Instruct'  # hub id or local folder (make_tiny_vlm writes one)
+    device: str = 'auto'           # 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'
+    dtype: str = 'auto'            # 'auto' (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16
+    attn_implementation: str = 'sdpa'  # attention kernel: sdpa, eager, flash_attention_2
+    view_names: tuple[str, ...] = (  # camera views in prompt order (cameras/<view>/...)
+        'zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
+    image_width: int = 640         # pixels each view is resized to before the processor
+    image_height: int = 360        # pixels each view is resized to before the processor
+    instruction: str = 'Insert the needle into the target.'  # task instruction in the prompt
+    pool_grid_h: int = 2           # rows of image tokens per view after grid pooling [tokens]
+    pool_grid_w: int = 4           # columns of image tokens per view after grid pooling [tokens]
+    sync_tolerance_s: float = 0.1  # max spread of the capture stamps within one set of views [s]
+    max_view_age_s: float = 0.5    # views older than this at selection are stale [s]
+    max_rate_hz: float = 0.0       # upper bound on inference starts [Hz], 0 = back to back
+    mode: str = 'async'            # 'async': run continuously; 'sync': run per vla/feature_request
+    torch_threads: int = 1         # CPU threads for torch [threads], 0 = torch's default
+    warmup_runs: int = 1           # inferences on blank views at start-up, unpublished [runs]
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.model, str) and bool(self.model.strip()),
+                f'model must be a hub id or a folder, got {self.model!r}')
+        require(isinstance(self.device, str)
+                and re.fullmatch(r'auto|cpu|cuda(:\d+)?', self.device) is not None,
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        require_one_of('dtype', self.dtype, VLM_DTYPES)
+        require(not (self.device == 'cpu' and self.dtype == 'float16'),
+                'dtype float16 is not supported on the CPU, use float32 or bfloat16')
+        require_one_of('attn_implementation', self.attn_implementation, VLM_ATTENTION)
+        require_unique_names('view_names', self.view_names)
+        for name in ('image_width', 'image_height'):
+            value = getattr(self, name)
+            # the vision tower needs at least one 28x28 merged patch
+            require(isinstance(value, int) and 28 <= value <= 4096,
+                    f'{name} must be an integer in 28..4096 pixels, got {value!r}')
+        require(isinstance(self.instruction, str) and bool(self.instruction.strip()),
+                f'instruction must not be empty, got {self.instruction!r}')
+        for name in ('pool_grid_h', 'pool_grid_w'):
+            value = getattr(self, name)
+            require(isinstance(value, int) and 1 <= value <= 64,
+                    f'{name} must be an integer in 1..64 tokens, got {value!r}')
+        require_positive('sync_tolerance_s', self.sync_tolerance_s)
+        require_positive('max_view_age_s', self.max_view_age_s)
+        require_non_negative('max_rate_hz', self.max_rate_hz)
+        require_one_of('mode', self.mode, VLM_MODES)
+        require(isinstance(self.torch_threads, int) and 0 <= self.torch_threads <= 256,
+                f'torch_threads must be an integer in 0..256, got {self.torch_threads!r}')
+        require(isinstance(self.warmup_runs, int) and 0 <= self.warmup_runs <= 100,
+                f'warmup_runs must be an integer in 0..100, got {self.warmup_runs!r}')
