@@ -1,0 +1,79 @@
+"""The verify checks tell a working sender from a silent one, on loopback only."""
+import socket
+import threading
+import time
+
+import zmq
+
+from vla_insertion.core import verify
+
+
+def _free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_python_deps_report_missing_module():
+    rows = verify.check_python_deps(('numpy', 'no_such_module_xyz'))
+    assert [r.status for r in rows] == [verify.PASS, verify.FAIL]
+    assert 'ModuleNotFoundError' in rows[1].detail
+
+
+def test_port_in_use_is_a_warning():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+        held.bind(('127.0.0.1', 0))
+        port = held.getsockname()[1]
+        assert verify.check_port_free('udp', '127.0.0.1', port).status == verify.WARN
+    assert verify.check_port_free('udp', '127.0.0.1', port).status == verify.PASS
+
+
+def test_udp_sender_seen_and_silent():
+    port = _free_port(socket.SOCK_DGRAM)
+    assert verify.check_udp_sender('127.0.0.1', port, timeout_s=0.2).status == verify.WARN
+    stop = threading.Event()
+
+    def send():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while not stop.is_set():
+                s.sendto(b'x' * 100, ('127.0.0.1', port))
+                time.sleep(0.01)
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        row = verify.check_udp_sender('127.0.0.1', port, timeout_s=2.0)
+    finally:
+        stop.set()
+        sender.join()
+    assert row.status == verify.PASS and '100 bytes' in row.detail
+
+
+def test_zmq_publisher_seen_and_silent():
+    port = _free_port()
+    assert verify.check_zmq_publisher('127.0.0.1', port, timeout_s=0.2).status == verify.WARN
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f'tcp://127.0.0.1:{port}')
+    stop = threading.Event()
+
+    def publish():
+        while not stop.is_set():
+            pub.send(b'state')
+            time.sleep(0.01)
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    try:
+        row = verify.check_zmq_publisher('127.0.0.1', port, timeout_s=3.0)
+    finally:
+        stop.set()
+        publisher.join()
+        pub.close()
+    assert row.status == verify.PASS
+
+
+def test_table_and_overall():
+    rows = [verify.CheckResult('a', verify.PASS, 'ok'), verify.CheckResult('b', verify.WARN, '?')]
+    assert verify.overall(rows) == verify.WARN
+    rows.append(verify.CheckResult('c', verify.FAIL, 'bad'))
+    assert verify.overall(rows) == verify.FAIL
+    assert 'result: FAIL' in verify.format_table(rows)
