@@ -9,6 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p log
+# One setup at a time per checkout (two colcon builds in one build/ would corrupt it).
+exec 9>log/.setup.lock
+flock 9
 root=$(pwd)
 python=${PYTHON:-python3}
 venv=${VLA_VENV:-$HOME/.cache/vla_insertion/venv-$($python -c 'import sys; print("py%d%d" % sys.version_info[:2])')}
