@@ -200,3 +200,50 @@ class VlmConfig:
                 f'torch_threads must be an integer in 0..256, got {self.torch_threads!r}')
         require(isinstance(self.warmup_runs, int) and 0 <= self.warmup_runs <= 100,
                 f'warmup_runs must be an integer in 0..100, got {self.warmup_runs!r}')
+
+
+# --- action expert ------------------------------------------------------------------------
+
+EXPERT_MODES = ('async', 'sync')
+EXPERT_SCHEDULERS = ('thread', 'timer')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+    """The action expert node: checkpoint, rate, staleness rules and scheduling."""
+
+    checkpoint: str = 'artifacts/checkpoints/untrained-expert'  # checkpoint folder path
+    rate_hz: float = 10.0          # chunk rate [Hz]
+    max_feature_age_s: float = 1.0  # refuse VL features older than this at use [s]
+    max_sensor_age_s: float = 0.1  # refuse sensor windows whose newest sample is older [s]
+    max_robot_age_s: float = 0.2   # refuse robot joint states or poses older than this [s]
+    require_complete_window: bool = True  # refuse sensor windows with missing (NaN) rows
+    device: str = 'cpu'            # torch device of the expert: 'cpu', 'cuda', 'cuda:N'
+    torch_threads: int = 1         # CPU threads for torch [threads], 0 = torch's default
+    mode: str = 'async'            # 'async': newest features; 'sync': request fresh ones per step
+    sync_timeout_s: float = 1.0    # sync mode: longest wait for requested features [s]
+    flow_steps: int = 0            # ODE steps of a flow-head checkpoint [steps], 0 = its default
+    seed: int = 0                  # seed of the flow head's noise, -1 = fresh noise every chunk
+    scheduler: str = 'thread'      # 'thread': absolute-deadline loop; 'timer': rclpy timer
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.checkpoint, str) and bool(self.checkpoint.strip()),
+                f'checkpoint must be a folder path, got {self.checkpoint!r}')
+        require_positive('rate_hz', self.rate_hz)
+        require(self.rate_hz <= 1000.0, f'rate_hz must be <= 1000, got {self.rate_hz!r}')
+        for name in ('max_feature_age_s', 'max_sensor_age_s', 'max_robot_age_s',
+                     'sync_timeout_s'):
+            require_positive(name, getattr(self, name))
+        require(isinstance(self.require_complete_window, bool),
+                f'require_complete_window must be a bool, got {self.require_complete_window!r}')
+        require(isinstance(self.device, str)
+                and re.fullmatch(r'cpu|cuda(:\d+)?', self.device) is not None,
+                f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        require(isinstance(self.torch_threads, int) and 0 <= self.torch_threads <= 256,
+                f'torch_threads must be an integer in 0..256, got {self.torch_threads!r}')
+        require_one_of('mode', self.mode, EXPERT_MODES)
+        require(isinstance(self.flow_steps, int) and 0 <= self.flow_steps <= 1000,
+                f'flow_steps must be an integer in 0..1000, got {self.flow_steps!r}')
+        require(isinstance(self.seed, int) and self.seed >= -1,
+                f'seed must be an integer >= -1, got {self.seed!r}')
+        require_one_of('scheduler', self.scheduler, EXPERT_SCHEDULERS)

@@ -1,0 +1,354 @@
+"""The action expert network, readable top to bottom.
+
+Inputs at one tick (raw, physical units; the model normalises them itself):
+
+    features (B, T, F)   VL features from the VLM (T tokens of the VLM hidden size F)
+    window   (B, W, C)   the newest W sensor samples (65 x 7 by default), oldest first; rows of an
+                         incomplete window are NaN
+    state    (B, S)      robot state: 6 joints [rad], tool xyz [m], quaternion xyzw, gripper [0..1]
+
+Output: actions (B, H, A) in physical units (8 x 7 by default: 6 absolute joint targets [rad] and
+the gripper command [0..1]).
+
+    window -> SensorEncoder --(B, sensor_dim)--.
+    features -> VLPooling --(B, vl_dim)---------+-> Fusion -> Trunk --(B, D) context--> head
+    state -> StateEncoder --(B, state_hidden)--'
+
+Two heads share everything up to the context:
+- regression: one linear map of the context (the default; one pass, cheapest);
+- flow: flow matching. The context is projected ONCE per prediction; each of the `steps` Euler
+  steps of the ODE then runs only the small velocity network on the noisy chunk.
+
+Where the parameters sit matters for latency at batch 1 on a CPU: a matrix that multiplies a
+single vector is read once per prediction (memory-bound, ~4 bytes per parameter), a matrix applied
+to every token or time step costs compute for each of them. So the large matrices (VL projection,
+sensor flatten, trunk) each multiply one vector, and per-token or per-sample work is kept to a
+few small matrices: VL attention scores (F x Q) and the sensor convolutions.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F  # noqa: N812
+
+from vla_insertion.core.config import require, require_one_of, require_positive
+
+FUSIONS = ('concat', 'sum')
+HEADS = ('regression', 'flow')
+
+
+@dataclass(frozen=True)
+class ExpertModelConfig:
+    """Architecture of the action expert; stored in every checkpoint."""
+
+    # inputs: fixed by the feature contract, the sensor and the robot
+    feature_tokens: int = 40       # rows of the VL feature matrix (FeatureContract.num_tokens)
+    feature_dim: int = 2048        # columns of the VL feature matrix: the VLM hidden size
+    window_samples: int = 65       # sensor window length [samples] (100 ms at 650 Hz)
+    sensor_channels: int = 7       # sensor channels (fx fy fz [N], tx ty tz [N m], distance [m])
+    state_dim: int = 14            # joints [rad] (6), tool xyz [m] (3), quaternion (4), gripper
+    # output
+    horizon: int = 8               # actions per chunk
+    action_dim: int = 7            # values per action: 6 joint targets [rad] + gripper [0..1]
+    # widths
+    sensor_conv: int = 256         # channels of the sensor encoder's convolutions
+    sensor_dim: int = 512          # sensor embedding width
+    vl_queries: int = 4            # learned attention-pooling queries over the VL tokens
+    vl_dim: int = 512              # VL embedding width
+    state_hidden: int = 256        # robot-state embedding width
+    fusion: str = 'concat'         # 'concat' (as in the seeds) or 'sum' of equal-width projections
+    trunk_dim: int = 1920          # width of the fused residual MLP = context width
+    trunk_layers: int = 3          # residual blocks in the trunk
+    head: str = 'regression'       # 'regression' (one pass) or 'flow' (flow matching, ODE steps)
+    flow_steps: int = 10           # Euler steps of the flow head's ODE when the caller gives none
+    flow_hidden: int = 1024        # width of the flow head's velocity network
+    flow_layers: int = 2           # residual blocks in the velocity network
+
+    def __post_init__(self) -> None:
+        for name in ('feature_tokens', 'feature_dim', 'window_samples', 'sensor_channels',
+                     'state_dim', 'horizon', 'action_dim', 'sensor_conv', 'sensor_dim',
+                     'vl_queries', 'vl_dim', 'state_hidden', 'trunk_dim', 'flow_steps',
+                     'flow_hidden'):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool),
+                    f'{name} must be an integer, got {value!r}')
+            require_positive(name, value)
+        for name in ('trunk_layers', 'flow_layers'):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 0,
+                    f'{name} must be an integer >= 0, got {value!r}')
+        require(self.sensor_conv % 2 == 0, f'sensor_conv must be even, got {self.sensor_conv}')
+        require_one_of('fusion', self.fusion, FUSIONS)
+        require_one_of('head', self.head, HEADS)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_length(length: int, stride: int) -> int:
+    # kernel 5, padding 2
+    return (length - 1) // stride + 1
+
+
+class ResidualMLP(nn.Module):
+    """`layers` pre-norm residual blocks x + GELU(Linear(LayerNorm(x))), then a LayerNorm."""
+
+    def __init__(self, width: int, layers: int) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(layers))
+        self.linears = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
+        self.out_norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, D)
+        for norm, linear in zip(self.norms, self.linears):
+            x = x + F.gelu(linear(norm(x)))
+        return self.out_norm(x)
+
+
+class SensorEncoder(nn.Module):
+    """(B, W, C) normalised samples and a (B, W) validity mask -> (B, sensor_dim).
+
+    The mask is an extra input channel (1 = received sample, 0 = missing row, whose values were
+    set to 0 = the channel mean), so the encoder knows a zero is "no data", not "average force".
+    The last feature map is flattened rather than pooled: when in the window a force changed
+    matters for insertion.
+    """
+
+    def __init__(self, cfg: ExpertModelConfig) -> None:
+        super().__init__()
+        c_in, hidden = cfg.sensor_channels + 1, cfg.sensor_conv
+        self.convs = nn.Sequential(
+            nn.Conv1d(c_in, hidden // 2, kernel_size=5, padding=2), nn.GELU(),
+            nn.Conv1d(hidden // 2, hidden, kernel_size=5, stride=2, padding=2), nn.GELU(),
+            nn.Conv1d(hidden, hidden, kernel_size=5, stride=2, padding=2), nn.GELU())
+        steps = _conv_length(_conv_length(cfg.window_samples, 2), 2)  # 65 -> 33 -> 17
+        self.proj = nn.Linear(hidden * steps, cfg.sensor_dim)
+        self.norm = nn.LayerNorm(cfg.sensor_dim)
+
+    def forward(self, samples: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([samples, mask.unsqueeze(-1)], dim=-1)      # (B, W, C + 1)
+        x = self.convs(x.transpose(1, 2))                         # (B, hidden, W / 4)
+        return self.norm(self.proj(x.flatten(1)))                 # (B, sensor_dim)
+
+
+class VLPooling(nn.Module):
+    """(B, T, F) VL features -> (B, vl_dim) by attention pooling with Q learned queries.
+
+    Each query's score of a token is one dot product with the normalised token, so per-token
+    work is T x F x Q multiply-adds; the Q pooled rows are then projected once (Q x F x vl_dim
+    weights read once per prediction, not once per token).
+    """
+
+    def __init__(self, cfg: ExpertModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.feature_dim)
+        self.score = nn.Linear(cfg.feature_dim, cfg.vl_queries)
+        self.proj = nn.Linear(cfg.vl_queries * cfg.feature_dim, cfg.vl_dim)
+        self.out_norm = nn.LayerNorm(cfg.vl_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.norm(features)                                   # (B, T, F)
+        weights = torch.softmax(self.score(x), dim=1)             # (B, T, Q), sums to 1 over T
+        pooled = torch.einsum('btq,btf->bqf', weights, x)         # (B, Q, F)
+        return self.out_norm(self.proj(pooled.flatten(1)))        # (B, vl_dim)
+
+
+class StateEncoder(nn.Module):
+    """(B, S) normalised robot state -> (B, state_hidden)."""
+
+    def __init__(self, cfg: ExpertModelConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cfg.state_dim, cfg.state_hidden), nn.GELU(),
+                                 nn.Linear(cfg.state_hidden, cfg.state_hidden),
+                                 nn.LayerNorm(cfg.state_hidden))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.net(state)
+
+
+class Fusion(nn.Module):
+    """Sensor, VL and state embeddings -> (B, trunk_dim).
+
+    'concat' concatenates the three and maps them with one linear layer; 'sum' projects each to
+    trunk_dim and adds them.
+    """
+
+    def __init__(self, cfg: ExpertModelConfig) -> None:
+        super().__init__()
+        self.mode = cfg.fusion
+        widths = (cfg.sensor_dim, cfg.vl_dim, cfg.state_hidden)
+        if self.mode == 'concat':
+            self.proj = nn.Linear(sum(widths), cfg.trunk_dim)
+        else:
+            self.projs = nn.ModuleList(nn.Linear(w, cfg.trunk_dim) for w in widths)
+
+    def forward(self, sensor: torch.Tensor, vl: torch.Tensor, state: torch.Tensor
+                ) -> torch.Tensor:
+        if self.mode == 'concat':
+            return self.proj(torch.cat([sensor, vl, state], dim=-1))
+        return sum(p(x) for p, x in zip(self.projs, (sensor, vl, state)))
+
+
+class RegressionHead(nn.Module):
+    """(B, D) context -> (B, H * A) normalised actions in one linear map."""
+
+    def __init__(self, cfg: ExpertModelConfig) -> None:
+        super().__init__()
+        self.out = nn.Linear(cfg.trunk_dim, cfg.horizon * cfg.action_dim)
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.out(context)
+
+
+def time_embedding(t: torch.Tensor, dim: int = 64) -> torch.Tensor:
+    """Sinusoidal embedding of flow times t in [0, 1]: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=t.dtype, device=t.device)
+                      * (-math.log(1000.0) / max(half - 1, 1)))
+    angles = 1000.0 * t.unsqueeze(-1) * freqs                     # (B, half)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class FlowHead(nn.Module):
+    """Flow matching: integrate a velocity field from noise (t=0) to normalised actions (t=1).
+
+    The context enters the velocity network through one projection computed once per prediction
+    (`condition`); every Euler step then costs only the velocity network on the (B, H * A)
+    noisy chunk.
+    """
+
+    TIME_DIM = 64
+
+    def __init__(self, cfg: ExpertModelConfig) -> None:
+        super().__init__()
+        out = cfg.horizon * cfg.action_dim
+        self.context_proj = nn.Linear(cfg.trunk_dim, cfg.flow_hidden)
+        self.action_in = nn.Linear(out, cfg.flow_hidden)
+        self.time_in = nn.Linear(self.TIME_DIM, cfg.flow_hidden)
+        self.blocks = ResidualMLP(cfg.flow_hidden, cfg.flow_layers)
+        self.out = nn.Linear(cfg.flow_hidden, out)
+
+    def condition(self, context: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, hidden)
+        return self.context_proj(context)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = cond + self.action_in(x) + self.time_in(time_embedding(t, self.TIME_DIM))
+        return self.out(self.blocks(F.gelu(h)))                   # (B, H * A)
+
+    def sample(self, context: torch.Tensor, steps: int, noise: torch.Tensor) -> torch.Tensor:
+        cond = self.condition(context)                            # once per prediction
+        x, dt = noise, 1.0 / steps                                # (B, H * A) at t = 0
+        for i in range(steps):
+            t = torch.full((x.shape[0],), i * dt, dtype=x.dtype, device=x.device)
+            x = x + dt * self.velocity(x, t, cond)
+        return x
+
+    def loss(self, context: torch.Tensor, target: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rectified-flow loss: the velocity at x_t = (1 - t) x0 + t x1 should be x1 - x0."""
+        noise = torch.randn(target.shape, generator=generator, dtype=target.dtype,
+                            device=target.device)
+        t = torch.rand(target.shape[0], generator=generator, dtype=target.dtype,
+                       device=target.device)
+        x_t = (1 - t[:, None]) * noise + t[:, None] * target
+        return F.mse_loss(self.velocity(x_t, t, self.condition(context)), target - noise)
+
+
+class ActionExpert(nn.Module):
+    """The whole expert: raw inputs in, de-normalised action chunk out.
+
+    Normalisation statistics are buffers, saved and loaded with the weights: sensor channels,
+    robot state and actions each have a mean and a std per dimension.
+    """
+
+    def __init__(self, cfg: ExpertModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.sensor_encoder = SensorEncoder(cfg)
+        self.vl_pooling = VLPooling(cfg)
+        self.state_encoder = StateEncoder(cfg)
+        self.fusion = Fusion(cfg)
+        self.trunk = ResidualMLP(cfg.trunk_dim, cfg.trunk_layers)
+        self.head = RegressionHead(cfg) if cfg.head == 'regression' else FlowHead(cfg)
+        for name, dim in (('sensor', cfg.sensor_channels), ('state', cfg.state_dim),
+                          ('action', cfg.action_dim)):
+            self.register_buffer(f'{name}_mean', torch.zeros(dim))
+            self.register_buffer(f'{name}_std', torch.ones(dim))
+
+    # --- normalisation --------------------------------------------------------------------
+
+    NORM_BUFFERS = ('sensor_mean', 'sensor_std', 'state_mean', 'state_std',
+                    'action_mean', 'action_std')
+
+    def set_normalization(self, stats: dict) -> None:
+        """Set the mean/std buffers from {name: array}; stds must be finite and > 0."""
+        for name in self.NORM_BUFFERS:
+            if name not in stats:
+                continue
+            buf = getattr(self, name)
+            value = torch.as_tensor(stats[name], dtype=buf.dtype).reshape(-1)
+            if value.shape != buf.shape:
+                raise ValueError(f'{name}: expected shape {tuple(buf.shape)}, '
+                                 f'got {tuple(value.shape)}')
+            if not torch.isfinite(value).all() or (name.endswith('_std') and (value <= 0).any()):
+                raise ValueError(f'{name}: values must be finite (and stds > 0), got {value}')
+            buf.copy_(value)
+
+    def normalization(self) -> dict[str, list[float]]:
+        return {name: getattr(self, name).tolist() for name in self.NORM_BUFFERS}
+
+    # --- forward --------------------------------------------------------------------------
+
+    def encode(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor
+               ) -> torch.Tensor:
+        """Raw inputs -> (B, trunk_dim) context, computed once per prediction."""
+        # Incomplete window: a row with any non-finite value is missing. It is set to the
+        # channel mean (0 after normalisation) and flagged 0 in the mask channel.
+        valid = torch.isfinite(window).all(dim=-1)                # (B, W) bool
+        samples = (window - self.sensor_mean) / self.sensor_std   # (B, W, C)
+        samples = torch.where(valid.unsqueeze(-1), samples, torch.zeros_like(samples))
+        state = (state - self.state_mean) / self.state_std        # (B, S)
+        fused = self.fusion(self.sensor_encoder(samples, valid.to(samples.dtype)),
+                            self.vl_pooling(features),
+                            self.state_encoder(state))            # (B, D)
+        return self.trunk(fused)                                  # (B, D)
+
+    def forward(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor, *,
+                steps: int | None = None, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Predict (B, H, A) actions in physical units.
+
+        Flow head only: `steps` Euler steps (default cfg.flow_steps), starting from `noise`
+        (B, H * A) or from Gaussian noise drawn with `generator`.
+        """
+        cfg = self.cfg
+        context = self.encode(features, window, state)            # (B, D)
+        if isinstance(self.head, FlowHead):
+            steps = cfg.flow_steps if steps is None else int(steps)
+            if steps < 1:
+                raise ValueError(f'steps must be >= 1, got {steps}')
+            if noise is None:
+                noise = torch.randn((context.shape[0], cfg.horizon * cfg.action_dim),
+                                    generator=generator, dtype=context.dtype,
+                                    device=context.device)
+            flat = self.head.sample(context, steps, noise)        # (B, H * A)
+        else:
+            flat = self.head(context)                             # (B, H * A)
+        actions = flat.view(-1, cfg.horizon, cfg.action_dim)      # (B, H, A) normalised
+        return actions * self.action_std + self.action_mean       # (B, H, A) physical
+
+    def loss(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor,
+             actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss against (B, H, A) target actions in physical units."""
+        context = self.encode(features, window, state)
+        target = ((actions - self.action_mean) / self.action_std).flatten(1)  # (B, H * A)
+        if isinstance(self.head, FlowHead):
+            return self.head.loss(context, target, generator)
+        return F.mse_loss(self.head(context), target)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
