@@ -247,3 +247,172 @@ class ExpertConfig:
         require(isinstance(self.seed, int) and self.seed >= -1,
                 f'seed must be an integer >= -1, got {self.seed!r}')
         require_one_of('scheduler', self.scheduler, EXPERT_SCHEDULERS)
+
+
+# --- cell I/O: bridges and simulated cell -------------------------------------------------
+
+DEFAULT_VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
+DEFAULT_SENSOR_CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
+SIM_STREAMS = ('cameras', 'robot', 'sensor')
+
+
+def require_host(name: str, value: str) -> None:
+    require(isinstance(value, str) and re.fullmatch(r'[A-Za-z0-9.\-:*]+', value) is not None,
+            f'{name} must be a host name or IP address (no scheme or port), got {value!r}')
+
+
+def require_wire_format(name: str, value: str, stream: str) -> None:
+    from vla_insertion.core.wire import codec_names   # the registry imports nothing from here
+    require_one_of(name, value, codec_names(stream))
+
+
+def require_int_range(name: str, value: int, low: int, high: int, unit: str = '') -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+            f'{name} must be an integer in {low}..{high}{unit}, got {value!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraBridgeConfig:
+    """camera_bridge: ZMQ PULL of JPEG frames -> cameras/<view>/image/compressed."""
+
+    bind_address: str = '127.0.0.1'  # interface the PULL socket binds; 0.0.0.0 on a cell
+    port: int = 5555               # TCP port the camera sender pushes to
+    views: tuple[str, ...] = DEFAULT_VIEWS  # view ids accepted; one topic each
+    wire_format: str = 'camera_v1'  # decoder name (docs/wire.md)
+    max_message_bytes: int = 4_000_000  # larger frames are dropped as oversized [bytes]
+    receive_timeout_s: float = 0.1  # socket poll period; bounds shutdown latency [s]
+    calibration_batches: int = 50  # frames used to calibrate the clock offset [frames]
+    min_fps: float = 4.0           # per-view rate below which diagnostics warn [Hz]
+    stale_after_s: float = 1.0     # no frame for this long is an error in diagnostics [s]
+
+    def __post_init__(self) -> None:
+        require_host('bind_address', self.bind_address)
+        require_port('port', self.port)
+        require_unique_names('views', self.views)
+        require_wire_format('wire_format', self.wire_format, 'camera')
+        require_int_range('max_message_bytes', self.max_message_bytes, 1024, 1 << 30, ' bytes')
+        require_positive('receive_timeout_s', self.receive_timeout_s)
+        require_int_range('calibration_batches', self.calibration_batches, 1, 100_000)
+        require_non_negative('min_fps', self.min_fps)
+        require_positive('stale_after_s', self.stale_after_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotBridgeConfig:
+    """robot_bridge: ZMQ SUB of robot state -> robot/joint_states, robot/pose."""
+
+    robot_ip: str = '127.0.0.1'    # host of the robot PC's PUB socket
+    port: int = 5556               # TCP port the robot PC publishes on
+    wire_format: str = 'robot_v1'  # decoder name: robot_v1 or robot_msgpack_v1 (docs/wire.md)
+    max_message_bytes: int = 4096  # larger messages are dropped as oversized [bytes]
+    receive_timeout_s: float = 0.1  # socket poll period; bounds shutdown latency [s]
+    calibration_batches: int = 50  # messages used to calibrate the clock offset [messages]
+    joint_names: tuple[str, ...] = (  # JointState names, base to tool
+        'joint_1', 'joint_2', 'joint_3', 'joint_4', 'joint_5', 'joint_6')
+    base_frame: str = 'base_link'  # frame_id of robot/pose
+    min_rate_hz: float = 50.0      # state rate below which diagnostics warn [Hz]
+    stale_after_s: float = 0.5     # no state for this long is an error in diagnostics [s]
+
+    def __post_init__(self) -> None:
+        require_host('robot_ip', self.robot_ip)
+        require_port('port', self.port)
+        require_wire_format('wire_format', self.wire_format, 'robot')
+        require_int_range('max_message_bytes', self.max_message_bytes, 128, 1 << 24, ' bytes')
+        require_positive('receive_timeout_s', self.receive_timeout_s)
+        require_int_range('calibration_batches', self.calibration_batches, 1, 100_000)
+        require_unique_names('joint_names', self.joint_names)
+        require(len(self.joint_names) == 6,
+                f'joint_names must name the 6 joints, got {list(self.joint_names)}')
+        require(isinstance(self.base_frame, str) and bool(self.base_frame),
+                f'base_frame must not be empty, got {self.base_frame!r}')
+        require_non_negative('min_rate_hz', self.min_rate_hz)
+        require_positive('stale_after_s', self.stale_after_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorBridgeConfig:
+    """sensor_bridge: UDP sensor batches -> sensor/window (the newest window_size samples)."""
+
+    bind_address: str = '127.0.0.1'  # interface the UDP socket binds; 0.0.0.0 on a cell
+    port: int = 9999               # UDP port the sensor sender sends to
+    wire_format: str = 'sensor_v1'  # decoder name (docs/wire.md)
+    channel_names: tuple[str, ...] = DEFAULT_SENSOR_CHANNELS  # channels in datagram order
+    sample_rate_hz: float = 650.0  # nominal sender sample rate [Hz]
+    window_size: int = 65          # samples per published window (100 ms at 650 Hz) [samples]
+    max_datagram_bytes: int = 16384  # larger datagrams are dropped as oversized [bytes]
+    socket_buffer_bytes: int = 1 << 20  # SO_RCVBUF asked for; absorbs scheduling stalls [bytes]
+    receive_timeout_s: float = 0.1  # socket poll period; bounds shutdown latency [s]
+    calibration_batches: int = 50  # datagrams used to calibrate the clock offset [datagrams]
+    min_fill: int = 60             # valid samples below which diagnostics warn [samples]
+    stale_after_s: float = 0.5     # no datagram for this long is an error in diagnostics [s]
+
+    def __post_init__(self) -> None:
+        require_host('bind_address', self.bind_address)
+        require_port('port', self.port)
+        require_wire_format('wire_format', self.wire_format, 'sensor')
+        require_unique_names('channel_names', self.channel_names)
+        require_int_range('len(channel_names)', len(self.channel_names), 1, 64)
+        require_positive('sample_rate_hz', self.sample_rate_hz)
+        require_int_range('window_size', self.window_size, 1, 100_000, ' samples')
+        require_int_range('max_datagram_bytes', self.max_datagram_bytes, 64, 65507, ' bytes')
+        require_int_range('socket_buffer_bytes', self.socket_buffer_bytes, 4096, 1 << 28)
+        require_positive('receive_timeout_s', self.receive_timeout_s)
+        require_int_range('calibration_batches', self.calibration_batches, 1, 100_000)
+        require_int_range('min_fill', self.min_fill, 0, self.window_size, ' samples')
+        require_positive('stale_after_s', self.stale_after_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCellConfig:
+    """sim_cell: cameras, robot and sensor senders of a simulated peg-in-hole cell."""
+
+    camera_host: str = '127.0.0.1'  # where camera_bridge's PULL socket listens
+    camera_port: int = 5555        # TCP port of camera_bridge
+    robot_bind: str = '127.0.0.1'  # interface the robot PUB socket binds
+    robot_port: int = 5556         # TCP port robot_bridge subscribes to
+    sensor_host: str = '127.0.0.1'  # where sensor_bridge's UDP socket listens
+    sensor_port: int = 9999        # UDP port of sensor_bridge
+    streams: tuple[str, ...] = SIM_STREAMS  # which senders run: cameras, robot, sensor
+    views: tuple[str, ...] = DEFAULT_VIEWS  # camera view ids, each a different viewpoint
+    width: int = 640               # rendered image width [px]
+    height: int = 360              # rendered image height [px]
+    camera_fps: float = 30.0       # frames per second per view [Hz]
+    jpeg_quality: int = 80         # JPEG quality [1..95]
+    robot_rate_hz: float = 100.0   # robot state rate [Hz]
+    sensor_rate_hz: float = 650.0  # sensor sample rate [Hz]
+    sensor_batch: int = 10         # samples per UDP datagram [samples]
+    episode_s: float = 10.0        # duration of one approach-insert-retract episode [s]
+    clock_offset_s: float = 0.0    # senders' clock minus the local clock, to test calibration [s]
+    seed: int = 0                  # seed of every random choice (scene variation, noise)
+    duration_s: float = 0.0        # stop after this long, 0 = until SIGINT/SIGTERM [s]
+    faults: bool = False           # inject malformed, truncated, oversized, NaN, stale packets
+    fault_period_s: float = 0.5    # time between injected faults per stream [s]
+    fault_report: str = ''         # write injected-fault counts as JSON here on exit ('' = no)
+
+    def __post_init__(self) -> None:
+        for name in ('camera_host', 'robot_bind', 'sensor_host'):
+            require_host(name, getattr(self, name))
+        for name in ('camera_port', 'robot_port', 'sensor_port'):
+            require_port(name, getattr(self, name))
+        require(len(self.streams) > 0 and set(self.streams) <= set(SIM_STREAMS),
+                f'streams must be a non-empty subset of {list(SIM_STREAMS)}, '
+                f'got {list(self.streams)}')
+        require_unique_names('views', self.views)
+        require_int_range('width', self.width, 32, 4096, ' px')
+        require_int_range('height', self.height, 32, 4096, ' px')
+        require_positive('camera_fps', self.camera_fps)
+        require_int_range('jpeg_quality', self.jpeg_quality, 1, 95)
+        require_positive('robot_rate_hz', self.robot_rate_hz)
+        require_positive('sensor_rate_hz', self.sensor_rate_hz)
+        require_int_range('sensor_batch', self.sensor_batch, 1, 256, ' samples')
+        require(isinstance(self.episode_s, (int, float)) and self.episode_s >= 4.0,
+                f'episode_s must be >= 4 s, got {self.episode_s!r}')
+        require(isinstance(self.clock_offset_s, (int, float))
+                and math.isfinite(self.clock_offset_s),
+                f'clock_offset_s must be a finite number, got {self.clock_offset_s!r}')
+        require_int_range('seed', self.seed, 0, 2**32 - 1)
+        require_non_negative('duration_s', self.duration_s)
+        require(isinstance(self.faults, bool), f'faults must be a bool, got {self.faults!r}')
+        require_positive('fault_period_s', self.fault_period_s)
+        require(isinstance(self.fault_report, str),
+                f'fault_report must be a path or empty, got {self.fault_report!r}')
