@@ -33,7 +33,7 @@ from pathlib import Path
 import time
 
 import numpy as np
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 import torch
 
@@ -256,7 +256,7 @@ def load_checkpoint(folder: str | Path, device: str = 'cpu') -> ExpertCheckpoint
                               '(corrupted, truncated or from another checkpoint)')
     try:
         state = load_file(str(weights_path), device='cpu')
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f'{weights_path}: unreadable safetensors file: {exc}') from None
     model = ActionExpert(meta.model)
     expected = model.state_dict()
