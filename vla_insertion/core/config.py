@@ -416,3 +416,77 @@ class SimCellConfig:
         require_positive('fault_period_s', self.fault_period_s)
         require(isinstance(self.fault_report, str),
                 f'fault_report must be a path or empty, got {self.fault_report!r}')
+
+
+# --- recording and evaluation -------------------------------------------------------------
+
+BAG_STORAGES = ('mcap', 'sqlite3')
+# The documented recorded topic set (docs/evaluation.md): every camera view, the robot, the
+# sensor windows, the pipeline's outputs and health. Relative names, as the nodes publish them.
+RECORDED_TOPICS = tuple(f'cameras/{view}/image/compressed' for view in DEFAULT_VIEWS) + (
+    'robot/joint_states', 'robot/pose', 'sensor/window', 'vla/features', 'vla/feature_request',
+    'vla/action_chunk', 'vla/stats', '/diagnostics')
+
+
+@dataclasses.dataclass(frozen=True)
+class BagRecorderConfig:
+    """bag_recorder: which topics go into which rosbag2 bag, and how it is kept safe."""
+
+    output_dir: str = 'artifacts/bags'  # folder in which the bag folder is created
+    bag_name: str = ''             # bag folder name, '' = vla_<YYYYmmdd_HHMMSS>
+    storage: str = 'mcap'          # rosbag2 storage: 'mcap' or 'sqlite3'
+    topics: tuple[str, ...] = RECORDED_TOPICS  # topics to record (types found in the graph)
+    split_duration_s: float = 10.0  # start a new bag file this often, 0 = one file [s]
+    flush_period_s: float = 1.0    # flush the open file this often (crash recovery) [s]
+    reliable_depth: int = 1000     # subscription queue of reliable topics [messages]
+    best_effort_depth: int = 50    # subscription queue of best-effort (camera) topics [messages]
+    max_queue_mb: float = 512.0    # messages waiting for the writer thread, beyond: dropped [MB]
+    min_free_disk_mb: float = 200.0  # close the bag cleanly when free disk falls below [MB]
+    duration_s: float = 0.0        # stop after this long, 0 = until SIGINT/SIGTERM [s]
+    discovery_period_s: float = 1.0  # look for topics whose type is not known yet this often [s]
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.output_dir, str) and bool(self.output_dir.strip()),
+                f'output_dir must be a folder path, got {self.output_dir!r}')
+        require(isinstance(self.bag_name, str) and '/' not in self.bag_name,
+                f'bag_name must be a plain folder name or empty, got {self.bag_name!r}')
+        require_one_of('storage', self.storage, BAG_STORAGES)
+        require_unique_names('topics', self.topics)
+        require_non_negative('split_duration_s', self.split_duration_s)
+        require_non_negative('flush_period_s', self.flush_period_s)
+        for name in ('reliable_depth', 'best_effort_depth'):
+            value = getattr(self, name)
+            require(isinstance(value, int) and 1 <= value <= 100_000,
+                    f'{name} must be an integer in 1..100000 messages, got {value!r}')
+        require_positive('max_queue_mb', self.max_queue_mb)
+        require_non_negative('min_free_disk_mb', self.min_free_disk_mb)
+        require_non_negative('duration_s', self.duration_s)
+        require_positive('discovery_period_s', self.discovery_period_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class BagPlayerConfig:
+    """bag_player: replay a bag's topics with their recorded timing, and /clock."""
+
+    bag: str = ''                  # bag folder to play (required)
+    topics: tuple[str, ...] = ('',)  # topics to play, [''] = every topic in the bag
+    rate: float = 1.0              # playback speed factor (2.0 = twice as fast)
+    start_offset_s: float = 0.0    # skip this much of the bag's beginning [s]
+    loop: bool = False             # start again at the end
+    clock: bool = True             # publish /clock (rosgraph_msgs/Clock) with the bag time
+    clock_rate_hz: float = 100.0   # /clock publication rate [Hz]
+    restamp: bool = False          # shift header stamps to the current wall clock
+    start_delay_s: float = 0.5     # wait after creating publishers, for discovery [s]
+    exit_when_done: bool = True    # shut down at the end of the bag (unless loop)
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.bag, str), f'bag must be a folder path, got {self.bag!r}')
+        require(all(isinstance(t, str) for t in self.topics),
+                f'topics must be a list of names, got {self.topics!r}')
+        require_positive('rate', self.rate)
+        require_non_negative('start_offset_s', self.start_offset_s)
+        require_positive('clock_rate_hz', self.clock_rate_hz)
+        require_non_negative('start_delay_s', self.start_delay_s)
+        for name in ('loop', 'clock', 'restamp', 'exit_when_done'):
+            require(isinstance(getattr(self, name), bool),
+                    f'{name} must be a bool, got {getattr(self, name)!r}')
