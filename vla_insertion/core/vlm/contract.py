@@ -1,0 +1,58 @@
+"""The feature contract of a VLM configuration, computed without loading or running the model.
+
+`feature_contract_for(config)` is what the VLM node stamps on its features and what the
+action-expert tool writes into a checkpoint; both must agree, so both call this one function.
+It reads only the model's config.json (for the hidden size) and marker (for the portable name).
+"""
+from __future__ import annotations
+
+from vla_insertion.core.config import VlmConfig
+from vla_insertion.core.feature_contract import FeatureContract
+from vla_insertion.core.vlm.architecture import hidden_size_of, PUBLISHED_HIDDEN_SIZES
+from vla_insertion.core.vlm.prompt import build_prompt
+from vla_insertion.core.vlm.source import (
+    hub_snapshot, is_hub_id, model_id_of, ModelSource, read_config, read_marker, VlmLoadError)
+
+REDUCTION_KIND = 'image_grid_pool+instruction_mean'
+
+
+def reduction_name(config: VlmConfig) -> str:
+    """Return the reduction as recorded in the contract, its parameters included."""
+    return f'{REDUCTION_KIND}:{config.pool_grid_h}x{config.pool_grid_w}'
+
+
+def num_feature_tokens(config: VlmConfig) -> int:
+    """Return the rows of the feature matrix: pooled tokens of every view, then one text row."""
+    return len(config.view_names) * config.pool_grid_h * config.pool_grid_w + 1
+
+
+def describe_model(model: str) -> tuple[str, int]:
+    """Return (portable model id, hidden size) of a hub id or folder without loading weights."""
+    if is_hub_id(model):
+        try:
+            folder = hub_snapshot(model, download=False)
+        except VlmLoadError:
+            if model in PUBLISHED_HIDDEN_SIZES:
+                return model, PUBLISHED_HIDDEN_SIZES[model]
+            raise
+        return model, hidden_size_of(read_config(folder))
+    config = read_config(model)
+    return model_id_of(model, config, read_marker(model)), hidden_size_of(config)
+
+
+def feature_contract_for(config: VlmConfig, source: ModelSource | None = None
+                         ) -> FeatureContract:
+    """Return the feature contract of `config` (the model's config.json is read, nothing runs).
+
+    Pass `source` when the model is already resolved to avoid reading its files again.
+    """
+    if source is None:
+        model_id, hidden = describe_model(config.model)
+    else:
+        model_id, hidden = source.model_id, hidden_size_of(source.config)
+    return FeatureContract(
+        model_id=model_id, reduction=reduction_name(config),
+        num_tokens=num_feature_tokens(config), feature_dim=hidden,
+        image_width=config.image_width, image_height=config.image_height,
+        view_names=tuple(config.view_names),
+        prompt=build_prompt(config.view_names, config.instruction))

@@ -1,0 +1,232 @@
+"""VL features from a set of camera views: decode, resize, prompt, forward, reduce.
+
+`VlmFeatureExtractor` implements the shared model interface (`infer(VlmObservation) ->
+VLFeatureData`, `reset()`), ROS-free. One call:
+
+1. decodes each configured view's JPEG/PNG bytes (PIL; JPEGs at a reduced DCT scale when they
+   are at least twice the target) and resizes it to image_width x image_height (640x360 by
+   default) *before* the processor, as the original system did: the resize sets the visual
+   token count (299 per 640x360 view) and so the cost of everything after;
+2. builds one chat prompt with every view, in the configured order, and the instruction, and runs
+   the processor (tokenizer + PIL image processor: 14x14 patches, CLIP normalisation);
+3. runs the base model `model.model(...)` (vision tower + language model) without the LM head:
+   the logits over the 151936-token vocabulary are never computed;
+4. reduces the last hidden states to the contract's (num_tokens, feature_dim) float32 matrix
+   (see reduction.py).
+
+Per-stage wall times of the last call are in `last_timings` [ms]. `DelayedVlm` wraps any VLM and
+adds a fixed delay (the comparison experiment's stand-in for a heavier model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+
+import numpy as np
+from PIL import Image
+import torch
+
+from vla_insertion.core.config import VlmConfig
+from vla_insertion.core.data import CameraFrame, VLFeatureData
+from vla_insertion.core.feature_contract import FeatureContract
+from vla_insertion.core.interfaces import VlmObservation
+from vla_insertion.core.vlm.contract import feature_contract_for
+from vla_insertion.core.vlm.model import (
+    load_model, load_processor, resolve_device, resolve_dtype)
+from vla_insertion.core.vlm.reduction import reduce_hidden_states
+from vla_insertion.core.vlm.source import resolve_model, VlmLoadError
+
+logger = logging.getLogger(__name__)
+
+STAGES = ('decode', 'resize', 'processor', 'forward', 'reduction')
+
+
+class VlmInputError(ValueError):
+    """An observation cannot be used: a view is missing or its image does not decode."""
+
+
+def decode_image(frame: CameraFrame, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode a frame's compressed bytes to an RGB PIL image.
+
+    With `min_size` (width, height), a JPEG is decoded at the smallest DCT scale (1/2, 1/4,
+    1/8) that still covers it: a 1280x720 view decodes directly at 640x360, about 3x faster
+    than a full decode followed by a resize.
+    """
+    try:
+        image = Image.open(io.BytesIO(frame.data))
+        if min_size is not None and image.format == 'JPEG':
+            image.draft('RGB', min_size)
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise VlmInputError(f'view {frame.view}: cannot decode the {frame.encoding} image '
+                            f'({len(frame.data)} bytes): {exc}') from None
+    return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def resize_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Resize to exactly width x height (bilinear; the aspect ratio follows the target)."""
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.BILINEAR)
+
+
+class VlmFeatureExtractor:
+    """Qwen2.5-VL feature extractor: `infer(VlmObservation) -> VLFeatureData`, `reset()`.
+
+    Raises VlmLoadError at construction when the model cannot be loaded (the message names the
+    missing part) and VlmInputError from `infer` for unusable views.
+    """
+
+    def __init__(self, config: VlmConfig, *, download: bool = True) -> None:
+        self.config = config
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        self.source = resolve_model(config.model, download=download)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.processor = load_processor(self.source)
+        self.model = load_model(self.source, self.device, self.dtype,
+                                config.attn_implementation)
+        self.contract: FeatureContract = feature_contract_for(config, self.source)
+        self._digest = self.contract.digest
+        model_config = self.model.config
+        self._image_token_id = int(model_config.image_token_id)
+        self._vision_end_id = int(model_config.vision_end_token_id)
+        self._merge = int(model_config.vision_config.spatial_merge_size)
+        self.last_timings: dict[str, float] = {}
+        if self.model.model.language_model.config.hidden_size != self.contract.feature_dim:
+            raise VlmLoadError(f'{self.source.folder}: config.json hidden size '
+                               f'{self.contract.feature_dim} differs from the loaded model')
+        logger.info(f'VLM {self.model_id} on {self.device} ({self.dtype}), contract '
+                    f'{self._digest}: {self.contract.num_tokens} x {self.contract.feature_dim}'
+                    + (' -- UNTRAINED weights' if self.untrained else ''))
+
+    @property
+    def model_id(self) -> str:
+        return self.contract.model_id
+
+    @property
+    def untrained(self) -> bool:
+        return self.source.untrained
+
+    def infer(self, obs: VlmObservation) -> VLFeatureData:
+        """Compute the features of one set of views, stamped with the newest capture time."""
+        start = time.perf_counter()
+        timings = dict.fromkeys(STAGES, 0.0)
+        cfg = self.config
+        images, stamps = [], []
+        for view in cfg.view_names:
+            frame = obs.frames.get(view)
+            if frame is None:
+                raise VlmInputError(f'view {view} missing from the observation '
+                                    f'(got {sorted(obs.frames)})')
+            t = time.perf_counter()
+            image = decode_image(frame, (cfg.image_width, cfg.image_height))
+            timings['decode'] += time.perf_counter() - t
+            t = time.perf_counter()
+            images.append(resize_image(image, cfg.image_width, cfg.image_height))
+            timings['resize'] += time.perf_counter() - t
+            stamps.append(frame.stamp_s)
+        features = self.features_from_images(images, timings)
+        total = time.perf_counter() - start
+        self.last_timings = {f'{k}_ms': v * 1e3 for k, v in timings.items()}
+        self.last_timings['total_ms'] = total * 1e3
+        return VLFeatureData(
+            stamp_s=max(stamps), features=features, sequence=obs.sequence,
+            contract_hash=self._digest, model_id=self.model_id,
+            view_names=tuple(cfg.view_names), view_stamps_s=tuple(stamps),
+            inference_ms=total * 1e3, untrained=self.untrained)
+
+    def features_from_images(self, images: list[Image.Image],
+                             timings: dict[str, float] | None = None) -> np.ndarray:
+        """Run processor, forward and reduction on resized RGB images in view order."""
+        timings = timings if timings is not None else dict.fromkeys(STAGES, 0.0)
+        t = time.perf_counter()
+        inputs = self.processor(text=[self.contract.prompt], images=images, return_tensors='pt')
+        timings['processor'] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        with torch.inference_mode():
+            input_ids = inputs['input_ids'].to(self.device)                    # (1, T)
+            output = self.model.model(  # the base model: no LM head, no logits
+                input_ids=input_ids,
+                attention_mask=inputs['attention_mask'].to(self.device),
+                pixel_values=inputs['pixel_values'].to(self.device, self.dtype),  # (P, 1176)
+                image_grid_thw=inputs['image_grid_thw'].to(self.device),          # (V, 3)
+                mm_token_type_ids=inputs['mm_token_type_ids'].to(self.device),
+                use_cache=False, return_dict=True)
+            hidden = output.last_hidden_state[0]                                  # (T, D)
+            self._synchronize()
+            timings['forward'] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            reduced = reduce_hidden_states(
+                hidden, input_ids[0], inputs['image_grid_thw'].to(self.device),
+                image_token_id=self._image_token_id, vision_end_token_id=self._vision_end_id,
+                merge_size=self._merge, pool_h=self.config.pool_grid_h,
+                pool_w=self.config.pool_grid_w)                                  # (N, D)
+            features = reduced.cpu().numpy()
+        timings['reduction'] += time.perf_counter() - t
+        expected = (self.contract.num_tokens, self.contract.feature_dim)
+        if features.shape != expected:
+            raise RuntimeError(f'features {features.shape} break the contract {expected}')
+        return features
+
+    def warmup(self, runs: int = 1) -> None:
+        """Run on mid-grey views so kernels and allocators are ready before the first frame."""
+        grey = Image.new('RGB', (self.config.image_width, self.config.image_height),
+                         (128, 128, 128))
+        for _ in range(runs):
+            self.features_from_images([grey] * len(self.config.view_names))
+
+    def reset(self) -> None:
+        # Qwen2.5-VL caches rotary offsets between generate() steps; features need none.
+        self.model.model.rope_deltas = None
+
+    def _synchronize(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+
+class DelayedVlm:
+    """A VLM whose every inference takes `delay_s` longer: a stand-in for a heavier model.
+
+    Same interface as the wrapped model. The delay is added after the inner inference and
+    included in `inference_ms`, so the features age exactly as a slower model's would.
+    """
+
+    def __init__(self, inner, delay_s: float, sleep=time.sleep) -> None:
+        if not delay_s >= 0.0:
+            raise ValueError(f'delay_s must be >= 0, got {delay_s}')
+        self.inner = inner
+        self.delay_s = float(delay_s)
+        self._sleep = sleep
+        self.last_timings: dict[str, float] = {}
+
+    @property
+    def contract(self) -> FeatureContract:
+        return self.inner.contract
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def untrained(self) -> bool:
+        return self.inner.untrained
+
+    def infer(self, obs: VlmObservation) -> VLFeatureData:
+        """Run the wrapped model, then wait `delay_s`."""
+        out = self.inner.infer(obs)
+        start = time.perf_counter()
+        self._sleep(self.delay_s)
+        delay_ms = (time.perf_counter() - start) * 1e3
+        self.last_timings = {**getattr(self.inner, 'last_timings', {}), 'delay_ms': delay_ms}
+        if 'total_ms' in self.last_timings:
+            self.last_timings['total_ms'] += delay_ms
+        return dataclasses.replace(out, inference_ms=out.inference_ms + delay_ms)
+
+    def reset(self) -> None:
+        self.inner.reset()
