@@ -476,7 +476,7 @@ class BagPlayerConfig:
     clock: bool = True             # publish /clock (rosgraph_msgs/Clock) with the bag time
     clock_rate_hz: float = 100.0   # /clock publication rate [Hz]
     restamp: bool = False          # shift header stamps to the current wall clock
-    start_delay_s: float = 0.5     # wait after creating publishers, for discovery [s]
+    start_delay_s: float = 0.5     # wait up to this long for a subscriber on every topic [s]
     exit_when_done: bool = True    # shut down at the end of the bag (unless loop)
 
     def __post_init__(self) -> None:
