@@ -54,6 +54,14 @@ def _spin_until(executor, predicate, timeout_s: float, step_s: float = 0.02) -> 
     return predicate()
 
 
+@pytest.fixture(scope='session')
+def tiny_vlm_dir(tmp_path_factory):
+    """Write the untrained tiny Qwen2.5-VL once per test session and return its folder."""
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    from vla_insertion.core.vlm.model import write_tiny_model
+    return write_tiny_model(tmp_path_factory.mktemp('vlm') / 'tiny-qwen2.5-vl', seed=0)
+
+
 @pytest.fixture
 def spin_until():
     """Return a function that spins an executor until a predicate holds or a timeout passes."""

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 import shutil
 
+from safetensors import SafetensorError
 import torch
 from transformers import (
     AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
@@ -96,7 +97,7 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype,
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(source.folder), dtype=dtype, attn_implementation=attn_implementation)
-    except (OSError, ValueError, RuntimeError, ImportError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, ImportError, KeyError, SafetensorError) as exc:
         raise VlmLoadError(f'weights in {source.folder} could not be loaded '
                            f'({attn_implementation} attention, {dtype}): {exc}') from None
     try:

@@ -1,0 +1,236 @@
+"""vlm_node: Qwen2.5-VL features from the newest camera views, in the background.
+
+Topics
+    in   cameras/<view>/image/compressed  sensor_msgs/CompressedImage  SENSOR_QOS   per view
+    in   vla/feature_request              std_msgs/Header              LATEST_QOS   sync mode
+    out  vla/features                     vla_insertion/VLFeatures     LATEST_QOS
+    out  /diagnostics, vla/stats          (NodeMonitor)
+
+Parameters: the fields of `VlmConfig` (core/config.py): model, device, dtype,
+attn_implementation, view_names, image_width, image_height, instruction, pool_grid_h,
+pool_grid_w, sync_tolerance_s, max_view_age_s, max_rate_hz, mode, torch_threads, warmup_runs.
+
+Subscriptions only store the newest frame per view (core.vlm.selection.LatestFrames). One worker
+thread runs the model: in async mode (default) it waits for a new frame, selects the newest
+complete set whose capture stamps lie within sync_tolerance_s and none older than
+max_view_age_s, runs inference, publishes the features stamped with the newest view's capture
+time and starts again at once (or at max_rate_hz). A set that is incomplete, stale or out of sync
+is skipped, counted by cause and reported in /diagnostics; a set already run is never run again.
+In sync mode (`mode: sync`) the worker runs once per request on vla/feature_request, on the
+newest views (a repeated set is run again and counted as `repeated_set`).
+
+Exit status: 2 for an invalid parameter, 3 when the model cannot be loaded (the log names the
+missing folder, config, weights, tokenizer or processor).
+"""
+from __future__ import annotations
+
+from collections import Counter
+import functools
+import threading
+import time
+
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage
+from std_msgs.msg import Header
+import torch
+
+from vla_insertion.conversions import camera_frame_from_msg, vl_features_to_msg
+from vla_insertion.core.config import VlmConfig
+from vla_insertion.core.data import NodeStatsData
+from vla_insertion.core.health import DropCounter, HealthReport, LatencyStats, RateMeter
+from vla_insertion.core.interfaces import VlmObservation
+from vla_insertion.core.vlm.extractor import VlmFeatureExtractor, VlmInputError
+from vla_insertion.core.vlm.selection import LatestFrames, NO_NEW_FRAMES
+from vla_insertion.core.vlm.source import VlmLoadError
+from vla_insertion.msg import VLFeatures
+from vla_insertion.nodes.common import (
+    declare_config, LATEST_QOS, NodeMonitor, run_node, SENSOR_QOS)
+
+EXIT_LOAD_ERROR = 3
+WAIT_STEP_S = 0.1        # worker wake-up period to notice shutdown [s]
+SKIP_BACKOFF_S = 0.05    # after a skipped set, wait this long before trying again [s]
+BAD_IMAGE = 'bad_image'  # skip cause: a view did not decode
+
+
+class VlmNode(Node):
+    """Publish VL features of the newest complete, in-sync set of camera views."""
+
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__('vlm_node', **node_kwargs)
+        self._config = declare_config(self, VlmConfig)
+        cfg = self._config
+        log = self.get_logger()
+        log.info(f'loading VLM {cfg.model} (device {cfg.device}, dtype {cfg.dtype})')
+        self._extractor = VlmFeatureExtractor(cfg)  # VlmLoadError -> main() exits 3
+        self._contract_hash = self._extractor.contract.digest
+        if self._extractor.untrained:
+            log.warn(f'VLM {self._extractor.model_id} has UNTRAINED (random) weights: its '
+                     'features are for demos and tests only')
+        if cfg.warmup_runs:
+            with torch.inference_mode():
+                self._extractor.warmup(cfg.warmup_runs)
+        log.info(f'VLM ready: {self._extractor.model_id}, contract {self._contract_hash} '
+                 f'({self._extractor.contract.num_tokens} x '
+                 f'{self._extractor.contract.feature_dim}), mode {cfg.mode}')
+
+        self._frames = LatestFrames(cfg.view_names)
+        self._frame_counts: Counter[str] = Counter()
+        self._skipped = DropCounter()       # sets not run, by cause
+        self._refused_frames = DropCounter()  # frames not stored (out of order)
+        self._rate = RateMeter()
+        self._inference_ms = LatencyStats()
+        self._feature_age_s = LatencyStats()  # at publication: publish time - newest capture
+        self._stage_ms = {}
+        self._sequence = 0
+        self._repeated_sets = 0
+        self._requests = 0
+        self._last_skip = ''
+        self._published_at_report = 0
+        self._worker_error = ''
+
+        self._pub = self.create_publisher(VLFeatures, 'vla/features', LATEST_QOS)
+        for view in cfg.view_names:
+            self.create_subscription(CompressedImage, f'cameras/{view}/image/compressed',
+                                     functools.partial(self._on_image, view), SENSOR_QOS)
+        self._request = threading.Event()
+        if cfg.mode == 'sync':
+            self.create_subscription(Header, 'vla/feature_request', self._on_request,
+                                     LATEST_QOS)
+        self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name='vlm_worker', daemon=True)
+        self._worker.start()
+
+    # --- callbacks: store and return -------------------------------------------------------
+
+    def _on_image(self, view: str, msg: CompressedImage) -> None:
+        self._frame_counts[view] += 1
+        if not self._frames.put(camera_frame_from_msg(msg, view)):
+            self._refused_frames.count('out_of_order')
+
+    def _on_request(self, msg: Header) -> None:
+        self._requests += 1
+        self._request.set()
+
+    # --- worker ---------------------------------------------------------------------------
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:
+            self._worker_error = f'{type(exc).__name__}: {exc}'
+            self.get_logger().fatal(f'VLM worker stopped: {self._worker_error}')
+            raise
+
+    def _loop(self) -> None:
+        cfg = self._config
+        sync = cfg.mode == 'sync'
+        period_s = 1.0 / cfg.max_rate_hz if cfg.max_rate_hz > 0 else 0.0
+        next_start = time.monotonic()
+        while not self._stop.is_set():
+            if sync:  # one run per request, on the newest views
+                if not self._request.wait(WAIT_STEP_S):
+                    continue
+                self._request.clear()
+            else:  # one run per new set, no sooner than max_rate_hz allows
+                if not self._frames.wait_for_new(WAIT_STEP_S):
+                    continue
+                if period_s and self._stop.wait(max(0.0, next_start - time.monotonic())):
+                    break
+            selection = self._frames.select(self._now_s(), cfg.sync_tolerance_s,
+                                            cfg.max_view_age_s, require_new=not sync)
+            if not selection.ready:
+                if selection.cause != NO_NEW_FRAMES:
+                    self._skip(selection.cause, selection.describe())
+                    self._stop.wait(0.0 if sync else SKIP_BACKOFF_S)
+                continue
+            next_start = time.monotonic() + period_s
+            self._repeated_sets += int(selection.repeated)
+            obs = VlmObservation(frames=selection.frames, sequence=self._sequence + 1)
+            try:
+                with torch.inference_mode():
+                    features = self._extractor.infer(obs)
+            except VlmInputError as exc:
+                self._skip(BAD_IMAGE, str(exc))
+                continue
+            self._pub.publish(vl_features_to_msg(features))
+            self._sequence += 1
+            now = self._now_s()
+            self._rate.tick(time.monotonic())
+            self._inference_ms.add(features.inference_ms)
+            self._feature_age_s.add(now - features.stamp_s)
+            self._stage_ms = dict(self._extractor.last_timings)
+
+    def _skip(self, cause: str, detail: str) -> None:
+        self._skipped.count(cause)
+        self._last_skip = f'{cause}: {detail}'
+        self.get_logger().warn(f'VL set skipped: {detail}', throttle_duration_sec=2.0)
+
+    # --- monitoring -----------------------------------------------------------------------
+
+    def _report(self) -> tuple[HealthReport, NodeStatsData]:
+        rate = self._rate.rate_hz(time.monotonic())
+        latency = self._inference_ms.summary()
+        age = self._feature_age_s.summary()
+        published = self._sequence
+        report = HealthReport()
+        if self._worker_error:
+            report.escalate('ERROR', f'worker stopped: {self._worker_error}')
+        elif published == self._published_at_report and self._last_skip:
+            report.escalate('WARN', f'not publishing: {self._last_skip}')
+        elif published == 0:
+            report.escalate('WARN', 'no features published yet')
+        self._published_at_report = published
+        self._last_skip = ''
+        if self._extractor.untrained:
+            report.message += ' (untrained weights)'
+        report.values = {
+            'mode': self._config.mode, 'model_id': self._extractor.model_id,
+            'contract': self._contract_hash, 'untrained': self._extractor.untrained,
+            'vl_updates': published, 'vl_rate_hz': rate,
+            'inference_ms_mean': latency['mean'], 'inference_ms_p99': latency['p99'],
+            'feature_age_s_mean': age['mean'], 'feature_age_s_p99': age['p99'],
+            'repeated_sets': self._repeated_sets, 'requests': self._requests,
+            **{f'skipped.{k}': v for k, v in sorted(self._skipped.as_dict().items())},
+            **{f'refused_frames.{k}': v
+               for k, v in sorted(self._refused_frames.as_dict().items())},
+            **{f'frames.{v}': self._frame_counts[v] for v in self._config.view_names},
+            **{f'stage.{k}': v for k, v in self._stage_ms.items()},
+        }
+        stats = NodeStatsData(
+            stamp_s=self._now_s(), node='', rate_hz=rate, latency_mean_ms=latency['mean'],
+            latency_p99_ms=latency['p99'], input_age_s=age['mean'], published=published,
+            dropped=self._skipped.total())
+        return report, stats
+
+    def _status_line(self) -> str:
+        latency = self._inference_ms.summary()
+        line = (f'VL updates: {self._sequence} | VL avg: {latency["mean"]:.0f}ms | '
+                f'VL rate: {self._rate.rate_hz(time.monotonic()):.2f} Hz | feature age avg: '
+                f'{self._feature_age_s.summary()["mean"] * 1e3:.0f}ms | frames: '
+                + ' '.join(f'{v}={self._frame_counts[v]}' for v in self._config.view_names))
+        skipped = self._skipped.as_dict()
+        if skipped:
+            line += ' | skipped ' + ', '.join(f'{k}={v}' for k, v in sorted(skipped.items()))
+        if self._extractor.untrained:
+            line += ' | untrained'
+        return line
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._request.set()
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    try:
+        return run_node(VlmNode, args)
+    except VlmLoadError as exc:
+        rclpy.logging.get_logger('vlm_node').fatal(f'cannot load the VLM: {exc}')
+        return EXIT_LOAD_ERROR
