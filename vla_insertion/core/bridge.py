@@ -1,0 +1,231 @@
+"""The receive side of a bridge, free of ROS.
+
+Sockets with timeouts and size caps, a receive thread with a stop Event, drop counting by cause,
+and the health numbers every bridge reports.
+
+A node gives `ReceiveLoop` a socket factory and a handler `(data, t_recv) -> None`; the handler
+decodes and publishes, raising `WireError` (malformed input) or `Drop` (well-formed but unusable,
+e.g. late) to have the message counted and dropped. Socket errors recreate the socket after a
+back-off, so the loop survives anything the network does.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+import logging
+import math
+import socket
+import threading
+import time
+
+import zmq
+
+from vla_insertion.core.clock import ClockOffsetEstimator
+from vla_insertion.core.config import ConfigError
+from vla_insertion.core.data import NodeStatsData
+from vla_insertion.core.health import DropCounter, HealthReport, LatencyStats, RateMeter
+from vla_insertion.core.wire import OVERSIZED, WireError
+
+_LOG = logging.getLogger(__name__)
+LATE = 'late'                   # older than what was already published
+UNKNOWN_VIEW = 'unknown_view'   # a camera view that is not configured
+SOCKET_ERROR = 'socket_error'   # the socket failed and was recreated
+
+
+class Drop(Exception):
+    """A well-formed message the bridge cannot use; counted under `cause`."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class ZmqSource:
+    """A PULL (bind) or SUB (connect) socket returning one message per recv(), or None."""
+
+    def __init__(self, context: zmq.Context, socket_type: int, endpoint: str, bind: bool,
+                 timeout_s: float, max_bytes: int) -> None:
+        self._socket = context.socket(socket_type)
+        self._max_bytes = max_bytes
+        # Hard guard against memory exhaustion: beyond this ZMQ drops the peer's connection (it
+        # reconnects). Between max_bytes and the guard the message arrives and is counted.
+        self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_bytes + 65536)
+        self._socket.setsockopt(zmq.RCVTIMEO, max(1, int(timeout_s * 1000)))
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 1000)
+        if socket_type == zmq.SUB:
+            self._socket.setsockopt(zmq.SUBSCRIBE, b'')
+            self._socket.setsockopt(zmq.RECONNECT_IVL, 100)       # [ms] pick up a restart
+            self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        (self._socket.bind if bind else self._socket.connect)(endpoint)
+
+    def recv(self) -> bytes | None:
+        try:
+            data = self._socket.recv()
+        except zmq.Again:
+            return None
+        if len(data) > self._max_bytes:
+            raise WireError(OVERSIZED, f'{len(data)} bytes > cap {self._max_bytes}')
+        return data
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+class UdpSource:
+    """A bound UDP socket returning one datagram per recv(), or None on timeout."""
+
+    def __init__(self, host: str, port: int, timeout_s: float, max_bytes: int,
+                 buffer_bytes: int) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.settimeout(timeout_s)
+        self._socket.bind((host, port))
+        self._max_bytes = max_bytes
+        # one byte more than the cap: a datagram that fills it was larger than allowed
+        self._buffer = bytearray(max_bytes + 1)
+
+    def recv(self) -> bytes | None:
+        try:
+            n = self._socket.recv_into(self._buffer)
+        except socket.timeout:
+            return None
+        if n > self._max_bytes:
+            raise WireError(OVERSIZED, f'datagram over the cap of {self._max_bytes} bytes')
+        return bytes(self._buffer[:n])
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+Source = ZmqSource | UdpSource
+
+
+class ReceiveLoop:
+    """Receive in a daemon thread until stop(); count, time and drop what the handler refuses."""
+
+    def __init__(self, name: str, open_source: Callable[[], Source],
+                 handler: Callable[[bytes, float], None],
+                 on_drop: Callable[[str, str], None] | None = None,
+                 retry_s: float = 0.5) -> None:
+        self.name = name
+        self._open = open_source
+        self._handler = handler
+        self._on_drop = on_drop or (lambda cause, text: _LOG.warning(f'{name}: {text}'))
+        self._retry_s = retry_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.drops = DropCounter()
+        self.received = 0
+        self.rx_rate = RateMeter()
+        self.hop_ms = LatencyStats(maxlen=2000)   # receive -> handler done (published)
+        self.last_rx_s = math.nan                 # local time of the newest message [s]
+        self.error: BaseException | None = None   # set if the handler raised unexpectedly
+        try:
+            self._source: Source | None = self._open()
+        except (OSError, zmq.ZMQError) as exc:    # e.g. the port is in use: fail at start-up
+            raise ConfigError(f'{name}: cannot open the socket: {exc}') from exc
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        elif self._source is not None:      # never started: close the socket opened here
+            self._source.close()
+            self._source = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        source: Source | None = self._source
+        self._source = None                 # the thread owns and closes it from here on
+        try:
+            while not self._stop.is_set():
+                if source is None:
+                    source = self._reopen()
+                    continue
+                try:
+                    data = source.recv()
+                except (WireError, Drop) as exc:
+                    self._drop(exc.cause, str(exc))
+                    continue
+                except (OSError, zmq.ZMQError) as exc:
+                    self._drop(SOCKET_ERROR, f'socket error, reopening: {exc}')
+                    source.close()
+                    source = None
+                    continue
+                if data is not None:
+                    self._handle(data)
+        except BaseException as exc:
+            self.error = exc
+            _LOG.exception(f'{self.name}: receive thread died')
+            raise
+        finally:
+            if source is not None:
+                source.close()
+
+    def _reopen(self) -> Source | None:
+        if self._stop.wait(self._retry_s):
+            return None
+        try:
+            return self._open()
+        except (OSError, zmq.ZMQError) as exc:
+            self._drop(SOCKET_ERROR, f'cannot reopen the socket: {exc}')
+            return None
+
+    def _handle(self, data: bytes) -> None:
+        t_recv = time.time()
+        self.received += 1
+        self.last_rx_s = t_recv
+        self.rx_rate.tick(t_recv)
+        try:
+            self._handler(data, t_recv)
+        except (WireError, Drop) as exc:
+            self._drop(exc.cause, str(exc))
+            return
+        self.hop_ms.add((time.time() - t_recv) * 1e3)
+
+    def _drop(self, cause: str, text: str) -> None:
+        self.drops.count(cause)
+        self._on_drop(cause, text)
+
+
+def bridge_health(loop: ReceiveLoop, clock: ClockOffsetEstimator, now_s: float,
+                  stale_after_s: float, node: str, published: int, rate_hz: float,
+                  dropped_before: int) -> tuple[HealthReport, NodeStatsData]:
+    """Return the health every bridge reports; the node adds its stream's own checks.
+
+    `dropped_before` is the drop total at the previous report, to warn about new drops only.
+    """
+    health = HealthReport()
+    clock_report = clock.report()
+    age = now_s - loop.last_rx_s
+    hop = loop.hop_ms.summary()
+    drops = loop.drops.as_dict()
+    total_drops = sum(drops.values())
+    health.values.update({
+        'received': loop.received, 'published': published, 'rate_hz': rate_hz,
+        'last_message_age_s': age, 'hop_latency_mean_ms': hop['mean'],
+        'hop_latency_p99_ms': hop['p99'], 'clock_offset_ms': clock_report.offset_s * 1e3,
+        'clock_calibrated': clock_report.calibrated,
+        'clock_recalibrations': clock_report.recalibrations, 'dropped': total_drops,
+        **{f'drop_{cause}': n for cause, n in sorted(drops.items())}})
+    if loop.error is not None or not loop.alive:
+        health.escalate('ERROR', f'receive thread stopped: {loop.error!r}')
+    elif math.isnan(age):
+        health.escalate('WARN', 'no data received yet')
+    elif age > stale_after_s:
+        health.escalate('ERROR', f'no data for {age:.1f} s')
+    if loop.received and not clock_report.calibrated:
+        health.escalate('WARN', 'clock offset not calibrated yet')
+    if total_drops > dropped_before:
+        health.escalate('WARN', f'dropped {total_drops - dropped_before} bad or late messages')
+    stats = NodeStatsData(stamp_s=now_s, node=node, rate_hz=rate_hz,
+                          latency_mean_ms=hop['mean'], latency_p99_ms=hop['p99'],
+                          input_age_s=age, published=published, dropped=total_drops)
+    return health, stats

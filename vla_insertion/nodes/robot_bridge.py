@@ -1,0 +1,125 @@
+"""robot_bridge: robot state from the robot PC (ZMQ SUB) -> joint states [rad] and tool pose [m].
+
+Topics out:
+  robot/joint_states   sensor_msgs/JointState, STATE_QOS; positions [rad]
+  robot/pose           geometry_msgs/PoseStamped, STATE_QOS; position [m], unit quaternion,
+                       frame_id base_frame; both stamped with the sender time on the local clock
+  /diagnostics, vla/stats   rate, drops by cause, clock offset, message age, joints
+Parameters: the fields of core.config.RobotBridgeConfig (robot_ip, port, wire_format,
+max_message_bytes, receive_timeout_s, calibration_batches, joint_names, base_frame,
+min_rate_hz, stale_after_s).
+
+The SUB socket connects to robot_ip:port and reconnects by itself when the robot PC restarts;
+the new session id is counted as a restart. States older than the newest published are dropped.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+import zmq
+
+from vla_insertion.conversions import robot_state_to_msgs
+from vla_insertion.core.bridge import bridge_health, Drop, LATE, ReceiveLoop, ZmqSource
+from vla_insertion.core.clock import ClockOffsetEstimator, MonotonicStamp
+from vla_insertion.core.config import RobotBridgeConfig
+from vla_insertion.core.data import NodeStatsData, RobotState
+from vla_insertion.core.health import HealthReport, RateMeter
+from vla_insertion.core.wire import make_codec, robot_state, RobotMessage
+from vla_insertion.nodes.common import declare_config, NodeMonitor, run_node, STATE_QOS
+
+
+class RobotBridgeNode(Node):
+    """Bridge the robot PC's state messages to JointState and PoseStamped in SI units."""
+
+    def __init__(self) -> None:
+        super().__init__('robot_bridge')
+        self._config = cfg = declare_config(self, RobotBridgeConfig)
+        self._codec = make_codec(cfg.wire_format, 'robot', max_bytes=cfg.max_message_bytes)
+        self._sender_clock = ClockOffsetEstimator(cfg.calibration_batches)
+        self._stamp = MonotonicStamp()
+        self._joints_pub = self.create_publisher(JointState, 'robot/joint_states', STATE_QOS)
+        self._pose_pub = self.create_publisher(PoseStamped, 'robot/pose', STATE_QOS)
+        self._rate = RateMeter()
+        self._published = 0
+        self._session: int | None = None
+        self._last_sender_s = -math.inf
+        self._restarts = 0
+        self._latest: RobotState | None = None
+        self._dropped_reported = 0
+        self._zmq = zmq.Context(1)
+        endpoint = f'tcp://{cfg.robot_ip}:{cfg.port}'
+        self._loop = ReceiveLoop(
+            'robot_rx', lambda: ZmqSource(self._zmq, zmq.SUB, endpoint, False,
+                                          cfg.receive_timeout_s, cfg.max_message_bytes),
+            self._on_message, on_drop=self._warn_drop)
+        self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
+        self._loop.start()
+        self.get_logger().info(f'robot SUB connecting to {endpoint}, '
+                               f'wire format {cfg.wire_format}')
+
+    def _on_message(self, data: bytes, t_recv: float) -> None:
+        # receive thread: decode -> check order -> SI units on the local clock -> publish
+        msg: RobotMessage = self._codec.decode(data)
+        if msg.session != self._session:
+            if self._session is not None:
+                self._restarts += 1
+                self.get_logger().warning('robot sender restarted (new session)')
+            self._session, self._last_sender_s = msg.session, -math.inf
+        if msg.sender_time_s <= self._last_sender_s:
+            raise Drop(LATE, 'robot state older than the last one published')
+        self._last_sender_s = msg.sender_time_s
+        stamp = self._stamp(self._sender_clock.to_local(msg.sender_time_s, t_recv))
+        state = robot_state(msg, stamp, self._config.joint_names)
+        joints, pose = robot_state_to_msgs(state, self._config.base_frame)
+        self._joints_pub.publish(joints)
+        self._pose_pub.publish(pose)
+        self._latest = state
+        self._published += 1
+        self._rate.tick(t_recv)
+
+    def _warn_drop(self, cause: str, text: str) -> None:
+        self.get_logger().warning(f'dropped a robot message ({cause}): {text}',
+                                  throttle_duration_sec=2.0)
+
+    def _report(self) -> tuple[HealthReport, NodeStatsData]:
+        now = time.time()
+        rate = self._rate.rate_hz(now)
+        health, stats = bridge_health(
+            self._loop, self._sender_clock, now, self._config.stale_after_s, 'robot_bridge',
+            published=self._published, rate_hz=rate, dropped_before=self._dropped_reported)
+        self._dropped_reported = stats.dropped
+        health.values['sender_restarts'] = self._restarts
+        state = self._latest
+        if state is not None:
+            for name, q in zip(state.joint_names, state.joint_positions_rad):
+                health.values[f'{name}_rad'] = float(q)
+            health.values['gripper'] = state.gripper
+        if self._loop.received and rate < self._config.min_rate_hz:
+            health.escalate('WARN', f'state rate {rate:.1f} Hz < {self._config.min_rate_hz:g}')
+        return health, stats
+
+    def _status_line(self) -> str:
+        state, clock = self._latest, self._sender_clock.report()
+        robot = 'no state yet' if state is None else (
+            f'J1={math.degrees(state.joint_positions_rad[0]):.2f} deg, '
+            f'Px={state.tool_position_m[0] * 1e3:.1f} mm, gripper {state.gripper:.2f}')
+        return (f'robot {self._rate.rate_hz(time.time()):.1f} Hz: {robot} | dropped '
+                f'{self._loop.drops.total()} | restarts {self._restarts} | clock offset '
+                f'{clock.offset_s * 1e3:+.2f} ms{"" if clock.calibrated else " (calibrating)"}')
+
+    def destroy_node(self) -> None:
+        self._loop.stop()
+        self._zmq.destroy(linger=0)
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    return run_node(RobotBridgeNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
