@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import threading
 import time
 
@@ -57,6 +58,7 @@ from vla_insertion.nodes.common import (
     declare_config, LATEST_QOS, NodeMonitor, run_node, STATE_QOS, WINDOW_QOS)
 
 SYNC_TIMEOUT = 'sync_timeout'
+SWITCH_INTERVAL_S = 0.0005
 BAD_OBSERVATION = 'bad_observation'
 
 
@@ -68,6 +70,11 @@ class ActionExpertNode(Node):
         self._config = cfg = declare_config(self, ExpertConfig)
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
+        # Every torch op releases the GIL and must take it back. With the default 5 ms switch
+        # interval a busy Python thread (executor callbacks) keeps it up to 5 ms per op, which
+        # turns a 3 ms forward pass into tens of ms; 0.5 ms bounds that convoy. Process-wide,
+        # which is why the expert runs in a process of its own.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         try:
             checkpoint = load_checkpoint(cfg.checkpoint, device=cfg.device)
         except CheckpointError as exc:
@@ -75,6 +82,7 @@ class ActionExpertNode(Node):
         self._policy = ExpertPolicy(checkpoint, device=cfg.device, steps=cfg.flow_steps or None,
                                     seed=None if cfg.seed < 0 else cfg.seed)
         meta = self._policy.meta
+        self._warm_up()
         self._limits = StalenessLimits(cfg.max_feature_age_s, cfg.max_sensor_age_s,
                                        cfg.max_robot_age_s, cfg.require_complete_window)
         self._mode = MODE_SYNC if cfg.mode == 'sync' else MODE_ASYNC
@@ -103,6 +111,7 @@ class ActionExpertNode(Node):
         self._feature_age_s = LatencyStats(maxlen=100)
         self._sensor_age_s = LatencyStats(maxlen=100)
         self._overruns = 0
+        self._failed = ''
         self._last_tick_mono: float | None = None
 
         self.create_subscription(VLFeatures, 'vla/features', self._on_features, LATEST_QOS)
@@ -121,7 +130,8 @@ class ActionExpertNode(Node):
             f'({self._policy.steps} steps), contract {meta.contract_digest} '
             f'{meta.feature_shape}, {cfg.mode} mode at {cfg.rate_hz} Hz ({cfg.scheduler})')
         if meta.untrained:
-            self.get_logger().warn('UNTRAINED action-expert checkpoint: never drive a real robot')
+            self.get_logger().warning('UNTRAINED action-expert checkpoint: never drive a '
+                                      'real robot')
 
         self._stop = threading.Event()
         self._thread = None
@@ -133,6 +143,15 @@ class ActionExpertNode(Node):
         else:
             self._timer = self.create_timer(self._period_s, self._tick,
                                             callback_group=MutuallyExclusiveCallbackGroup())
+
+    def _warm_up(self, runs: int = 3) -> None:
+        """Run the model on zeros so lazy initialisation does not land on the first tick."""
+        cfg = self._policy.meta.model
+        with torch.inference_mode():
+            for _ in range(runs):
+                self._policy.model(torch.zeros(1, cfg.feature_tokens, cfg.feature_dim),
+                                   torch.zeros(1, cfg.window_samples, cfg.sensor_channels),
+                                   torch.zeros(1, cfg.state_dim), steps=self._policy.steps)
 
     # --- inputs: store the newest of each -------------------------------------------------
 
@@ -166,7 +185,7 @@ class ActionExpertNode(Node):
 
     def _bad_input(self, cause: str, exc: Exception) -> None:
         self._refused.count(cause)
-        self.get_logger().warn(f'{cause}: {exc}', throttle_duration_sec=2.0)
+        self.get_logger().warning(f'{cause}: {exc}', throttle_duration_sec=2.0)
 
     # --- scheduling -----------------------------------------------------------------------
 
@@ -177,7 +196,13 @@ class ActionExpertNode(Node):
             delay = deadline - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
-            self._tick()
+            try:
+                self._tick()
+            except Exception as exc:  # unexpected: make it loud, then let it propagate
+                self._failed = f'{type(exc).__name__}: {exc}'
+                self.get_logger().fatal(f'action loop stopped by an unexpected error: '
+                                        f'{self._failed}')
+                raise
             deadline += self._period_s
             late = time.monotonic() - deadline
             if late > 0:  # the tick overran one or more deadlines: skip them, keep the grid
@@ -271,7 +296,7 @@ class ActionExpertNode(Node):
         else:
             if self._refusal_level != 'ERROR':
                 self._refusal_level = 'WARN'
-            log.warn(f'no action chunk: {reason}: {detail}', throttle_duration_sec=2.0)
+            log.warning(f'no action chunk: {reason}: {detail}', throttle_duration_sec=2.0)
 
     # --- monitoring -----------------------------------------------------------------------
 
@@ -282,6 +307,8 @@ class ActionExpertNode(Node):
         refused = self._refused.as_dict()
         published = self._rate.count
         report = HealthReport()
+        if self._failed:
+            report.escalate('ERROR', f'action loop stopped: {self._failed}')
         if published == self._published_at_report and self._last_refusal:
             # nothing published since the last report: say why
             level = self._refusal_level if self._refusal_level != 'OK' else 'WARN'
@@ -332,4 +359,5 @@ class ActionExpertNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(ActionExpertNode, args)
+    # subscriptions, the monitor and (scheduler: timer) the tick: three callback groups
+    return run_node(ActionExpertNode, args, threads=3)
