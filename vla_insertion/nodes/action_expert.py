@@ -361,3 +361,7 @@ class ActionExpertNode(Node):
 def main(args=None) -> int:
     # subscriptions, the monitor and (scheduler: timer) the tick: three callback groups
     return run_node(ActionExpertNode, args, threads=3)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -97,12 +97,12 @@ def make_untrained_checkpoint(output: str | Path, contract: FeatureContract, *,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--output', default=DEFAULT_OUTPUT,
+    parser.add_argument('--output', '--out', default=DEFAULT_OUTPUT,
                         help=f'checkpoint folder to write (default {DEFAULT_OUTPUT})')
     parser.add_argument('--contract-json', default=None,
                         help='feature contract as a JSON file or inline JSON object '
                              '(default: computed from the VLM parameters)')
-    parser.add_argument('--vlm-params', default=None,
+    parser.add_argument('--vlm-params', '--params-file', dest='vlm_params', default=None,
                         help='ROS params YAML whose vlm_node entry configures the VLM')
     parser.add_argument('--vlm-model', default=None,
                         help='VLM hub id or local folder (overrides the params file)')

@@ -45,7 +45,7 @@ class ExpertModelConfig:
     """Architecture of the action expert; stored in every checkpoint."""
 
     # inputs: fixed by the feature contract, the sensor and the robot
-    feature_tokens: int = 40       # rows of the VL feature matrix (FeatureContract.num_tokens)
+    feature_tokens: int = 41       # rows of the VL feature matrix (FeatureContract.num_tokens)
     feature_dim: int = 2048        # columns of the VL feature matrix: the VLM hidden size
     window_samples: int = 65       # sensor window length [samples] (100 ms at 650 Hz)
     sensor_channels: int = 7       # sensor channels (fx fy fz [N], tx ty tz [N m], distance [m])
