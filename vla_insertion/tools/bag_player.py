@@ -67,6 +67,7 @@ class BagPlayerNode(Node):
         self._clock_pub = self.create_publisher(Clock, '/clock', CLOCK_QOS) if c.clock else None
         self.published = dict.fromkeys(self._topics, 0)
         self.passes = 0
+        self.shift_ns = 0                       # restamp offset of the current pass [ns]
         self.done = threading.Event()
         self._stop = threading.Event()
         self._time_base: tuple[float, int] | None = None  # (wall s, bag ns) at pass start
@@ -90,6 +91,7 @@ class BagPlayerNode(Node):
         while not self._stop.is_set():
             wall0 = time.monotonic()
             shift_ns = time.time_ns() - start_ns if c.restamp else 0
+            self.shift_ns = shift_ns
             self._time_base = (wall0, start_ns)
             for topic, _msgtype, stamp_ns, data in bag.read_raw(c.bag, self._topics):
                 if stamp_ns < start_ns:
