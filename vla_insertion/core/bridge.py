@@ -151,7 +151,8 @@ class ReceiveLoop:
                     continue
                 try:
                     data = source.recv()
-                except (WireError, Drop) as exc:
+                except (WireError, Drop) as exc:     # over the size cap
+                    self.received += 1
                     self._drop(exc.cause, str(exc))
                     continue
                 except (OSError, zmq.ZMQError) as exc:

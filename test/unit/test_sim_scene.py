@@ -1,0 +1,101 @@
+"""The simulated cell: kinematics, trajectory, contact forces, rendering, config, faults."""
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from vla_insertion.core import wire
+from vla_insertion.core.config import ConfigError
+from vla_insertion.core.sim_render import SceneRenderer
+from vla_insertion.core.sim_scene import (
+    DOWN, forward_kinematics, INSERT_DEPTH_M, RELEASE_AT, SimScene)
+from vla_insertion.tools import sim_cell
+
+
+@pytest.fixture(scope='module')
+def scene():
+    return SimScene(episode_s=10.0, seed=3)
+
+
+def test_joints_reach_the_commanded_tip_pose(scene):
+    times = np.arange(0.0, 40.0, 0.05)                  # four episodes, every variant
+    for t in times:
+        state = scene.state_at(t)
+        tip = forward_kinematics(state.joints_rad)[7]
+        np.testing.assert_allclose(tip[:3, 3], state.tip_m, atol=1e-5)
+        np.testing.assert_allclose(tip[:3, :3], DOWN, atol=1e-5)   # tool points down
+
+
+def test_trajectory_is_smooth_and_repeats(scene):
+    joints = np.array([scene.state_at(t).joints_rad for t in np.arange(0.0, 10.0, 0.01)])
+    assert np.abs(np.diff(joints, axis=0)).max() < np.radians(1.0)   # < 100 deg/s
+    np.testing.assert_allclose(scene.state_at(0.5).joints_rad, scene.state_at(40.5).joints_rad)
+
+
+def test_insertion_reaches_depth_and_force_rises_on_contact(scene):
+    rng = np.random.default_rng(0)
+    states = [scene.state_at(t) for t in np.arange(0.0, 10.0, 0.01)]
+    depths = np.array([s.depth_m for s in states])
+    readings = np.array([scene.sensor_sample(s, rng) for s in states])   # (T, 7)
+    assert depths.max() == pytest.approx(INSERT_DEPTH_M, abs=1e-4)
+    free = depths == 0.0
+    assert np.abs(readings[free, 2]).max() < 0.5                 # noise only in free air
+    deep = [i for i, s in enumerate(states) if s.depth_m > 0.02 and not s.peg_in_hole]
+    assert readings[deep, 2].min() > 8.0                         # [N], pushing into the hole
+    approach = [i for i, s in enumerate(states) if 0.1 < s.phase < 0.6]
+    distance = readings[approach, 6]
+    assert distance[0] > 0.15 and distance[-1] < 0.02             # [m], falling
+    assert states[-1].gripper == 0.0 and states[int(RELEASE_AT * 900)].gripper == 1.0
+
+
+def test_views_differ_and_follow_the_robot(scene):
+    renderer = SceneRenderer(scene, ('a', 'b', 'c'), 160, 90)
+    early = [np.asarray(renderer.render(v, scene.state_at(0.5)), np.int16) for v in range(3)]
+    late = np.asarray(renderer.render(0, scene.state_at(6.0)), np.int16)
+    assert early[0].shape == (90, 160, 3)
+    assert np.abs(early[0] - early[1]).mean() > 5 and np.abs(early[1] - early[2]).mean() > 5
+    assert np.abs(early[0] - late).mean() > 1                     # the arm moved
+    jpeg = renderer.render_jpeg(1, scene.state_at(1.0), quality=70)
+    assert Image.open(io.BytesIO(jpeg)).size == (160, 90)
+
+
+def test_sim_cell_config_layers(tmp_path):
+    params = tmp_path / 'p.yaml'
+    params.write_text('sim_cell:\n  ros__parameters:\n    camera_fps: 5\n    seed: 9\n'
+                      '    views: [left, right]\n')
+    config, _ = sim_cell.load_config(['--params-file', str(params), '--seed', '4', '--faults'])
+    assert (config.camera_fps, config.seed, config.views, config.faults) == (
+        5.0, 4, ('left', 'right'), True)
+    with pytest.raises(ConfigError):
+        sim_cell.load_config(['--jpeg-quality', '0'])
+
+
+@pytest.mark.parametrize('kind,cause', [('malformed', wire.BAD_MAGIC),
+                                        ('truncated', wire.TRUNCATED),
+                                        ('oversized', wire.OVERSIZED)])
+@pytest.mark.parametrize('name,record', [
+    ('camera_v1', wire.CameraMessage('v', 1.0, 4, 4, b'\xff\xd8\xff\xd9')),
+    ('robot_v1', wire.RobotMessage(1.0, (0.0,) * 6, (0.0,) * 3, (0.0,) * 3)),
+    ('sensor_v1', wire.SensorBatch(0, np.ones(10), np.zeros((10, 7), np.float32)))])
+def test_injected_faults_decode_to_their_documented_cause(kind, cause, name, record):
+    codec = wire.make_codec(name)
+    bad = sim_cell.corrupt(kind, codec.encode(record), codec.max_bytes)
+    with pytest.raises(wire.WireError) as info:
+        codec.decode(bad)
+    assert info.value.cause == cause
+    assert sim_cell.EXPECTED_CAUSE[kind] == f'drop_{cause}'
+
+
+def test_fault_plan_cycles_through_every_kind(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(sim_cell.time, 'monotonic', lambda: now[0])
+    plan = sim_cell.FaultPlan('sensor', True, period_s=0.1)
+    kinds = []
+    for _ in range(200):
+        now[0] += 0.05
+        kind = plan.due(have_old_packet=True)
+        if kind:
+            kinds.append(kind)
+    assert set(kinds) == set(sim_cell.FAULT_KINDS)
+    assert sum(plan.injected.values()) == len(kinds)
