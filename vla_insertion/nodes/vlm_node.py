@@ -65,8 +65,8 @@ class VlmNode(Node):
         self._extractor = VlmFeatureExtractor(cfg)  # VlmLoadError -> main() exits 3
         self._contract_hash = self._extractor.contract.digest
         if self._extractor.untrained:
-            log.warn(f'VLM {self._extractor.model_id} has UNTRAINED (random) weights: its '
-                     'features are for demos and tests only')
+            log.warning(f'VLM {self._extractor.model_id} has UNTRAINED (random) weights: its '
+                        'features are for demos and tests only')
         if cfg.warmup_runs:
             with torch.inference_mode():
                 self._extractor.warmup(cfg.warmup_runs)
@@ -168,7 +168,7 @@ class VlmNode(Node):
     def _skip(self, cause: str, detail: str) -> None:
         self._skipped.count(cause)
         self._last_skip = f'{cause}: {detail}'
-        self.get_logger().warn(f'VL set skipped: {detail}', throttle_duration_sec=2.0)
+        self.get_logger().warning(f'VL set skipped: {detail}', throttle_duration_sec=2.0)
 
     # --- monitoring -----------------------------------------------------------------------
 
@@ -209,10 +209,14 @@ class VlmNode(Node):
 
     def _status_line(self) -> str:
         latency = self._inference_ms.summary()
-        line = (f'VL updates: {self._sequence} | VL avg: {latency["mean"]:.0f}ms | '
-                f'VL rate: {self._rate.rate_hz(time.monotonic()):.2f} Hz | feature age avg: '
-                f'{self._feature_age_s.summary()["mean"] * 1e3:.0f}ms | frames: '
-                + ' '.join(f'{v}={self._frame_counts[v]}' for v in self._config.view_names))
+        age = self._feature_age_s.summary()
+        line = f'VL updates: {self._sequence}'
+        if latency['n']:
+            line += (f' | VL avg: {latency["mean"]:.0f}ms | VL rate: '
+                     f'{self._rate.rate_hz(time.monotonic()):.2f} Hz | feature age avg: '
+                     f'{age["mean"] * 1e3:.0f}ms')
+        line += ' | frames: ' + ' '.join(f'{v}={self._frame_counts[v]}'
+                                         for v in self._config.view_names)
         skipped = self._skipped.as_dict()
         if skipped:
             line += ' | skipped ' + ', '.join(f'{k}={v}' for k, v in sorted(skipped.items()))
@@ -221,10 +225,12 @@ class VlmNode(Node):
         return line
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._request.set()
-        if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout=5.0)
+        worker = getattr(self, '_worker', None)  # absent when __init__ failed
+        if worker is not None:
+            self._stop.set()
+            self._request.set()
+            if worker.is_alive() and worker is not threading.current_thread():
+                worker.join(timeout=5.0)
         super().destroy_node()
 
 
