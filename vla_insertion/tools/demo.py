@@ -118,7 +118,7 @@ def run(argv=None) -> int:
     specs = enabled_nodes(launch_args)
     from vla_insertion.core.config import load_node_params
     views = list(load_node_params(params_file, 'camera_bridge').get(
-        'view_names', ['zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak']))
+        'views', ['zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak']))
 
     recorder = RunRecorder()
     monitor = _Monitor(recorder, views)

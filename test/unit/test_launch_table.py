@@ -1,0 +1,100 @@
+"""The launch table, the params file, setup.cfg and the config classes agree with each other."""
+import configparser
+import dataclasses
+import importlib.util
+from pathlib import Path
+import re
+
+import pytest
+
+from vla_insertion.core import config as config_module
+from vla_insertion.core import launch_table as lt
+from vla_insertion.core.config import config_from_dict, load_node_params
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / 'config' / 'vla_insertion.yaml'
+
+
+def _console_scripts() -> dict[str, str]:
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / 'setup.cfg')
+    lines = parser['options.entry_points']['console_scripts'].strip().splitlines()
+    return dict(tuple(p.strip() for p in line.split('=', 1)) for line in lines if '=' in line)
+
+
+def _config_class(spec: lt.NodeSpec) -> type:
+    cls = getattr(config_module, spec.config, None)
+    assert cls is not None, f'{spec.name}: no config class {spec.config} in core/config.py'
+    return cls
+
+
+@pytest.mark.parametrize('spec', lt.NODES, ids=[n.name for n in lt.NODES])
+def test_every_executable_is_a_console_script_with_a_main(spec):
+    scripts = _console_scripts()
+    assert spec.executable in scripts, f'{spec.executable} missing from setup.cfg'
+    module, func = scripts[spec.executable].split(':')
+    # located, not imported: nodes need the built messages (test/ros imports and runs them)
+    found = importlib.util.find_spec(module)
+    assert found is not None and found.origin, f'{module} not found'
+    assert re.search(rf'^def {func}\(', Path(found.origin).read_text(), re.M), \
+        f'{module} has no top-level {func}()'
+
+
+@pytest.mark.parametrize('spec', lt.NODES, ids=[n.name for n in lt.NODES])
+def test_params_file_section_builds_the_node_config(spec):
+    cls = _config_class(spec)
+    params = load_node_params(PARAMS, spec.name)
+    params.pop('use_sim_time', None)
+    assert params, f'{PARAMS.name} has no section for {spec.name}'
+    config = config_from_dict(cls, params)  # unknown names and invalid values raise
+    assert dataclasses.is_dataclass(config)
+
+
+@pytest.mark.parametrize('spec', lt.NODES, ids=[n.name for n in lt.NODES])
+def test_launch_overrides_name_real_parameters(spec):
+    fields = {f.name for f in dataclasses.fields(_config_class(spec))}
+    for argument, parameter in spec.overrides.items():
+        assert argument in {a.name for a in lt.LAUNCH_ARGUMENTS}
+        assert parameter in fields, f'{argument} overrides unknown {spec.name}.{parameter}'
+
+
+def test_every_launch_argument_has_a_description():
+    names = [a.name for a in lt.LAUNCH_ARGUMENTS]
+    assert len(names) == len(set(names))
+    assert all(a.description for a in lt.LAUNCH_ARGUMENTS)
+    enabling = {n.enabled_by for n in lt.NODES if n.enabled_by}
+    assert enabling <= set(names)
+
+
+def test_default_addresses_are_loopback():
+    params = '\n'.join(line.split('#')[0] for line in PARAMS.read_text().splitlines())
+    for spec in lt.NODES:
+        defaults = _config_class(spec)()
+        for f in dataclasses.fields(defaults):
+            value = getattr(defaults, f.name)
+            if 'address' in f.name or f.name.endswith(('_ip', '_host', '_bind')):
+                assert value in ('127.0.0.1', 'localhost'), f'{spec.name}.{f.name}={value}'
+    # no cell address baked into the shipped parameters: every IPv4 literal is loopback
+    addresses = re.findall(r'\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b', params)
+    assert addresses and all(a.startswith('127.') for a in addresses), addresses
+
+
+def test_commands_follow_the_arguments(tmp_path):
+    args = {a.name: a.default for a in lt.LAUNCH_ARGUMENTS}
+    args.update(sim='true', namespace='cell_a', use_sim_time='true', robot_ip='127.0.0.2')
+    names = [n.name for n in lt.enabled_nodes(args)]
+    assert 'sim_cell' in names and 'bag_recorder' not in names
+    robot = next(n for n in lt.NODES if n.name == 'robot_bridge')
+    cmd = lt.command_for(robot, tmp_path, tmp_path / 'p.yaml', args)
+    assert cmd[0] == str(tmp_path / 'robot_bridge')
+    assert ['-r', '__ns:=/cell_a'] == cmd[cmd.index('__ns:=/cell_a') - 1:][:2]
+    assert 'use_sim_time:=true' in cmd and 'robot_ip:=127.0.0.2' in cmd
+    sim = next(n for n in lt.NODES if n.name == 'sim_cell')
+    assert '--ros-args' not in lt.command_for(sim, tmp_path, tmp_path / 'p.yaml', args)
+
+
+def test_launch_file_uses_the_table():
+    source = (ROOT / 'launch' / 'vla_insertion.launch.py').read_text()
+    assert 'LAUNCH_ARGUMENTS' in source and 'enabled_nodes' in source
+    launch_ros = pytest.importorskip('launch_ros')  # present on a ROS machine only
+    assert launch_ros
