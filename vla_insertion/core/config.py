@@ -225,6 +225,7 @@ class ExpertConfig:
     flow_steps: int = 0            # ODE steps of a flow-head checkpoint [steps], 0 = its default
     seed: int = 0                  # seed of the flow head's noise, -1 = fresh noise every chunk
     scheduler: str = 'thread'      # 'thread': absolute-deadline loop; 'timer': rclpy timer
+    realtime_priority: int = 0     # SCHED_FIFO priority of the loop thread 1..99, 0 = normal
 
     def __post_init__(self) -> None:
         require(isinstance(self.checkpoint, str) and bool(self.checkpoint.strip()),
@@ -247,6 +248,8 @@ class ExpertConfig:
         require(isinstance(self.seed, int) and self.seed >= -1,
                 f'seed must be an integer >= -1, got {self.seed!r}')
         require_one_of('scheduler', self.scheduler, EXPERT_SCHEDULERS)
+        require(isinstance(self.realtime_priority, int) and 0 <= self.realtime_priority <= 99,
+                f'realtime_priority must be an integer in 0..99, got {self.realtime_priority!r}')
 
 
 # --- cell I/O: bridges and simulated cell -------------------------------------------------
