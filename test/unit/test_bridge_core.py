@@ -6,7 +6,8 @@ import time
 import pytest
 import zmq
 
-from vla_insertion.core.bridge import Drop, ReceiveLoop, UdpSource, ZmqSource
+from vla_insertion.core.bridge import (
+    Drop, ReceiveLoop, SessionTracker, STALE_SESSION, UdpSource, ZmqSource)
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.wire import make_codec, OVERSIZED, RobotMessage, WireError
 
@@ -101,3 +102,13 @@ def test_unexpected_handler_error_stops_the_loop_and_is_reported():
     assert wait_for(lambda: not loop.alive)
     assert isinstance(loop.error, RuntimeError)
     assert not isinstance(loop.error, WireError)
+
+
+def test_session_tracker_counts_restarts_and_drops_old_sessions():
+    tracker = SessionTracker()
+    assert tracker.check(1) is False            # the first session is not a restart
+    assert tracker.check(1) is False
+    assert tracker.check(2) is True and tracker.restarts == 1
+    with pytest.raises(Drop) as info:
+        tracker.check(1)                        # a late message of the replaced sender
+    assert info.value.cause == STALE_SESSION and tracker.restarts == 1

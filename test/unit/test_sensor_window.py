@@ -66,6 +66,8 @@ def test_new_session_restarts_the_window():
     result = w.push(batch(0, session=2))        # sender restarted: sequence from 0
     assert result.restarted and result.late == 0 and result.accepted == 10
     assert w.restarts == 1 and w.valid_samples == 10
+    stale = w.push(batch(70, session=1))        # the old sender's last datagram, delayed
+    assert stale.stale and stale.accepted == 0 and w.restarts == 1 and w.valid_samples == 10
 
 
 def test_huge_sequence_jump_is_a_reset_not_loss():

@@ -10,6 +10,7 @@ back-off, so the loop survives anything the network does.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 import logging
 import math
@@ -29,6 +30,7 @@ _LOG = logging.getLogger(__name__)
 LATE = 'late'                   # older than what was already published
 UNKNOWN_VIEW = 'unknown_view'   # a camera view that is not configured
 SOCKET_ERROR = 'socket_error'   # the socket failed and was recreated
+STALE_SESSION = 'stale_session'  # sent by a sender instance that has since restarted
 
 
 class Drop(Exception):
@@ -37,6 +39,34 @@ class Drop(Exception):
     def __init__(self, cause: str, message: str) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class SessionTracker:
+    """Follow a sender's session id: a new id is a restart, an id seen before is stale.
+
+    ZMQ fair-queues between a restarted sender's old and new connections, so a few messages of
+    the old session can arrive after the first of the new one; they must not count as another
+    restart.
+    """
+
+    def __init__(self, remember: int = 16) -> None:
+        self.current: int | None = None
+        self.restarts = 0
+        self._previous: deque[int] = deque(maxlen=remember)
+
+    def check(self, session: int) -> bool:
+        """Return True if `session` starts a new sender instance; Drop if it is an old one."""
+        if session == self.current:
+            return False
+        if session in self._previous:
+            raise Drop(STALE_SESSION, f'message from the sender session {session:#x} '
+                                      f'that was replaced')
+        restarted = self.current is not None
+        if restarted:
+            self.restarts += 1
+            self._previous.append(self.current)
+        self.current = session
+        return restarted
 
 
 class ZmqSource:

@@ -8,6 +8,7 @@ adjacent in time. Samples older than the newest one already taken are late and d
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 import threading
 
@@ -26,6 +27,7 @@ class PushResult:
     late: int                # samples dropped because the window already had newer ones
     gap: int                 # samples missing between the previous batch and this one
     restarted: bool          # the sender's session changed: the window started over
+    stale: bool = False      # from a sender session that was since replaced: dropped
 
 
 class SensorWindowBuffer:
@@ -46,6 +48,7 @@ class SensorWindowBuffer:
         self._run = 0            # contiguous received samples ending at the newest, <= W
         self._next_seq: int | None = None
         self._session: int | None = None
+        self._old_sessions: deque[int] = deque(maxlen=16)
         self._newest_time_s = float('nan')   # sender clock [s]
         self._lock = threading.Lock()
         self.gap_samples = 0
@@ -59,12 +62,17 @@ class SensorWindowBuffer:
             raise ValueError(f'batch has {batch.samples.shape[1]} channels, '
                              f'window has {len(self.channel_names)}')
         with self._lock:
+            if batch.session in self._old_sessions:
+                # a restarted sender's old socket can still deliver a datagram or two
+                return PushResult(accepted=0, late=0, gap=0, restarted=False, stale=True)
             restarted = self._session is not None and (
                 batch.session != self._session or (
                     self._next_seq is not None
                     and abs(seq_delta(batch.sequence, self._next_seq)) > self.max_jump_samples))
             if restarted:
                 self.restarts += 1
+                if batch.session != self._session:
+                    self._old_sessions.append(self._session)
                 self._next_seq, self._run = None, 0
             self._session = batch.session
             gap = late = 0

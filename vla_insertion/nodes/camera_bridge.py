@@ -21,7 +21,7 @@ import zmq
 
 from vla_insertion.conversions import camera_frame_to_msg
 from vla_insertion.core.bridge import (
-    bridge_health, Drop, LATE, ReceiveLoop, UNKNOWN_VIEW, ZmqSource)
+    bridge_health, Drop, LATE, ReceiveLoop, SessionTracker, UNKNOWN_VIEW, ZmqSource)
 from vla_insertion.core.clock import ClockOffsetEstimator, MonotonicStamp
 from vla_insertion.core.config import CameraBridgeConfig
 from vla_insertion.core.data import NodeStatsData
@@ -49,8 +49,7 @@ class CameraBridgeNode(Node):
         self._sender_clock = ClockOffsetEstimator(cfg.calibration_batches)
         self._views = {v: _View(self.create_publisher(
             CompressedImage, f'cameras/{v}/image/compressed', SENSOR_QOS)) for v in cfg.views}
-        self._session: int | None = None
-        self._restarts = 0
+        self._session = SessionTracker()
         self._dropped_reported = 0
         self._zmq = zmq.Context(1)
         endpoint = f'tcp://{cfg.bind_address}:{cfg.port}'
@@ -69,13 +68,10 @@ class CameraBridgeNode(Node):
         view = self._views.get(msg.view)
         if view is None:
             raise Drop(UNKNOWN_VIEW, f'frame of unconfigured view {msg.view!r}')
-        if msg.session != self._session:
-            if self._session is not None:
-                self._restarts += 1
-                self.get_logger().warning('camera sender restarted (new session)')
-                for v in self._views.values():
-                    v.last_capture_s = float('-inf')
-            self._session = msg.session
+        if self._session.check(msg.session):
+            self.get_logger().warning('camera sender restarted (new session)')
+            for v in self._views.values():
+                v.last_capture_s = float('-inf')
         if msg.capture_time_s <= view.last_capture_s:
             raise Drop(LATE, f'{msg.view}: frame captured before the last one published')
         view.last_capture_s = msg.capture_time_s
@@ -96,7 +92,7 @@ class CameraBridgeNode(Node):
             published=sum(v.published for v in self._views.values()),
             rate_hz=sum(rates.values()), dropped_before=self._dropped_reported)
         self._dropped_reported = stats.dropped
-        health.values['sender_restarts'] = self._restarts
+        health.values['sender_restarts'] = self._session.restarts
         for name, v in self._views.items():
             health.values[f'fps_{name}'] = rates[name]
             health.values[f'frames_{name}'] = v.published
@@ -110,7 +106,7 @@ class CameraBridgeNode(Node):
         views = ', '.join(f'{n} {v.rate.rate_hz(now):.1f}' for n, v in self._views.items())
         clock = self._sender_clock.report()
         return (f'frames/s: {views} | dropped {self._loop.drops.total()} | restarts '
-                f'{self._restarts} | clock offset {clock.offset_s * 1e3:+.2f} ms'
+                f'{self._session.restarts} | clock offset {clock.offset_s * 1e3:+.2f} ms'
                 f'{"" if clock.calibrated else " (calibrating)"}')
 
     def destroy_node(self) -> None:

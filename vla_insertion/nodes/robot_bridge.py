@@ -23,7 +23,8 @@ from sensor_msgs.msg import JointState
 import zmq
 
 from vla_insertion.conversions import robot_state_to_msgs
-from vla_insertion.core.bridge import bridge_health, Drop, LATE, ReceiveLoop, ZmqSource
+from vla_insertion.core.bridge import (
+    bridge_health, Drop, LATE, ReceiveLoop, SessionTracker, ZmqSource)
 from vla_insertion.core.clock import ClockOffsetEstimator, MonotonicStamp
 from vla_insertion.core.config import RobotBridgeConfig
 from vla_insertion.core.data import NodeStatsData, RobotState
@@ -45,9 +46,8 @@ class RobotBridgeNode(Node):
         self._pose_pub = self.create_publisher(PoseStamped, 'robot/pose', STATE_QOS)
         self._rate = RateMeter()
         self._published = 0
-        self._session: int | None = None
+        self._session = SessionTracker()
         self._last_sender_s = -math.inf
-        self._restarts = 0
         self._latest: RobotState | None = None
         self._dropped_reported = 0
         self._zmq = zmq.Context(1)
@@ -64,11 +64,9 @@ class RobotBridgeNode(Node):
     def _on_message(self, data: bytes, t_recv: float) -> None:
         # receive thread: decode -> check order -> SI units on the local clock -> publish
         msg: RobotMessage = self._codec.decode(data)
-        if msg.session != self._session:
-            if self._session is not None:
-                self._restarts += 1
-                self.get_logger().warning('robot sender restarted (new session)')
-            self._session, self._last_sender_s = msg.session, -math.inf
+        if self._session.check(msg.session):
+            self.get_logger().warning('robot sender restarted (new session)')
+            self._last_sender_s = -math.inf
         if msg.sender_time_s <= self._last_sender_s:
             raise Drop(LATE, 'robot state older than the last one published')
         self._last_sender_s = msg.sender_time_s
@@ -92,7 +90,7 @@ class RobotBridgeNode(Node):
             self._loop, self._sender_clock, now, self._config.stale_after_s, 'robot_bridge',
             published=self._published, rate_hz=rate, dropped_before=self._dropped_reported)
         self._dropped_reported = stats.dropped
-        health.values['sender_restarts'] = self._restarts
+        health.values['sender_restarts'] = self._session.restarts
         state = self._latest
         if state is not None:
             for name, q in zip(state.joint_names, state.joint_positions_rad):
@@ -108,7 +106,7 @@ class RobotBridgeNode(Node):
             f'J1={math.degrees(state.joint_positions_rad[0]):.2f} deg, '
             f'Px={state.tool_position_m[0] * 1e3:.1f} mm, gripper {state.gripper:.2f}')
         return (f'robot {self._rate.rate_hz(time.time()):.1f} Hz: {robot} | dropped '
-                f'{self._loop.drops.total()} | restarts {self._restarts} | clock offset '
+                f'{self._loop.drops.total()} | restarts {self._session.restarts} | clock offset '
                 f'{clock.offset_s * 1e3:+.2f} ms{"" if clock.calibrated else " (calibrating)"}')
 
     def destroy_node(self) -> None:

@@ -20,7 +20,8 @@ import time
 from rclpy.node import Node
 
 from vla_insertion.conversions import sensor_window_to_msg
-from vla_insertion.core.bridge import bridge_health, Drop, LATE, ReceiveLoop, UdpSource
+from vla_insertion.core.bridge import (
+    bridge_health, Drop, LATE, ReceiveLoop, STALE_SESSION, UdpSource)
 from vla_insertion.core.clock import ClockOffsetEstimator, MonotonicStamp
 from vla_insertion.core.config import SensorBridgeConfig
 from vla_insertion.core.data import NodeStatsData
@@ -61,6 +62,8 @@ class SensorBridgeNode(Node):
         # receive thread: decode -> window -> map the newest sample's time -> publish
         batch: SensorBatch = self._codec.decode(data)
         result = self._window.push(batch)
+        if result.stale:
+            raise Drop(STALE_SESSION, 'batch from a sender session that was replaced')
         if result.restarted:
             self.get_logger().warning('sensor sender restarted (new session or sequence reset)')
         if result.gap:
