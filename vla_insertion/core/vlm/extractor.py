@@ -36,7 +36,7 @@ from vla_insertion.core.vlm.contract import feature_contract_for
 from vla_insertion.core.vlm.model import (
     load_model, load_processor, resolve_device, resolve_dtype)
 from vla_insertion.core.vlm.reduction import reduce_hidden_states
-from vla_insertion.core.vlm.source import resolve_model, VlmLoadError
+from vla_insertion.core.vlm.source import ModelSource, resolve_model, VlmLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -80,25 +80,41 @@ class VlmFeatureExtractor:
     """
 
     def __init__(self, config: VlmConfig, *, download: bool = True) -> None:
-        self.config = config
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
-        self.source = resolve_model(config.model, download=download)
-        self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
-        self.processor = load_processor(self.source)
-        self.model = load_model(self.source, self.device, self.dtype,
-                                config.attn_implementation)
-        self.contract: FeatureContract = feature_contract_for(config, self.source)
+        source = resolve_model(config.model, download=download)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        processor = load_processor(source)
+        model = load_model(source, device, dtype, config.attn_implementation)
+        self._setup(config, source, model, processor)
+
+    @classmethod
+    def from_loaded(cls, config: VlmConfig, source: ModelSource, model, processor
+                    ) -> VlmFeatureExtractor:
+        """Wrap an already built model and processor (e.g. random weights for a benchmark)."""
+        extractor = cls.__new__(cls)
+        extractor._setup(config, source, model, processor)
+        return extractor
+
+    def _setup(self, config: VlmConfig, source: ModelSource, model, processor) -> None:
+        self.config = config
+        self.source = source
+        self.model = model
+        self.processor = processor
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.contract: FeatureContract = feature_contract_for(config, source)
         self._digest = self.contract.digest
-        model_config = self.model.config
+        model_config = model.config
         self._image_token_id = int(model_config.image_token_id)
         self._vision_end_id = int(model_config.vision_end_token_id)
         self._merge = int(model_config.vision_config.spatial_merge_size)
         self.last_timings: dict[str, float] = {}
-        if self.model.model.language_model.config.hidden_size != self.contract.feature_dim:
-            raise VlmLoadError(f'{self.source.folder}: config.json hidden size '
-                               f'{self.contract.feature_dim} differs from the loaded model')
+        if model_config.text_config.hidden_size != self.contract.feature_dim:
+            raise VlmLoadError(f'{source.folder}: config.json hidden size '
+                               f'{self.contract.feature_dim} differs from the loaded model '
+                               f'({model_config.text_config.hidden_size})')
         logger.info(f'VLM {self.model_id} on {self.device} ({self.dtype}), contract '
                     f'{self._digest}: {self.contract.num_tokens} x {self.contract.feature_dim}'
                     + (' -- UNTRAINED weights' if self.untrained else ''))
