@@ -7,6 +7,7 @@ unit quaternion (REP 103).
 """
 from __future__ import annotations
 
+import array
 import math
 
 from builtin_interfaces.msg import Time
@@ -48,9 +49,10 @@ def _matrix_from_flat(data, rows: int, cols: int, what: str) -> np.ndarray:
     return flat.reshape(rows, cols)
 
 
-def _flat_float32(matrix: np.ndarray) -> np.ndarray:
-    # rosidl accepts a float32 numpy array for float32[] without a per-element Python copy.
-    return np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)
+def _flat_float32(matrix: np.ndarray) -> array.array:
+    # rosidl stores float32[] as array.array('f'); building it from bytes is one memcpy, while
+    # handing it a numpy array costs a Python-level copy per element (~0.3 ms per 455 floats).
+    return array.array('f', np.ascontiguousarray(matrix, dtype=np.float32).tobytes())
 
 
 # --- cameras ------------------------------------------------------------------------------
