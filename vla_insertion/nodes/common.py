@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+import signal
+import threading
 import typing
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -17,6 +19,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+from rclpy.signals import SignalHandlerOptions
 
 from vla_insertion.conversions import diagnostic_status_to_msg, node_stats_to_msg
 from vla_insertion.core.config import config_from_dict, ConfigError, field_docs, field_types
@@ -127,11 +130,19 @@ class NodeMonitor:
 def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
     """Run a node as main(): init, build, spin on a multi-threaded executor, shut down.
 
+    SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's own handler invalidates
+    the context at once, while worker threads may still be publishing. Instead the spin loop
+    ends, `destroy_node()` stops the node's threads, and only then is the context shut down.
+
     A ConfigError while building the node is a fatal configuration error: it is logged and the
     process exits with status 2. Other exceptions propagate.
     """
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
+    executor = None
     try:
         try:
             node = factory()
@@ -140,11 +151,16 @@ def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
             return 2
         executor = MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=2.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
