@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, JointState
 
@@ -24,6 +25,8 @@ from vla_insertion.tools.bag_player import BagPlayerNode, CLOCK_QOS
 from vla_insertion.tools.bag_recorder import BagRecorderNode
 
 ROOT = Path(__file__).resolve().parents[2]
+DEEP_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                      depth=500)
 N = 30
 T0 = 1_700_000_000.0
 TOPICS = {
@@ -93,7 +96,9 @@ def test_recorded_messages_and_stamps_are_intact(rclpy_context, tmp_path):
                                topics=tuple(TOPICS), split_duration_s=0.3)
     recorder = BagRecorderNode(config, context=rclpy_context)
     source = Node('rec_source', context=rclpy_context)
-    pubs = {t: source.create_publisher(cls, t, qos) for t, (cls, qos) in TOPICS.items()}
+    # the cells' QoS kinds, with deeper publisher histories so a busy machine loses nothing
+    pubs = {t: source.create_publisher(cls, t, qos if qos is SENSOR_QOS else DEEP_QOS)
+            for t, (cls, qos) in TOPICS.items()}
     spinner = Spinner(rclpy_context, recorder, source)
     try:
         assert wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()), 10)
@@ -147,9 +152,10 @@ def test_player_keeps_timing_scaled_by_rate_and_publishes_clock(rclpy_context, t
     times = write_timed_bag(tmp_path / 'play')
     sink = Node('play_sink', context=rclpy_context)
     arrivals, chunks, clocks = [], [], []
+    # deep queues: the sink must not lose messages when this shared machine is busy
     sink.create_subscription(JointState, '/robot/joint_states',
-                             lambda m: arrivals.append((time.monotonic(), m)), STATE_QOS)
-    sink.create_subscription(ActionChunk, '/vla/action_chunk', chunks.append, 10)
+                             lambda m: arrivals.append((time.monotonic(), m)), DEEP_QOS)
+    sink.create_subscription(ActionChunk, '/vla/action_chunk', chunks.append, DEEP_QOS)
     sink.create_subscription(Clock, '/clock', lambda m: clocks.append(
         m.clock.sec * 10**9 + m.clock.nanosec), CLOCK_QOS)
     player = BagPlayerNode(BagPlayerConfig(bag=str(tmp_path / 'play'), rate=2.0,
