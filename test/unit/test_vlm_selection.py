@@ -127,7 +127,7 @@ def test_defaults_match_the_original_system():
     {'image_width': 20}, {'image_height': 360.0}, {'instruction': ' '}, {'pool_grid_h': 0},
     {'pool_grid_w': 100}, {'sync_tolerance_s': 0.0}, {'max_view_age_s': -1.0},
     {'max_rate_hz': -2.0}, {'max_rate_hz': float('nan')}, {'mode': 'batch'},
-    {'torch_threads': -1}, {'warmup_runs': -1},
+    {'torch_threads': -1}, {'warmup_runs': -1}, {'artificial_delay_s': -0.1},
 ])
 def test_invalid_values_are_refused(change):
     with pytest.raises(ConfigError):

@@ -169,6 +169,7 @@ class VlmConfig:
     mode: str = 'async'            # 'async': run continuously; 'sync': run per vla/feature_request
     torch_threads: int = 1         # CPU threads for torch [threads], 0 = torch's default
     warmup_runs: int = 1           # inferences on blank views at start-up, unpublished [runs]
+    artificial_delay_s: float = 0.0  # added to every inference (stand-in for a heavier VLM) [s]
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, str) and bool(self.model.strip()),
@@ -200,6 +201,7 @@ class VlmConfig:
                 f'torch_threads must be an integer in 0..256, got {self.torch_threads!r}')
         require(isinstance(self.warmup_runs, int) and 0 <= self.warmup_runs <= 100,
                 f'warmup_runs must be an integer in 0..100, got {self.warmup_runs!r}')
+        require_non_negative('artificial_delay_s', self.artificial_delay_s)
 
 
 # --- action expert ------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Topics
 
 Parameters: the fields of `VlmConfig` (core/config.py): model, device, dtype,
 attn_implementation, view_names, image_width, image_height, instruction, pool_grid_h,
-pool_grid_w, sync_tolerance_s, max_view_age_s, max_rate_hz, mode, torch_threads, warmup_runs.
+pool_grid_w, sync_tolerance_s, max_view_age_s, max_rate_hz, mode, torch_threads, warmup_runs,
+artificial_delay_s (wraps the model in DelayedVlm: the comparison experiment's heavier model).
 
 Subscriptions only store the newest frame per view (core.vlm.selection.LatestFrames). One worker
 thread runs the model: in async mode (default) it waits for a new frame, selects the newest
@@ -40,7 +41,7 @@ from vla_insertion.core.config import VlmConfig
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import DropCounter, HealthReport, LatencyStats, RateMeter
 from vla_insertion.core.interfaces import VlmObservation
-from vla_insertion.core.vlm.extractor import VlmFeatureExtractor, VlmInputError
+from vla_insertion.core.vlm.extractor import DelayedVlm, VlmFeatureExtractor, VlmInputError
 from vla_insertion.core.vlm.selection import LatestFrames, NO_NEW_FRAMES
 from vla_insertion.core.vlm.source import VlmLoadError
 from vla_insertion.msg import VLFeatures
@@ -64,6 +65,11 @@ class VlmNode(Node):
         log.info(f'loading VLM {cfg.model} (device {cfg.device}, dtype {cfg.dtype})')
         self._extractor = VlmFeatureExtractor(cfg)  # VlmLoadError -> main() exits 3
         self._contract_hash = self._extractor.contract.digest
+        self._model = self._extractor
+        if cfg.artificial_delay_s > 0:
+            self._model = DelayedVlm(self._extractor, cfg.artificial_delay_s)
+            log.warning(f'artificial delay of {cfg.artificial_delay_s} s added to every '
+                        'inference (comparison experiment)')
         if self._extractor.untrained:
             log.warning(f'VLM {self._extractor.model_id} has UNTRAINED (random) weights: its '
                         'features are for demos and tests only')
@@ -153,7 +159,7 @@ class VlmNode(Node):
             obs = VlmObservation(frames=selection.frames, sequence=self._sequence + 1)
             try:
                 with torch.inference_mode():
-                    features = self._extractor.infer(obs)
+                    features = self._model.infer(obs)
             except VlmInputError as exc:
                 self._skip(BAD_IMAGE, str(exc))
                 continue
@@ -163,7 +169,7 @@ class VlmNode(Node):
             self._rate.tick(time.monotonic())
             self._inference_ms.add(features.inference_ms)
             self._feature_age_s.add(now - features.stamp_s)
-            self._stage_ms = dict(self._extractor.last_timings)
+            self._stage_ms = dict(self._model.last_timings)
 
     def _skip(self, cause: str, detail: str) -> None:
         self._skipped.count(cause)
@@ -195,6 +201,7 @@ class VlmNode(Node):
             'inference_ms_mean': latency['mean'], 'inference_ms_p99': latency['p99'],
             'feature_age_s_mean': age['mean'], 'feature_age_s_p99': age['p99'],
             'repeated_sets': self._repeated_sets, 'requests': self._requests,
+            'artificial_delay_s': self._config.artificial_delay_s,
             **{f'skipped.{k}': v for k, v in sorted(self._skipped.as_dict().items())},
             **{f'refused_frames.{k}': v
                for k, v in sorted(self._refused_frames.as_dict().items())},
