@@ -67,6 +67,7 @@ class WindowListener:
         self.node.create_subscription(SensorWindow, 'sensor/window', self._on_window, WINDOW_QOS)
         self.node.create_subscription(NodeStats, 'vla/stats', self._on_stats, LATEST_QOS)
         self.reset(-1)
+        self.gap_samples = 0        # the bridge's running count: samples lost before it
         self.stats = None
 
     def reset(self, run_id: int) -> None:
@@ -74,7 +75,6 @@ class WindowListener:
         self.seen: set[int] = set()
         self.latency_ms: list[float] = []
         self.windows = 0
-        self.gap_samples = 0
 
     def _on_window(self, msg) -> None:
         t = time.time()
@@ -94,6 +94,7 @@ class WindowListener:
 
 
 def run(listener, port: int, rate_hz: float, duration_s: float, run_id: int, proc) -> dict:
+    gaps_before = listener.gap_samples
     listener.reset(run_id)
     stop, sent = threading.Event(), []
     cpu = CpuMeter(proc.pid)
@@ -109,6 +110,8 @@ def run(listener, port: int, rate_hz: float, duration_s: float, run_id: int, pro
     lat = np.array(listener.latency_ms) if listener.latency_ms else np.array([np.nan])
     return {'rate_hz': rate_hz, 'seconds': duration_s, 'samples_sent': total,
             'samples_lost': lost, 'loss_pct': 100.0 * lost / max(1, total),
+            # lost in UDP before the bridge; the rest were windows the subscriber never got
+            'lost_before_bridge': listener.gap_samples - gaps_before,
             'windows': listener.windows, 'windows_per_s': listener.windows / duration_s,
             'hop_p50_ms': float(np.percentile(lat, 50)),
             'hop_p99_ms': float(np.percentile(lat, 99)), 'hop_max_ms': float(np.max(lat)),
