@@ -4,7 +4,8 @@ Runs the real programs as separate processes on this machine, as the launch file
 
 - `vlm_node` with the tiny untrained Qwen2.5-VL (built by make_tiny_vlm if missing), fed five
   640x360 JPEG views at --camera-hz by this script, so it infers back to back on the CPU
-  (`--load busy` replaces it by a process doing torch matrix products, `--load none` by nothing);
+  (`--load busy` replaces it by a process doing torch matrix products, `--load none` by nothing;
+  then this script publishes the features itself at --feature-hz, 41 x 2048 as from the 3B VLM);
 - `action_expert` with an untrained default-preset checkpoint for the tiny VLM's contract;
 - this script: the feeder (views, sensor windows at --window-hz, robot state at --robot-hz) and
   the recorder of `vla/action_chunk`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 from pathlib import Path
 import signal
@@ -41,7 +43,8 @@ from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from vla_insertion import conversions as conv  # noqa: E402
-from vla_insertion.core.data import RobotState, SensorWindowData  # noqa: E402
+from vla_insertion.core.data import (  # noqa: E402
+    RobotState, SensorWindowData, VLFeatureData)
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures  # noqa: E402
 from vla_insertion.nodes.common import (  # noqa: E402
     LATEST_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
@@ -55,7 +58,7 @@ BUSY = ('import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\n'
 class Feeder(Node):
     """Publish views, windows and robot state; record chunks and feature arrivals."""
 
-    def __init__(self, args) -> None:
+    def __init__(self, args, contract: dict | None) -> None:
         super().__init__('bench_feeder')
         self.lock = threading.Lock()
         self.chunks: list[tuple[float, float, float, int, float]] = []
@@ -79,6 +82,21 @@ class Feeder(Node):
         self.create_timer(1.0 / args.window_hz, self._publish_window)
         self.create_timer(1.0 / args.robot_hz, self._publish_robot)
         self.samples = rng.standard_normal((65, 7)).astype(np.float32)
+        self.contract = contract
+        self.feature_sequence = 0
+        if contract is not None:
+            self.features_pub = self.create_publisher(VLFeatures, 'vla/features', LATEST_QOS)
+            self.feature_data = rng.standard_normal(
+                (contract['num_tokens'], contract['feature_dim'])).astype(np.float32)
+            self.create_timer(1.0 / args.feature_hz, self._publish_features)
+
+    def _publish_features(self) -> None:
+        # stands in for the VLM: features of views captured one VLM latency (0.38 s) ago
+        self.feature_sequence += 1
+        self.features_pub.publish(conv.vl_features_to_msg(VLFeatureData(
+            stamp_s=self.now_s() - 0.38, features=self.feature_data,
+            sequence=self.feature_sequence, contract_hash=self.contract['digest'],
+            model_id=self.contract['model_id'], untrained=True)))
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -146,7 +164,9 @@ def main() -> int:
                         help='what runs beside the expert (default: the tiny VLM node)')
     parser.add_argument('--scheduler', choices=['thread', 'timer'], default='thread')
     parser.add_argument('--rate-hz', type=float, default=10.0)
-    parser.add_argument('--camera-hz', type=float, default=30.0)
+    parser.add_argument('--camera-hz', type=float, default=30.0, help='views (load vlm)')
+    parser.add_argument('--feature-hz', type=float, default=2.6,
+                        help='features published here (load busy or none)')
     parser.add_argument('--window-hz', type=float, default=100.0)
     parser.add_argument('--robot-hz', type=float, default=100.0)
     parser.add_argument('--torch-threads', type=int, default=1, help='expert torch threads')
@@ -170,8 +190,13 @@ def main() -> int:
         'torch_threads': args.torch_threads, 'max_feature_age_s': 30.0,
         'realtime_priority': args.realtime_priority},
         WORK / 'action_expert.log'))
+    contract = None
+    if args.load != 'vlm':
+        doc = json.loads((ckpt / 'config.json').read_text())
+        contract = {**doc['feature_contract'], 'digest': doc['contract_digest']}
+        args.camera_hz = 0.0
     rclpy.init()
-    feeder = Feeder(args)
+    feeder = Feeder(args, contract)
     executor = SingleThreadedExecutor()
     executor.add_node(feeder)
     spin = threading.Thread(target=executor.spin, daemon=True)

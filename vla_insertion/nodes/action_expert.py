@@ -109,6 +109,8 @@ class ActionExpertNode(Node):
         self._inference_ms = LatencyStats(maxlen=600)
         self._period_error_ms = LatencyStats(maxlen=600)
         self._reuse_values = LatencyStats(maxlen=100)
+        self._chunks_per_features = LatencyStats(maxlen=50)  # chunks each feature set served
+        self._last_reuse = 0
         self._feature_age_s = LatencyStats(maxlen=100)
         self._sensor_age_s = LatencyStats(maxlen=100)
         self._overruns = 0
@@ -134,6 +136,7 @@ class ActionExpertNode(Node):
             self.get_logger().warning('UNTRAINED action-expert checkpoint: never drive a '
                                       'real robot')
 
+        self._set_realtime_priority(cfg.realtime_priority)
         self._stop = threading.Event()
         self._thread = None
         self._timer = None
@@ -192,7 +195,6 @@ class ActionExpertNode(Node):
 
     def _loop(self) -> None:
         """Tick at absolute deadlines start + k * period (steady clock) until stopped."""
-        self._set_realtime_priority(self._config.realtime_priority)
         deadline = time.monotonic()
         while not self._stop.is_set():
             delay = deadline - time.monotonic()
@@ -213,16 +215,22 @@ class ActionExpertNode(Node):
                 deadline += missed * self._period_s
 
     def _set_realtime_priority(self, priority: int) -> None:
-        """Run this thread under SCHED_FIFO so other processes cannot delay a deadline.
+        """Run the process's threads under SCHED_FIFO so other processes cannot delay a tick.
 
-        Needs CAP_SYS_NICE (or an rtprio limit); without it the loop runs at normal priority
-        and says so. The thread sleeps between ticks, so it takes ~5% of one core.
+        Every thread, not only the loop: a tick needs the GIL, and a normal-priority executor
+        thread preempted by another process while holding it would stall the tick (priority
+        inversion). Threads created later (executor, loop) inherit the policy. The process
+        sleeps most of the time (~5-10% of a core). Needs CAP_SYS_NICE or an rtprio limit;
+        without it the node warns and runs at normal priority.
         """
         if priority <= 0:
             return
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-            self.get_logger().info(f'action loop runs under SCHED_FIFO priority {priority}')
+            param = os.sched_param(priority)
+            os.sched_setscheduler(0, os.SCHED_FIFO, param)
+            for task in os.listdir('/proc/self/task'):
+                os.sched_setscheduler(int(task), os.SCHED_FIFO, param)
+            self.get_logger().info(f'threads run under SCHED_FIFO priority {priority}')
         except (AttributeError, OSError) as exc:
             self.get_logger().warning(f'realtime_priority {priority} not granted ({exc}); the '
                                       'loop runs at normal priority')
@@ -265,6 +273,9 @@ class ActionExpertNode(Node):
         self._rate.tick(time.monotonic())
         self._inference_ms.add(chunk.inference_ms)
         self._reuse_values.add(chunk.reuse_index)
+        if chunk.reuse_index == 1 and self._last_reuse > 0:
+            self._chunks_per_features.add(self._last_reuse)
+        self._last_reuse = chunk.reuse_index
         self._feature_age_s.add(chunk.feature_age_s)
         self._sensor_age_s.add(chunk.sensor_age_s)
 
@@ -342,6 +353,7 @@ class ActionExpertNode(Node):
             'chunks': published, 'rate_hz': rate, 'mode': self._config.mode,
             'inference_ms_mean': latency['mean'], 'inference_ms_p99': latency['p99'],
             'reuse_index_mean': self._reuse_values.summary()['mean'],
+            'chunks_per_features_mean': self._chunks_per_features.summary()['mean'],
             'feature_age_s_mean': self._feature_age_s.summary()['mean'],
             'sensor_age_s_mean': self._sensor_age_s.summary()['mean'],
             'period_error_ms_p99': period['p99'], 'overruns': self._overruns,
@@ -360,7 +372,7 @@ class ActionExpertNode(Node):
         refused = self._refused.as_dict()
         line = (f'Actions: {self._rate.count} | rate {self._rate.rate_hz(time.monotonic()):.1f} '
                 f'Hz | avg {latency["mean"]:.1f} ms | reuse avg '
-                f'{self._reuse_values.summary()["mean"]:.1f} | feature age avg '
+                f'{self._chunks_per_features.summary()["mean"]:.1f} | feature age avg '
                 f'{self._feature_age_s.summary()["mean"]:.2f} s')
         if refused:
             line += ' | refused ' + ', '.join(f'{k}={v}' for k, v in sorted(refused.items()))
