@@ -370,12 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     senders = [SENDERS[s](config, scene, stop, t0) for s in config.streams]
     for s in senders:
         s.start()
-    _LOG.info(f'sending {", ".join(config.streams)}: {len(config.views)} views x '
-              f'{config.camera_fps:g} FPS {config.width}x{config.height} -> '
-              f'{config.camera_host}:{config.camera_port}, robot {config.robot_rate_hz:g} Hz on '
-              f'{config.robot_bind}:{config.robot_port}, sensor {config.sensor_rate_hz:g} Hz -> '
-              f'{config.sensor_host}:{config.sensor_port}'
-              f'{", faults every %gs" % config.fault_period_s if config.faults else ""}')
+    targets = {
+        'cameras': f'cameras: {len(config.views)} views x {config.camera_fps:g} FPS '
+                   f'{config.width}x{config.height} -> {config.camera_host}:{config.camera_port}',
+        'robot': f'robot: {config.robot_rate_hz:g} Hz on {config.robot_bind}:{config.robot_port}',
+        'sensor': f'sensor: {config.sensor_rate_hz:g} Hz in batches of {config.sensor_batch} -> '
+                  f'{config.sensor_host}:{config.sensor_port}'}
+    _LOG.info('sending ' + '; '.join(targets[s] for s in config.streams)
+              + (f'; faults every {config.fault_period_s:g} s' if config.faults else ''))
     deadline = t0 + config.duration_s if config.duration_s > 0 else float('inf')
     while not stop.wait(min(5.0, max(0.0, deadline - time.monotonic()))):
         if time.monotonic() >= deadline:
