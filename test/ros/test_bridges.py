@@ -211,8 +211,8 @@ def test_every_injected_fault_is_counted_and_the_bridges_keep_publishing(
     report_path = tmp_path / 'faults.json'
     nodes = {'cameras': 'camera_bridge', 'robot': 'robot_bridge', 'sensor': 'sensor_bridge'}
     assert spin_until(listener.executor, lambda: len(listener.diagnostics) == 3, 10.0)
-    keys = ('drop_bad_magic', 'drop_truncated', 'drop_oversized', 'drop_non_finite',
-            'drop_late', 'sender_restarts')
+    keys = ('drops.bad_magic', 'drops.truncated', 'drops.oversized', 'drops.non_finite',
+            'drops.late', 'sender_restarts')
     baseline = {n: {k: listener.counter(n, k) for k in keys} for n in nodes.values()}
     sim = start_sim(env, ports, '--faults', '--fault-period-s', '0.25', '--duration-s', '7',
                     '--fault-report', str(report_path))

@@ -1,4 +1,6 @@
 """The process supervisor stops programs cleanly and catches the ones that resist."""
+from pathlib import Path
+import subprocess
 import sys
 import time
 
@@ -51,3 +53,31 @@ def test_grandchildren_are_stopped_with_their_group(tmp_path):
     # the parent exits on SIGINT but its grandchild ignores it: the group needs SIGTERM
     assert report.forced == ['parent']
     assert not report.orphans
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path):
+    # a supervisor process that starts a child and is then SIGKILLed, as by a timeout
+    supervisor = (
+        'import sys, time\n'
+        'from vla_insertion.core.processes import ProcessGroup\n'
+        f'group = ProcessGroup(log_dir={str(tmp_path)!r})\n'
+        f'p = group.start("child", [sys.executable, "-c", {CLEAN!r}])\n'
+        'print(p.popen.pid, flush=True)\n'
+        'time.sleep(60)\n')
+    sup = subprocess.Popen([sys.executable, '-c', supervisor], stdout=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).resolve().parents[2])
+    child_pid = int(sup.stdout.readline())
+    sup.kill()
+    sup.wait()
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.05)
+    assert not _alive(child_pid), 'the child outlived its killed supervisor'
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != 'Z'

@@ -84,7 +84,7 @@ def test_injected_faults_decode_to_their_documented_cause(kind, cause, name, rec
     with pytest.raises(wire.WireError) as info:
         codec.decode(bad)
     assert info.value.cause == cause
-    assert sim_cell.EXPECTED_CAUSE[kind] == f'drop_{cause}'
+    assert sim_cell.EXPECTED_CAUSE[kind] == f'drops.{cause}'
 
 
 def test_fault_plan_cycles_through_every_kind(monkeypatch):

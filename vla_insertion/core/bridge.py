@@ -245,7 +245,7 @@ def bridge_health(loop: ReceiveLoop, clock: ClockOffsetEstimator, now_s: float,
         'hop_latency_p99_ms': hop['p99'], 'clock_offset_ms': clock_report.offset_s * 1e3,
         'clock_calibrated': clock_report.calibrated,
         'clock_recalibrations': clock_report.recalibrations, 'dropped': total_drops,
-        **{f'drop_{cause}': n for cause, n in sorted(drops.items())}})
+        **{f'drops.{cause}': n for cause, n in sorted(drops.items())}})
     if loop.error is not None or not loop.alive:
         health.escalate('ERROR', f'receive thread stopped: {loop.error!r}')
     elif math.isnan(age):

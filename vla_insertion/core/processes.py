@@ -7,6 +7,8 @@ shutdown leaves no orphans.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass, field
 import logging
 import os
@@ -16,6 +18,18 @@ import subprocess
 import time
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: children outlive a killed supervisor
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this child when the supervisor dies, even by SIGKILL."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -46,8 +60,8 @@ class StopReport:
 class ProcessGroup:
     """Programs started together and stopped together."""
 
-    def __init__(self, log_dir: Path | None = None, env: dict | None = None) -> None:
-        self._log_dir = log_dir
+    def __init__(self, log_dir: Path | str | None = None, env: dict | None = None) -> None:
+        self._log_dir = Path(log_dir) if log_dir is not None else None
         self._env = env
         self.processes: list[ManagedProcess] = []
 
@@ -60,7 +74,7 @@ class ProcessGroup:
         else:
             out = subprocess.DEVNULL
         popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self._env,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=_die_with_parent)
         if out is not subprocess.DEVNULL:
             out.close()  # the child holds its own descriptor
         proc = ManagedProcess(name=name, cmd=cmd, popen=popen, log_path=log_path)

@@ -32,9 +32,17 @@ def check_python_deps(modules=PYTHON_DEPS) -> list[CheckResult]:
         except Exception as exc:  # noqa: B902 - any import failure is what we report
             rows.append(CheckResult(f'python: {name}', FAIL, f'{type(exc).__name__}: {exc}'))
             continue
-        version = getattr(module, '__version__', getattr(module, 'VERSION', '?'))
+        version = getattr(module, '__version__', None) or _distribution_version(name)
         rows.append(CheckResult(f'python: {name}', PASS, str(version)))
     return rows
+
+
+def _distribution_version(module: str) -> str:
+    from importlib import metadata
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return '?'
 
 
 def check_gpu() -> CheckResult:

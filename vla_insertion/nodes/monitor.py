@@ -25,14 +25,20 @@ DEFAULT_VIEWS = ['zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak']
 
 
 def drop_counts(values: dict[str, str]) -> dict[str, int]:
-    """Return the drop counters of one DiagnosticStatus (keys `drops.<cause>`)."""
+    """Return the drop counters of one DiagnosticStatus.
+
+    Nodes report dropped inputs as `drops.<cause>` and the VLM its skipped view sets as
+    `skipped.<cause>` (docs/development.md).
+    """
     out = {}
     for key, value in values.items():
-        if key.startswith('drops.'):
+        prefix, _, cause = key.partition('.')
+        if prefix in ('drops', 'skipped') and cause:
             try:
-                out[key[len('drops.'):]] = int(float(value))
+                count = int(float(value))
             except ValueError:
                 continue
+            out[cause if prefix == 'drops' else f'skipped_{cause}'] = count
     return out
 
 

@@ -110,8 +110,12 @@ class RobotBridgeNode(Node):
                 f'{clock.offset_s * 1e3:+.2f} ms{"" if clock.calibrated else " (calibrating)"}')
 
     def destroy_node(self) -> None:
-        self._loop.stop()
-        self._zmq.destroy(linger=0)
+        loop = getattr(self, '_loop', None)  # absent when __init__ failed
+        if loop is not None:
+            loop.stop()
+        zmq_context = getattr(self, '_zmq', None)
+        if zmq_context is not None:
+            zmq_context.destroy(linger=0)
         super().destroy_node()
 
 

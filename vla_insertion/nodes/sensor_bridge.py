@@ -114,7 +114,9 @@ class SensorBridgeNode(Node):
                 f'{"" if clock.calibrated else " (calibrating)"}')
 
     def destroy_node(self) -> None:
-        self._loop.stop()
+        loop = getattr(self, '_loop', None)  # absent when __init__ failed
+        if loop is not None:
+            loop.stop()
         super().destroy_node()
 
 

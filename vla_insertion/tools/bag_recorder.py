@@ -244,7 +244,7 @@ class BagRecorderNode(Node):
             'written_mb': self._writer.bytes_written / 2**20,
             'queued_mb': self._queued_bytes / 2**20,
             'topics': len(self._subs), 'waiting_for_topics': len(self._pending),
-            **{f'dropped_{k}': v for k, v in self._drops.as_dict().items()}})
+            **{f'drops.{k}': v for k, v in self._drops.as_dict().items()}})
         if self._state != 'recording':
             report.escalate('ERROR', f'not recording: {self._state}')
         elif self._drops.total():

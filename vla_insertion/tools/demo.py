@@ -17,6 +17,7 @@ import logging
 import math
 import os
 from pathlib import Path
+import signal
 import subprocess
 import sys
 import threading
@@ -121,19 +122,29 @@ def run(argv=None) -> int:
         'views', ['zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak']))
 
     recorder = RunRecorder()
-    monitor = _Monitor(recorder, views)
     group = ProcessGroup(log_dir=args.out / 'logs', env=dict(os.environ))
     log.info('ROS_DOMAIN_ID=%s, logs in %s', os.environ['ROS_DOMAIN_ID'], args.out / 'logs')
-    for spec in specs:
-        group.start(spec.name, command_for(spec, lib_dir, params_file, launch_args))
-
-    failure = _watch(args, group, recorder)
+    # Ctrl-C or SIGTERM end the run early but still stop every program and print the summary.
+    interrupted = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: interrupted.set())
+    monitor = None
+    failure = 'setup failed'
+    end_s = time.monotonic()
+    try:
+        for spec in specs:
+            group.start(spec.name, command_for(spec, lib_dir, params_file, launch_args))
+        monitor = _Monitor(recorder, views)
+        failure = _watch(args, group, recorder, interrupted)
+    finally:
+        end_s = time.monotonic()
+        log.info('stopping: SIGINT to every process')
+        report = group.stop_all(grace_s=10.0)
+        if monitor is not None:
+            monitor.close()
     measured_from = recorder.chunks[0].recv_s if recorder.chunks else time.monotonic()
-    log.info('stopping: SIGINT to every process')
-    report = group.stop_all(grace_s=10.0)
-    monitor.close()
     summary = summarize(recorder, since_s=measured_from)
-    duration = time.monotonic() - measured_from
+    duration = max(0.0, end_s - measured_from)
     print('\n=== vla_insertion demo summary ===')
     print(format_summary(summary, duration))
     print(f'  {"shutdown".ljust(18)}  '
@@ -145,15 +156,18 @@ def run(argv=None) -> int:
         indent=2, default=_json_default))
     if failure:
         print(f'\nFAILED: {failure}')
+    if interrupted.is_set():
+        return 130
     return 1 if failure or not report.clean or summary['actions'] == 0 else 0
 
 
-def _watch(args, group: ProcessGroup, recorder: RunRecorder) -> str:
+def _watch(args, group: ProcessGroup, recorder: RunRecorder,
+           interrupted: threading.Event) -> str:
     """Wait for the first chunk, then measure for the duration; return a failure or ''."""
     start = time.monotonic()
     first_chunk_s = None
     next_status = start + args.status_period
-    while True:
+    while not interrupted.is_set():
         now = time.monotonic()
         died = group.exited()
         if died:
@@ -171,7 +185,8 @@ def _watch(args, group: ProcessGroup, recorder: RunRecorder) -> str:
         if now >= next_status:
             log.info(status_line(recorder, args.status_period, now))
             next_status += args.status_period
-        time.sleep(0.1)
+        interrupted.wait(0.1)
+    return 'interrupted'
 
 
 def _json_default(value):

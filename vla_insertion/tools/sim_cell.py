@@ -44,9 +44,9 @@ _LOG = logging.getLogger('sim_cell')
 NODE_NAME = 'sim_cell'
 FAULT_KINDS = ('malformed', 'truncated', 'oversized', 'nan', 'out_of_order', 'restart')
 # What each injected fault is counted as by the bridges (their /diagnostics keys).
-EXPECTED_CAUSE = {'malformed': 'drop_bad_magic', 'truncated': 'drop_truncated',
-                  'oversized': 'drop_oversized', 'nan': 'drop_non_finite',
-                  'out_of_order': 'drop_late', 'restart': 'sender_restarts'}
+EXPECTED_CAUSE = {'malformed': 'drops.bad_magic', 'truncated': 'drops.truncated',
+                  'oversized': 'drops.oversized', 'nan': 'drops.non_finite',
+                  'out_of_order': 'drops.late', 'restart': 'sender_restarts'}
 _RESTART_HOLDOFF_S = 1.0    # no fault right after a (re)start: subscribers are reconnecting
 
 
