@@ -187,8 +187,8 @@ def _cdr_endian(data: bytes | memoryview) -> str:
 # name suffix -> (message type, QoS kind of its publisher, see nodes/common.py)
 _KNOWN = (
     ('/image/compressed', 'sensor_msgs/msg/CompressedImage', 'sensor'),
-    ('robot/joint_states', 'sensor_msgs/msg/JointState', 'state'),
-    ('robot/pose', 'geometry_msgs/msg/PoseStamped', 'state'),
+    ('robot/joint_states', 'sensor_msgs/msg/JointState', 'robot'),
+    ('robot/pose', 'geometry_msgs/msg/PoseStamped', 'robot'),
     ('sensor/window', 'vla_insertion/msg/SensorWindow', 'window'),
     ('vla/features', 'vla_insertion/msg/VLFeatures', 'latest'),
     ('vla/feature_request', 'std_msgs/msg/Header', 'latest'),

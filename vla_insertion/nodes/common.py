@@ -31,12 +31,17 @@ from vla_insertion.msg import NodeStats
 SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
                         history=HistoryPolicy.KEEP_LAST, depth=5,
                         durability=DurabilityPolicy.VOLATILE)
-# Sensor windows: every window is a complete state, so the consumer needs only the newest; kept
-# reliable so a recorder sees all of them.
+# Sensor windows: every window is a complete state, so the expert needs only the newest; kept
+# reliable with a history of ~1.5 s at 65 Hz so a recorder starved of CPU for a moment still
+# gets every window (a reliable reader loses what the writer's history no longer holds).
 WINDOW_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
-                        history=HistoryPolicy.KEEP_LAST, depth=10,
+                        history=HistoryPolicy.KEEP_LAST, depth=100,
                         durability=DurabilityPolicy.VOLATILE)
-# Robot state, features and action chunks: reliable, only the newest matters.
+# Robot state at 100 Hz: reliable, 200 ms of history for the same reason.
+ROBOT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
+                       history=HistoryPolicy.KEEP_LAST, depth=20,
+                       durability=DurabilityPolicy.VOLATILE)
+# Action chunks (and state-like outputs): reliable, only the newest matters.
 STATE_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                        history=HistoryPolicy.KEEP_LAST, depth=2,
                        durability=DurabilityPolicy.VOLATILE)

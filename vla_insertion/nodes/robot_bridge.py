@@ -1,8 +1,8 @@
 """robot_bridge: robot state from the robot PC (ZMQ SUB) -> joint states [rad] and tool pose [m].
 
 Topics out:
-  robot/joint_states   sensor_msgs/JointState, STATE_QOS; positions [rad]
-  robot/pose           geometry_msgs/PoseStamped, STATE_QOS; position [m], unit quaternion,
+  robot/joint_states   sensor_msgs/JointState, ROBOT_QOS; positions [rad]
+  robot/pose           geometry_msgs/PoseStamped, ROBOT_QOS; position [m], unit quaternion,
                        frame_id base_frame; both stamped with the sender time on the local clock
   /diagnostics, vla/stats   rate, drops by cause, clock offset, message age, joints
 Parameters: the fields of core.config.RobotBridgeConfig (robot_ip, port, wire_format,
@@ -30,7 +30,7 @@ from vla_insertion.core.config import RobotBridgeConfig
 from vla_insertion.core.data import NodeStatsData, RobotState
 from vla_insertion.core.health import HealthReport, RateMeter
 from vla_insertion.core.wire import make_codec, robot_state, RobotMessage
-from vla_insertion.nodes.common import declare_config, NodeMonitor, run_node, STATE_QOS
+from vla_insertion.nodes.common import declare_config, NodeMonitor, ROBOT_QOS, run_node
 
 
 class RobotBridgeNode(Node):
@@ -42,8 +42,8 @@ class RobotBridgeNode(Node):
         self._codec = make_codec(cfg.wire_format, 'robot', max_bytes=cfg.max_message_bytes)
         self._sender_clock = ClockOffsetEstimator(cfg.calibration_batches)
         self._stamp = MonotonicStamp()
-        self._joints_pub = self.create_publisher(JointState, 'robot/joint_states', STATE_QOS)
-        self._pose_pub = self.create_publisher(PoseStamped, 'robot/pose', STATE_QOS)
+        self._joints_pub = self.create_publisher(JointState, 'robot/joint_states', ROBOT_QOS)
+        self._pose_pub = self.create_publisher(PoseStamped, 'robot/pose', ROBOT_QOS)
         self._rate = RateMeter()
         self._published = 0
         self._session = SessionTracker()

@@ -30,11 +30,11 @@ from rosgraph_msgs.msg import Clock
 from vla_insertion.core import bag
 from vla_insertion.core.config import BagPlayerConfig, ConfigError
 from vla_insertion.nodes.common import (
-    declare_config, DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
+    declare_config, DIAGNOSTICS_QOS, LATEST_QOS, ROBOT_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
 from vla_insertion.tools.bag_recorder import message_class
 
 QOS_BY_KIND = {'sensor': SENSOR_QOS, 'window': WINDOW_QOS, 'state': STATE_QOS,
-               'latest': LATEST_QOS, 'diagnostics': DIAGNOSTICS_QOS}
+               'robot': ROBOT_QOS, 'latest': LATEST_QOS, 'diagnostics': DIAGNOSTICS_QOS}
 DEFAULT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST, depth=10,
                          durability=DurabilityPolicy.VOLATILE)

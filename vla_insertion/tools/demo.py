@@ -107,6 +107,7 @@ def run(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format='[demo] %(message)s')
     os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')  # live node logs in logs/
     lib_dir, installed_params = _package_paths()
     params_file = args.params_file or installed_params
     _prepare_models(args.vlm_model, args.checkpoint, params_file)
