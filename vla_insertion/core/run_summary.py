@@ -48,6 +48,11 @@ class RunRecorder:
         with self._lock:
             self.frames[view] += 1
 
+    def set_frames(self, view: str, count: int) -> None:
+        """Set a view's frame count as reported by the camera bridge."""
+        with self._lock:
+            self.frames[view] = count
+
     def set_window(self, window: SensorWindowData) -> None:
         self.last_window = window
 

@@ -140,6 +140,8 @@ class ActionExpertNode(Node):
         self._stop = threading.Event()
         self._thread = None
         self._timer = None
+        # a timer tick may block on sync-mode features: it needs callbacks running beside it
+        self.needs_parallel_callbacks = cfg.scheduler == 'timer'
         if cfg.scheduler == 'thread':
             self._thread = threading.Thread(target=self._loop, name='action_expert_loop',
                                             daemon=True)

@@ -16,6 +16,10 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+try:
+    from rclpy.experimental import EventsExecutor
+except ImportError:  # rclpy before Jazzy
+    EventsExecutor = None
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
@@ -132,6 +136,19 @@ class NodeMonitor:
             self._node.get_logger().info(self._status_line())
 
 
+def _executor_for(node: Node, threads: int):
+    """Pick the executor: the C++ events executor unless the node needs parallel callbacks.
+
+    Our nodes do their heavy work in their own threads, so their callbacks only store inputs;
+    at hundreds of messages per second the Python executors' per-callback overhead (wait-set
+    rebuilding) was the largest CPU cost of the action expert. A node whose callbacks block
+    (e.g. a timer-scheduled expert waiting for features) sets `needs_parallel_callbacks`.
+    """
+    if getattr(node, 'needs_parallel_callbacks', False) or EventsExecutor is None:
+        return MultiThreadedExecutor(num_threads=threads)
+    return EventsExecutor()
+
+
 def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
     """Run a node as main(): init, build, spin on a multi-threaded executor, shut down.
 
@@ -154,7 +171,7 @@ def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
         except ConfigError as exc:
             rclpy.logging.get_logger('vla_insertion').fatal(f'invalid configuration: {exc}')
             return 2
-        executor = MultiThreadedExecutor(num_threads=threads)
+        executor = _executor_for(node, threads)
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)

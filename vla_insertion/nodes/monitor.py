@@ -1,8 +1,9 @@
 """Monitor node: watches the pipeline's topics and prints the status line of the cell.
 
-Subscribes (relative names): `vla/action_chunk`, `vla/features`,
-`cameras/<view>/image/compressed`, `sensor/window`, `robot/joint_states`, and `/diagnostics`.
-Publishes nothing. Parameters: `view_names` (string list), `status_period_s` (double).
+Subscribes (relative names): `vla/action_chunk`, `vla/features`, `sensor/window`,
+`robot/joint_states`, and `/diagnostics` (drop counters of every node, and the camera bridge's
+frame counts per view: subscribing to the images themselves would cost more CPU than the
+bridge). Publishes nothing. Parameter: `status_period_s` (double).
 
 Used by the demo, and on a cell as `ros2 run vla_insertion monitor` for a terminal view of what
 rqt shows.
@@ -13,15 +14,13 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, JointState
+from sensor_msgs.msg import JointState
 
 from vla_insertion import conversions as conv
 from vla_insertion.core.run_summary import RunRecorder, status_line
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures
 from vla_insertion.nodes.common import (
-    DIAGNOSTICS_QOS, LATEST_QOS, run_node, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
-
-DEFAULT_VIEWS = ['zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak']
+    DIAGNOSTICS_QOS, LATEST_QOS, run_node, STATE_QOS, WINDOW_QOS)
 
 
 def drop_counts(values: dict[str, str]) -> dict[str, int]:
@@ -42,13 +41,23 @@ def drop_counts(values: dict[str, str]) -> dict[str, int]:
     return out
 
 
+def frame_counts(values: dict[str, str]) -> dict[str, int]:
+    """Return the camera bridge's frames received per view (keys `frames_<view>`)."""
+    out = {}
+    for key, value in values.items():
+        if key.startswith('frames_'):
+            try:
+                out[key[len('frames_'):]] = int(float(value))
+            except ValueError:
+                continue
+    return out
+
+
 class MonitorNode(Node):
 
-    def __init__(self, recorder: RunRecorder | None = None, views: list[str] | None = None,
-                 print_status: bool = False) -> None:
+    def __init__(self, recorder: RunRecorder | None = None, print_status: bool = False) -> None:
         super().__init__('monitor')
         self.recorder = recorder or RunRecorder()
-        views = views or list(self.declare_parameter('view_names', DEFAULT_VIEWS).value)
         period = self.declare_parameter('status_period_s', 5.0).value
         self.create_subscription(ActionChunk, 'vla/action_chunk', self._on_chunk, STATE_QOS)
         self.create_subscription(VLFeatures, 'vla/features', self._on_features, LATEST_QOS)
@@ -56,10 +65,6 @@ class MonitorNode(Node):
         self.create_subscription(JointState, 'robot/joint_states', self._on_joints, STATE_QOS)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
                                  DIAGNOSTICS_QOS)
-        for view in views:
-            self.create_subscription(
-                CompressedImage, f'cameras/{view}/image/compressed',
-                lambda _msg, v=view: self.recorder.add_frame(v), SENSOR_QOS)
         if print_status:
             self._period = period
             self.create_timer(period, self._print_status)
@@ -78,9 +83,12 @@ class MonitorNode(Node):
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            drops = drop_counts({kv.key: kv.value for kv in status.values})
+            values = {kv.key: kv.value for kv in status.values}
+            drops = drop_counts(values)
             if drops:
                 self.recorder.set_drops(status.name, drops)
+            for view, count in frame_counts(values).items():
+                self.recorder.set_frames(view, count)
 
     def _print_status(self) -> None:
         self.get_logger().info(status_line(self.recorder, self._period, time.monotonic()))

@@ -58,14 +58,14 @@ def _prepare_models(vlm: Path, checkpoint: Path, params_file: Path) -> None:
 class _Monitor:
     """A node that listens to the pipeline's outputs and fills a RunRecorder."""
 
-    def __init__(self, recorder: RunRecorder, views: list[str]) -> None:
+    def __init__(self, recorder: RunRecorder) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
         from vla_insertion.nodes.monitor import MonitorNode
         self._rclpy = rclpy
         rclpy.init()
-        self.node = MonitorNode(recorder, views)
+        self.node = MonitorNode(recorder)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -118,9 +118,6 @@ def run(argv=None) -> int:
                        checkpoint=str(args.checkpoint.resolve()),
                        record='true' if args.record else 'false')
     specs = enabled_nodes(launch_args)
-    from vla_insertion.core.config import load_node_params
-    views = list(load_node_params(params_file, 'camera_bridge').get(
-        'views', ['zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak']))
 
     recorder = RunRecorder()
     group = ProcessGroup(log_dir=args.out / 'logs', env=dict(os.environ))
@@ -135,7 +132,7 @@ def run(argv=None) -> int:
     try:
         for spec in specs:
             group.start(spec.name, command_for(spec, lib_dir, params_file, launch_args))
-        monitor = _Monitor(recorder, views)
+        monitor = _Monitor(recorder)
         failure = _watch(args, group, recorder, interrupted)
     finally:
         end_s = time.monotonic()
