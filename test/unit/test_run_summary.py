@@ -55,4 +55,3 @@ def test_empty_run_does_not_divide_by_zero():
     s = summarize(RunRecorder())
     assert s['actions'] == 0 and s['action_rate_hz'] == 0.0
     assert 'none' in format_summary(s, duration_s=0.0)
-
