@@ -28,6 +28,7 @@ _LINE = re.compile(r'^\[(?P<level>[A-Z]+)\]\s*\[[\d.]+\]\s*\[(?P<node>[^\]]+)\]:
 _FIELD = re.compile(r'^(?P<key>[A-Za-z][A-Za-z _]*?)\s*:?\s+(?P<value>-?\d+(?:\.\d+)?)\s*'
                     r'(?P<unit>[A-Za-z%/]*)')
 _PAIR = re.compile(r'(?P<key>[A-Za-z_][\w.]*)=(?P<value>-?\d+(?:\.\d+)?)')
+_NUMBER = re.compile(r'(?<![\w.])-?\d+(?:\.\d+)?')
 
 
 def _stamp_s(msg) -> float:
@@ -93,8 +94,8 @@ def summarize_log(lines) -> dict:
             continue
         node, text = m['node'], m['text']
         if m['level'] in ('WARN', 'ERROR', 'FATAL'):
-            # group messages that differ only in their numbers
-            problems[node][f'{m["level"]}: {re.sub(r"-?[0-9][0-9.]*", "#", text)}'] += 1
+            # group messages that differ only in their numbers (not digits in names: zed_2)
+            problems[node][f'{m["level"]}: {_NUMBER.sub("#", text)}'] += 1
         if ' | ' not in text:
             continue
         for part in text.split(' | '):
