@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from report import print_table, write_json  # noqa: E402, I100
 
-import rclpy  # noqa: E402, I100
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100
+import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
@@ -47,7 +48,7 @@ from vla_insertion.core.data import (  # noqa: E402
     RobotState, SensorWindowData, VLFeatureData)
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures  # noqa: E402
 from vla_insertion.nodes.common import (  # noqa: E402
-    LATEST_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
+    DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
 
 VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
 WORK = ROOT / 'artifacts' / 'benchmarks' / 'expert_loop'
@@ -77,10 +78,17 @@ class Feeder(Node):
         self.pose_pub = self.create_publisher(conv.PoseStamped, 'robot/pose', STATE_QOS)
         self.create_subscription(ActionChunk, 'vla/action_chunk', self._on_chunk, STATE_QOS)
         self.create_subscription(VLFeatures, 'vla/features', self._on_features, LATEST_QOS)
-        if args.camera_hz > 0:
-            self.create_timer(1.0 / args.camera_hz, self._publish_views)
-        self.create_timer(1.0 / args.window_hz, self._publish_window)
-        self.create_timer(1.0 / args.robot_hz, self._publish_robot)
+        self.refused: dict[str, int] = {}  # the expert's drops.<reason> from /diagnostics
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                 DIAGNOSTICS_QOS)
+        # Each stream from its own thread on absolute deadlines, as the bridges publish from
+        # their socket threads: executor timers in this one Python process stalled behind the
+        # 150 images/s and made the expert refuse windows as too old (the harness's fault).
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._every, args=(1.0 / hz, fn), daemon=True)
+                        for hz, fn in ((args.camera_hz, self._publish_views),
+                                       (args.window_hz, self._publish_window),
+                                       (args.robot_hz, self._publish_robot)) if hz > 0]
         self.samples = rng.standard_normal((65, 7)).astype(np.float32)
         self.contract = contract
         self.feature_sequence = 0
@@ -89,6 +97,17 @@ class Feeder(Node):
             self.feature_data = rng.standard_normal(
                 (contract['num_tokens'], contract['feature_dim'])).astype(np.float32)
             self.create_timer(1.0 / args.feature_hz, self._publish_features)
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _every(self, period_s: float, publish) -> None:
+        deadline = time.monotonic()
+        while not self.stop.is_set():
+            publish()
+            deadline += period_s
+            self.stop.wait(max(0.0, deadline - time.monotonic()))
 
     def _publish_features(self) -> None:
         # stands in for the VLM: features of views captured one VLM latency (0.38 s) ago
@@ -124,6 +143,13 @@ class Feeder(Node):
         with self.lock:
             self.chunks.append((time.monotonic(), conv.time_from_msg(msg.header.stamp),
                                 msg.inference_ms, msg.reuse_index, msg.feature_age_s))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if 'action_expert' in status.name:
+                with self.lock:
+                    self.refused = {kv.key[len('drops.'):]: int(float(kv.value))
+                                    for kv in status.values if kv.key.startswith('drops.')}
 
     def _on_features(self, msg: VLFeatures) -> None:
         with self.lock:
@@ -201,6 +227,7 @@ def main() -> int:
     executor.add_node(feeder)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
+    feeder.start()
     try:
         deadline = time.monotonic() + args.startup_timeout
         while time.monotonic() < deadline and not feeder.chunks:
@@ -212,11 +239,17 @@ def main() -> int:
         time.sleep(2.0)  # settle
         with feeder.lock:
             start, features0 = len(feeder.chunks), feeder.features
+            refused0 = dict(feeder.refused)
         time.sleep(args.duration)
+        time.sleep(1.5)  # one more diagnostics report covers the whole measured window
         with feeder.lock:
-            rows = feeder.chunks[start:]
+            rows = [c for c in feeder.chunks[start:] if c[0] - feeder.chunks[start][0]
+                    <= args.duration]
             vl_updates = feeder.features - features0
+            refused = {k: v - refused0.get(k, 0) for k, v in feeder.refused.items()
+                       if v - refused0.get(k, 0)}
     finally:
+        feeder.stop.set()
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGINT)
@@ -246,6 +279,8 @@ def main() -> int:
         'vl_updates_hz': vl_updates / args.duration, 'load_avg_1min': os.getloadavg()[0],
     }
     print_table('action_expert loop (stamps = tick times; arrival = received here)', [result])
+    print(f'ticks refused by the staleness rules while measuring: {refused or "none"}')
+    result['refused'] = refused
     write_json(f'expert_loop_{args.load}_{args.scheduler}_rt{args.realtime_priority}',
                {'result': result, 'args': vars(args)})
     ok = result['rate_hz'] >= 9.99 * args.rate_hz / 10.0 and result['period_err_p99_ms'] <= 5.0

@@ -1,4 +1,6 @@
 """The run summary computes rates, reuse and ages from a synthetic run with known answers."""
+import math
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,8 @@ def test_summary_numbers():
     assert s['chunks_per_feature_mean'] == pytest.approx(4.0)
     assert s['reuse_index_mean'] == pytest.approx(2.5)
     assert s['feature_age_s_mean'] == pytest.approx(0.25)
+    assert s['action_period_ms'] == pytest.approx(100.0)
+    assert s['action_period_err_p99_ms'] == pytest.approx(0.0, abs=1e-6)
     assert s['drops'] == {'camera_bridge.malformed': 3}  # zero counts are left out
     assert s['untrained'] is True
 
@@ -54,4 +58,5 @@ def test_summary_window_and_text():
 def test_empty_run_does_not_divide_by_zero():
     s = summarize(RunRecorder())
     assert s['actions'] == 0 and s['action_rate_hz'] == 0.0
+    assert math.isnan(s['action_period_err_p99_ms'])
     assert 'none' in format_summary(s, duration_s=0.0)

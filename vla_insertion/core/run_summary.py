@@ -94,12 +94,20 @@ def summarize(rec: RunRecorder, since_s: float = -math.inf) -> dict:
     for c in chunks:
         served[c.value.feature_sequence] = max(served.get(c.value.feature_sequence, 0),
                                                c.value.reuse_index)
+    # jitter of the expert's tick grid: chunk stamps are tick times, one period apart
+    stamps = np.array([c.value.stamp_s for c in chunks], dtype=np.float64)
+    period = float(np.median(np.diff(stamps))) if stamps.size > 2 else math.nan
+    period_err = (np.abs(np.diff(stamps) - period) * 1e3).tolist() if stamps.size > 2 else []
     drops = {f'{node}.{cause}': n for node, causes in sorted(rec.drops.items())
              for cause, n in sorted(causes.items()) if n}
     return {
         'actions': len(chunks),
         'action_rate_hz': _rate([c.recv_s for c in chunks]),
         'action_ms_mean': action_ms_mean,
+        'action_period_ms': period * 1e3,
+        'action_period_err_p99_ms': (float(np.percentile(period_err, 99)) if period_err
+                                     else math.nan),
+        'action_period_err_max_ms': max(period_err) if period_err else math.nan,
         'action_ms_p99': action_ms_p99,
         'vl_updates': len(features),
         'vl_rate_hz': _rate([f.recv_s for f in features]),
@@ -139,6 +147,9 @@ def format_summary(s: dict, duration_s: float) -> str:
         ('measured for', f'{duration_s:.1f} s'),
         ('actions published', f'{s["actions"]} at {s["action_rate_hz"]:.2f} Hz'),
         ('action inference', f'avg {s["action_ms_mean"]:.1f} ms, p99 {s["action_ms_p99"]:.1f} ms'),
+        ('action period', f'{s["action_period_ms"]:.1f} ms, error p99 '
+                          f'{s["action_period_err_p99_ms"]:.2f} ms, max '
+                          f'{s["action_period_err_max_ms"]:.1f} ms'),
         ('VL updates', f'{s["vl_updates"]} at {s["vl_rate_hz"]:.2f} Hz'),
         ('VL inference', f'avg {s["vl_ms_mean"]:.0f} ms, p99 {s["vl_ms_p99"]:.0f} ms'),
         ('feature reuse', f'{s["chunks_per_feature_mean"]:.2f} chunks per VL update'),
