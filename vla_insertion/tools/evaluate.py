@@ -278,6 +278,19 @@ def run_ros_nodes(rec: Recording, vlm_cfg: VlmConfig, checkpoint: str, params_fi
         else:
             notes.append('vlm_node has no artificial_delay_s parameter: ROS mode ran without '
                          'the artificial delay')
+    expert_params = [('checkpoint', checkpoint)]
+    if delay_s > 0:
+        # The delay stands in for a heavier VLM, whose features are that much older at use; the
+        # expert's staleness limit moves with it, as it would be configured for such a model,
+        # so that the ROS mode is compared on the same footing as the in-process modes.
+        from vla_insertion.core.config import ExpertConfig, load_node_params
+        base = ExpertConfig().max_feature_age_s
+        if params_file:
+            base = float(load_node_params(params_file, 'action_expert').get(
+                'max_feature_age_s', base))
+        expert_params.append(('max_feature_age_s', str(base + delay_s)))
+        notes.append(f'action_expert max_feature_age_s raised by the delay to '
+                     f'{base + delay_s:g} s')
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env['PYTHONPATH'] = f'{root}{os.pathsep}{env.get("PYTHONPATH", "")}'
@@ -285,8 +298,7 @@ def run_ros_nodes(rec: Recording, vlm_cfg: VlmConfig, checkpoint: str, params_fi
     procs = []
     for name, module, params in (
             ('vlm_node', 'vla_insertion.nodes.vlm_node', vlm_params),
-            ('action_expert', 'vla_insertion.nodes.action_expert',
-             [('checkpoint', checkpoint)])):
+            ('action_expert', 'vla_insertion.nodes.action_expert', expert_params)):
         out = open(log_dir / f'{name}.log', 'w')
         procs.append((name, out, subprocess.Popen(
             _node_command(module, params, params_file), env=env, stdout=out,
