@@ -226,6 +226,18 @@ class ReceiveLoop:
         self._on_drop(cause, text)
 
 
+def close_bridge(loop: ReceiveLoop | None, zmq_context=None) -> None:
+    """Stop a bridge's receive loop, then close its ZMQ context; either may be None.
+
+    Bridge nodes call this from destroy_node(), which also runs for a node whose __init__
+    failed half-way (a port already in use), so nothing here may assume it was built.
+    """
+    if loop is not None:
+        loop.stop()
+    if zmq_context is not None:
+        zmq_context.destroy(linger=0)
+
+
 def bridge_health(loop: ReceiveLoop, clock: ClockOffsetEstimator, now_s: float,
                   stale_after_s: float, node: str, published: int, rate_hz: float,
                   dropped_before: int) -> tuple[HealthReport, NodeStatsData]:

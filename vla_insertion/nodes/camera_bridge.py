@@ -21,7 +21,8 @@ import zmq
 
 from vla_insertion.conversions import camera_frame_to_msg
 from vla_insertion.core.bridge import (
-    bridge_health, Drop, LATE, ReceiveLoop, SessionTracker, UNKNOWN_VIEW, ZmqSource)
+    bridge_health, close_bridge, Drop, LATE, ReceiveLoop, SessionTracker, UNKNOWN_VIEW,
+    ZmqSource)
 from vla_insertion.core.clock import ClockOffsetEstimator, MonotonicStamp
 from vla_insertion.core.config import CameraBridgeConfig
 from vla_insertion.core.data import NodeStatsData
@@ -110,12 +111,8 @@ class CameraBridgeNode(Node):
                 f'{"" if clock.calibrated else " (calibrating)"}')
 
     def destroy_node(self) -> None:
-        loop = getattr(self, '_loop', None)  # absent when __init__ failed
-        if loop is not None:
-            loop.stop()
-        zmq_context = getattr(self, '_zmq', None)
-        if zmq_context is not None:
-            zmq_context.destroy(linger=0)
+        # attributes are absent when __init__ failed half-way
+        close_bridge(getattr(self, '_loop', None), getattr(self, '_zmq', None))
         super().destroy_node()
 
 

@@ -24,7 +24,7 @@ import zmq
 
 from vla_insertion.conversions import robot_state_to_msgs
 from vla_insertion.core.bridge import (
-    bridge_health, Drop, LATE, ReceiveLoop, SessionTracker, ZmqSource)
+    bridge_health, close_bridge, Drop, LATE, ReceiveLoop, SessionTracker, ZmqSource)
 from vla_insertion.core.clock import ClockOffsetEstimator, MonotonicStamp
 from vla_insertion.core.config import RobotBridgeConfig
 from vla_insertion.core.data import NodeStatsData, RobotState
@@ -110,12 +110,8 @@ class RobotBridgeNode(Node):
                 f'{clock.offset_s * 1e3:+.2f} ms{"" if clock.calibrated else " (calibrating)"}')
 
     def destroy_node(self) -> None:
-        loop = getattr(self, '_loop', None)  # absent when __init__ failed
-        if loop is not None:
-            loop.stop()
-        zmq_context = getattr(self, '_zmq', None)
-        if zmq_context is not None:
-            zmq_context.destroy(linger=0)
+        # attributes are absent when __init__ failed half-way
+        close_bridge(getattr(self, '_loop', None), getattr(self, '_zmq', None))
         super().destroy_node()
 
 

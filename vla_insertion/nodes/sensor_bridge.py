@@ -21,7 +21,7 @@ from rclpy.node import Node
 
 from vla_insertion.conversions import sensor_window_to_msg
 from vla_insertion.core.bridge import (
-    bridge_health, Drop, LATE, ReceiveLoop, STALE_SESSION, UdpSource)
+    bridge_health, close_bridge, Drop, LATE, ReceiveLoop, STALE_SESSION, UdpSource)
 from vla_insertion.core.clock import ClockOffsetEstimator, MonotonicStamp
 from vla_insertion.core.config import SensorBridgeConfig
 from vla_insertion.core.data import NodeStatsData
@@ -114,9 +114,8 @@ class SensorBridgeNode(Node):
                 f'{"" if clock.calibrated else " (calibrating)"}')
 
     def destroy_node(self) -> None:
-        loop = getattr(self, '_loop', None)  # absent when __init__ failed
-        if loop is not None:
-            loop.stop()
+        # attributes are absent when __init__ failed half-way
+        close_bridge(getattr(self, '_loop', None))
         super().destroy_node()
 
 
