@@ -98,3 +98,15 @@ def test_launch_file_uses_the_table():
     assert 'LAUNCH_ARGUMENTS' in source and 'enabled_nodes' in source
     launch_ros = pytest.importorskip('launch_ros')  # present on a ROS machine only
     assert launch_ros
+
+
+def test_tool_shortcuts_become_ros_parameters():
+    common = pytest.importorskip('vla_insertion.nodes.common')  # rclpy is needed to import it
+    argv, ros_args = common.split_ros_args(['bag', '-r', '2', '--ros-args', '-p', 'loop:=true'])
+    assert argv == ['bag', '-r', '2'] and ros_args == ['--ros-args', '-p', 'loop:=true']
+    assert common.split_ros_args(['x']) == (['x'], [])
+    out = common.with_parameters([], {'rate': 2.0, 'loop': True, 'restamp': False, 'bag': None,
+                                      'topics': ['/a', 'b']})
+    assert out == ['--ros-args', '-p', 'rate:=2.0', '-p', 'loop:=true',
+                   '-p', "topics:=['/a','b']"]
+    assert common.with_parameters(['--ros-args'], {'bag': None}) == ['--ros-args']

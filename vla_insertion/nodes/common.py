@@ -95,6 +95,34 @@ def declare_config(node: Node, cls: type, prefix: str = ''):
     return config_from_dict(cls, values)
 
 
+def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split a command line into (program flags, `--ros-args ...` tail)."""
+    if '--ros-args' in argv:
+        i = argv.index('--ros-args')
+        return argv[:i], argv[i:]
+    return argv, []
+
+
+def with_parameters(ros_args: list[str], values: dict[str, object]) -> list[str]:
+    """Append `-p name:=value` for every value that is set (CLI shortcuts of a tool).
+
+    None and False are left out (the parameter keeps its default), True becomes `true` and a
+    list or tuple a YAML list of quoted strings.
+    """
+    params = []
+    for name, value in values.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            value = 'true'
+        elif isinstance(value, (list, tuple)):
+            value = f'[{",".join(repr(str(v)) for v in value)}]'
+        params += ['-p', f'{name}:={value}']
+    if not params:
+        return ros_args
+    return (ros_args or ['--ros-args']) + params
+
+
 def declare_names(cls: type, prefix: str = '') -> list[str]:
     """Return the ROS parameter names `declare_config` declares for `cls`."""
     return [prefix + f.name for f in dataclasses.fields(cls)]

@@ -30,7 +30,8 @@ from rosgraph_msgs.msg import Clock
 from vla_insertion.core import bag
 from vla_insertion.core.config import BagPlayerConfig, ConfigError
 from vla_insertion.nodes.common import (
-    declare_config, DIAGNOSTICS_QOS, LATEST_QOS, ROBOT_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
+    declare_config, DIAGNOSTICS_QOS, LATEST_QOS, ROBOT_QOS, SENSOR_QOS, split_ros_args,
+    STATE_QOS, WINDOW_QOS, with_parameters)
 from vla_insertion.tools.bag_recorder import message_class
 
 QOS_BY_KIND = {'sensor': SENSOR_QOS, 'window': WINDOW_QOS, 'state': STATE_QOS,
@@ -134,11 +135,7 @@ class BagPlayerNode(Node):
 
 
 def main(args=None) -> int:
-    argv = list(sys.argv[1:] if args is None else args)
-    ros_args = []
-    if '--ros-args' in argv:
-        i = argv.index('--ros-args')
-        argv, ros_args = argv[:i], argv[i:]
+    argv, ros_args = split_ros_args(list(sys.argv[1:] if args is None else args))
     parser = argparse.ArgumentParser(
         prog='bag_player', description='Play a rosbag2 bag with its recorded timing and '
         '/clock. ROS parameters (BagPlayerConfig) follow --ros-args; the flags are shortcuts.')
@@ -150,18 +147,9 @@ def main(args=None) -> int:
                         help='shift header stamps to the current wall clock')
     parser.add_argument('--topics', nargs='+', help='topics to play (default all)')
     opts, rest = parser.parse_known_args(argv)
-    params = []
-    for value, name in ((opts.bag, 'bag'), (opts.rate, 'rate'),
-                        (opts.start_offset, 'start_offset_s')):
-        if value is not None:
-            params += ['-p', f'{name}:={value}']
-    for flag in ('loop', 'restamp'):
-        if getattr(opts, flag):
-            params += ['-p', f'{flag}:=true']
-    if opts.topics:
-        params += ['-p', f'topics:=[{",".join(repr(t) for t in opts.topics)}]']
-    if params:
-        ros_args = (ros_args or ['--ros-args']) + params
+    ros_args = with_parameters(ros_args, {
+        'bag': opts.bag, 'rate': opts.rate, 'start_offset_s': opts.start_offset,
+        'loop': opts.loop, 'restamp': opts.restamp, 'topics': opts.topics})
     rclpy.init(args=['bag_player', *rest, *ros_args])
     node = None
     try:

@@ -39,7 +39,8 @@ from vla_insertion.core import bag
 from vla_insertion.core.config import BagRecorderConfig, ConfigError
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import DropCounter, HealthReport, RateMeter
-from vla_insertion.nodes.common import declare_config, NodeMonitor
+from vla_insertion.nodes.common import (
+    declare_config, NodeMonitor, split_ros_args, with_parameters)
 
 _STOP = object()
 
@@ -279,27 +280,16 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(args=None) -> int:
-    argv = list(sys.argv[1:] if args is None else args)
-    ros_args = []
-    if '--ros-args' in argv:
-        i = argv.index('--ros-args')
-        argv, ros_args = argv[:i], argv[i:]
+    argv, ros_args = split_ros_args(list(sys.argv[1:] if args is None else args))
     opts, rest = _parse(argv)
     if opts.recover:
         n = bag.recover_bag(opts.recover)
         print(f'recovered {n} messages; {opts.recover} now holds '
               f'{bag.bag_info(opts.recover).message_count} messages')
         return 0
-    params = []
-    for flag, name in (('output_dir', 'output_dir'), ('bag_name', 'bag_name'),
-                       ('storage', 'storage'), ('duration', 'duration_s')):
-        value = getattr(opts, flag)
-        if value is not None:
-            params += ['-p', f'{name}:={value}']
-    if opts.topics:
-        params += ['-p', f'topics:=[{",".join(repr(t) for t in opts.topics)}]']
-    if params:
-        ros_args = (ros_args or ['--ros-args']) + params
+    ros_args = with_parameters(ros_args, {
+        'output_dir': opts.output_dir, 'bag_name': opts.bag_name, 'storage': opts.storage,
+        'duration_s': opts.duration, 'topics': opts.topics})
     rclpy.init(args=['bag_recorder', *rest, *ros_args])
     node = None
     try:
