@@ -79,7 +79,7 @@ def main() -> None:
     port = free_port(socket.SOCK_STREAM)
     context = rclpy.Context()
     rclpy.init(context=context)
-    params = [f'port:={port}', 'views:=[' + ', '.join(repr(v) for v in views) + ']']
+    params = [f'port:={port}', 'view_names:=[' + ', '.join(repr(v) for v in views) + ']']
     got, latency_ms = defaultdict(int), defaultdict(list)
     with bridge_process('camera_bridge', params, OUT_DIR / 'bench_camera_bridge.log') as proc:
         node = Node('bench_camera_listener', context=context)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VIEWS = ['zed_1', 'zed_2', 'oak']
 WIDTH, HEIGHT = 320, 180
 # cheap on a shared machine; the full-rate numbers are in the benchmarks
-SIM_ARGS = ['--views', *VIEWS, '--width', str(WIDTH), '--height', str(HEIGHT),
+SIM_ARGS = ['--view-names', *VIEWS, '--width', str(WIDTH), '--height', str(HEIGHT),
             '--camera-fps', '10', '--jpeg-quality', '60']
 
 
@@ -73,7 +73,7 @@ def bridges(env, ports, tmp_path_factory):
     logs = tmp_path_factory.mktemp('bridges')
     views = '[' + ', '.join(repr(v) for v in VIEWS) + ']'
     specs = {
-        'camera_bridge': ['-p', f'port:={ports["camera"]}', '-p', f'views:={views}'],
+        'camera_bridge': ['-p', f'port:={ports["camera"]}', '-p', f'view_names:={views}'],
         'robot_bridge': ['-p', f'port:={ports["robot"]}'],
         'sensor_bridge': ['-p', f'port:={ports["sensor"]}'],
     }

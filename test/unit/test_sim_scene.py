@@ -63,9 +63,9 @@ def test_views_differ_and_follow_the_robot(scene):
 def test_sim_cell_config_layers(tmp_path):
     params = tmp_path / 'p.yaml'
     params.write_text('sim_cell:\n  ros__parameters:\n    camera_fps: 5\n    seed: 9\n'
-                      '    views: [left, right]\n')
+                      '    view_names: [left, right]\n')
     config, _ = sim_cell.load_config(['--params-file', str(params), '--seed', '4', '--faults'])
-    assert (config.camera_fps, config.seed, config.views, config.faults) == (
+    assert (config.camera_fps, config.seed, config.view_names, config.faults) == (
         5.0, 4, ('left', 'right'), True)
     with pytest.raises(ConfigError):
         sim_cell.load_config(['--jpeg-quality', '0'])

@@ -282,7 +282,7 @@ class CameraBridgeConfig:
 
     bind_address: str = '127.0.0.1'  # interface the PULL socket binds; 0.0.0.0 on a cell
     port: int = 5555               # TCP port the camera sender pushes to
-    views: tuple[str, ...] = DEFAULT_VIEWS  # view ids accepted; one topic each
+    view_names: tuple[str, ...] = DEFAULT_VIEWS  # view ids accepted; one topic each
     wire_format: str = 'camera_v1'  # decoder name (docs/wire.md)
     max_message_bytes: int = 4_000_000  # larger frames are dropped as oversized [bytes]
     receive_timeout_s: float = 0.1  # socket poll period; bounds shutdown latency [s]
@@ -293,7 +293,7 @@ class CameraBridgeConfig:
     def __post_init__(self) -> None:
         require_host('bind_address', self.bind_address)
         require_port('port', self.port)
-        require_unique_names('views', self.views)
+        require_unique_names('view_names', self.view_names)
         require_wire_format('wire_format', self.wire_format, 'camera')
         require_int_range('max_message_bytes', self.max_message_bytes, 1024, 1 << 30, ' bytes')
         require_positive('receive_timeout_s', self.receive_timeout_s)
@@ -378,7 +378,7 @@ class SimCellConfig:
     sensor_host: str = '127.0.0.1'  # where sensor_bridge's UDP socket listens
     sensor_port: int = 9999        # UDP port of sensor_bridge
     streams: tuple[str, ...] = SIM_STREAMS  # which senders run: cameras, robot, sensor
-    views: tuple[str, ...] = DEFAULT_VIEWS  # camera view ids, each a different viewpoint
+    view_names: tuple[str, ...] = DEFAULT_VIEWS  # camera view ids, each a different viewpoint
     width: int = 640               # rendered image width [px]
     height: int = 360              # rendered image height [px]
     camera_fps: float = 30.0       # frames per second per view [Hz]
@@ -402,7 +402,7 @@ class SimCellConfig:
         require(len(self.streams) > 0 and set(self.streams) <= set(SIM_STREAMS),
                 f'streams must be a non-empty subset of {list(SIM_STREAMS)}, '
                 f'got {list(self.streams)}')
-        require_unique_names('views', self.views)
+        require_unique_names('view_names', self.view_names)
         require_int_range('width', self.width, 32, 4096, ' px')
         require_int_range('height', self.height, 32, 4096, ' px')
         require_positive('camera_fps', self.camera_fps)

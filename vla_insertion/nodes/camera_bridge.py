@@ -49,7 +49,7 @@ class CameraBridgeNode(Node):
         self._codec = make_codec(cfg.wire_format, 'camera', max_bytes=cfg.max_message_bytes)
         self._sender_clock = ClockOffsetEstimator(cfg.calibration_batches)
         self._views = {v: _View(self.create_publisher(
-            CompressedImage, f'cameras/{v}/image/compressed', SENSOR_QOS)) for v in cfg.views}
+            CompressedImage, f'cameras/{v}/image/compressed', SENSOR_QOS)) for v in cfg.view_names}
         self._session = SessionTracker()
         self._dropped_reported = 0
         self._zmq = zmq.Context(1)
@@ -60,7 +60,7 @@ class CameraBridgeNode(Node):
             self._on_message, on_drop=self._warn_drop)
         self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
         self._loop.start()
-        self.get_logger().info(f'camera PULL bound on {endpoint}, views {list(cfg.views)}, '
+        self.get_logger().info(f'camera PULL bound on {endpoint}, views {list(cfg.view_names)}, '
                                f'wire format {cfg.wire_format}')
 
     def _on_message(self, data: bytes, t_recv: float) -> None:

@@ -185,16 +185,16 @@ class CameraSender(Sender):
 
     def loop(self) -> None:
         cfg = self.config
-        renderer = SceneRenderer(self.scene, cfg.views, cfg.width, cfg.height)
+        renderer = SceneRenderer(self.scene, cfg.view_names, cfg.width, cfg.height)
         codec = CameraCodecV1()
         cap = CameraBridgeConfig().max_message_bytes
-        old: deque[tuple[int, bytes]] = deque(maxlen=len(cfg.views) * 5)
-        sequences = [0] * len(cfg.views)
+        old: deque[tuple[int, bytes]] = deque(maxlen=len(cfg.view_names) * 5)
+        sequences = [0] * len(cfg.view_names)
         context, push = self._connect()
         pacer = Pacer(cfg.camera_fps, self.stop)
         try:
             while pacer.wait():
-                for i, view in enumerate(cfg.views):
+                for i, view in enumerate(cfg.view_names):
                     capture = self.sender_time()
                     jpeg = renderer.render_jpeg(i, self.scene.state_at(self.scene_time()),
                                                 cfg.jpeg_quality)
@@ -207,7 +207,7 @@ class CameraSender(Sender):
                     if kind == 'restart':
                         push.close(linger=2000)
                         context.term()          # waits until the old socket's queue is sent
-                        self.session, sequences = new_session(), [0] * len(cfg.views)
+                        self.session, sequences = new_session(), [0] * len(cfg.view_names)
                         old.clear()
                         context, push = self._connect()
                         continue
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in senders:
         s.start()
     targets = {
-        'cameras': f'cameras: {len(config.views)} views x {config.camera_fps:g} FPS '
+        'cameras': f'cameras: {len(config.view_names)} views x {config.camera_fps:g} FPS '
                    f'{config.width}x{config.height} -> {config.camera_host}:{config.camera_port}',
         'robot': f'robot: {config.robot_rate_hz:g} Hz on {config.robot_bind}:{config.robot_port}',
         'sensor': f'sensor: {config.sensor_rate_hz:g} Hz in batches of {config.sensor_batch} -> '
