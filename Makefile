@@ -26,8 +26,10 @@ test-unit: setup
 lint: setup
 	@$(ENV) pytest -q -p no:cacheprovider test/lint
 
+# Every benchmark with its defaults, one after the other (about 20 minutes: the recorder runs
+# 10 minutes); figures go to artifacts/benchmarks/*.json, see docs/benchmarks.md.
 bench: setup
-	@$(ENV) for b in benchmarks/bench_*.py; do python $$b; done
+	@$(ENV) for b in benchmarks/bench_*.py; do echo "== $$b"; python $$b || echo "!! $$b failed"; done
 
 clean:
 	rm -rf build install log artifacts
