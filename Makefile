@@ -23,6 +23,9 @@ test: setup
 test-unit: setup
 	@$(ENV) pytest -q -p no:cacheprovider $(PYTEST_ARGS) test/unit
 
+test-ros: setup
+	@$(ENV) pytest -q -p no:cacheprovider $(PYTEST_ARGS) test/ros
+
 lint: setup
 	@$(ENV) pytest -q -p no:cacheprovider test/lint
 
