@@ -14,7 +14,7 @@ exec 9>log/.setup.lock
 flock 9
 root=$(pwd)
 python=${PYTHON:-python3}
-venv=${VLA_VENV:-$HOME/.cache/vla_insertion/venv-$($python -c 'import sys; print("py%d%d" % sys.version_info[:2])')}
+venv=${VLA_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/vla_insertion/venv-$($python -c 'import sys; print("py%d%d" % sys.version_info[:2])')}
 
 if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating venv $venv"
