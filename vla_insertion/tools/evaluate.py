@@ -207,13 +207,18 @@ class RunResult:
             [self.chunks[i] for i in order], latency_ms=np.asarray(self.latency_ms)[order])
 
 
+def open_loop_ticks(inputs: Inputs, rate_hz: float = 10.0) -> np.ndarray:
+    """Return the tick times [s] from the first complete input to the end of the recording."""
+    period = 1.0 / rate_hz
+    start = inputs.first_complete_s()
+    return start + np.arange(int(np.floor((inputs.rec.end_s - start) / period)) + 1) * period
+
+
 def run_open_loop(rec: Recording, vlm, expert, views: tuple[str, ...], rate_hz: float = 10.0,
                   vl_every: int = 1, progress: bool = True) -> RunResult:
     """Run the models at every tick on the recorded inputs; deterministic, no wall clock."""
     inputs = Inputs(rec, views)
-    period = 1.0 / rate_hz
-    start = inputs.first_complete_s()
-    ticks = start + np.arange(int(np.floor((rec.end_s - start) / period)) + 1) * period
+    ticks = open_loop_ticks(inputs, rate_hz)
     vlm.reset()
     expert.reset()
     features, reuse, chunks, latency = None, 0, [], []

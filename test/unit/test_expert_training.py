@@ -1,0 +1,134 @@
+"""Behaviour cloning: the loss falls, training is deterministic, stats come from the data."""
+import numpy as np
+import pytest
+import torch
+
+from vla_insertion.core import metrics
+from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData
+from vla_insertion.core.expert.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from vla_insertion.core.expert.model import ActionExpert, ExpertModelConfig
+from vla_insertion.core.expert.policy import ExpertPolicy
+from vla_insertion.core.expert.training import (
+    chunk_targets, dataset_loss, ExpertDataset, fit_normalization, train)
+from vla_insertion.core.feature_contract import FeatureContract
+from vla_insertion.core.interfaces import ExpertObservation
+from vla_insertion.tools.make_untrained_checkpoint import PRESETS
+
+CONTRACT = FeatureContract(model_id='tiny-test-vlm', reduction='image_token_grid_pool',
+                           num_tokens=6, feature_dim=32, image_width=64, image_height=36,
+                           view_names=('zed_1', 'oak'), prompt='insert')
+CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
+N, H = 256, 8
+
+
+def target_of(states: np.ndarray) -> np.ndarray:
+    """Known map state -> (N, H, 7) chunk: joints drift by k * 0.05 * sin(joint), gripper."""
+    k = np.arange(H)[None, :, None]
+    joints = states[:, None, :6] + 0.05 * k * np.sin(states[:, None, :6])
+    gripper = np.repeat(states[:, None, 13:14], H, axis=1)
+    return np.concatenate([joints, gripper], axis=-1).astype(np.float32)
+
+
+def synthetic(seed: int = 0) -> ExpertDataset:
+    rng = np.random.default_rng(seed)
+    states = np.concatenate([
+        rng.uniform(-1.5, 1.5, (N, 6)), rng.normal([0.4, 0.0, 0.3], 0.05, (N, 3)),
+        np.tile([0.0, 0.0, 0.0, 1.0], (N, 1)), rng.uniform(0, 1, (N, 1))], axis=1)
+    windows = rng.normal([0, 0, -5, 0, 0, 0, 0.02], [2, 2, 3, 0.1, 0.1, 0.1, 0.005],
+                         (N, 65, 7))
+    windows[:5, :10] = np.nan                                     # a few incomplete windows
+    features = rng.standard_normal((N // 4, 6, 32))               # each set shared by 4 ticks
+    return ExpertDataset.from_arrays(features, windows, states.astype(np.float32),
+                                     target_of(states), feature_index=np.arange(N) // 4)
+
+
+def small_model(seed: int = 0) -> ActionExpert:
+    torch.manual_seed(seed)
+    return ActionExpert(ExpertModelConfig(**PRESETS['small'], feature_tokens=6, feature_dim=32))
+
+
+@pytest.fixture(scope='module')
+def trained():
+    torch.manual_seed(0)
+    data = synthetic()
+    model = small_model()
+    fit_normalization(model, data)
+    before = dataset_loss(model, data)
+    losses = train(model, data, steps=300, lr=2e-3, batch_size=64, seed=0)
+    return data, model, before, losses
+
+
+def test_normalization_comes_from_the_data():
+    data = synthetic()
+    model = small_model()
+    stats = fit_normalization(model, data)
+    states = data.states.double().numpy()
+    np.testing.assert_allclose(model.state_mean.numpy(), states.mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats['state_std'][:6], states[:, :6].std(0), rtol=1e-5)
+    assert stats['state_std'][9] == pytest.approx(1e-3)          # constant quaternion x: floor
+    valid = data.windows.reshape(-1, 7).double().numpy()
+    valid = valid[np.isfinite(valid).all(1)]                      # NaN rows are ignored
+    np.testing.assert_allclose(model.sensor_mean.numpy(), valid.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.action_std.numpy(),
+                               data.actions.reshape(-1, 7).double().numpy().std(0), rtol=1e-4)
+
+
+def test_loss_decreases_by_a_large_factor(trained):
+    _data, _model, before, losses = trained
+    assert before > 0.5                                           # normalised: ~1 when untrained
+    assert np.mean(losses[-20:]) < before / 20
+
+
+def test_training_is_deterministic_for_a_seed():
+    data = synthetic()
+    runs = []
+    for seed in (0, 0, 1):
+        model = small_model()
+        fit_normalization(model, data)
+        runs.append(train(model, data, steps=20, lr=2e-3, batch_size=32, seed=seed))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_saved_checkpoint_loads_and_predicts_the_targets(trained, tmp_path):
+    data, model, _before, _losses = trained
+    meta = CheckpointMeta(model=model.cfg, contract=CONTRACT, untrained=False,
+                          extra={'steps': 300})
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / 'ckpt', model, meta))
+    assert not ckpt.meta.untrained and ckpt.meta.extra['steps'] == 300
+    np.testing.assert_allclose(ckpt.model.action_mean.numpy(), model.action_mean.numpy())
+    policy = ExpertPolicy(ckpt)
+    errors = []
+    for i in range(0, N, 16):
+        s = data.states[i].numpy()
+        obs = ExpertObservation(
+            features=VLFeatureData(stamp_s=9.9, sequence=i, contract_hash=CONTRACT.digest,
+                                   model_id=CONTRACT.model_id,
+                                   features=data.features[data.feature_index[i]].numpy()),
+            window=SensorWindowData(stamp_s=10.0, samples=data.windows[i].numpy(),
+                                    valid_samples=65, sample_rate_hz=650.0,
+                                    channel_names=CHANNELS),
+            robot=RobotState(stamp_s=10.0, joint_positions_rad=s[:6], tool_position_m=s[6:9],
+                             tool_orientation_xyzw=s[9:13], gripper=float(s[13])),
+            now_s=10.0)
+        errors.append(np.abs(policy.infer(obs).actions - data.actions[i].numpy()))
+    mae = float(np.mean(errors))
+    spread = float(data.actions.std())
+    assert mae < 0.1 * spread, f'MAE {mae:.4f} vs target spread {spread:.4f}'
+
+
+def test_chunk_targets_interpolate_the_trajectory():
+    traj = metrics.Trajectory(np.array([0.0, 1.0, 2.0]),
+                              np.array([[0.0] * 6, [1.0] * 6, [3.0] * 6]))
+    chunk = chunk_targets(traj, 0.5, horizon=4, dt_s=0.25, gripper=np.full(4, 0.7))
+    np.testing.assert_allclose(chunk[:, 0], [0.5, 0.75, 1.0, 1.5])
+    np.testing.assert_allclose(chunk[:, 6], 0.7)
+    assert chunk_targets(traj, 1.5, horizon=4, dt_s=0.25) is None  # runs past the end
+    np.testing.assert_array_equal(chunk_targets(traj, 0.0, 2, 0.5)[:, 6], 0.0)
+
+
+def test_dataset_rejects_inconsistent_arrays():
+    with pytest.raises(ValueError):
+        ExpertDataset.from_arrays(np.zeros((2, 6, 32)), np.zeros((3, 65, 7)),
+                                  np.zeros((3, 14)), np.zeros((3, H, 7)),
+                                  feature_index=[0, 1, 2])

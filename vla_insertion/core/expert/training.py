@@ -1,0 +1,164 @@
+"""Behaviour cloning for the action expert: a dataset of recorded ticks and a training loop.
+
+One sample is what the expert sees at one tick and what the robot then did:
+
+    features (T, F)   VL features valid at the tick (shared between ticks: `feature_index`)
+    window   (W, C)   the newest sensor window at the tick (NaN rows = missing samples)
+    state    (S,)     the robot state at the tick (`policy.robot_state_vector`)
+    actions  (H, A)   the recorded joint positions [rad] at tick + k * dt, k = 0..H-1, and the
+                      recorded gripper [0..1] (0 where none was recorded)
+
+`chunk_targets` builds the actions from a `metrics.Trajectory` (the same interpolation the
+metrics use), `ExpertDataset.normalization()` computes the model's mean/std buffers from the data
+and `train` fits the model with AdamW, deterministically for a seed. ROS-free, plain PyTorch; the
+caller sets `torch.set_num_threads`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+
+from vla_insertion.core import metrics
+from vla_insertion.core.expert.model import ActionExpert
+
+log = logging.getLogger(__name__)
+
+MIN_STD = 1e-3  # floor of every normalisation std (constant inputs, e.g. an unused gripper)
+
+
+def chunk_targets(trajectory: metrics.Trajectory, tick_s: float, horizon: int, dt_s: float,
+                  gripper: np.ndarray | None = None) -> np.ndarray | None:
+    """Return the (horizon, joints + 1) recorded actions after a tick, None past the recording.
+
+    Joints are interpolated at tick + k * dt; the last column is `gripper` (horizon,) or 0.
+    """
+    times = tick_s + np.arange(horizon) * dt_s
+    joints = trajectory.at(times)                                 # (H, J), NaN outside
+    if not np.isfinite(joints).all():
+        return None
+    grip = np.zeros(horizon) if gripper is None else np.asarray(gripper, dtype=np.float64)
+    return np.concatenate([joints, grip.reshape(horizon, 1)], axis=1).astype(np.float32)
+
+
+@dataclass
+class ExpertDataset:
+    """Training samples as tensors; `features[feature_index[i]]` are sample i's VL features."""
+
+    features: torch.Tensor          # (U, T, F) distinct feature sets
+    feature_index: torch.Tensor     # (N,) int64 index into features
+    windows: torch.Tensor           # (N, W, C) raw sensor values, NaN rows missing
+    states: torch.Tensor            # (N, S) raw robot state
+    actions: torch.Tensor           # (N, H, A) target actions in physical units
+
+    def __post_init__(self) -> None:
+        n = self.feature_index.shape[0]
+        for name in ('windows', 'states', 'actions'):
+            if getattr(self, name).shape[0] != n:
+                raise ValueError(f'{name} has {getattr(self, name).shape[0]} samples, '
+                                 f'feature_index {n}')
+        if n == 0:
+            raise ValueError('the dataset is empty')
+        if self.feature_index.min() < 0 or self.feature_index.max() >= self.features.shape[0]:
+            raise ValueError('feature_index points outside features')
+
+    @classmethod
+    def from_arrays(cls, features, windows, states, actions, feature_index=None
+                    ) -> ExpertDataset:
+        """Build from numpy arrays; without `feature_index` each sample has its own features."""
+        features = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        if feature_index is None:
+            feature_index = np.arange(features.shape[0])
+        return cls(features, torch.as_tensor(np.asarray(feature_index, dtype=np.int64)),
+                   torch.as_tensor(np.asarray(windows, dtype=np.float32)),
+                   torch.as_tensor(np.asarray(states, dtype=np.float32)),
+                   torch.as_tensor(np.asarray(actions, dtype=np.float32)))
+
+    def __len__(self) -> int:
+        return int(self.feature_index.shape[0])
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return (features, windows, states, actions) of the samples in `index`."""
+        return (self.features[self.feature_index[index]], self.windows[index],
+                self.states[index], self.actions[index])
+
+    def normalization(self, min_std: float = MIN_STD) -> dict[str, np.ndarray]:
+        """Return per-dimension mean/std of sensor channels, state and actions (stds floored)."""
+        sensor = self.windows.reshape(-1, self.windows.shape[-1]).double()
+        sensor = sensor[torch.isfinite(sensor).all(dim=1)]        # valid rows only
+        if sensor.shape[0] == 0:
+            raise ValueError('no valid sensor samples to compute normalisation from')
+        stats = {}
+        for name, values in (('sensor', sensor), ('state', self.states.double()),
+                             ('action', self.actions.reshape(-1, self.actions.shape[-1])
+                              .double())):
+            stats[f'{name}_mean'] = values.mean(dim=0).numpy()
+            stats[f'{name}_std'] = np.maximum(values.std(dim=0, unbiased=False).numpy(),
+                                              min_std)
+        return stats
+
+
+def fit_normalization(model: ActionExpert, dataset: ExpertDataset,
+                      min_std: float = MIN_STD) -> dict[str, np.ndarray]:
+    """Set the model's normalisation buffers from the dataset; return the statistics."""
+    stats = dataset.normalization(min_std)
+    model.set_normalization(stats)
+    return stats
+
+
+def dataset_loss(model: ActionExpert, dataset: ExpertDataset, batch_size: int = 256,
+                 seed: int = 0) -> float:
+    """Return the mean training loss over the whole dataset (no gradient, eval mode)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)               # flow head noise
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(dataset)))
+            loss = model.loss(*dataset.batch(index), generator=generator)
+            total += float(loss) * index.numel()
+    model.train(was_training)
+    return total / len(dataset)
+
+
+def train(model: ActionExpert, dataset: ExpertDataset, steps: int, lr: float = 1e-3,
+          batch_size: int = 64, seed: int = 0, weight_decay: float = 1e-4,
+          grad_clip: float = 1.0, callback: Callable[[int, float], None] | None = None
+          ) -> list[float]:
+    """Fit `model` with AdamW for `steps` minibatch steps; return the loss of every step.
+
+    The learning rate decays from `lr` to lr / 20 on a cosine over the steps.
+
+    Batches are drawn with replacement from a generator seeded with `seed` (the flow head's
+    noise too), so equal model, data and seed give equal losses and weights. The normalisation
+    buffers are not touched: call `fit_normalization` first. The model is left in eval mode.
+    """
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f'steps, batch_size and lr must be > 0, got {steps}, {batch_size}, '
+                         f'{lr}')
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr * 0.05)
+    batch_size = min(batch_size, len(dataset))
+    losses = []
+    model.train()
+    for step in range(steps):
+        index = torch.randint(len(dataset), (batch_size,), generator=generator)
+        loss = model.loss(*dataset.batch(index), generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if not np.isfinite(losses[-1]):
+            raise FloatingPointError(f'training loss is {losses[-1]} at step {step}')
+        if callback is not None:
+            callback(step, losses[-1])
+    model.eval()
+    return losses
