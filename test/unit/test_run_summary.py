@@ -20,8 +20,7 @@ def _synthetic_run() -> RunRecorder:
             stamp_s=k * 0.1, actions=np.zeros((8, 7), np.float32), dt_s=0.1,
             sequence=k, feature_sequence=k // 4, reuse_index=k % 4 + 1,
             feature_age_s=0.1 * (k % 4 + 1), inference_ms=5.0))
-    for _ in range(30):
-        rec.add_frame('zed_1')
+    rec.set_frames('zed_1', 30)  # as the camera bridge reports it in /diagnostics
     rec.set_drops('camera_bridge', {'malformed': 3, 'oversized': 0})
     rec.set_window(SensorWindowData(stamp_s=1.0, samples=np.zeros((65, 7), np.float32),
                                     valid_samples=65, sample_rate_hz=650.0))
@@ -42,6 +41,7 @@ def test_summary_numbers():
     assert s['action_period_ms'] == pytest.approx(100.0)
     assert s['action_period_err_p99_ms'] == pytest.approx(0.0, abs=1e-6)
     assert s['drops'] == {'camera_bridge.malformed': 3}  # zero counts are left out
+    assert s['frames_per_view'] == {'zed_1': 30}
     assert s['untrained'] is True
 
 

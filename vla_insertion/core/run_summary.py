@@ -44,10 +44,6 @@ class RunRecorder:
             self.features.append(_Timed(recv_s, feat))
             self.untrained = self.untrained or feat.untrained
 
-    def add_frame(self, view: str) -> None:
-        with self._lock:
-            self.frames[view] += 1
-
     def set_frames(self, view: str, count: int) -> None:
         """Set a view's frame count as reported by the camera bridge."""
         with self._lock:

@@ -6,7 +6,6 @@ standard main().
 from __future__ import annotations
 
 from collections.abc import Callable
-import dataclasses
 import signal
 import threading
 import typing
@@ -121,11 +120,6 @@ def with_parameters(ros_args: list[str], values: dict[str, object]) -> list[str]
     if not params:
         return ros_args
     return (ros_args or ['--ros-args']) + params
-
-
-def declare_names(cls: type, prefix: str = '') -> list[str]:
-    """Return the ROS parameter names `declare_config` declares for `cls`."""
-    return [prefix + f.name for f in dataclasses.fields(cls)]
 
 
 class NodeMonitor:
