@@ -26,6 +26,9 @@ if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
   ln -s "$venv" .venv
 fi
 
+# One install at a time per venv: several checkouts (worktrees) share it.
+exec 8>"$venv/.vla_setup.lock"
+flock 8
 stamp="$venv/.vla_requirements.sha256"
 want=$(sha256sum requirements.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -44,6 +47,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages#$site#g"
   echo "$want" > "$stamp"
 fi
+flock -u 8
 
 # xmllint for the package.xml lint test (ament_xmllint uses it too); Debian package, root only.
 if ! command -v xmllint >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -8,14 +8,20 @@ import zlib
 import pytest
 
 _USED_DOMAINS: set[int] = set()
+# ROS domains the test modules may use: 'FIRST:COUNT'. The default 120..219 keeps clear of the
+# default 0 and of the demo (77); two suites running at once on one host (two checkouts) give
+# each its own range so their graphs never meet.
+_DOMAINS = os.environ.get('VLA_TEST_DOMAINS', '120:100')
 
 
 def _domain_for(module_name: str) -> int:
-    # Stable per module, unique within one pytest run; 120..219 keeps clear of the default 0
-    # and of the demo, which uses ROS_DOMAIN_ID from the environment.
-    domain = 120 + zlib.crc32(module_name.encode()) % 100
+    # Stable per module, unique within one pytest run.
+    first, count = (int(v) for v in _DOMAINS.split(':'))
+    if len(_USED_DOMAINS) >= count:
+        raise RuntimeError(f'VLA_TEST_DOMAINS={_DOMAINS} has no free ROS domain left')
+    domain = first + zlib.crc32(module_name.encode()) % count
     while domain in _USED_DOMAINS:
-        domain = 120 + (domain - 119) % 100
+        domain = first + (domain - first + 1) % count
     _USED_DOMAINS.add(domain)
     return domain
 

@@ -8,7 +8,8 @@ import pytest
 
 from vla_insertion.core import wire
 from vla_insertion.core.wire import (
-    CameraMessage, make_codec, RobotMessage, SensorBatch, WireError)
+    CameraMessage, CommandMessage, FLAG_ARMED, FLAG_HOLD, make_codec, RobotMessage, SensorBatch,
+    WireError)
 
 JPEG = b'\xff\xd8\xff\xe0' + bytes(range(60)) + b'\xff\xd9'
 CAMERA = CameraMessage(view='zed_1', capture_time_s=1700000000.25, width=640, height=360,
@@ -18,11 +19,17 @@ ROBOT = RobotMessage(sender_time_s=1700000000.5, joints_deg=(10.0, -90.0, 90.0, 
                      gripper=1.0, session=3, sequence=9)
 SENSOR = SensorBatch(sequence=100, times_s=np.array([10.0, 10.001, 10.002]),
                      samples=np.arange(6, dtype=np.float32).reshape(3, 2), session=5)
-GOOD = {'camera_v1': CAMERA, 'robot_v1': ROBOT, 'robot_msgpack_v1': ROBOT, 'sensor_v1': SENSOR}
+COMMAND = CommandMessage(sender_time_s=1700000000.75, positions_rad=(0.1, -1.7, 1.7, -1.6, -1.6, 0.0),
+                         velocities_rad_s=(0.01, 0.0, -0.02, 0.0, 0.0, 0.5), gripper=1.0,
+                         lead_s=0.02, timeout_s=0.1, flags=FLAG_ARMED, session=11, sequence=12)
+GOOD = {'camera_v1': CAMERA, 'robot_v1': ROBOT, 'robot_msgpack_v1': ROBOT, 'sensor_v1': SENSOR,
+        'command_v1': COMMAND}
 
 
 def test_registry_names_and_streams():
-    assert wire.codec_names() == ['camera_v1', 'robot_msgpack_v1', 'robot_v1', 'sensor_v1']
+    assert wire.codec_names() == ['camera_v1', 'command_v1', 'robot_msgpack_v1', 'robot_v1',
+                                  'sensor_v1']
+    assert wire.codec_names('command') == ['command_v1']
     assert wire.codec_names('robot') == ['robot_msgpack_v1', 'robot_v1']
     with pytest.raises(KeyError):
         make_codec('camera_v1', stream='sensor')
@@ -55,6 +62,21 @@ def test_camera_v1_fixture():
     assert msg == CameraMessage(view='oak', capture_time_s=12.5, width=640, height=360,
                                 data=payload, encoding='jpeg', session=7, sequence=42)
     assert make_codec('camera_v1').encode(msg) == data
+
+
+def test_command_v1_fixture():
+    data = (b'VLCM' + bytes([1, 3, 0, 0]) + (11).to_bytes(4, 'little')
+            + (12).to_bytes(4, 'little') + struct.pack('<ddd', 100.5, 0.02, 0.1)
+            + struct.pack('<6d', 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+            + struct.pack('<6d', -1.0, 0.0, 0.0, 0.0, 0.0, 1.0) + struct.pack('<d', 0.5))
+    assert len(data) == 144
+    msg = make_codec('command_v1').decode(data)
+    assert msg == CommandMessage(sender_time_s=100.5, positions_rad=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+                                 velocities_rad_s=(-1.0, 0.0, 0.0, 0.0, 0.0, 1.0), gripper=0.5,
+                                 lead_s=0.02, timeout_s=0.1, flags=FLAG_ARMED | FLAG_HOLD,
+                                 session=11, sequence=12)
+    assert msg.armed and msg.hold
+    assert make_codec('command_v1').encode(msg) == data
 
 
 def test_robot_v1_fixture():
@@ -105,6 +127,15 @@ CAMERA_BYTES = make_codec('camera_v1').encode(CAMERA)
 SENSOR_BYTES = make_codec('sensor_v1').encode(SENSOR)
 ROBOT_BYTES = make_codec('robot_v1').encode(ROBOT)
 ROBOT_MSGPACK = make_codec('robot_msgpack_v1').encode(ROBOT)
+COMMAND_BYTES = make_codec('command_v1').encode(COMMAND)
+
+
+def _command(**changes):
+    values = {f: getattr(COMMAND, f) for f in COMMAND.__dataclass_fields__}
+    values.update(changes)
+    return make_codec('command_v1').encode(CommandMessage(**values))
+
+
 BAD_CASES = [
     ('camera_v1', CAMERA_BYTES[:20], wire.TRUNCATED),
     ('camera_v1', CAMERA_BYTES[:-1], wire.TRUNCATED),
@@ -143,6 +174,16 @@ BAD_CASES = [
     ('sensor_v1', _sensor(samples=[[0, 1], [np.nan, 2], [3, 4]]), wire.NON_FINITE),
     ('sensor_v1', _sensor(times=[1.0, np.inf, 2.0]), wire.NON_FINITE),
     ('sensor_v1', _sensor(times=[1.0, 0.5, 2.0]), wire.BAD_VALUE),
+    ('command_v1', COMMAND_BYTES[:100], wire.TRUNCATED),
+    ('command_v1', COMMAND_BYTES + b'\0', wire.OVERSIZED),
+    ('command_v1', b'VLAR' + COMMAND_BYTES[4:], wire.BAD_MAGIC),
+    ('command_v1', COMMAND_BYTES[:4] + b'\x02' + COMMAND_BYTES[5:], wire.BAD_VERSION),
+    ('command_v1', _command(positions_rad=(math.nan,) * 6), wire.NON_FINITE),
+    ('command_v1', _command(velocities_rad_s=(0.0, math.inf, 0, 0, 0, 0)), wire.NON_FINITE),
+    ('command_v1', _command(gripper=-0.1), wire.BAD_VALUE),
+    ('command_v1', _command(lead_s=2.0), wire.BAD_VALUE),
+    ('command_v1', _command(timeout_s=0.0), wire.BAD_VALUE),
+    ('command_v1', _command(flags=0x80), wire.BAD_VALUE),
 ]
 
 

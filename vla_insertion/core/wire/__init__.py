@@ -1,4 +1,4 @@
-"""Versioned wire formats of the cell's three streams (byte layouts in docs/wire.md).
+"""Versioned wire formats of the cell's streams (byte layouts in docs/wire.md).
 
 Decoders raise only `WireError` for bad input; its `cause` names the kind of damage. Pick a
 codec by name with `make_codec('sensor_v1', stream='sensor', channels=7)`.
@@ -7,6 +7,8 @@ from vla_insertion.core.wire.base import (
     BAD_COUNT, BAD_MAGIC, BAD_VALUE, BAD_VERSION, CAUSES, Codec, codec_names, make_codec,
     NON_FINITE, OVERSIZED, register, seq_delta, TRUNCATED, WireError)
 from vla_insertion.core.wire.camera import camera_frame, CameraCodecV1, CameraMessage
+from vla_insertion.core.wire.command import (
+    CommandCodecV1, CommandMessage, FLAG_ARMED, FLAG_HOLD)
 from vla_insertion.core.wire.robot import (
     quaternion_from_euler_xyz, robot_state, RobotCodecMsgpackV1, RobotCodecV1, RobotMessage)
 from vla_insertion.core.wire.sensor import SensorBatch, SensorCodecV1
@@ -14,7 +16,8 @@ from vla_insertion.core.wire.sensor import SensorBatch, SensorCodecV1
 __all__ = [
     'BAD_COUNT', 'BAD_MAGIC', 'BAD_VALUE', 'BAD_VERSION', 'CAUSES', 'Codec', 'codec_names',
     'make_codec', 'NON_FINITE', 'OVERSIZED', 'register', 'seq_delta', 'TRUNCATED', 'WireError',
-    'camera_frame', 'CameraCodecV1', 'CameraMessage', 'quaternion_from_euler_xyz',
+    'camera_frame', 'CameraCodecV1', 'CameraMessage', 'CommandCodecV1', 'CommandMessage',
+    'FLAG_ARMED', 'FLAG_HOLD', 'quaternion_from_euler_xyz',
     'robot_state', 'RobotCodecMsgpackV1', 'RobotCodecV1', 'RobotMessage', 'SensorBatch',
     'SensorCodecV1',
 ]

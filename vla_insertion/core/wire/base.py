@@ -38,7 +38,7 @@ class Codec(Generic[RecordT]):
     """Encoder and decoder of one stream's wire format; subclasses register by `name`."""
 
     name: ClassVar[str] = ''
-    stream: ClassVar[str] = ''        # 'camera', 'robot' or 'sensor'
+    stream: ClassVar[str] = ''        # one of STREAMS
     default_max_bytes: ClassVar[int] = 1 << 20
 
     def __init__(self, max_bytes: int | None = None) -> None:
@@ -59,11 +59,12 @@ class Codec(Generic[RecordT]):
 
 
 _REGISTRY: dict[str, type[Codec]] = {}
+STREAMS = ('camera', 'robot', 'sensor', 'command')  # command: executor -> robot PC
 
 
 def register(cls: type[Codec]) -> type[Codec]:
     """Class decorator: make a codec selectable by its `name`."""
-    if not cls.name or cls.stream not in ('camera', 'robot', 'sensor'):
+    if not cls.name or cls.stream not in STREAMS:
         raise TypeError(f'{cls.__name__} needs a name and a stream')
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise TypeError(f'wire format {cls.name!r} registered twice')
