@@ -237,6 +237,8 @@ def diagnostic_status_to_msg(name: str, hardware_id: str, level: str, message: s
 
 
 def _format_value(value) -> str:
+    # 6 significant digits, but at least 3 decimals from 10^4 on: a clock offset of 1234.5 s
+    # reads 1234500.000 ms, not 1.234e+06
     if isinstance(value, float):
-        return f'{value:.4g}'
+        return f'{value:.3f}' if abs(value) >= 1e4 else f'{value:.6g}'
     return str(value)
