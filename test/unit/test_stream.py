@@ -147,22 +147,28 @@ def test_a_second_live_sender_with_its_own_session_is_served_not_blocked():
     assert causes(good.run(t + 0.1, 10)) == [''] * 30
 
 
-def test_a_second_sender_with_the_same_session_is_dropped_frame_by_frame():
-    """Same session, clock 1123 s off: per-view clocks refuse its frames and keep the good."""
+@pytest.mark.parametrize('skewed_start,burst,cause', [(5000, 3, FUTURE_STAMP), (0, 1, LATE)])
+def test_a_second_sender_with_the_same_session_is_dropped_frame_by_frame(skewed_start, burst,
+                                                                         cause):
+    """Same session id, clock 1123 s off, its own sequences (ahead of or behind the good one's).
+
+    Its frames are refused one by one and move neither the sequence nor the clock, so every
+    frame of the good sender is published.
+    """
     tracker = StreamTracker(VIEWS, calibration_batches=10)
     good = Sender(tracker, session=1, keys=VIEWS, period_s=0.1)
     good.run(0.0, 20)
     skewed = Sender(tracker, session=1, offset_s=1123.0, keys=VIEWS)
+    skewed.sequence = dict.fromkeys(VIEWS, skewed_start)
     good_results, skewed_results = [], []
     for i in range(50):
         t = 2.0 + i * 0.1
         good_results += [good.send(t, v) for v in VIEWS]
-        skewed.sequence = dict(good.sequence)          # its sequences look right too
-        skewed_results += [skewed.send(t + 0.01, v) for v in VIEWS]
-        good.sequence = dict(skewed.sequence)
-    assert set(causes(skewed_results)) == {FUTURE_STAMP}
+        # bursts of 3 frames per view agree on one offset, but are off the stream's sequence
+        skewed_results += [skewed.send(t + 0.01 * k, v) for v in VIEWS for k in range(burst)]
+    assert set(causes(skewed_results)) == {cause}
     assert set(causes(good_results)) == {''}
-    assert tracker.clock_steps == 0
+    assert tracker.clock_steps == 0 and sum(tracker.gaps.values()) == 0
 
 
 def test_one_skewed_view_cannot_rebase_the_others():

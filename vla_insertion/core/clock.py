@@ -178,6 +178,20 @@ class SenderClock:
     def report(self) -> ClockReport:
         return self._estimator.report(self.steps)
 
+    def judge(self, sender_s: float, local_s: float) -> str:
+        """Return FUTURE_STAMP, PAST_STAMP or '' for this time, changing nothing."""
+        offset = self._estimator.offset_s
+        if math.isnan(offset):
+            return ''
+        stamp = sender_s - offset
+        ahead_limit = (self._tolerance_s if self._estimator.calibrated
+                       else self._step_threshold_s)
+        if stamp - local_s > ahead_limit:
+            return FUTURE_STAMP
+        if stamp < self._last_s - self._tolerance_s:
+            return PAST_STAMP
+        return ''
+
     def stamp(self, sender_s: float, local_s: float) -> Mapping:
         """Return this message's local stamp, or the cause to drop it for."""
         estimator = self._estimator
@@ -185,14 +199,7 @@ class SenderClock:
         if math.isnan(offset):
             return self._publish(sender_s - estimator.update(sender_s, local_s), local_s)
         delta = sender_s - local_s
-        stamp = sender_s - offset
-        ahead_limit = self._tolerance_s if estimator.calibrated else self._step_threshold_s
-        if stamp - local_s > ahead_limit:
-            cause = FUTURE_STAMP
-        elif stamp < self._last_s - self._tolerance_s:
-            cause = PAST_STAMP
-        else:
-            cause = ''
+        cause = self.judge(sender_s, local_s)
         if cause:
             if self._extend_run('bad', delta, sender_s) >= self._step_messages:
                 return self._rebase(sender_s, local_s, offset)

@@ -114,7 +114,17 @@ class StreamTracker:
             follows = followed == session
             newer = followed is None or state.ordinal > self._ordinal(followed)
             late, gap, reset = self._sequence(key, keystate, sequence, count, events)
+            odd_time = keystate.clock.judge(sender_s, local_s) if gap or reset else ''
+            if odd_time:
+                # neither its sequence nor its time continues the stream: not this sender's
+                # (e.g. a second sender using the same session id); it must not move either
+                raise Drop(odd_time, f'{self._name(key)}sequence {sequence} and time '
+                                     f'{sender_s:.6f} both off the stream')
+            self._commit(key, keystate, sequence, count, gap, reset)
             mapping = keystate.clock.stamp(sender_s, local_s)
+            if reset:
+                events.append(('warning', f'{self._name(key)}sequence jumped to {sequence}: '
+                                          f'counted as a sender restart'))
             if mapping.step_s:
                 self.clock_steps += 1
                 events.append(('warning', f'{self._name(key)}sender clock stepped by '
@@ -159,7 +169,7 @@ class StreamTracker:
 
     def _sequence(self, key: str, keystate: _KeyState, sequence: int, count: int,
                   events: list[tuple[str, str]]) -> tuple[int, int, bool]:
-        """Return (late items, missed items, reset) and advance; Drop if wholly late."""
+        """Return (late items, missed items, reset); Drop if wholly late. Changes nothing."""
         late = gap = 0
         reset = False
         expected = keystate.next_sequence
@@ -173,9 +183,6 @@ class StreamTracker:
             delta = seq_delta(sequence, expected)
             if abs(delta) > self._max_jump:
                 reset = True
-                self.restarts += 1
-                events.append(('warning', f'{self._name(key)}sequence jumped by {delta}: '
-                                          f'counted as a sender restart'))
             elif delta > 0:
                 gap = delta
             elif delta < 0:
@@ -184,9 +191,14 @@ class StreamTracker:
                 if late == count:
                     raise Drop(LATE, f'{self._name(key)}sequence {sequence} is not newer than '
                                      f'the last one accepted ({(expected - 1) & _MASK})')
+        return late, gap, reset
+
+    def _commit(self, key: str, keystate: _KeyState, sequence: int, count: int, gap: int,
+                reset: bool) -> None:
+        if reset:
+            self.restarts += 1
         keystate.next_sequence = (sequence + count) & _MASK
         self.gaps[key] += gap
-        return late, gap, reset
 
     @staticmethod
     def _name(key: str) -> str:
