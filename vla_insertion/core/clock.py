@@ -36,6 +36,12 @@ import numpy as np
 FUTURE_STAMP = 'future_stamp'   # maps after its own receive time: no delay explains it
 PAST_STAMP = 'past_stamp'       # maps before the last stamp published, though newer by sequence
 
+# Defaults of the clock model (docs/wire.md, "Clocks")
+TOLERANCE_S = 0.05      # how far a stamp may map ahead of its arrival / behind the last one [s]
+STEP_MESSAGES = 3       # odd messages in a row, agreeing within 2 x TOLERANCE_S, to re-base
+STEP_THRESHOLD_S = 0.5  # delays beyond this do not move the offset [s]
+LAG_CONFIRM_S = 0.25    # sender time over which agreeing delays mean our clock stepped [s]
+
 
 @dataclass(frozen=True)
 class ClockReport:
@@ -53,7 +59,7 @@ class ClockOffsetEstimator:
 
     def __init__(self, calibration_batches: int = 50, quantile: float = 0.9,
                  track_window: int = 200, gain: float = 0.02,
-                 step_threshold_s: float = 0.5) -> None:
+                 step_threshold_s: float = STEP_THRESHOLD_S) -> None:
         if calibration_batches < 1 or not 0.0 <= quantile <= 1.0 or not 0.0 < gain <= 1.0:
             raise ValueError(f'bad clock estimator settings: calibration_batches '
                              f'{calibration_batches}, quantile {quantile}, gain {gain}')
@@ -150,9 +156,9 @@ class SenderClock:
     `stamp` runs in one receive thread; `report` may run in another.
     """
 
-    def __init__(self, calibration_batches: int = 50, tolerance_s: float = 0.05,
-                 step_messages: int = 3, step_threshold_s: float = 0.5,
-                 lag_confirm_s: float = 0.25, **estimator_options) -> None:
+    def __init__(self, calibration_batches: int = 50, tolerance_s: float = TOLERANCE_S,
+                 step_messages: int = STEP_MESSAGES, step_threshold_s: float = STEP_THRESHOLD_S,
+                 lag_confirm_s: float = LAG_CONFIRM_S, **estimator_options) -> None:
         if tolerance_s <= 0 or step_messages < 1 or step_threshold_s < tolerance_s:
             raise ValueError(f'bad sender clock settings: tolerance {tolerance_s} s, '
                              f'step_messages {step_messages}, step threshold '

@@ -34,6 +34,7 @@ from vla_insertion.core.wire.base import seq_delta
 LATE = 'late'                    # not newer by sequence than what was already accepted
 STALE_SESSION = 'stale_session'  # sent by a sender instance that has since been replaced
 MAX_SEQUENCE_JUMP = 65536        # a larger jump is a reset by the sender, not loss [items]
+REMEMBER_SESSIONS = 16           # sessions whose state is kept, newest first
 _MASK = 0xFFFFFFFF
 
 
@@ -80,7 +81,7 @@ class StreamTracker:
     """Sessions, sequences and sender clocks of one stream; thread-safe."""
 
     def __init__(self, keys: tuple[str, ...] = ('',), calibration_batches: int = 50,
-                 max_jump: int = MAX_SEQUENCE_JUMP, remember: int = 16,
+                 max_jump: int = MAX_SEQUENCE_JUMP, remember: int = REMEMBER_SESSIONS,
                  **clock_options) -> None:
         self.keys = tuple(keys)
         self._clock_options = {'calibration_batches': calibration_batches, **clock_options}
