@@ -178,17 +178,44 @@ def test_a_clock_step_costs_two_messages_and_rebases(step_s, cause):
     assert link.clock.report().calibrated
 
 
-def test_a_local_clock_step_forward_rebases_after_a_quarter_second():
+def test_a_local_clock_step_forward_rebases_after_a_second():
     """Our clock jumps 5 s ahead: every message looks 5 s delayed, consistently."""
     link = _calibrated_link()
     link.local_step_s = 5.0
-    lagging = link.send(30)
+    lagging = link.send(110)
     assert all(not m.cause for m in lagging)          # published, some with stamps 5 s old
     assert link.clock.steps == 1
-    assert lagging[0].stamp_s == pytest.approx(link.log[-30][0] - 5.0, abs=0.003)
+    assert lagging[0].stamp_s == pytest.approx(link.log[-110][0] - 5.0, abs=0.003)
     link.send(100)
     errors = _check_stamps(link)
     assert np.abs(errors[-100:]).max() < 0.005
+
+
+def test_a_slowly_draining_backlog_is_not_a_step():
+    """The receiver fell 2 s behind and catches up at 1.25 x the send rate."""
+    link = _calibrated_link()
+    arrival = link.t + 2.0
+    for _ in range(1000):
+        link.t += link.period_s
+        arrival = max(arrival + link.period_s / 1.25, link.t + 0.0003)
+        link.log.append((link.t, arrival, link.clock.stamp(link.t + link.offset_s, arrival)))
+    assert link.clock.steps == 0
+    assert all(not m.cause for _, _, m in link.log)
+    # the backlog's last 0.5 s enters the offset's window: stamps run a little fresh meanwhile
+    assert np.abs(_check_stamps(link)).max() < 0.1
+
+
+def test_a_link_that_delivers_in_bursts_drops_nothing():
+    """Messages flushed once a second: the freshest tenth are ~0.1 s less delayed than the
+    offset's quantile says, which is not ahead of the least delayed message."""
+    link = _calibrated_link()
+    for _ in range(20):
+        flush = link.t + 1.0
+        for _ in range(100):
+            link.t += link.period_s
+            link.log.append((link.t, flush, link.clock.stamp(link.t + link.offset_s, flush)))
+    assert all(not m.cause for _, _, m in link.log) and link.clock.steps == 0
+    _check_stamps(link)
 
 
 def test_a_burst_after_a_stall_is_published_with_its_old_stamps_and_no_step():

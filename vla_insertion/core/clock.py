@@ -12,10 +12,11 @@ stamps with that offset and guards the mapping (docs/wire.md, "Clocks"):
 
 - A stamp is never later than its own receive time (nothing is captured after it arrived) and
   never earlier than the stamp published before it.
-- `future_stamp`: the sender time maps more than `tolerance_s` after the receive time. No delay
-  explains that, so the message is dropped, and neither the offset nor the last stamp moves:
-  one bad time costs one message. Before calibration a less delayed message only raises the
-  provisional offset, up to `step_threshold_s`.
+- `future_stamp`: the message looks more than `tolerance_s` less delayed than the least delayed
+  of the recent ones (its time maps that far ahead of its arrival, give or take the delay
+  spread). No delay explains that, so the message is dropped, and neither the offset nor the
+  last stamp moves: one bad time costs one message. Before calibration a less delayed message
+  only raises the provisional offset, up to `step_threshold_s`.
 - `past_stamp`: the time maps more than `tolerance_s` before the last stamp published although
   the message is newer by sequence: the sender's clock went back. Dropped likewise.
 - A step: `step_messages` such messages in a row that agree on one new offset (within
@@ -40,7 +41,7 @@ PAST_STAMP = 'past_stamp'       # maps before the last stamp published, though n
 TOLERANCE_S = 0.05      # how far a stamp may map ahead of its arrival / behind the last one [s]
 STEP_MESSAGES = 3       # odd messages in a row, agreeing within 2 x TOLERANCE_S, to re-base
 STEP_THRESHOLD_S = 0.5  # delays beyond this do not move the offset [s]
-LAG_CONFIRM_S = 0.25    # sender time over which agreeing delays mean our clock stepped [s]
+LAG_CONFIRM_S = 1.0     # sender time over which agreeing delays mean our clock stepped [s]
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ class ClockOffsetEstimator:
     @property
     def calibrated(self) -> bool:
         return self._calibrated
+
+    def least_delayed(self) -> float:
+        """Return the largest recent (t_s - t_r) [s]: the least delayed message's; nan if none."""
+        with self._lock:
+            return float(self._ring[:self._size].max()) if self._size else math.nan
 
     def update(self, sender_s: float, local_s: float) -> float:
         """Add one (sender time, receive time) pair; return the offset to use for it [s]."""
@@ -186,15 +192,14 @@ class SenderClock:
 
     def judge(self, sender_s: float, local_s: float) -> str:
         """Return FUTURE_STAMP, PAST_STAMP or '' for this time, changing nothing."""
-        offset = self._estimator.offset_s
+        estimator = self._estimator
+        offset = estimator.offset_s
         if math.isnan(offset):
             return ''
-        stamp = sender_s - offset
-        ahead_limit = (self._tolerance_s if self._estimator.calibrated
-                       else self._step_threshold_s)
-        if stamp - local_s > ahead_limit:
+        ahead_limit = self._tolerance_s if estimator.calibrated else self._step_threshold_s
+        if sender_s - local_s - estimator.least_delayed() > ahead_limit:
             return FUTURE_STAMP
-        if stamp < self._last_s - self._tolerance_s:
+        if sender_s - offset < self._last_s - self._tolerance_s:
             return PAST_STAMP
         return ''
 
