@@ -75,6 +75,14 @@ def test_rebase_starts_a_new_calibration_from_the_given_values():
     assert est.calibrated and est.offset_s == pytest.approx(4.9995)
 
 
+def test_least_delayed_is_the_largest_value_in_the_window():
+    est = ClockOffsetEstimator(calibration_batches=5, track_window=20, step_threshold_s=1e9)
+    values = np.random.default_rng(4).normal(0.0, 0.01, 500)
+    for i, d in enumerate(values):
+        est.update(sender_s=100.0 + d, local_s=100.0)
+        assert est.least_delayed() == pytest.approx(values[max(0, i - 19):i + 1].max())
+
+
 @pytest.mark.parametrize('kwargs', [{'calibration_batches': 0}, {'quantile': 1.5},
                                     {'gain': 0.0}])
 def test_rejects_bad_settings(kwargs):

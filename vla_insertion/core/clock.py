@@ -78,6 +78,7 @@ class ClockOffsetEstimator:
         self._calibrated = False
         self._samples = 0
         self._residual = math.nan
+        self._max = math.nan              # largest value in the ring
 
     @property
     def offset_s(self) -> float:
@@ -90,8 +91,7 @@ class ClockOffsetEstimator:
 
     def least_delayed(self) -> float:
         """Return the largest recent (t_s - t_r) [s]: the least delayed message's; nan if none."""
-        with self._lock:
-            return float(self._ring[:self._size].max()) if self._size else math.nan
+        return self._max
 
     def update(self, sender_s: float, local_s: float) -> float:
         """Add one (sender time, receive time) pair; return the offset to use for it [s]."""
@@ -119,7 +119,7 @@ class ClockOffsetEstimator:
         with self._lock:
             self._size = self._next = 0
             self._calibrated = False
-            self._offset = math.nan
+            self._offset = self._max = math.nan
             for d in deltas:
                 self._add(d)
             self._offset = max(deltas)
@@ -127,9 +127,14 @@ class ClockOffsetEstimator:
             return self._offset
 
     def _add(self, d: float) -> None:
+        evicted = self._ring[self._next] if self._size == len(self._ring) else -math.inf
         self._ring[self._next] = d
         self._next = (self._next + 1) % len(self._ring)
         self._size = min(self._size + 1, len(self._ring))
+        if not d < self._max:             # also when _max is nan
+            self._max = d
+        elif evicted == self._max:        # the largest left the window: look again
+            self._max = float(self._ring[:self._size].max())
 
     def _recent_quantile(self) -> float:
         values = self._ring[:self._size] if self._size < len(self._ring) else self._ring
