@@ -18,7 +18,8 @@ robot and sensor streams have one key), in this order (docs/wire.md, "Order of c
 3. Clock, per session and key (`core.clock.SenderClock`): the local stamp, or `future_stamp` /
    `past_stamp` when the time cannot be right.
 
-Sessions are remembered (`remember` of them) so a sender that comes back keeps its clock.
+The `remember` sessions heard most recently are kept, so a sender that comes back keeps its
+clock; one forgotten counts as a new session when it is heard again.
 """
 from __future__ import annotations
 
@@ -153,6 +154,7 @@ class StreamTracker:
     def _session(self, session: int, events: list[tuple[str, str]]) -> _Session:
         state = self._sessions.get(session)
         if state is not None:
+            self._sessions.move_to_end(session)     # forget the least recently heard first
             return state
         if self._sessions:
             self.restarts += 1
