@@ -42,7 +42,7 @@ def test_clock_and_sequence_figures():
     assert (clock.TOLERANCE_S, clock.STEP_MESSAGES) == (0.05, 3)
     assert (clock.STEP_THRESHOLD_S, clock.LAG_CONFIRM_S) == (0.5, 1.0)
     assert MAX_SEQUENCE_JUMP == 65536 and '65536' in DOC
-    assert REMEMBER_SESSIONS == 16 and 'last 16 sessions' in DOC
+    assert REMEMBER_SESSIONS == 16 and '16 sessions heard most recently' in DOC
     assert FUTURE_TOLERANCE_S == 0.1
     for figure in ('50 ms', '100 ms', '0.5 s', '1 s', '0.1 s', '2 x cap + 65536'):
         assert figure in DOC, figure
