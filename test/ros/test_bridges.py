@@ -169,10 +169,11 @@ def test_streams_topics_units_stamps_and_windows(listener, env, ports, spin_unti
     poses = {time_from_msg(m.header.stamp): m for _, m in listener.got['robot/pose']}
     _check_stamps(joints, max_age_s=0.5)
     _, last = joints[-1]
-    assert list(last.name) == [f'joint_{i}' for i in range(1, 7)]
-    q = np.array(last.position)
+    assert list(last.name) == [f'joint_{i}' for i in range(1, 7)] + ['gripper']
+    assert 0.0 <= last.position[6] <= 1.0                              # gripper, 0 open
+    q = np.array(last.position[:6])
     assert np.abs(q).max() < 2 * np.pi and np.abs(q).max() > 1.0      # rad, not degrees
-    matched = [(np.array(j.position), poses[time_from_msg(j.header.stamp)])
+    matched = [(np.array(j.position[:6]), poses[time_from_msg(j.header.stamp)])
                for _, j in joints if time_from_msg(j.header.stamp) in poses]
     assert len(matched) > 50
     for q, pose in matched[-20:]:
