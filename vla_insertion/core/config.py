@@ -3,7 +3,7 @@
 Each component's config is a frozen dataclass whose fields carry one comment with the unit;
 `__post_init__` raises ConfigError with the offending value. Nodes declare one ROS parameter per
 field (the comment becomes the parameter description, see `field_docs`) and tools load the same
-fields from the ROS params YAML in config/ with `load_node_params`.
+fields from the ROS params YAML in config/ with `core.params.load_config`.
 """
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import functools
 import inspect
 import io
 import math
-from pathlib import Path
 import re
 import tokenize
 import typing
 
-import yaml
+from vla_insertion.core.topics import RECORDED
 
 
 class ConfigError(ValueError):
@@ -96,11 +95,11 @@ def _coerce(value, hint):
     return value
 
 
-def config_from_dict(cls: type, values: dict, *, ignore_unknown: bool = False):
-    """Build a config dataclass from plain values, refusing unknown keys unless told not to."""
+def config_from_dict(cls: type, values: dict):
+    """Build a config dataclass from plain values, refusing unknown keys."""
     types = field_types(cls)
     unknown = set(values) - set(types)
-    if unknown and not ignore_unknown:
+    if unknown:
         raise ConfigError(f'{cls.__name__}: unknown parameter(s) {sorted(unknown)}; '
                           f'known: {sorted(types)}')
     kwargs = {}
@@ -120,25 +119,6 @@ def config_to_dict(config) -> dict:
         value = getattr(config, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
-
-
-# --- ROS params YAML ----------------------------------------------------------------------
-
-def load_node_params(path: str | Path, node_name: str) -> dict:
-    """Parameters of one node from a ROS 2 params file (`/**` entries apply to every node)."""
-    with open(path, encoding='utf-8') as f:
-        doc = yaml.safe_load(f) or {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f'{path}: expected a mapping of node names, got {type(doc).__name__}')
-    params: dict = {}
-    for key in ('/**', node_name, f'/{node_name}'):
-        entry = doc.get(key) or {}
-        params.update(entry.get('ros__parameters', {}) or {})
-    for key, entry in doc.items():
-        # namespaced entries such as /cell_a/vlm_node
-        if isinstance(key, str) and re.fullmatch(rf'/?[\w/]*/{re.escape(node_name)}', key):
-            params.update((entry or {}).get('ros__parameters', {}) or {})
-    return params
 
 
 # --- VLM ----------------------------------------------------------------------------------
@@ -426,11 +406,6 @@ class SimCellConfig:
 # --- recording and evaluation -------------------------------------------------------------
 
 BAG_STORAGES = ('mcap', 'sqlite3')
-# The documented recorded topic set (docs/evaluation.md): every camera view, the robot, the
-# sensor windows, the pipeline's outputs and health. Relative names, as the nodes publish them.
-RECORDED_TOPICS = tuple(f'cameras/{view}/image/compressed' for view in DEFAULT_VIEWS) + (
-    'robot/joint_states', 'robot/pose', 'sensor/window', 'vla/features', 'vla/feature_request',
-    'vla/action_chunk', 'vla/stats', '/diagnostics')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,7 +415,7 @@ class BagRecorderConfig:
     output_dir: str = 'artifacts/bags'  # folder in which the bag folder is created
     bag_name: str = ''             # bag folder name, '' = vla_<YYYYmmdd_HHMMSS>
     storage: str = 'mcap'          # rosbag2 storage: 'mcap' or 'sqlite3'
-    topics: tuple[str, ...] = RECORDED_TOPICS  # topics to record (types found in the graph)
+    topics: tuple[str, ...] = RECORDED  # topics or patterns (cameras/*/...) to record
     split_duration_s: float = 10.0  # start a new bag file this often, 0 = one file [s]
     flush_period_s: float = 1.0    # flush the open file this often (crash recovery) [s]
     reliable_depth: int = 1000     # subscription queue of reliable topics [messages]
@@ -483,6 +458,7 @@ class BagPlayerConfig:
     restamp: bool = False          # shift header stamps to the current wall clock
     start_delay_s: float = 0.5     # wait up to this long for a subscriber on every topic [s]
     exit_when_done: bool = True    # shut down at the end of the bag (unless loop)
+    report: str = ''               # write what was played and the restamp shift here (JSON)
 
     def __post_init__(self) -> None:
         require(isinstance(self.bag, str), f'bag must be a folder path, got {self.bag!r}')
@@ -495,3 +471,5 @@ class BagPlayerConfig:
         for name in ('loop', 'clock', 'restamp', 'exit_when_done'):
             require(isinstance(getattr(self, name), bool),
                     f'{name} must be a bool, got {getattr(self, name)!r}')
+        require(isinstance(self.report, str), f'report must be a path or empty, got '
+                f'{self.report!r}')
