@@ -87,6 +87,16 @@ class ExpertPolicy:
         """ODE steps per prediction (flow head); 1 for the regression head."""
         return self._steps if self._is_flow else 1
 
+    def warm_up(self, runs: int = 3) -> None:
+        """Run the model on zeros so lazy initialisation does not land on the first tick."""
+        cfg = self._meta.model
+        dev = self._device
+        with torch.inference_mode():
+            for _ in range(runs):
+                self._model(torch.zeros(1, cfg.feature_tokens, cfg.feature_dim, device=dev),
+                            torch.zeros(1, cfg.window_samples, cfg.sensor_channels, device=dev),
+                            torch.zeros(1, cfg.state_dim, device=dev), steps=self.steps)
+
     def reset(self) -> None:
         """Forget state between episodes: re-seed the noise generator."""
         if self._seed is not None:
