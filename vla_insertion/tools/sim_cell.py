@@ -32,9 +32,10 @@ import typing
 import numpy as np
 import zmq
 
+from vla_insertion.core import params
 from vla_insertion.core.config import (
-    CameraBridgeConfig, config_from_dict, ConfigError, field_docs, field_types,
-    load_node_params, RobotBridgeConfig, SensorBridgeConfig, SimCellConfig)
+    CameraBridgeConfig, ConfigError, field_docs, field_types, RobotBridgeConfig,
+    SensorBridgeConfig, SimCellConfig)
 from vla_insertion.core.sim_render import SceneRenderer
 from vla_insertion.core.sim_scene import SimScene
 from vla_insertion.core.wire import (
@@ -77,9 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config(argv: list[str] | None = None) -> tuple[SimCellConfig, argparse.Namespace]:
     """Defaults, then the params file, then the flags given; ConfigError if invalid."""
     args = build_parser().parse_args(argv)
-    values = load_node_params(args.params_file, NODE_NAME) if args.params_file else {}
-    values.update({k: v for k, v in vars(args).items() if k in field_types(SimCellConfig)})
-    return config_from_dict(SimCellConfig, values), args
+    flags = {k: v for k, v in vars(args).items() if k in field_types(SimCellConfig)}
+    return params.load_config(SimCellConfig, NODE_NAME, args.params_file, overrides=flags), args
 
 
 # --- pacing and faults --------------------------------------------------------------------
