@@ -28,7 +28,7 @@ def time_from_msg(t) -> float:
 
 
 def matrix_from_flat(data, rows: int, cols: int, what: str) -> np.ndarray:
-    flat = np.asarray(data, dtype=np.float32)
+    flat = np.array(data, dtype=np.float32)  # a copy: bag buffers are read-only
     if flat.size != rows * cols:
         raise ConversionError(
             f'{what}: data has {flat.size} values, expected {rows} x {cols} = {rows * cols}')

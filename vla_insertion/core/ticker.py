@@ -57,7 +57,7 @@ class DeadlineTicker:
             self._next_s = now
         late = now - self._next_s
         if late > self.max_lateness_s:       # a stall: skip what was missed, keep the grid
-            missed = math.ceil((late - self.max_lateness_s) / self.period_s)
+            missed = math.ceil((late - self.max_lateness_s) / self.period_s - 1e-9)
             self.overruns += missed
             self._next_s += missed * self.period_s
         delay = self._next_s - now

@@ -33,7 +33,7 @@ QOS: dict[str, QosSpec] = {
     'latest': QosSpec(True, 1, why='features, requests, stats: only the newest matters'),
     'static': QosSpec(True, 1, transient_local=True, why='metadata: late joiners get it'),
     'diagnostics': QosSpec(True, 10, why='/diagnostics, as diagnostic_updater publishes it'),
-    'clock': QosSpec(True, 1, why='/clock while replaying a bag'),
+    'clock': QosSpec(False, 1, why='/clock while replaying a bag (rclcpp::ClockQoS)'),
 }
 
 

@@ -31,14 +31,12 @@ from rosgraph_msgs.msg import Clock
 from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagPlayerConfig, ConfigError
 from vla_insertion.nodes.common import (
-    declare_config, message_class, qos_profile, split_ros_args, with_parameters)
+    declare_config, message_class, publisher, qos_profile, split_ros_args, with_parameters)
 
 DEFAULT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST, depth=10,
                          durability=DurabilityPolicy.VOLATILE)
-CLOCK_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
-                       history=HistoryPolicy.KEEP_LAST, depth=1,
-                       durability=DurabilityPolicy.VOLATILE)
+CLOCK_QOS = qos_profile(topics.CLOCK.qos)
 
 
 class BagPlayerNode(Node):
@@ -63,7 +61,7 @@ class BagPlayerNode(Node):
             profile = (qos_profile(known.qos) if known and known is not topics.CLOCK
                        else DEFAULT_QOS)
             self._pubs[topic] = self.create_publisher(message_class(msgtype), topic, profile)
-        self._clock_pub = self.create_publisher(Clock, '/clock', CLOCK_QOS) if c.clock else None
+        self._clock_pub = publisher(self, Clock, topics.CLOCK) if c.clock else None
         self.published = dict.fromkeys(self._topics, 0)
         self.passes = 0
         self.shift_ns = 0                       # restamp offset of the current pass [ns]
