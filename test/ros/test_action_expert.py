@@ -14,6 +14,7 @@ helper thread would otherwise trip.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 
@@ -315,12 +316,12 @@ def test_live_node_and_offline_runner_agree_on_recorded_inputs(rclpy_context, ch
                                                          ROBOT_QOS),
             topics.POSE: feeder.create_publisher(conv.PoseStamped, 'robot/pose', ROBOT_QOS)}
     spin(node, feeder)
-    held = {topics.FEATURES: lambda: node._features, topics.SENSOR_WINDOW: lambda: node._window,
-            topics.JOINT_STATES: lambda: node._joints, topics.POSE: lambda: node._pose}
+    held = {entry: functools.partial(node._inputs.get, name) for entry, name in (
+        (topics.FEATURES, 'features'), (topics.SENSOR_WINDOW, 'window'),
+        (topics.JOINT_STATES, 'joints'), (topics.POSE, 'pose'))}
 
-    def stamp_of(value):
-        return value.stamp_s if hasattr(value, 'stamp_s') else conv.time_from_msg(
-            value.header.stamp)
+    def stamp_of(msg):
+        return conv.time_from_msg(msg.header.stamp)
 
     rec = load_recording(tmp_path / 'inputs', views=())
     inputs = RecordedInputs(rec)
@@ -353,4 +354,4 @@ def test_live_node_and_offline_runner_agree_on_recorded_inputs(rclpy_context, ch
                 (b.chunk.stamp_s, b.chunk.reuse_index, b.chunk.feature_sequence)
     # the gripper sent reached the observation both ways
     assert inputs.robot(ticks[-1]).gripper == pytest.approx(
-        conv.robot_state_from_msgs(node._joints, node._pose).gripper)
+        conv.robot_state_from_msgs(node._inputs['joints'], node._inputs['pose']).gripper)

@@ -11,16 +11,15 @@ Publishes:
     /diagnostics, vla/stats: rate, latency, reuse, ages, refused ticks (`drops.<reason>`)
 Parameters: the fields of core.config.ExpertConfig.
 
-Subscriptions only store the newest input of each stream under a lock. Each tick hands them to
-`core.expert.runner.ExpertRunner`, which applies the staleness rules, runs the policy under
-torch.inference_mode() and stamps the chunk; offline evaluation and training tick the same
-runner. `scheduler: thread` (default) ticks in a dedicated thread on absolute deadlines of the
-steady clock (core.ticker.DeadlineTicker); `scheduler: timer` uses an rclpy timer in its own
-callback group (it follows /clock when replaying with use_sim_time). Sync mode publishes a
-request per step and waits, at most sync_timeout_s, for features newer than the request.
+Subscriptions only store the newest message of each stream. Each tick converts them and hands
+them to `core.expert.runner.ExpertRunner` (staleness rules, policy, stamps), which offline
+evaluation and training tick too. `scheduler: thread` ticks on absolute deadlines
+(core.ticker.DeadlineTicker); `scheduler: timer` uses an rclpy timer (it follows /clock with
+use_sim_time). Sync mode requests features per step and waits at most sync_timeout_s.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -75,7 +74,7 @@ class ActionExpertNode(Node):
         # the newest input of each stream, written by the subscriptions, read by the tick
         self._lock = threading.Lock()
         self._features_arrived = threading.Condition(self._lock)
-        self._features, self._window, self._joints, self._pose = None, None, None, None
+        self._inputs = dict.fromkeys(('features', 'window', 'joints', 'pose'))
         self._feature_arrivals = 0
         self._rate = RateMeter(window_s=5.0)
         self._lateness_ms = LatencyStats(maxlen=600)  # tick start after its deadline
@@ -83,22 +82,18 @@ class ActionExpertNode(Node):
         self._failed = ''
 
         subscription(self, VLFeatures, topics.FEATURES, self._on_features)
-        subscription(self, SensorWindow, topics.SENSOR_WINDOW, self._on_window)
-        subscription(self, JointState, topics.JOINT_STATES, self._on_joints)
-        subscription(self, PoseStamped, topics.POSE, self._on_pose)
+        for name, msg_type, topic in (('window', SensorWindow, topics.SENSOR_WINDOW),
+                                      ('joints', JointState, topics.JOINT_STATES),
+                                      ('pose', PoseStamped, topics.POSE)):
+            subscription(self, msg_type, topic, functools.partial(self._store, name))
         self._chunk_pub = publisher(self, ActionChunk, topics.ACTION_CHUNK)
         self._request_pub = (publisher(self, Header, topics.FEATURE_REQUEST)
                              if self._sync else None)
         self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
 
-        meta = policy.meta
-        label = 'UNTRAINED (random weights, actions are meaningless)' if meta.untrained \
-            else 'trained'
-        self.get_logger().info(
-            f'checkpoint {cfg.checkpoint}: {label}, head {meta.model.head} ({policy.steps} '
-            f'steps), contract {meta.contract_digest} {meta.feature_shape}, {cfg.mode} mode at '
-            f'{cfg.rate_hz} Hz ({cfg.scheduler})')
-        if meta.untrained:
+        self.get_logger().info(f'checkpoint {cfg.checkpoint}: {policy.describe()}, {cfg.mode} '
+                               f'mode at {cfg.rate_hz} Hz ({cfg.scheduler})')
+        if policy.meta.untrained:
             self.get_logger().warning('UNTRAINED action-expert checkpoint: never drive a '
                                       'real robot')
         if cfg.realtime_priority > 0:
@@ -118,37 +113,35 @@ class ActionExpertNode(Node):
             self.create_timer(1.0 / cfg.rate_hz, self.tick,
                               callback_group=MutuallyExclusiveCallbackGroup())
 
-    # --- inputs: store the newest of each -------------------------------------------------
+    # --- inputs: store the newest of each (converted at the tick) -----------------------
 
     def _on_features(self, msg: VLFeatures) -> None:
-        features = self._convert(conv.vl_features_from_msg, msg, 'bad_features')
-        if features is not None:
-            with self._features_arrived:
-                self._features = features
-                self._feature_arrivals += 1
-                self._features_arrived.notify_all()
+        with self._features_arrived:
+            self._inputs['features'] = msg
+            self._feature_arrivals += 1
+            self._features_arrived.notify_all()
 
-    def _on_window(self, msg: SensorWindow) -> None:
-        window = self._convert(conv.sensor_window_from_msg, msg, 'bad_sensor_window')
-        if window is not None:
-            with self._lock:
-                self._window = window
-
-    def _on_joints(self, msg: JointState) -> None:
+    def _store(self, name: str, msg) -> None:
         with self._lock:
-            self._joints = msg
+            self._inputs[name] = msg
 
-    def _on_pose(self, msg: PoseStamped) -> None:
+    def _newest(self) -> tuple:
+        """Return (features, window, robot) of the newest messages; a bad one counts as None."""
         with self._lock:
-            self._pose = msg
-
-    def _convert(self, reader, msg, cause: str):
-        try:
-            return reader(msg)
-        except conv.ConversionError as exc:
-            self._runner.refuse(cause, str(exc))
-            self.get_logger().warning(f'{cause}: {exc}', throttle_duration_sec=2.0)
-            return None
+            msgs = dict(self._inputs)
+        data = []
+        for name, read in (('features', conv.vl_features_from_msg),
+                           ('window', conv.sensor_window_from_msg)):
+            try:
+                data.append(read(msgs[name]) if msgs[name] is not None else None)
+            except conv.ConversionError as exc:
+                self._runner.refuse(f'bad_{name}', str(exc))
+                self.get_logger().warning(f'bad {name}: {exc}', throttle_duration_sec=2.0)
+                data.append(None)
+        joints, pose = msgs['joints'], msgs['pose']
+        robot = (conv.robot_state_from_msgs(joints, pose)
+                 if joints is not None and pose is not None else None)
+        return (*data, robot)
 
     # --- ticks ----------------------------------------------------------------------------
 
@@ -170,12 +163,7 @@ class ActionExpertNode(Node):
                 SYNC_TIMEOUT, f'no features within sync_timeout_s {self._config.sync_timeout_s}'
                 ' s of the request'))
         now_s = self._now_s() if now_s is None else now_s
-        with self._lock:
-            features, window = self._features, self._window
-            joints, pose = self._joints, self._pose
-        robot = (conv.robot_state_from_msgs(joints, pose)
-                 if joints is not None and pose is not None else None)
-        result = self._runner.tick(features, window, robot, now_s)
+        result = self._runner.tick(*self._newest(), now_s)
         if not result.published:
             return self._refused(result)
         self._chunk_pub.publish(conv.action_chunk_to_msg(result.chunk))
@@ -218,23 +206,10 @@ class ActionExpertNode(Node):
             'tick_lateness_ms_p99': self._lateness_ms.summary()['p99'],
             'overruns': self._ticker.overruns, 'untrained': meta.untrained,
             'contract': meta.contract_digest}
-        latency = stats.inference_ms.summary()
-        return report, NodeStatsData(
-            stamp_s=self._now_s(), node=self.get_name(), rate_hz=rate,
-            latency_mean_ms=latency['mean'], latency_p99_ms=latency['p99'],
-            input_age_s=stats.feature_age_s.summary()['mean'], published=stats.published,
-            dropped=stats.refused.total())
+        return report, stats.node_stats(self._now_s(), rate)
 
     def _status_line(self) -> str:
-        stats = self._runner.stats
-        refused = stats.refused.as_dict()
-        line = (f'Actions: {stats.published} | rate {self._rate.rate_hz(time.monotonic()):.1f} '
-                f'Hz | avg {stats.inference_ms.summary()["mean"]:.1f} ms | reuse avg '
-                f'{stats.chunks_per_features.summary()["mean"]:.1f} | feature age avg '
-                f'{stats.feature_age_s.summary()["mean"]:.2f} s')
-        if refused:
-            line += ' | refused ' + ', '.join(f'{k}={v}' for k, v in sorted(refused.items()))
-        return line
+        return self._runner.stats.status_line(self._rate.rate_hz(time.monotonic()))
 
     def destroy_node(self) -> None:
         ticker = getattr(self, '_ticker', None)   # absent when __init__ failed half-way

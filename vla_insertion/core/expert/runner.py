@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from vla_insertion.core.data import (
-    ActionChunkData, MODE_ASYNC, RobotState, SensorWindowData, VLFeatureData)
+    ActionChunkData, MODE_ASYNC, NodeStatsData, RobotState, SensorWindowData, VLFeatureData)
 from vla_insertion.core.expert.checkpoint import ContractMismatch
 from vla_insertion.core.expert.policy import ObservationError
 from vla_insertion.core.expert.staleness import (
@@ -92,6 +92,25 @@ class RunnerStats:
             'sensor_age_s_mean': self.sensor_age_s.summary()['mean'],
             **{f'drops.{k}': refused.get(k, 0) for k in sorted(set(REFUSALS) | set(refused))},
         }
+
+    def node_stats(self, stamp_s: float, rate_hz: float) -> NodeStatsData:
+        """Return the plottable vla/stats numbers (NodeMonitor fills in the node's name)."""
+        latency = self.inference_ms.summary()
+        return NodeStatsData(
+            stamp_s=stamp_s, node='', rate_hz=rate_hz, latency_mean_ms=latency['mean'],
+            latency_p99_ms=latency['p99'], input_age_s=self.feature_age_s.summary()['mean'],
+            published=self.published, dropped=self.refused.total())
+
+    def status_line(self, rate_hz: float) -> str:
+        """Return the one-line status a person watching the terminal wants."""
+        refused = self.refused.as_dict()
+        line = (f'Actions: {self.published} | rate {rate_hz:.1f} Hz | avg '
+                f'{self.inference_ms.summary()["mean"]:.1f} ms | reuse avg '
+                f'{self.chunks_per_features.summary()["mean"]:.1f} | feature age avg '
+                f'{self.feature_age_s.summary()["mean"]:.2f} s')
+        if refused:
+            line += ' | refused ' + ', '.join(f'{k}={v}' for k, v in sorted(refused.items()))
+        return line
 
 
 class ExpertRunner:
