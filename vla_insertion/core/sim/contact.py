@@ -14,6 +14,7 @@ The allowed set depends on the contact mode:
 
     free     above the block (or the table): no constraint, no force
     surface  the tip pressed on the block's top face outside the hole, or on the table: z >= top
+    side     the tip pressed against a side face of the block from outside: x (or y) held there
     inside   in the hole: z above the bottom, lateral offset within the radial clearance
     jammed   wedged at the rim: z above the depth where it stuck, x y where it stuck
 
@@ -36,14 +37,16 @@ import numpy as np
 
 from vla_insertion.core.config import require, require_non_negative, require_positive
 from vla_insertion.core.sim.geometry import (
-    block_footprint_contains, CHAMFER_M, CLEARANCE_M, HOLE_DEPTH_M, HOLE_RADIUS_M)
+    block_footprint_contains, BLOCK_SIZE_M, CHAMFER_M, CLEARANCE_M, HOLE_DEPTH_M,
+    HOLE_RADIUS_M)
 from vla_insertion.core.sim.kinematics import TOOL_LENGTH_M
 
 FREE = 'free'
 SURFACE = 'surface'
+SIDE = 'side'
 INSIDE = 'inside'
 JAMMED = 'jammed'
-MODES = (FREE, SURFACE, INSIDE, JAMMED)
+MODES = (FREE, SURFACE, SIDE, INSIDE, JAMMED)
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -105,6 +108,7 @@ class ContactModel:
         self.mode = FREE
         self._jam_z = 0.0
         self._jam_xy = np.zeros(2)
+        self._side = (0, 0.0)                    # (axis, coordinate) of the face touched
         self._previous: np.ndarray | None = None if tip_m is None else np.array(tip_m, float)
         self.entry_lateral_m = math.nan          # lateral offset at the last entry [m]
         self.entry_tilt_deg = math.nan           # tilt at the last entry [deg]
@@ -125,8 +129,15 @@ class ContactModel:
                 self._jam(free_tip, self._previous)   # wedged by turning in the hole
             return
         was_above = self._previous is None or self._previous[2] >= top - 1e-9
+        over_block = self._surface_z(free_tip[:2]) == top
+        if self.mode == SIDE and free_tip[2] < top and over_block:
+            return                               # still pressed against the same face
+        if not was_above and free_tip[2] < top and over_block \
+                and self._surface_z(self._previous[:2]) != top:
+            self._touch_side(self._previous[:2])   # came in below the top: a side face
+            return
         if free_tip[2] < top and offset <= CLEARANCE_M + CHAMFER_M and was_above \
-                and self._surface_z(free_tip[:2]) == top:
+                and over_block:
             self.entry_lateral_m, self.entry_tilt_deg = offset, tilt_deg
             if offset > self.params.jam_lateral_m or tilt_deg > self.params.jam_tilt_deg:
                 self._jam(free_tip, None)
@@ -136,6 +147,15 @@ class ContactModel:
             self.mode = SURFACE
         else:
             self.mode = FREE
+
+    def _touch_side(self, outside_xy: np.ndarray) -> None:
+        """Enter SIDE against the face crossed coming from `outside_xy` (2,) [m]."""
+        self.mode = SIDE
+        rel = outside_xy - self.hole_top_m[:2]
+        excess = np.abs(rel) - np.array(BLOCK_SIZE_M[:2]) / 2.0
+        axis = int(np.argmax(excess))                          # the face it was outside of
+        half = BLOCK_SIZE_M[axis] / 2.0
+        self._side = (axis, float(self.hole_top_m[axis] + math.copysign(half, rel[axis])))
 
     def _jam(self, free_tip: np.ndarray, previous: np.ndarray | None) -> None:
         self.mode = JAMMED
@@ -151,6 +171,9 @@ class ContactModel:
                               p.axial_stiffness_n_m])
         if self.mode == SURFACE:
             tip[2] = max(tip[2], self._surface_z(tip[:2]))
+        elif self.mode == SIDE:
+            axis, face = self._side
+            tip[axis] = face
         elif self.mode == INSIDE:
             tip[2] = max(tip[2], self.hole_top_m[2] - HOLE_DEPTH_M)
             offset = tip[:2] - self.hole_top_m[:2]

@@ -35,6 +35,7 @@ def _link_terms() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _LINK_COS, _LINK_SIN, _LINK_CONST = _link_terms()          # (6, 4, 4) each
+_EYE4 = np.eye(4)
 
 
 def forward_kinematics(q: np.ndarray) -> np.ndarray:
@@ -43,7 +44,7 @@ def forward_kinematics(q: np.ndarray) -> np.ndarray:
     links = (np.cos(q)[..., None, None] * _LINK_COS + np.sin(q)[..., None, None] * _LINK_SIN
              + _LINK_CONST)                                         # (..., 6, 4, 4)
     frames = np.empty(q.shape[:-1] + (8, 4, 4))
-    frames[..., 0, :, :] = np.eye(4)
+    frames[..., 0, :, :] = _EYE4
     t = links[..., 0, :, :]
     frames[..., 1, :, :] = t
     for i in range(1, 6):
