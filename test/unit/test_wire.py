@@ -19,7 +19,8 @@ ROBOT = RobotMessage(sender_time_s=1700000000.5, joints_deg=(10.0, -90.0, 90.0, 
                      gripper=1.0, session=3, sequence=9)
 SENSOR = SensorBatch(sequence=100, times_s=np.array([10.0, 10.001, 10.002]),
                      samples=np.arange(6, dtype=np.float32).reshape(3, 2), session=5)
-COMMAND = CommandMessage(sender_time_s=1700000000.75, positions_rad=(0.1, -1.7, 1.7, -1.6, -1.6, 0.0),
+COMMAND = CommandMessage(sender_time_s=1700000000.75,
+                         positions_rad=(0.1, -1.7, 1.7, -1.6, -1.6, 0.0),
                          velocities_rad_s=(0.01, 0.0, -0.02, 0.0, 0.0, 0.5), gripper=1.0,
                          lead_s=0.02, timeout_s=0.1, flags=FLAG_ARMED, session=11, sequence=12)
 EPISODE = EpisodeMessage(sender_time_s=1700000001.0, event='end', episode=4, seed=7,
