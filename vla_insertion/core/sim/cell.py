@@ -94,7 +94,6 @@ class CellState:
     joints_rad: np.ndarray         # (6,) measured joint angles [rad]
     tip_m: np.ndarray              # (3,) measured peg tip in the base frame [m]
     rotation: np.ndarray           # (3, 3) tool orientation in the base frame
-    rotation_deg: np.ndarray       # (3,) tool rx ry rz, fixed axes R = Rz Ry Rx [deg]
     gripper: float                 # 0 open .. 1 closed
     hole_top_m: np.ndarray         # (3,) centre of the hole's opening [m]
     force_n: np.ndarray            # (3,) contact force on the peg, base axes [N]
@@ -103,6 +102,11 @@ class CellState:
     depth_m: float                 # tip below the hole's opening while in the hole [m]
     contact: str                   # contact mode (core.sim.contact.MODES)
     holding: str | None            # why the servo holds, None while it follows commands
+
+    @property
+    def rotation_deg(self) -> np.ndarray:
+        """Tool rx ry rz (3,), fixed axes R = Rz Ry Rx [deg]."""
+        return euler_xyz_deg(self.rotation)
 
     @property
     def peg_in_hole(self) -> bool:
@@ -197,7 +201,9 @@ class SimCell:
 
     def _measure(self, first: bool = False) -> None:
         q = self.servo.q
-        frames = forward_kinematics(q)                                 # (8, 4, 4)
+        if first or not np.array_equal(q, self._fk_q):   # a holding arm keeps its frames
+            self._fk_q, self._frames = q.copy(), forward_kinematics(q)   # (8, 4, 4)
+        frames = self._frames
         free_tip, rotation = frames[7, :3, 3], frames[7, :3, :3]
         if first:
             self.contact.reset(self.spec.hole_top_m, free_tip)
@@ -208,8 +214,8 @@ class SimCell:
             q = q + np.linalg.solve(jacobian(frames), delta)
         self._state = CellState(
             t_s=self.t_s, episode=self.spec.index, phase=self.phase, joints_rad=q.copy(),
-            tip_m=result.tip_m, rotation=rotation, rotation_deg=euler_xyz_deg(rotation),
-            gripper=self.servo.gripper, hole_top_m=self.spec.hole_top_m, force_n=result.force_n,
+            tip_m=result.tip_m, rotation=rotation, gripper=self.servo.gripper,
+            hole_top_m=self.spec.hole_top_m, force_n=result.force_n,
             torque_nm=result.torque_nm, distance_m=result.distance_m, depth_m=result.depth_m,
             contact=result.mode, holding=self.servo.hold_reason)
 
