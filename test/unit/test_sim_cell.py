@@ -213,3 +213,21 @@ def test_command_filter_keeps_the_newest_of_a_session():
     f.check(msg(3, 0))                                      # the sequence wraps
     with pytest.raises(Drop):
         f.check(msg(3, 0xFFFFFFFF))
+
+
+@pytest.mark.parametrize('busy', ['command', 'episode'])
+def test_a_busy_port_is_a_start_up_error(busy):
+    with socket.socket() as holder:
+        holder.bind(('127.0.0.1', 0))
+        holder.listen()
+        ports = {name: free_port() for name in ('robot', 'command', 'episode', 'camera')}
+        ports[busy] = holder.getsockname()[1]
+        env = dict(os.environ)
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), env.get('PYTHONPATH')]))
+        result = subprocess.run(
+            [sys.executable, '-m', 'vla_insertion.tools.sim_cell', '--streams', 'robot',
+             *[f'--{name}-port={port}' for name, port in ports.items()],
+             '--sensor-port', str(free_port(socket.SOCK_DGRAM)), '--duration-s', '5'],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert 'cannot' in result.stderr and str(ports[busy]) in result.stderr

@@ -440,17 +440,25 @@ class EpisodeSender(Sender):
         super().__init__(*args)
         self.faults.enabled = False               # not a bridge stream: nothing counts faults
         self.ended: list[dict] = []               # every end report, as logged
+        # bound here, not in the thread: a busy port is a start-up error (exit 2)
+        self._context = zmq.Context(1)
+        self._pub = self._context.socket(zmq.PUB)
+        try:
+            self._pub.bind(f'tcp://{self.config.episode_bind}:{self.config.episode_port}')
+        except zmq.ZMQError as exc:
+            self._pub.close(linger=0)
+            self._context.term()
+            raise ConfigError(f'episode stream: cannot bind {self.config.episode_bind}:'
+                              f'{self.config.episode_port}: {exc}') from exc
 
     def loop(self) -> None:
         cfg = self.config
         codec = EpisodeCodecV1()
-        context = zmq.Context(1)
-        pub = context.socket(zmq.PUB)
+        context, pub = self._context, self._pub
         log = open(cfg.episode_log, 'a', encoding='utf-8') if cfg.episode_log else None
         sequence, next_status = 0, 0.0
         pacer = Pacer(20.0, self.stop)            # starts and ends go out within 50 ms
         try:
-            pub.bind(f'tcp://{cfg.episode_bind}:{cfg.episode_port}')
             while pacer.wait():
                 now = self.scene_time()
                 status = now >= next_status
@@ -524,15 +532,22 @@ def main(argv: list[str] | None = None) -> int:
     cell = build_cell(config)
     t0 = time.monotonic()
     receiver = None
+    try:
+        episodes = EpisodeSender(config, cell, stop, t0)
+    except ConfigError as exc:            # the port is in use
+        print(f'sim_cell: {exc}', file=sys.stderr)
+        return 2
     if config.control == 'commands':
         try:
             receiver = CommandReceiver(config, cell, t0)
-        except ConfigError as exc:        # the port is in use
+        except ConfigError as exc:
             print(f'sim_cell: {exc}', file=sys.stderr)
+            episodes.stop.set()
+            episodes.start()              # its thread closes the socket and returns
+            episodes.join(5.0)
             return 2
         receiver.loop.start()
     senders = [SENDERS[s](config, cell, stop, t0) for s in config.streams]
-    episodes = EpisodeSender(config, cell, stop, t0)
     for s in [*senders, episodes]:
         s.start()
     targets = {
