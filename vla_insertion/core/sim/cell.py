@@ -5,7 +5,7 @@ One physics step (1 / physics_rate_hz):
     servo.step            joints follow the newest command (or hold)
     FK(servo joints)      the free tip pose, where the arm would be without the block
     contact.update        project the tip onto what the block allows -> measured tip, force
-    q_meas = q + J^-1 [tip - free tip; 0]   the measured joints that put the tip there
+    q_meas = q + J^+ [tip - free tip; 0]   the measured joints that put the tip there
     judge.update          success / timeout / over-force / dropped
 
 Commands carry an arrival time on the cell's clock and take effect at the first step that
@@ -209,9 +209,11 @@ class SimCell:
             self.contact.reset(self.spec.hole_top_m, free_tip)
         result = self.contact.update(free_tip, rotation[:, 2], self.dt_s)
         if result.mode != FREE and not np.array_equal(result.tip_m, free_tip):
-            # the joints that move the tip onto the constraint without turning the tool
+            # the joints that move the tip onto the constraint without turning the tool;
+            # damped least squares, so a singular pose bends the tool rather than crashing
             delta = np.r_[result.tip_m - free_tip, 0.0, 0.0, 0.0]
-            q = q + np.linalg.solve(jacobian(frames), delta)
+            jac = jacobian(frames)                                     # (6, 6)
+            q = q + jac.T @ np.linalg.solve(jac @ jac.T + 1e-10 * np.eye(6), delta)
         self._state = CellState(
             t_s=self.t_s, episode=self.spec.index, phase=self.phase, joints_rad=q.copy(),
             tip_m=result.tip_m, rotation=rotation, gripper=self.servo.gripper,

@@ -22,15 +22,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vla_insertion.core.config import require, require_non_negative, require_positive
+from vla_insertion.core.config import (
+    DEFAULT_SENSOR_CHANNELS, require, require_non_negative, require_positive)
 from vla_insertion.core.data import ActionChunkData, RobotState, SensorWindowData
 from vla_insertion.core.interfaces import Model
 from vla_insertion.core.sim.cell import SENSOR_NOISE, SimCell
 from vla_insertion.core.sim.episode import EpisodeRecord
 from vla_insertion.core.sim.reference import ReferenceObservation
 from vla_insertion.core.sim.servo import NUM_JOINTS, ServoCommand
-
-SENSOR_CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 
 
 class CommandSource(Protocol):
@@ -76,23 +75,19 @@ class ChunkFollower:
         """Not used: this follower does no force monitoring."""
 
     def step(self, now_s: float) -> ServoCommand:
-        chunk = self._chunk
-        end_s = None if chunk is None else chunk.stamp_s + (len(chunk.actions) - 1) * chunk.dt_s
-        t = now_s + self.lead_s
-        if chunk is None or t > end_s + self.max_extrapolation_s:
+        chunk, t = self._chunk, now_s + self.lead_s
+        last = -1 if chunk is None else len(chunk.actions) - 1
+        if chunk is None or t > chunk.stamp_s + last * chunk.dt_s + self.max_extrapolation_s:
             return ServoCommand(self._joints.copy(), np.zeros(NUM_JOINTS), self._gripper,
                                 self.lead_s, self.timeout_s, armed=True, hold=True)
-        actions = np.asarray(chunk.actions, dtype=np.float64)                  # (H, 7)
-        x = min(max((t - chunk.stamp_s) / chunk.dt_s, 0.0), len(actions) - 1.0)
-        i = min(int(x), len(actions) - 2) if len(actions) > 1 else 0
-        w = x - i
-        if len(actions) == 1:
-            target, velocity = actions[0], np.zeros(actions.shape[1])
+        actions = np.asarray(chunk.actions, dtype=np.float64)              # (H, 7)
+        x = max(0.0, (t - chunk.stamp_s) / chunk.dt_s)                      # fractional index
+        if x >= last:                                  # at or past the last action: stay there
+            target, velocity = actions[last], np.zeros(actions.shape[1])
         else:
-            target = (1.0 - w) * actions[i] + w * actions[i + 1]
-            moving = (t - chunk.stamp_s) / chunk.dt_s < len(actions) - 1
-            velocity = (actions[i + 1] - actions[i]) / chunk.dt_s if moving \
-                else np.zeros(actions.shape[1])
+            i = int(x)
+            target = actions[i] + (x - i) * (actions[i + 1] - actions[i])
+            velocity = (actions[i + 1] - actions[i]) / chunk.dt_s
         return ServoCommand(target[:NUM_JOINTS], velocity[:NUM_JOINTS],
                             float(np.clip(target[NUM_JOINTS], 0.0, 1.0)), self.lead_s,
                             self.timeout_s, armed=True, hold=False)
@@ -147,7 +142,7 @@ class ClosedLoop:
         self.inferences = 0
 
     def advance_to(self, t_s: float) -> list[EpisodeRecord]:
-        """Run the loop until cell time t_s; the episodes decided meanwhile."""
+        """Run the loop until cell time t_s; return the episodes decided meanwhile."""
         cell, p = self.cell, self.params
         decided = []
         while (cell.steps + 1) * cell.dt_s <= t_s + 1e-12:
@@ -196,7 +191,7 @@ class ClosedLoop:
             stamp_s=now, samples=samples.astype(np.float32),
             valid_samples=min(n, self.cell.history.count),
             sample_rate_hz=self.cell.params.physics_rate_hz,
-            channel_names=SENSOR_CHANNELS)
+            channel_names=DEFAULT_SENSOR_CHANNELS)
 
     def run_episodes(self, count: int, max_time_s: float | None = None) -> list[EpisodeRecord]:
         """Run until `count` more episodes are decided (or max_time_s of cell time passed)."""
