@@ -440,22 +440,28 @@ class EpisodeSender(Sender):
         super().__init__(*args)
         self.faults.enabled = False               # not a bridge stream: nothing counts faults
         self.ended: list[dict] = []               # every end report, as logged
-        # bound here, not in the thread: a busy port is a start-up error (exit 2)
+        # opened here, not in the thread: a busy port or a bad log path is a start-up error
+        cfg = self.config
+        try:
+            self._log = open(cfg.episode_log, 'a', encoding='utf-8') if cfg.episode_log else None
+        except OSError as exc:
+            raise ConfigError(f'episode log: cannot open {cfg.episode_log}: {exc}') from exc
         self._context = zmq.Context(1)
         self._pub = self._context.socket(zmq.PUB)
         try:
-            self._pub.bind(f'tcp://{self.config.episode_bind}:{self.config.episode_port}')
+            self._pub.bind(f'tcp://{cfg.episode_bind}:{cfg.episode_port}')
         except zmq.ZMQError as exc:
             self._pub.close(linger=0)
             self._context.term()
-            raise ConfigError(f'episode stream: cannot bind {self.config.episode_bind}:'
-                              f'{self.config.episode_port}: {exc}') from exc
+            if self._log is not None:
+                self._log.close()
+            raise ConfigError(f'episode stream: cannot bind {cfg.episode_bind}:'
+                              f'{cfg.episode_port}: {exc}') from exc
 
     def loop(self) -> None:
         cfg = self.config
         codec = EpisodeCodecV1()
-        context, pub = self._context, self._pub
-        log = open(cfg.episode_log, 'a', encoding='utf-8') if cfg.episode_log else None
+        context, pub, log = self._context, self._pub, self._log
         sequence, next_status = 0, 0.0
         pacer = Pacer(20.0, self.stop)            # starts and ends go out within 50 ms
         try:
