@@ -25,7 +25,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, JointState
 
 from vla_insertion.conversions import sensor_window_from_msg, time_from_msg
-from vla_insertion.core.sim_scene import forward_kinematics
+from vla_insertion.core.sim.kinematics import forward_kinematics
 from vla_insertion.msg import SensorWindow
 from vla_insertion.nodes.common import (
     DIAGNOSTICS_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
@@ -54,7 +54,8 @@ def env(ros_env):
 @pytest.fixture(scope='module')
 def ports():
     return {'camera': free_port(socket.SOCK_STREAM), 'robot': free_port(socket.SOCK_STREAM),
-            'sensor': free_port(socket.SOCK_DGRAM)}
+            'sensor': free_port(socket.SOCK_DGRAM), 'command': free_port(socket.SOCK_STREAM),
+            'episode': free_port(socket.SOCK_STREAM)}
 
 
 def _stop(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
@@ -96,7 +97,8 @@ def start_sim(env, ports, *args) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, '-m', 'vla_insertion.tools.sim_cell', '--camera-port',
          str(ports['camera']), '--robot-port', str(ports['robot']), '--sensor-port',
-         str(ports['sensor']), *SIM_ARGS, *args],
+         str(ports['sensor']), '--command-port', str(ports['command']), '--episode-port',
+         str(ports['episode']), *SIM_ARGS, *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -239,6 +239,7 @@ class ExpertConfig:
 DEFAULT_VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
 DEFAULT_SENSOR_CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 SIM_STREAMS = ('cameras', 'robot', 'sensor')
+SIM_CONTROLS = ('commands', 'reference', 'scripted')
 
 
 def require_host(name: str, value: str) -> None:
@@ -366,8 +367,20 @@ class SimCellConfig:
     robot_rate_hz: float = 100.0   # robot state rate [Hz]
     sensor_rate_hz: float = 650.0  # sensor sample rate [Hz]
     sensor_batch: int = 10         # samples per UDP datagram [samples]
-    episode_s: float = 10.0        # duration of one approach-insert-retract episode [s]
+    episode_s: float = 10.0        # control scripted: length of one played episode [s]
     clock_offset_s: float = 0.0    # senders' clock minus the local clock, to test calibration [s]
+    control: str = 'commands'      # who moves the arm: commands (command_v1), reference, scripted
+    command_bind: str = '127.0.0.1'  # interface the command PULL socket binds (control commands)
+    command_port: int = 5557       # TCP port the chunk executor pushes command_v1 to
+    episode_bind: str = '127.0.0.1'  # interface the episode_v1 PUB socket binds
+    episode_port: int = 5558       # TCP port of the episode reports (the evaluation subscribes)
+    episode_period_s: float = 1.0  # time between episode status reports [s]
+    episode_log: str = ''          # also append episode starts and ends as JSON lines here
+    episode_timeout_s: float = 20.0  # an episode not inserted after this long fails [s]
+    max_contact_force_n: float = 50.0  # contact force above this fails the episode [N]
+    settle_s: float = 0.5          # arm held after an episode's outcome, then the next one [s]
+    physics_rate_hz: float = 1000.0  # integration rate of the arm and the contact [Hz]
+    reference_latency_s: float = 0.1  # control reference: observation -> chunk delay [s]
     seed: int = 0                  # seed of every random choice (scene variation, noise)
     duration_s: float = 0.0        # stop after this long, 0 = until SIGINT/SIGTERM [s]
     faults: bool = False           # inject malformed, truncated, oversized, NaN, stale packets
@@ -375,9 +388,9 @@ class SimCellConfig:
     fault_report: str = ''         # write injected-fault counts as JSON here on exit ('' = no)
 
     def __post_init__(self) -> None:
-        for name in ('camera_host', 'robot_bind', 'sensor_host'):
+        for name in ('camera_host', 'robot_bind', 'sensor_host', 'command_bind', 'episode_bind'):
             require_host(name, getattr(self, name))
-        for name in ('camera_port', 'robot_port', 'sensor_port'):
+        for name in ('camera_port', 'robot_port', 'sensor_port', 'command_port', 'episode_port'):
             require_port(name, getattr(self, name))
         require(len(self.streams) > 0 and set(self.streams) <= set(SIM_STREAMS),
                 f'streams must be a non-empty subset of {list(SIM_STREAMS)}, '
@@ -398,6 +411,18 @@ class SimCellConfig:
         require_int_range('seed', self.seed, 0, 2**32 - 1)
         require_non_negative('duration_s', self.duration_s)
         require(isinstance(self.faults, bool), f'faults must be a bool, got {self.faults!r}')
+        require_one_of('control', self.control, SIM_CONTROLS)
+        require(isinstance(self.episode_log, str),
+                f'episode_log must be a file path or empty, got {self.episode_log!r}')
+        for name in ('episode_period_s', 'episode_timeout_s', 'max_contact_force_n'):
+            require_positive(name, getattr(self, name))
+        require_non_negative('settle_s', self.settle_s)
+        require(isinstance(self.physics_rate_hz, (int, float))
+                and 100.0 <= self.physics_rate_hz <= 10_000.0,
+                f'physics_rate_hz must be in 100..10000 Hz, got {self.physics_rate_hz!r}')
+        require(isinstance(self.reference_latency_s, (int, float))
+                and 0.0 <= self.reference_latency_s <= 1.0,
+                f'reference_latency_s must be in 0..1 s, got {self.reference_latency_s!r}')
         require_positive('fault_period_s', self.fault_period_s)
         require(isinstance(self.fault_report, str),
                 f'fault_report must be a path or empty, got {self.fault_report!r}')
