@@ -26,10 +26,10 @@ import zmq
 
 def prerender(views: list[str], width: int, height: int, frames: int) -> list[list[bytes]]:
     """Render JPEGs (views x frames) of one stretch of an episode, once, up front."""
-    from vla_insertion.core.sim_render import SceneRenderer
-    from vla_insertion.core.sim_scene import SimScene
+    from vla_insertion.core.sim.render import SceneRenderer
+    from vla_insertion.core.sim.scripted import SimScene
     scene = SimScene(episode_s=10.0, seed=0, variants=1)
-    renderer = SceneRenderer(scene, tuple(views), width, height)
+    renderer = SceneRenderer(tuple(views), width, height)
     return [[renderer.render_jpeg(v, scene.state_at(2.0 + 4.0 * k / frames), 80)
              for k in range(frames)] for v in range(len(views))]
 

@@ -27,9 +27,9 @@ from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData 
 from vla_insertion.core.expert.checkpoint import load_checkpoint  # noqa: E402
 from vla_insertion.core.expert.model import count_parameters  # noqa: E402
 from vla_insertion.core.expert.policy import ExpertPolicy  # noqa: E402
+from vla_insertion.core.expert.presets import make_untrained_checkpoint  # noqa: E402
 from vla_insertion.core.feature_contract import FeatureContract  # noqa: E402
 from vla_insertion.core.interfaces import ExpertObservation  # noqa: E402
-from vla_insertion.tools.make_untrained_checkpoint import make_untrained_checkpoint  # noqa: E402
 
 CONTRACT = FeatureContract(model_id='Qwen/Qwen2.5-VL-3B-Instruct',
                            reduction='image_grid_pool+instruction_mean:2x4', num_tokens=41,

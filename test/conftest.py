@@ -1,10 +1,12 @@
 """Shared fixtures: ROS domain isolation, an rclpy context per module, bounded waits."""
 from __future__ import annotations
 
+import io
 import os
 import time
 import zlib
 
+import numpy as np
 import pytest
 
 _USED_DOMAINS: set[int] = set()
@@ -66,6 +68,67 @@ def tiny_vlm_dir(tmp_path_factory):
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     from vla_insertion.core.vlm.model import write_tiny_model
     return write_tiny_model(tmp_path_factory.mktemp('vlm') / 'tiny-qwen2.5-vl', seed=0)
+
+
+def write_cell_bag(path, duration_s: float = 3.0, views=('zed_1', 'oak'),
+                   joints=lambda t: 0.3 * np.sin(2 * np.pi * 0.5 * t + np.arange(6)),
+                   gripper=lambda t: 1.0, sensor_gap=None, t0_ns: int = 1_700_000_000 * 10**9,
+                   seed: int = 0) -> None:
+    """Write a bag as the bridges publish: cameras 10 FPS, robot 100 Hz, windows 65 Hz.
+
+    `joints(t)` (6,) [rad] and `gripper(t)` of the time since the start [s]; `sensor_gap`
+    (start, end) [s]: no sensor window in between. Log times trail the stamps by the small
+    delays a recorder sees.
+    """
+    from PIL import Image
+    from vla_insertion.core import bag
+    from vla_insertion.core.config import DEFAULT_SENSOR_CHANNELS
+
+    rng = np.random.default_rng(seed)
+    events = [(k * 10_000_000, 'robot', k) for k in range(int(duration_s * 100))]
+    events += [(k * 15_384_615, 'sensor', k) for k in range(int(duration_s * 65))
+               if sensor_gap is None or not sensor_gap[0] <= k * 15_384_615e-9 <= sensor_gap[1]]
+    events += [(k * 100_000_000 + 3_000_000, v, k) for k in range(int(duration_s * 10))
+               for v in views]
+    events.sort()
+    jpegs = []
+    for _ in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (36, 64, 3), dtype=np.uint8)).save(buf, 'JPEG')
+        jpegs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+    with bag.BagWriter(path) as w:
+        for v in views:
+            w.add_topic(f'/cameras/{v}/image/compressed', 'sensor_msgs/msg/CompressedImage')
+        w.add_topic('/robot/joint_states', 'sensor_msgs/msg/JointState')
+        w.add_topic('/robot/pose', 'geometry_msgs/msg/PoseStamped')
+        w.add_topic('/sensor/window', 'vla_insertion/msg/SensorWindow')
+        for offset, kind, k in events:
+            t, h = t0_ns + offset, bag.header(t0_ns + offset)
+            if kind == 'robot':
+                w.write_msg('/robot/joint_states', t + 500_000, bag.make_message(
+                    'sensor_msgs/msg/JointState', header=h,
+                    name=[f'joint_{j + 1}' for j in range(6)] + ['gripper'],
+                    position=np.r_[joints(offset * 1e-9), gripper(offset * 1e-9)]))
+                pose = bag.make_message('geometry_msgs/msg/Pose')
+                pose.orientation.w = 1.0
+                w.write_msg('/robot/pose', t + 500_000, bag.make_message(
+                    'geometry_msgs/msg/PoseStamped', header=h, pose=pose))
+            elif kind == 'sensor':
+                w.write_msg('/sensor/window', t + 200_000, bag.make_message(
+                    'vla_insertion/msg/SensorWindow', header=h, sample_rate_hz=650.0,
+                    num_samples=65, num_channels=7, channel_names=list(DEFAULT_SENSOR_CHANNELS),
+                    data=rng.standard_normal(65 * 7).astype(np.float32), valid_samples=65,
+                    clock_calibrated=True))
+            else:
+                w.write_msg(f'/cameras/{kind}/image/compressed', t + 2_000_000,
+                            bag.make_message('sensor_msgs/msg/CompressedImage', header=h,
+                                             format='jpeg', data=jpegs[k % 4]))
+
+
+@pytest.fixture(scope='session')
+def cell_bag_writer():
+    """Return `write_cell_bag(path, ...)`: a short recorded session of the cell's inputs."""
+    return write_cell_bag
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
 """Message <-> numpy conversions at the ROS edge.
 
-The only module that knows both the ROS messages and the core data types. It imports message
-classes, never rclpy, so it is tested without a running ROS graph. Times are float seconds in the
-core and builtin_interfaces/Time on the wire; robot joints are radians and poses metres with a
-unit quaternion (REP 103).
+The module nodes call for both directions. The writers (core data -> messages) are here and
+import the generated message classes, never rclpy; the readers (messages -> core data) live in
+`core.messages`, ROS-free, so recorded bags convert with the same code on a machine without ROS,
+and are re-exported here. Times are float seconds in the core and builtin_interfaces/Time on the
+wire; robot joints are radians and poses metres with a unit quaternion (REP 103); the gripper is
+the `gripper` entry of the joint states (0 open .. 1 closed).
 """
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ from sensor_msgs.msg import CompressedImage, JointState
 
 from vla_insertion.core.data import (
     ActionChunkData, CameraFrame, NodeStatsData, RobotState, SensorWindowData, VLFeatureData)
+from vla_insertion.core.messages import (  # noqa: F401 - the readers, re-exported
+    action_chunk_from_msg, camera_frame_from_msg, ConversionError, gripper_from_msg,
+    GRIPPER_JOINT, joint_state_from_msg, node_stats_from_msg, robot_state_from_msgs,
+    sensor_window_from_msg, time_from_msg, vl_features_from_msg)
 from vla_insertion.msg import ActionChunk, NodeStats, SensorWindow, VLFeatures
-
-
-class ConversionError(ValueError):
-    """A message does not hold what its fields claim (shape, size, finite values)."""
 
 
 # --- time ---------------------------------------------------------------------------------
@@ -35,19 +37,7 @@ def time_to_msg(t_s: float) -> Time:
     return Time(sec=total_ns // 1_000_000_000, nanosec=total_ns % 1_000_000_000)
 
 
-def time_from_msg(t: Time) -> float:
-    return t.sec + t.nanosec * 1e-9
-
-
 # --- helpers ------------------------------------------------------------------------------
-
-def _matrix_from_flat(data, rows: int, cols: int, what: str) -> np.ndarray:
-    flat = np.asarray(data, dtype=np.float32)
-    if flat.size != rows * cols:
-        raise ConversionError(
-            f'{what}: data has {flat.size} values, expected {rows} x {cols} = {rows * cols}')
-    return flat.reshape(rows, cols)
-
 
 def _flat_float32(matrix: np.ndarray) -> array.array:
     # rosidl stores float32[] as array.array('f'); building it from bytes is one memcpy, while
@@ -66,19 +56,15 @@ def camera_frame_to_msg(frame: CameraFrame, frame_id: str = '') -> CompressedIma
     return msg
 
 
-def camera_frame_from_msg(msg: CompressedImage, view: str) -> CameraFrame:
-    return CameraFrame(view=view, stamp_s=time_from_msg(msg.header.stamp),
-                       data=bytes(msg.data), encoding=msg.format.split(';')[0].strip() or 'jpeg')
-
-
 # --- robot --------------------------------------------------------------------------------
 
 def robot_state_to_msgs(state: RobotState, base_frame: str = 'base_link'
                         ) -> tuple[JointState, PoseStamped]:
+    """Return the joint states (the arm's joints, then `gripper`) and the tool pose."""
     joints = JointState()
     joints.header.stamp = time_to_msg(state.stamp_s)
-    joints.name = list(state.joint_names)
-    joints.position = [float(v) for v in state.joint_positions_rad]
+    joints.name = list(state.joint_names) + [GRIPPER_JOINT]
+    joints.position = [float(v) for v in state.joint_positions_rad] + [float(state.gripper)]
     pose = PoseStamped()
     pose.header.stamp = joints.header.stamp
     pose.header.frame_id = base_frame
@@ -87,24 +73,6 @@ def robot_state_to_msgs(state: RobotState, base_frame: str = 'base_link'
     (pose.pose.orientation.x, pose.pose.orientation.y,
      pose.pose.orientation.z, pose.pose.orientation.w) = (float(v) for v in q)
     return joints, pose
-
-
-def joint_state_from_msg(msg: JointState) -> tuple[float, np.ndarray]:
-    """Return (stamp [s], positions [rad] as float64) of a JointState."""
-    return time_from_msg(msg.header.stamp), np.asarray(msg.position, dtype=np.float64)
-
-
-def robot_state_from_msgs(joints: JointState, pose: PoseStamped | None = None,
-                          gripper: float = 0.0) -> RobotState:
-    stamp, positions = joint_state_from_msg(joints)
-    if pose is None:
-        position, orientation = np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0])
-    else:
-        p, o = pose.pose.position, pose.pose.orientation
-        position, orientation = np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w])
-    return RobotState(stamp_s=stamp, joint_positions_rad=positions,
-                      tool_position_m=position, tool_orientation_xyzw=orientation,
-                      gripper=gripper, joint_names=tuple(joints.name))
 
 
 # --- sensor window ------------------------------------------------------------------------
@@ -124,19 +92,6 @@ def sensor_window_to_msg(window: SensorWindowData) -> SensorWindow:
     return msg
 
 
-def sensor_window_from_msg(msg: SensorWindow) -> SensorWindowData:
-    samples = _matrix_from_flat(msg.data, msg.num_samples, msg.num_channels, 'SensorWindow')
-    if msg.valid_samples > msg.num_samples:
-        raise ConversionError(
-            f'SensorWindow: valid_samples {msg.valid_samples} > num_samples {msg.num_samples}')
-    return SensorWindowData(
-        stamp_s=time_from_msg(msg.header.stamp), samples=samples,
-        valid_samples=int(msg.valid_samples), sample_rate_hz=float(msg.sample_rate_hz),
-        channel_names=tuple(msg.channel_names), clock_offset_s=float(msg.clock_offset_s),
-        clock_calibrated=bool(msg.clock_calibrated), gap_samples=int(msg.gap_samples),
-        late_samples=int(msg.late_samples))
-
-
 # --- VL features --------------------------------------------------------------------------
 
 def vl_features_to_msg(feat: VLFeatureData) -> VLFeatures:
@@ -153,19 +108,6 @@ def vl_features_to_msg(feat: VLFeatureData) -> VLFeatures:
     msg.data = _flat_float32(feat.features)
     msg.inference_ms = float(feat.inference_ms)
     return msg
-
-
-def vl_features_from_msg(msg: VLFeatures) -> VLFeatureData:
-    features = _matrix_from_flat(msg.data, msg.num_tokens, msg.feature_dim, 'VLFeatures')
-    if len(msg.view_stamps) != len(msg.view_names):
-        raise ConversionError(f'VLFeatures: {len(msg.view_stamps)} view stamps for '
-                              f'{len(msg.view_names)} view names')
-    return VLFeatureData(
-        stamp_s=time_from_msg(msg.header.stamp), features=features, sequence=int(msg.sequence),
-        contract_hash=msg.contract_hash, model_id=msg.model_id,
-        view_names=tuple(msg.view_names),
-        view_stamps_s=tuple(time_from_msg(t) for t in msg.view_stamps),
-        inference_ms=float(msg.inference_ms), untrained=bool(msg.untrained))
 
 
 # --- action chunks ------------------------------------------------------------------------
@@ -188,17 +130,6 @@ def action_chunk_to_msg(chunk: ActionChunkData) -> ActionChunk:
     return msg
 
 
-def action_chunk_from_msg(msg: ActionChunk) -> ActionChunkData:
-    actions = _matrix_from_flat(msg.actions, msg.horizon, msg.action_dim, 'ActionChunk')
-    return ActionChunkData(
-        stamp_s=time_from_msg(msg.header.stamp), actions=actions, dt_s=float(msg.dt_s),
-        sequence=int(msg.sequence), feature_sequence=int(msg.feature_sequence),
-        feature_age_s=float(msg.feature_age_s), reuse_index=int(msg.reuse_index),
-        sensor_stamp_s=time_from_msg(msg.sensor_window_stamp),
-        sensor_age_s=float(msg.sensor_age_s), inference_ms=float(msg.inference_ms),
-        mode=int(msg.mode))
-
-
 # --- stats and diagnostics ----------------------------------------------------------------
 
 def node_stats_to_msg(stats: NodeStatsData) -> NodeStats:
@@ -211,13 +142,6 @@ def node_stats_to_msg(stats: NodeStatsData) -> NodeStats:
     msg.input_age_s = float(stats.input_age_s)
     msg.published, msg.dropped = int(stats.published), int(stats.dropped)
     return msg
-
-
-def node_stats_from_msg(msg: NodeStats) -> NodeStatsData:
-    return NodeStatsData(
-        stamp_s=time_from_msg(msg.header.stamp), node=msg.node, rate_hz=msg.rate_hz,
-        latency_mean_ms=msg.latency_mean_ms, latency_p99_ms=msg.latency_p99_ms,
-        input_age_s=msg.input_age_s, published=msg.published, dropped=msg.dropped)
 
 
 _LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,

@@ -75,8 +75,9 @@ def _params_on_free_ports(path: Path) -> Path:
     doc['camera_bridge']['ros__parameters']['port'] = camera
     doc['robot_bridge']['ros__parameters']['port'] = robot
     doc['sensor_bridge']['ros__parameters']['port'] = sensor
-    doc['sim_cell']['ros__parameters'].update(camera_port=camera, robot_port=robot,
-                                              sensor_port=sensor)
+    doc['sim_cell']['ros__parameters'].update(
+        camera_port=camera, robot_port=robot, sensor_port=sensor,
+        command_port=_free_port(socket.SOCK_STREAM), episode_port=_free_port(socket.SOCK_STREAM))
     path.write_text(yaml.safe_dump(doc))
     return path
 

@@ -45,8 +45,9 @@ def _prepare(folder: Path) -> dict:
     doc['camera_bridge']['ros__parameters']['port'] = camera
     doc['robot_bridge']['ros__parameters']['port'] = robot
     doc['sensor_bridge']['ros__parameters']['port'] = sensor
-    doc['sim_cell']['ros__parameters'].update(camera_port=camera, robot_port=robot,
-                                              sensor_port=sensor)
+    doc['sim_cell']['ros__parameters'].update(
+        camera_port=camera, robot_port=robot, sensor_port=sensor,
+        command_port=_free_port(socket.SOCK_STREAM), episode_port=_free_port(socket.SOCK_STREAM))
     params = folder / 'params.yaml'
     params.write_text(yaml.safe_dump(doc))
     vlm = write_tiny_model(folder / 'vlm', seed=0)

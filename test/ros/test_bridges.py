@@ -25,7 +25,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, JointState
 
 from vla_insertion.conversions import sensor_window_from_msg, time_from_msg
-from vla_insertion.core.sim_scene import forward_kinematics
+from vla_insertion.core.sim.kinematics import forward_kinematics
 from vla_insertion.msg import SensorWindow
 from vla_insertion.nodes.common import (
     DIAGNOSTICS_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
@@ -54,7 +54,8 @@ def env(ros_env):
 @pytest.fixture(scope='module')
 def ports():
     return {'camera': free_port(socket.SOCK_STREAM), 'robot': free_port(socket.SOCK_STREAM),
-            'sensor': free_port(socket.SOCK_DGRAM)}
+            'sensor': free_port(socket.SOCK_DGRAM), 'command': free_port(socket.SOCK_STREAM),
+            'episode': free_port(socket.SOCK_STREAM)}
 
 
 def _stop(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
@@ -96,7 +97,8 @@ def start_sim(env, ports, *args) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, '-m', 'vla_insertion.tools.sim_cell', '--camera-port',
          str(ports['camera']), '--robot-port', str(ports['robot']), '--sensor-port',
-         str(ports['sensor']), *SIM_ARGS, *args],
+         str(ports['sensor']), '--command-port', str(ports['command']), '--episode-port',
+         str(ports['episode']), *SIM_ARGS, *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -143,6 +145,9 @@ def listener(rclpy_context, bridges):
 
 
 def test_streams_topics_units_stamps_and_windows(listener, env, ports, spin_until):
+    # the bridges listen before the cell sends: what a sender sends before that is lost, and
+    # counted (its sequence numbers start at 0), so the no-loss checks below need it
+    assert spin_until(listener.executor, lambda: len(listener.diagnostics) == 3, 30.0)
     sim = start_sim(env, ports)
     try:
         def enough():
@@ -169,10 +174,11 @@ def test_streams_topics_units_stamps_and_windows(listener, env, ports, spin_unti
     poses = {time_from_msg(m.header.stamp): m for _, m in listener.got['robot/pose']}
     _check_stamps(joints, max_age_s=0.5)
     _, last = joints[-1]
-    assert list(last.name) == [f'joint_{i}' for i in range(1, 7)]
-    q = np.array(last.position)
+    assert list(last.name) == [f'joint_{i}' for i in range(1, 7)] + ['gripper']
+    assert 0.0 <= last.position[6] <= 1.0                              # gripper, 0 open
+    q = np.array(last.position[:6])
     assert np.abs(q).max() < 2 * np.pi and np.abs(q).max() > 1.0      # rad, not degrees
-    matched = [(np.array(j.position), poses[time_from_msg(j.header.stamp)])
+    matched = [(np.array(j.position[:6]), poses[time_from_msg(j.header.stamp)])
                for _, j in joints if time_from_msg(j.header.stamp) in poses]
     assert len(matched) > 50
     for q, pose in matched[-20:]:

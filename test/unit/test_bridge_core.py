@@ -11,7 +11,7 @@ import zmq
 
 from vla_insertion.core.bridge import (
     BRIDGE_CAUSES, BridgeHealth, CONNECTIONS, DISCONNECTS, Drop, HANDSHAKE_FAILURES,
-    ReceiveLoop, UdpSource, ZmqSource)
+    ReceiveLoop, SessionTracker, STALE_SESSION, UdpSource, ZmqSource)
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.stream import StreamTracker
 from vla_insertion.core.wire import make_codec, OVERSIZED, RobotMessage, WireError
@@ -214,3 +214,13 @@ def test_a_peer_with_another_security_mechanism_is_counted():
     finally:
         loop.stop()
         context.destroy(linger=0)
+
+
+def test_session_tracker_counts_restarts_and_drops_old_sessions():
+    tracker = SessionTracker()
+    assert tracker.check(1) is False            # the first session is not a restart
+    assert tracker.check(1) is False
+    assert tracker.check(2) is True and tracker.restarts == 1
+    with pytest.raises(Drop) as info:
+        tracker.check(1)                        # a late message of the replaced sender
+    assert info.value.cause == STALE_SESSION and tracker.restarts == 1

@@ -94,13 +94,36 @@ def test_robot_state_round_trip():
     state = RobotState(stamp_s=5.0, joint_positions_rad=np.radians([10, 20, 30, 40, 50, 60]),
                        tool_position_m=np.array([0.4, -0.1, 0.3]),
                        tool_orientation_xyzw=np.array([0.0, 0.0, math.sin(0.25), math.cos(0.25)]),
-                       gripper=0.5)
+                       gripper=0.8)
     joints, pose = conv.robot_state_to_msgs(state)
-    assert joints.name == list(state.joint_names)
-    back = conv.robot_state_from_msgs(joints, pose, gripper=0.5)
+    assert joints.name == list(state.joint_names) + ['gripper']
+    assert joints.position[-1] == pytest.approx(0.8)
+    back = conv.robot_state_from_msgs(joints, pose)
+    assert back.gripper == pytest.approx(0.8)             # carried in the message, not by hand
+    assert back.joint_names == state.joint_names
     np.testing.assert_allclose(back.joint_positions_rad, state.joint_positions_rad)
     np.testing.assert_allclose(back.tool_position_m, state.tool_position_m)
     np.testing.assert_allclose(back.tool_orientation_xyzw, state.tool_orientation_xyzw)
+
+
+def test_robot_state_is_stamped_with_the_older_of_joints_and_pose():
+    state = RobotState(stamp_s=5.0, joint_positions_rad=np.zeros(6),
+                       tool_position_m=np.zeros(3), tool_orientation_xyzw=np.array([0, 0, 0, 1.0]))
+    joints, pose = conv.robot_state_to_msgs(state)
+    pose.header.stamp = conv.time_to_msg(4.5)
+    assert conv.robot_state_from_msgs(joints, pose).stamp_s == pytest.approx(4.5)
+    joints.header.stamp = conv.time_to_msg(4.0)
+    assert conv.robot_state_from_msgs(joints, pose).stamp_s == pytest.approx(4.0)
+
+
+def test_joint_state_without_gripper_and_with_gripper_anywhere():
+    joints = conv.JointState(name=['j1', 'gripper', 'j2'], position=[0.1, 0.3, 0.2])
+    stamp, positions = conv.joint_state_from_msg(joints)
+    np.testing.assert_allclose(positions, [0.1, 0.2])
+    assert conv.gripper_from_msg(joints) == pytest.approx(0.3)
+    assert conv.gripper_from_msg(conv.JointState(name=['j1'], position=[0.1])) is None
+    with pytest.raises(conv.ConversionError):
+        conv.gripper_from_msg(conv.JointState(name=['j1', 'gripper'], position=[0.1]))
 
 
 def test_camera_frame_round_trip():

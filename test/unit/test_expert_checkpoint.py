@@ -11,10 +11,10 @@ from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData
 from vla_insertion.core.expert.checkpoint import (
     check_features, CheckpointError, ContractMismatch, load_checkpoint)
 from vla_insertion.core.expert.policy import ExpertPolicy, ObservationError
+from vla_insertion.core.expert.presets import make_untrained_checkpoint
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.interfaces import ExpertObservation
 from vla_insertion.tools.make_untrained_checkpoint import main as tool_main
-from vla_insertion.tools.make_untrained_checkpoint import make_untrained_checkpoint
 
 CONTRACT = FeatureContract(model_id='tiny-test-vlm', reduction='image_token_grid_pool',
                            num_tokens=6, feature_dim=32, image_width=64, image_height=36,

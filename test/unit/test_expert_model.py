@@ -4,7 +4,7 @@ import torch
 
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.expert.model import ActionExpert, count_parameters, ExpertModelConfig
-from vla_insertion.tools.make_untrained_checkpoint import PRESETS
+from vla_insertion.core.expert.presets import PRESETS
 
 SMALL = dict(PRESETS['small'], feature_tokens=6, feature_dim=32)
 

@@ -8,11 +8,11 @@ from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData
 from vla_insertion.core.expert.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from vla_insertion.core.expert.model import ActionExpert, ExpertModelConfig
 from vla_insertion.core.expert.policy import ExpertPolicy
+from vla_insertion.core.expert.presets import PRESETS
 from vla_insertion.core.expert.training import (
     chunk_targets, dataset_loss, ExpertDataset, fit_normalization, train)
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.interfaces import ExpertObservation
-from vla_insertion.tools.make_untrained_checkpoint import PRESETS
 
 CONTRACT = FeatureContract(model_id='tiny-test-vlm', reduction='image_token_grid_pool',
                            num_tokens=6, feature_dim=32, image_width=64, image_height=36,

@@ -9,7 +9,7 @@ import pytest
 
 from vla_insertion.core import config as config_module
 from vla_insertion.core import launch_table as lt
-from vla_insertion.core.config import config_from_dict, load_node_params
+from vla_insertion.core import params as ros_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / 'config' / 'vla_insertion.yaml'
@@ -43,10 +43,9 @@ def test_every_executable_is_a_console_script_with_a_main(spec):
 @pytest.mark.parametrize('spec', lt.NODES, ids=[n.name for n in lt.NODES])
 def test_params_file_section_builds_the_node_config(spec):
     cls = _config_class(spec)
-    params = load_node_params(PARAMS, spec.name)
-    params.pop('use_sim_time', None)
-    assert params, f'{PARAMS.name} has no section for {spec.name}'
-    config = config_from_dict(cls, params)  # unknown names and invalid values raise
+    assert ros_params.node_params(PARAMS, spec.name), f'{PARAMS.name} has no section for ' \
+        f'{spec.name}'
+    config = ros_params.load_config(cls, spec.name, PARAMS)  # unknown names, bad values raise
     assert dataclasses.is_dataclass(config)
 
 

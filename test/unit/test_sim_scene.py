@@ -1,4 +1,4 @@
-"""The simulated cell: kinematics, trajectory, contact forces, rendering, config, faults."""
+"""The scripted cell: kinematics, trajectory, contact forces, rendering, config, faults."""
 import io
 
 import numpy as np
@@ -7,9 +7,11 @@ import pytest
 
 from vla_insertion.core import wire
 from vla_insertion.core.config import ConfigError
-from vla_insertion.core.sim_render import SceneRenderer
-from vla_insertion.core.sim_scene import (
-    DOWN, forward_kinematics, INSERT_DEPTH_M, RELEASE_AT, SimScene)
+from vla_insertion.core.sim import SimCell
+from vla_insertion.core.sim.geometry import INSERT_DEPTH_M
+from vla_insertion.core.sim.kinematics import DOWN, forward_kinematics
+from vla_insertion.core.sim.render import SceneRenderer
+from vla_insertion.core.sim.scripted import RELEASE_AT, ScriptedCell, SimScene
 from vla_insertion.tools import sim_cell
 
 
@@ -50,7 +52,7 @@ def test_insertion_reaches_depth_and_force_rises_on_contact(scene):
 
 
 def test_views_differ_and_follow_the_robot(scene):
-    renderer = SceneRenderer(scene, ('a', 'b', 'c'), 160, 90)
+    renderer = SceneRenderer(('a', 'b', 'c'), 160, 90)
     early = [np.asarray(renderer.render(v, scene.state_at(0.5)), np.int16) for v in range(3)]
     late = np.asarray(renderer.render(0, scene.state_at(6.0)), np.int16)
     assert early[0].shape == (90, 160, 3)
@@ -58,6 +60,30 @@ def test_views_differ_and_follow_the_robot(scene):
     assert np.abs(early[0] - late).mean() > 1                     # the arm moved
     jpeg = renderer.render_jpeg(1, scene.state_at(1.0), quality=70)
     assert Image.open(io.BytesIO(jpeg)).size == (160, 90)
+
+
+def test_renderer_draws_the_live_cell_and_its_hole():
+    renderer = SceneRenderer(('a',), 160, 90)
+    first = SimCell(seed=0).state()
+    other = SimCell(seed=0, first_episode=5).state()                 # another hole position
+    assert not np.allclose(first.hole_top_m, other.hole_top_m)
+    a = np.asarray(renderer.render(0, first), np.int16)
+    b = np.asarray(renderer.render(0, other), np.int16)
+    assert np.abs(a - b).mean() > 0.2                                # the block moved
+
+
+def test_scripted_cell_reports_episodes(scene):
+    cell = ScriptedCell(scene, seed=3)
+    first = cell.episode_reports(0.5, status=True)
+    assert [m.event for m in first] == ['start', 'status']
+    assert first[0].control == 'scripted' and first[0].episode == 0
+    np.testing.assert_allclose(first[0].hole_m, scene.holes[0])
+    assert cell.episode_reports(5.0, status=False) == []
+    later = cell.episode_reports(10.5, status=False)
+    assert [(m.event, m.episode, m.reason, m.success) for m in later] == [
+        ('end', 0, 'scripted', None), ('start', 1, None, None)]
+    samples = cell.sensor_samples(np.array([6.0, 6.01]), np.random.default_rng(0))
+    assert samples.shape == (2, 7) and samples.dtype == np.float32
 
 
 def test_sim_cell_config_layers(tmp_path):
@@ -69,6 +95,26 @@ def test_sim_cell_config_layers(tmp_path):
         5.0, 4, ('left', 'right'), True)
     with pytest.raises(ConfigError):
         sim_cell.load_config(['--jpeg-quality', '0'])
+
+
+@pytest.mark.parametrize('flag,value', [('--control', 'teleop'), ('--command-port', '0'),
+                                        ('--episode-port', '70000'),
+                                        ('--episode-timeout-s', '0'),
+                                        ('--max-contact-force-n', '-1'),
+                                        ('--physics-rate-hz', '50'),
+                                        ('--reference-latency-s', '2')])
+def test_sim_cell_refuses_bad_control_settings(flag, value):
+    with pytest.raises(ConfigError):
+        sim_cell.load_config([flag, value])
+
+
+def test_sim_cell_control_modes_build_their_cells():
+    for control in ('commands', 'reference', 'scripted'):
+        config, _ = sim_cell.load_config(['--control', control])
+        cell = sim_cell.build_cell(config)
+        assert cell.control == control
+        state = cell.state_at(0.3)
+        assert state.joints_rad.shape == (6,) and state.tip_m.shape == (3,)
 
 
 @pytest.mark.parametrize('kind,cause', [('malformed', wire.BAD_MAGIC),

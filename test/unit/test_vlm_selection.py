@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from vla_insertion.core.config import (
-    config_from_dict, ConfigError, field_docs, load_node_params, VlmConfig)
+from vla_insertion.core.config import ConfigError, field_docs, VlmConfig
 from vla_insertion.core.data import CameraFrame
+from vla_insertion.core.params import load_config
 from vla_insertion.core.vlm.selection import (
     FUTURE_STAMP, KEPT, LatestFrames, MISSING_VIEWS, NO_NEW_FRAMES, OUT_OF_ORDER, OUT_OF_SYNC,
     READY, STALE_VIEWS, UNKNOWN_VIEW)
@@ -168,6 +168,6 @@ def test_params_yaml_loads_into_the_config(tmp_path):
     params = tmp_path / 'params.yaml'
     params.write_text('vlm_node:\n  ros__parameters:\n    view_names: [a, b]\n'
                       '    sync_tolerance_s: 1\n    mode: sync\n')
-    config = config_from_dict(VlmConfig, load_node_params(params, 'vlm_node'))
+    config = load_config(VlmConfig, 'vlm_node', params)
     assert config.view_names == ('a', 'b') and config.sync_tolerance_s == 1.0
     assert config.mode == 'sync'

@@ -8,8 +8,8 @@ import pytest
 
 from vla_insertion.core import wire
 from vla_insertion.core.wire import (
-    CameraMessage, CommandMessage, FLAG_ARMED, FLAG_HOLD, make_codec, RobotMessage, SensorBatch,
-    WireError)
+    CameraMessage, CommandMessage, EpisodeMessage, FLAG_ARMED, FLAG_HOLD, make_codec,
+    RobotMessage, SensorBatch, WireError)
 
 JPEG = b'\xff\xd8\xff\xe0' + bytes(range(60)) + b'\xff\xd9'
 CAMERA = CameraMessage(view='zed_1', capture_time_s=1700000000.25, width=640, height=360,
@@ -19,16 +19,23 @@ ROBOT = RobotMessage(sender_time_s=1700000000.5, joints_deg=(10.0, -90.0, 90.0, 
                      gripper=1.0, session=3, sequence=9)
 SENSOR = SensorBatch(sequence=100, times_s=np.array([10.0, 10.001, 10.002]),
                      samples=np.arange(6, dtype=np.float32).reshape(3, 2), session=5)
-COMMAND = CommandMessage(sender_time_s=1700000000.75, positions_rad=(0.1, -1.7, 1.7, -1.6, -1.6, 0.0),
+COMMAND = CommandMessage(sender_time_s=1700000000.75,
+                         positions_rad=(0.1, -1.7, 1.7, -1.6, -1.6, 0.0),
                          velocities_rad_s=(0.01, 0.0, -0.02, 0.0, 0.0, 0.5), gripper=1.0,
                          lead_s=0.02, timeout_s=0.1, flags=FLAG_ARMED, session=11, sequence=12)
+EPISODE = EpisodeMessage(sender_time_s=1700000001.0, event='end', episode=4, seed=7,
+                         hole_m=(-0.41, -0.28, 0.05), control='commands', state='settling',
+                         elapsed_s=6.25, depth_m=0.0241, force_n=11.0, peak_force_n=14.5,
+                         mean_force_n=6.5, max_depth_m=0.0241, success=True, reason='success',
+                         time_to_insert_s=6.25, session=21, sequence=22)
 GOOD = {'camera_v1': CAMERA, 'robot_v1': ROBOT, 'robot_msgpack_v1': ROBOT, 'sensor_v1': SENSOR,
-        'command_v1': COMMAND}
+        'command_v1': COMMAND, 'episode_v1': EPISODE}
 
 
 def test_registry_names_and_streams():
-    assert wire.codec_names() == ['camera_v1', 'command_v1', 'robot_msgpack_v1', 'robot_v1',
-                                  'sensor_v1']
+    assert wire.codec_names() == ['camera_v1', 'command_v1', 'episode_v1', 'robot_msgpack_v1',
+                                  'robot_v1', 'sensor_v1']
+    assert wire.codec_names('episode') == ['episode_v1']
     assert wire.codec_names('command') == ['command_v1']
     assert wire.codec_names('robot') == ['robot_msgpack_v1', 'robot_v1']
     with pytest.raises(KeyError):
@@ -90,6 +97,21 @@ def test_robot_v1_fixture():
     assert (msg.gripper, msg.session, msg.sequence) == (0.5, 3, 9)
 
 
+def test_episode_v1_fixture():
+    import msgpack
+    doc = {'magic': 'VLAE', 'v': 1, 'session': 21, 'seq': 22, 't': 100.0, 'event': 'status',
+           'episode': 3, 'seed': 9, 'hole_m': [-0.4, -0.3, 0.05], 'control': 'reference',
+           'state': 'running', 'elapsed_s': 2.5, 'depth_m': 0.01, 'force_n': 6.0,
+           'peak_force_n': 7.0, 'mean_force_n': 5.0, 'max_depth_m': 0.01, 'success': None,
+           'reason': None, 'time_to_insert_s': None}
+    msg = make_codec('episode_v1').decode(msgpack.packb(doc))
+    assert msg == EpisodeMessage(
+        sender_time_s=100.0, event='status', episode=3, seed=9, hole_m=(-0.4, -0.3, 0.05),
+        control='reference', state='running', elapsed_s=2.5, depth_m=0.01, force_n=6.0,
+        peak_force_n=7.0, mean_force_n=5.0, max_depth_m=0.01, session=21, sequence=22)
+    assert msgpack.unpackb(make_codec('episode_v1').encode(msg)) == doc
+
+
 def test_sensor_v1_fixture():
     data = (b'VLAS\x01\x02' + (2).to_bytes(2, 'little') + (5).to_bytes(4, 'little')
             + (4294967295).to_bytes(4, 'little') + struct.pack('<2d', 1.0, 1.5)
@@ -128,6 +150,15 @@ SENSOR_BYTES = make_codec('sensor_v1').encode(SENSOR)
 ROBOT_BYTES = make_codec('robot_v1').encode(ROBOT)
 ROBOT_MSGPACK = make_codec('robot_msgpack_v1').encode(ROBOT)
 COMMAND_BYTES = make_codec('command_v1').encode(COMMAND)
+
+
+def _episode(**changes):
+    values = {f: getattr(EPISODE, f) for f in EPISODE.__dataclass_fields__}
+    values.update(changes)
+    return make_codec('episode_v1').encode(EpisodeMessage(**values))
+
+
+EPISODE_BYTES = make_codec('episode_v1').encode(EPISODE)
 
 
 def _command(**changes):
@@ -184,6 +215,18 @@ BAD_CASES = [
     ('command_v1', _command(lead_s=2.0), wire.BAD_VALUE),
     ('command_v1', _command(timeout_s=0.0), wire.BAD_VALUE),
     ('command_v1', _command(flags=0x80), wire.BAD_VALUE),
+    ('episode_v1', EPISODE_BYTES[:40], wire.TRUNCATED),
+    ('episode_v1', EPISODE_BYTES + b'\x00', wire.OVERSIZED),
+    ('episode_v1', b'\x81\xa5magic\xa4VLAR', wire.BAD_MAGIC),
+    ('episode_v1', EPISODE_BYTES.replace(b'\xa1v\x01', b'\xa1v\x02'), wire.BAD_VERSION),
+    ('episode_v1', _episode(hole_m=(0.0, 0.0)), wire.BAD_COUNT),
+    ('episode_v1', _episode(peak_force_n=math.nan), wire.NON_FINITE),
+    ('episode_v1', _episode(time_to_insert_s=math.inf), wire.NON_FINITE),
+    ('episode_v1', _episode(event='begin'), wire.BAD_VALUE),
+    ('episode_v1', _episode(reason='crashed'), wire.BAD_VALUE),
+    ('episode_v1', _episode(event='status'), wire.BAD_VALUE),     # a reason without an end
+    ('episode_v1', _episode(reason=None), wire.BAD_VALUE),        # an end without a reason
+    ('episode_v1', _episode(control='teleop'), wire.BAD_VALUE),
 ]
 
 
@@ -273,3 +316,6 @@ def test_fuzz_msgpack_documents(doc):
             'joints_deg': [0.0] * 6, 'pos_mm': [0.0] * 3, 'rot_deg': [0.0] * 3, 'gripper': 0.0}
     for key in list(base):
         _decode_or_wire_error('robot_msgpack_v1', msgpack.packb({**base, key: doc}))
+    episode = msgpack.unpackb(make_codec('episode_v1').encode(EPISODE))
+    for key in list(episode):
+        _decode_or_wire_error('episode_v1', msgpack.packb({**episode, key: doc}))

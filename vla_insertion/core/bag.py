@@ -182,39 +182,6 @@ def _cdr_endian(data: bytes | memoryview) -> str:
     return '<' if data[1] & 1 else '>'
 
 
-# --- the documented topics -----------------------------------------------------------------
-
-# name suffix -> (message type, QoS kind of its publisher, see nodes/common.py)
-_KNOWN = (
-    ('/image/compressed', 'sensor_msgs/msg/CompressedImage', 'sensor'),
-    ('robot/joint_states', 'sensor_msgs/msg/JointState', 'robot'),
-    ('robot/pose', 'geometry_msgs/msg/PoseStamped', 'robot'),
-    ('sensor/window', 'vla_insertion/msg/SensorWindow', 'window'),
-    ('vla/features', 'vla_insertion/msg/VLFeatures', 'latest'),
-    ('vla/feature_request', 'std_msgs/msg/Header', 'latest'),
-    ('vla/action_chunk', 'vla_insertion/msg/ActionChunk', 'state'),
-    ('vla/stats', 'vla_insertion/msg/NodeStats', 'latest'),
-    ('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 'diagnostics'),
-    ('/clock', 'rosgraph_msgs/msg/Clock', 'clock'),
-)
-
-
-def known_topic(topic: str) -> tuple[str, str] | None:
-    """Return (message type, QoS kind) of a documented topic, whatever its namespace."""
-    name = '/' + topic.lstrip('/')
-    for suffix, msgtype, kind in _KNOWN:
-        if name.endswith('/' + suffix.lstrip('/')):
-            return msgtype, kind
-    return None
-
-
-def topic_matches(topic: str, wanted: str) -> bool:
-    """Return whether a recorded topic name is `wanted` (relative names match any namespace)."""
-    if wanted.startswith('/'):
-        return topic == wanted
-    return topic == wanted or topic.endswith('/' + wanted)
-
-
 # --- writer -------------------------------------------------------------------------------
 
 @dataclasses.dataclass

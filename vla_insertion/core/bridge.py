@@ -10,6 +10,7 @@ back-off, so the loop survives anything the network does.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 import logging
 import math
@@ -46,6 +47,37 @@ _MONITORED = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: HANDSHAKE_FAILURES,
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: HANDSHAKE_FAILURES,
 }
+
+
+class SessionTracker:
+    """Follow a sender's session id: a new id is a restart, an id seen before is stale.
+
+    For a stream without clock or sequence checks (sim_cell's command receiver); the bridges
+    use core.stream.StreamTracker, which also serves an older session that is still sending.
+
+    ZMQ fair-queues between a restarted sender's old and new connections, so a few messages of
+    the old session can arrive after the first of the new one; they must not count as another
+    restart.
+    """
+
+    def __init__(self, remember: int = 16) -> None:
+        self.current: int | None = None
+        self.restarts = 0
+        self._previous: deque[int] = deque(maxlen=remember)
+
+    def check(self, session: int) -> bool:
+        """Return True if `session` starts a new sender instance; Drop if it is an old one."""
+        if session == self.current:
+            return False
+        if session in self._previous:
+            raise Drop(STALE_SESSION, f'message from the sender session {session:#x} '
+                                      f'that was replaced')
+        restarted = self.current is not None
+        if restarted:
+            self.restarts += 1
+            self._previous.append(self.current)
+        self.current = session
+        return restarted
 
 
 class ZmqSource:

@@ -3,7 +3,7 @@
 Each component's config is a frozen dataclass whose fields carry one comment with the unit;
 `__post_init__` raises ConfigError with the offending value. Nodes declare one ROS parameter per
 field (the comment becomes the parameter description, see `field_docs`) and tools load the same
-fields from the ROS params YAML in config/ with `load_node_params`.
+fields from the ROS params YAML in config/ with `core.params.load_config`.
 """
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import functools
 import inspect
 import io
 import math
-from pathlib import Path
 import re
 import tokenize
 import typing
 
-import yaml
+from vla_insertion.core.topics import RECORDED
 
 
 class ConfigError(ValueError):
@@ -96,11 +95,11 @@ def _coerce(value, hint):
     return value
 
 
-def config_from_dict(cls: type, values: dict, *, ignore_unknown: bool = False):
-    """Build a config dataclass from plain values, refusing unknown keys unless told not to."""
+def config_from_dict(cls: type, values: dict):
+    """Build a config dataclass from plain values, refusing unknown keys."""
     types = field_types(cls)
     unknown = set(values) - set(types)
-    if unknown and not ignore_unknown:
+    if unknown:
         raise ConfigError(f'{cls.__name__}: unknown parameter(s) {sorted(unknown)}; '
                           f'known: {sorted(types)}')
     kwargs = {}
@@ -120,25 +119,6 @@ def config_to_dict(config) -> dict:
         value = getattr(config, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
-
-
-# --- ROS params YAML ----------------------------------------------------------------------
-
-def load_node_params(path: str | Path, node_name: str) -> dict:
-    """Parameters of one node from a ROS 2 params file (`/**` entries apply to every node)."""
-    with open(path, encoding='utf-8') as f:
-        doc = yaml.safe_load(f) or {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f'{path}: expected a mapping of node names, got {type(doc).__name__}')
-    params: dict = {}
-    for key in ('/**', node_name, f'/{node_name}'):
-        entry = doc.get(key) or {}
-        params.update(entry.get('ros__parameters', {}) or {})
-    for key, entry in doc.items():
-        # namespaced entries such as /cell_a/vlm_node
-        if isinstance(key, str) and re.fullmatch(rf'/?[\w/]*/{re.escape(node_name)}', key):
-            params.update((entry or {}).get('ros__parameters', {}) or {})
-    return params
 
 
 # --- VLM ----------------------------------------------------------------------------------
@@ -259,6 +239,7 @@ class ExpertConfig:
 DEFAULT_VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
 DEFAULT_SENSOR_CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 SIM_STREAMS = ('cameras', 'robot', 'sensor')
+SIM_CONTROLS = ('commands', 'reference', 'scripted')
 
 
 def require_host(name: str, value: str) -> None:
@@ -386,8 +367,20 @@ class SimCellConfig:
     robot_rate_hz: float = 100.0   # robot state rate [Hz]
     sensor_rate_hz: float = 650.0  # sensor sample rate [Hz]
     sensor_batch: int = 10         # samples per UDP datagram [samples]
-    episode_s: float = 10.0        # duration of one approach-insert-retract episode [s]
+    episode_s: float = 10.0        # control scripted: length of one played episode [s]
     clock_offset_s: float = 0.0    # senders' clock minus the local clock, to test calibration [s]
+    control: str = 'commands'      # who moves the arm: commands (command_v1), reference, scripted
+    command_bind: str = '127.0.0.1'  # interface the command PULL socket binds (control commands)
+    command_port: int = 5557       # TCP port the chunk executor pushes command_v1 to
+    episode_bind: str = '127.0.0.1'  # interface the episode_v1 PUB socket binds
+    episode_port: int = 5558       # TCP port of the episode reports (the evaluation subscribes)
+    episode_period_s: float = 1.0  # time between episode status reports [s]
+    episode_log: str = ''          # also append episode starts and ends as JSON lines here
+    episode_timeout_s: float = 20.0  # an episode not inserted after this long fails [s]
+    max_contact_force_n: float = 50.0  # contact force above this fails the episode [N]
+    settle_s: float = 0.5          # arm held after an episode's outcome, then the next one [s]
+    physics_rate_hz: float = 1000.0  # integration rate of the arm and the contact [Hz]
+    reference_latency_s: float = 0.1  # control reference: observation -> chunk delay [s]
     seed: int = 0                  # seed of every random choice (scene variation, noise)
     duration_s: float = 0.0        # stop after this long, 0 = until SIGINT/SIGTERM [s]
     faults: bool = False           # inject malformed, truncated, oversized, NaN, stale packets
@@ -395,9 +388,9 @@ class SimCellConfig:
     fault_report: str = ''         # write injected-fault counts as JSON here on exit ('' = no)
 
     def __post_init__(self) -> None:
-        for name in ('camera_host', 'robot_bind', 'sensor_host'):
+        for name in ('camera_host', 'robot_bind', 'sensor_host', 'command_bind', 'episode_bind'):
             require_host(name, getattr(self, name))
-        for name in ('camera_port', 'robot_port', 'sensor_port'):
+        for name in ('camera_port', 'robot_port', 'sensor_port', 'command_port', 'episode_port'):
             require_port(name, getattr(self, name))
         require(len(self.streams) > 0 and set(self.streams) <= set(SIM_STREAMS),
                 f'streams must be a non-empty subset of {list(SIM_STREAMS)}, '
@@ -418,6 +411,18 @@ class SimCellConfig:
         require_int_range('seed', self.seed, 0, 2**32 - 1)
         require_non_negative('duration_s', self.duration_s)
         require(isinstance(self.faults, bool), f'faults must be a bool, got {self.faults!r}')
+        require_one_of('control', self.control, SIM_CONTROLS)
+        require(isinstance(self.episode_log, str),
+                f'episode_log must be a file path or empty, got {self.episode_log!r}')
+        for name in ('episode_period_s', 'episode_timeout_s', 'max_contact_force_n'):
+            require_positive(name, getattr(self, name))
+        require_non_negative('settle_s', self.settle_s)
+        require(isinstance(self.physics_rate_hz, (int, float))
+                and 100.0 <= self.physics_rate_hz <= 10_000.0,
+                f'physics_rate_hz must be in 100..10000 Hz, got {self.physics_rate_hz!r}')
+        require(isinstance(self.reference_latency_s, (int, float))
+                and 0.0 <= self.reference_latency_s <= 1.0,
+                f'reference_latency_s must be in 0..1 s, got {self.reference_latency_s!r}')
         require_positive('fault_period_s', self.fault_period_s)
         require(isinstance(self.fault_report, str),
                 f'fault_report must be a path or empty, got {self.fault_report!r}')
@@ -426,11 +431,6 @@ class SimCellConfig:
 # --- recording and evaluation -------------------------------------------------------------
 
 BAG_STORAGES = ('mcap', 'sqlite3')
-# The documented recorded topic set (docs/evaluation.md): every camera view, the robot, the
-# sensor windows, the pipeline's outputs and health. Relative names, as the nodes publish them.
-RECORDED_TOPICS = tuple(f'cameras/{view}/image/compressed' for view in DEFAULT_VIEWS) + (
-    'robot/joint_states', 'robot/pose', 'sensor/window', 'vla/features', 'vla/feature_request',
-    'vla/action_chunk', 'vla/stats', '/diagnostics')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,7 +440,7 @@ class BagRecorderConfig:
     output_dir: str = 'artifacts/bags'  # folder in which the bag folder is created
     bag_name: str = ''             # bag folder name, '' = vla_<YYYYmmdd_HHMMSS>
     storage: str = 'mcap'          # rosbag2 storage: 'mcap' or 'sqlite3'
-    topics: tuple[str, ...] = RECORDED_TOPICS  # topics to record (types found in the graph)
+    topics: tuple[str, ...] = RECORDED  # topics or patterns (cameras/*/...) to record
     split_duration_s: float = 10.0  # start a new bag file this often, 0 = one file [s]
     flush_period_s: float = 1.0    # flush the open file this often (crash recovery) [s]
     reliable_depth: int = 1000     # subscription queue of reliable topics [messages]
@@ -483,6 +483,7 @@ class BagPlayerConfig:
     restamp: bool = False          # shift header stamps to the current wall clock
     start_delay_s: float = 0.5     # wait up to this long for a subscriber on every topic [s]
     exit_when_done: bool = True    # shut down at the end of the bag (unless loop)
+    report: str = ''               # write what was played and the restamp shift here (JSON)
 
     def __post_init__(self) -> None:
         require(isinstance(self.bag, str), f'bag must be a folder path, got {self.bag!r}')
@@ -495,3 +496,5 @@ class BagPlayerConfig:
         for name in ('loop', 'clock', 'restamp', 'exit_when_done'):
             require(isinstance(getattr(self, name), bool),
                     f'{name} must be a bool, got {getattr(self, name)!r}')
+        require(isinstance(self.report, str), f'report must be a path or empty, got '
+                f'{self.report!r}')

@@ -58,6 +58,10 @@ NODES: tuple[NodeSpec, ...] = (
     NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record'),
 )
 
+# Programs that tools start next to the table's nodes, never the launch file: the player of a
+# timing-faithful replay (core/replay.py).
+BAG_PLAYER = NodeSpec('bag_player', 'bag_player', 'BagPlayerConfig')
+
 TRUE_WORDS = ('true', '1', 'yes', 'on')
 
 
@@ -76,15 +80,35 @@ def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, 
             if arguments.get(arg, '')}
 
 
+def spec_named(name: str) -> NodeSpec:
+    """Return the spec of a node of the table (or the bag player) by name."""
+    for spec in NODES + (BAG_PLAYER,):
+        if spec.name == name:
+            return spec
+    raise KeyError(f'no node {name!r} in the launch table')
+
+
+def installed_paths() -> tuple[Path, Path]:
+    """Return (executable folder, shipped params file) of the installed package."""
+    from ament_index_python.packages import get_package_prefix, get_package_share_directory
+    lib_dir = Path(get_package_prefix('vla_insertion')) / 'lib' / 'vla_insertion'
+    params = Path(get_package_share_directory('vla_insertion')) / 'config' / 'vla_insertion.yaml'
+    return lib_dir, params
+
+
 def command_for(spec: NodeSpec, executable_dir: Path | str, params_file: Path | str,
-                arguments: dict[str, str]) -> list[str]:
-    """Return the command line that launch_ros would build for this node."""
+                arguments: dict[str, str], extra: dict[str, object] | None = None
+                ) -> list[str]:
+    """Return the command line that launch_ros would build for this node.
+
+    `extra`: further parameters a tool sets (e.g. the replay's bag), after the overrides.
+    """
     cmd = [str(Path(executable_dir) / spec.executable)]
-    overrides = parameter_overrides(spec, arguments)
+    overrides = {**parameter_overrides(spec, arguments), **(extra or {})}
     if not spec.ros_node:
         cmd += ['--params-file', str(params_file)]
         for param, value in overrides.items():
-            cmd += [f'--{param.replace("_", "-")}', value]
+            cmd += [f'--{param.replace("_", "-")}', str(value)]
         return cmd
     cmd += ['--ros-args', '-r', f'__node:={spec.name}', '--params-file', str(params_file)]
     namespace = arguments.get('namespace', '')
@@ -93,5 +117,14 @@ def command_for(spec: NodeSpec, executable_dir: Path | str, params_file: Path | 
     if is_true(arguments.get('use_sim_time', 'false')):
         cmd += ['-p', 'use_sim_time:=true']
     for param, value in overrides.items():
-        cmd += ['-p', f'{param}:={value}']
+        cmd += ['-p', f'{param}:={_param_text(value)}']
     return cmd
+
+
+def _param_text(value) -> str:
+    """Return a parameter value as `-p name:=<text>` wants it (YAML)."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (list, tuple)):
+        return '[' + ','.join(repr(str(v)) for v in value) + ']'
+    return str(value)

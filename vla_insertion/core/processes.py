@@ -151,3 +151,20 @@ def _group_has_live_member(pgid: int) -> bool:
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != 'Z':
             return True
     return False
+
+
+def set_fifo_priority(priority: int) -> str | None:
+    """Run every thread of this process under SCHED_FIFO `priority`; return why not, or None.
+
+    Every thread, not only a control loop: a tick needs the GIL, and a normal-priority thread
+    preempted by another process while holding it would stall the tick (priority inversion).
+    Threads created later inherit the policy. Needs CAP_SYS_NICE or an rtprio limit.
+    """
+    try:
+        param = os.sched_param(priority)
+        os.sched_setscheduler(0, os.SCHED_FIFO, param)
+        for task in os.listdir('/proc/self/task'):
+            os.sched_setscheduler(int(task), os.SCHED_FIFO, param)
+    except (AttributeError, OSError) as exc:
+        return str(exc)
+    return None

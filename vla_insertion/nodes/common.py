@@ -6,6 +6,8 @@ standard main().
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
+import importlib
 import signal
 import threading
 import typing
@@ -28,36 +30,48 @@ from vla_insertion.conversions import diagnostic_status_to_msg, node_stats_to_ms
 from vla_insertion.core.config import config_from_dict, ConfigError, field_docs, field_types
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import HealthReport
+from vla_insertion.core.params import unknown_parameters
+from vla_insertion.core.topics import DIAGNOSTICS, QOS, STATS, Topic
 from vla_insertion.msg import NodeStats
 
-# Camera and high-rate sensor inputs: the newest sample matters, a lost one is not resent.
-SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
-                        history=HistoryPolicy.KEEP_LAST, depth=5,
-                        durability=DurabilityPolicy.VOLATILE)
-# Sensor windows: every window is a complete state, so the expert needs only the newest; kept
-# reliable with a history of ~1.5 s at 65 Hz so a recorder starved of CPU for a moment still
-# gets every window (a reliable reader loses what the writer's history no longer holds).
-WINDOW_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
-                        history=HistoryPolicy.KEEP_LAST, depth=100,
-                        durability=DurabilityPolicy.VOLATILE)
-# Robot state at 100 Hz: reliable, 200 ms of history for the same reason.
-ROBOT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
-                       history=HistoryPolicy.KEEP_LAST, depth=20,
-                       durability=DurabilityPolicy.VOLATILE)
-# Action chunks (and state-like outputs): reliable, only the newest matters.
-STATE_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
-                       history=HistoryPolicy.KEEP_LAST, depth=2,
-                       durability=DurabilityPolicy.VOLATILE)
-LATEST_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
-                        history=HistoryPolicy.KEEP_LAST, depth=1,
-                        durability=DurabilityPolicy.VOLATILE)
-# Static metadata: late joiners get the last value.
-STATIC_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
-                        history=HistoryPolicy.KEEP_LAST, depth=1,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
-DIAGNOSTICS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
-                             history=HistoryPolicy.KEEP_LAST, depth=10,
-                             durability=DurabilityPolicy.VOLATILE)
+
+def qos_profile(kind: str) -> QoSProfile:
+    """Build the rclpy profile of a QoS kind of the topic table (core/topics.py QOS)."""
+    spec = QOS[kind]
+    return QoSProfile(
+        reliability=ReliabilityPolicy.RELIABLE if spec.reliable else ReliabilityPolicy.BEST_EFFORT,
+        history=HistoryPolicy.KEEP_LAST, depth=spec.depth,
+        durability=(DurabilityPolicy.TRANSIENT_LOCAL if spec.transient_local
+                    else DurabilityPolicy.VOLATILE))
+
+
+# The profiles by name, for code that has no Topic at hand (the reasons are in core/topics.py).
+SENSOR_QOS = qos_profile('sensor')
+WINDOW_QOS = qos_profile('window')
+ROBOT_QOS = qos_profile('robot')
+STATE_QOS = qos_profile('state')
+LATEST_QOS = qos_profile('latest')
+STATIC_QOS = qos_profile('static')
+DIAGNOSTICS_QOS = qos_profile('diagnostics')
+
+
+def message_class(msgtype: str):
+    """Return the generated class of 'pkg/msg/Type'."""
+    package, _, name = msgtype.split('/')
+    return getattr(importlib.import_module(f'{package}.msg'), name)
+
+
+def publisher(node: Node, msg_type, topic: Topic, name: str | None = None, **kwargs):
+    """Create a publisher on a table topic with the table's QoS (`name` for camera views)."""
+    return node.create_publisher(msg_type, name or topic.name, qos_profile(topic.qos), **kwargs)
+
+
+def subscription(node: Node, msg_type, topic: Topic, callback, name: str | None = None,
+                 **kwargs):
+    """Create a subscription on a table topic with the table's QoS."""
+    return node.create_subscription(msg_type, name or topic.name, callback,
+                                    qos_profile(topic.qos), **kwargs)
+
 
 _PARAM_TYPES = {
     bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
@@ -75,12 +89,19 @@ def _param_type(hint) -> int:
     return _PARAM_TYPES[hint]
 
 
-def declare_config(node: Node, cls: type, prefix: str = ''):
+def declare_config(node: Node, cls: type, extra_prefixes: tuple[str, ...] = ()):
     """Declare one ROS parameter per field of `cls` and build the validated config.
 
-    Raises ConfigError (a ValueError) when a value is invalid; `run_node` turns that into a
-    fatal log line and a non-zero exit.
+    Raises ConfigError (a ValueError) when a value is invalid, or when the params file or the
+    command line gives the node a parameter `cls` does not have (a typo would otherwise be
+    ignored silently); `run_node` turns that into a fatal log line and a non-zero exit.
+    `extra_prefixes`: parameter name prefixes the node declares itself (e.g. `joint_limits.`).
     """
+    given = getattr(node, '_parameter_overrides', {})   # params file and -p, not yet declared
+    unknown = unknown_parameters(cls, given, extra_prefixes)
+    if unknown:
+        raise ConfigError(f'unknown parameter(s) {unknown} for node {node.get_name()} '
+                          f'({cls.__name__}); known: {sorted(field_types(cls))}')
     docs = field_docs(cls)
     defaults = cls()
     values = {}
@@ -89,7 +110,7 @@ def declare_config(node: Node, cls: type, prefix: str = ''):
         if isinstance(default, tuple):
             default = list(default)
         descriptor = ParameterDescriptor(description=docs.get(name, ''), type=_param_type(hint))
-        param = node.declare_parameter(prefix + name, default, descriptor)
+        param = node.declare_parameter(name, default, descriptor)
         values[name] = param.value
     return config_from_dict(cls, values)
 
@@ -137,6 +158,10 @@ def with_parameters(ros_args: list[str], values: dict[str, object]) -> list[str]
 class NodeMonitor:
     """Publishes /diagnostics and vla/stats every `period_s` from a node's report callback.
 
+    The status name is the node's fully qualified name without the leading slash
+    (`action_expert`, `cell_a/action_expert`) and NodeStats.node is the fully qualified name,
+    whatever the report says.
+
     `report()` returns (HealthReport, NodeStatsData); it runs in its own callback group so a busy
     worker never delays the diagnostics. Every `log_every` reports the node also logs a one-line
     status (the numbers a person watching the terminal wants).
@@ -150,8 +175,8 @@ class NodeMonitor:
         self._status_line = status_line
         self._log_every = max(1, log_every)
         self._ticks = 0
-        self._diag_pub = node.create_publisher(DiagnosticArray, '/diagnostics', DIAGNOSTICS_QOS)
-        self._stats_pub = node.create_publisher(NodeStats, 'vla/stats', LATEST_QOS)
+        self._diag_pub = publisher(node, DiagnosticArray, DIAGNOSTICS)
+        self._stats_pub = publisher(node, NodeStats, STATS)
         self._timer = node.create_timer(period_s, self._publish,
                                         callback_group=MutuallyExclusiveCallbackGroup())
 
@@ -159,12 +184,13 @@ class NodeMonitor:
         health, stats = self._report()
         array = DiagnosticArray()
         array.header.stamp = self._node.get_clock().now().to_msg()
-        name = f'{self._node.get_name()}: {stats.node}' if stats.node else self._node.get_name()
+        # one identity everywhere: the node's fully qualified name (namespace/name), so two
+        # cells under different namespaces stay apart in Robot Monitor and rqt_plot
+        fqn = self._node.get_fully_qualified_name()
         array.status = [diagnostic_status_to_msg(
-            name, self._node.get_fully_qualified_name(), health.level, health.message,
-            health.values)]
+            fqn.lstrip('/'), fqn, health.level, health.message, health.values)]
         self._diag_pub.publish(array)
-        self._stats_pub.publish(node_stats_to_msg(stats))
+        self._stats_pub.publish(node_stats_to_msg(dataclasses.replace(stats, node=fqn)))
         self._ticks += 1
         if self._status_line is not None and self._ticks % self._log_every == 0:
             self._node.get_logger().info(self._status_line())

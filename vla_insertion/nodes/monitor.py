@@ -10,6 +10,7 @@ rqt shows.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -96,3 +97,7 @@ class MonitorNode(Node):
 
 def main(args=None) -> int:
     return run_node(lambda: MonitorNode(print_status=True), args, threads=2)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

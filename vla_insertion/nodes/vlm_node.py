@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import Counter
 import functools
+import sys
 import threading
 import time
 
@@ -253,3 +254,7 @@ def main(args=None) -> int:
     except VlmLoadError as exc:
         rclpy.logging.get_logger('vlm_node').fatal(f'cannot load the VLM: {exc}')
         return EXIT_LOAD_ERROR
+
+
+if __name__ == '__main__':
+    sys.exit(main())

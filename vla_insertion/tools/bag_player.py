@@ -17,6 +17,7 @@ Parameters: the fields of core.config.BagPlayerConfig.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -27,21 +28,15 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
-from vla_insertion.core import bag
+from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagPlayerConfig, ConfigError
 from vla_insertion.nodes.common import (
-    declare_config, DIAGNOSTICS_QOS, LATEST_QOS, ROBOT_QOS, SENSOR_QOS, split_ros_args,
-    STATE_QOS, WINDOW_QOS, with_parameters)
-from vla_insertion.tools.bag_recorder import message_class
+    declare_config, message_class, publisher, qos_profile, split_ros_args, with_parameters)
 
-QOS_BY_KIND = {'sensor': SENSOR_QOS, 'window': WINDOW_QOS, 'state': STATE_QOS,
-               'robot': ROBOT_QOS, 'latest': LATEST_QOS, 'diagnostics': DIAGNOSTICS_QOS}
 DEFAULT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST, depth=10,
                          durability=DurabilityPolicy.VOLATILE)
-CLOCK_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
-                       history=HistoryPolicy.KEEP_LAST, depth=1,
-                       durability=DurabilityPolicy.VOLATILE)
+CLOCK_QOS = qos_profile(topics.CLOCK.qos)
 
 
 class BagPlayerNode(Node):
@@ -56,16 +51,17 @@ class BagPlayerNode(Node):
         self.info = bag.bag_info(c.bag)
         wanted = [t for t in c.topics if t]
         self._topics = [t for t in self.info.topics
-                        if not wanted or any(bag.topic_matches(t, w) for w in wanted)]
+                        if not wanted or any(topics.matches(t, w) for w in wanted)]
         if not self._topics:
             raise ConfigError(f'none of the topics {wanted} is in {c.bag}')
         self._pubs = {}
         for topic in self._topics:
             msgtype = self.info.topics[topic].msgtype
-            known = bag.known_topic(topic)
-            profile = QOS_BY_KIND.get(known[1], DEFAULT_QOS) if known else DEFAULT_QOS
+            known = topics.find(topic)
+            profile = (qos_profile(known.qos) if known and known is not topics.CLOCK
+                       else DEFAULT_QOS)
             self._pubs[topic] = self.create_publisher(message_class(msgtype), topic, profile)
-        self._clock_pub = self.create_publisher(Clock, '/clock', CLOCK_QOS) if c.clock else None
+        self._clock_pub = publisher(self, Clock, topics.CLOCK) if c.clock else None
         self.published = dict.fromkeys(self._topics, 0)
         self.passes = 0
         self.shift_ns = 0                       # restamp offset of the current pass [ns]
@@ -109,9 +105,17 @@ class BagPlayerNode(Node):
             if not c.loop:
                 break
         self._time_base = None
+        self._write_report()
         self.done.set()
         if c.exit_when_done and not c.loop:
             self.get_logger().info(f'done: {sum(self.published.values())} messages published')
+
+    def _write_report(self) -> None:
+        """Write what was played, and the restamp shift that maps stamps back to the bag."""
+        if self._config.report:
+            with open(self._config.report, 'w', encoding='utf-8') as f:
+                json.dump({'bag': self._config.bag, 'shift_ns': self.shift_ns,
+                           'passes': self.passes, 'published': self.published}, f, indent=2)
 
     def _clock_loop(self) -> None:
         period = 1.0 / self._config.clock_rate_hz

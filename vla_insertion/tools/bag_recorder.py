@@ -8,7 +8,7 @@ The callbacks only enqueue; a writer thread drains the queue into `core.bag.BagW
 latency never stalls the executor. Drops are counted by cause (queue full, disk low, write
 error) and reported in /diagnostics.
 
-Topics in: every topic in `topics` (default: core.config.RECORDED_TOPICS), with the QoS that
+Topics in: every topic in `topics` (default: core.topics.RECORDED), with the QoS that
     matches its publishers (best effort for cameras or any best-effort publisher, else
     reliable, both with a deep queue).
 Topics out: /diagnostics, vla/stats.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-import importlib
 from pathlib import Path
 import queue
 import shutil
@@ -35,20 +34,14 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from vla_insertion.core import bag
+from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagRecorderConfig, ConfigError
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import DropCounter, HealthReport, RateMeter
 from vla_insertion.nodes.common import (
-    declare_config, NodeMonitor, split_ros_args, with_parameters)
+    declare_config, message_class, NodeMonitor, split_ros_args, with_parameters)
 
 _STOP = object()
-
-
-def message_class(msgtype: str):
-    """Return the generated class of 'pkg/msg/Type'."""
-    package, _, name = msgtype.split('/')
-    return getattr(importlib.import_module(f'{package}.msg'), name)
 
 
 def bag_qos(profile: QoSProfile) -> bag.Qos:
@@ -96,19 +89,30 @@ class BagRecorderNode(Node):
     # subscriptions
 
     def _subscribe_pending(self) -> None:
+        """Subscribe to every wanted topic whose type is known (table or graph) by now.
+
+        A pattern (`cameras/*/image/compressed`) stays pending: it subscribes to each matching
+        topic the graph shows, so a cell with other camera names records its cameras.
+        """
         graph = dict(self.get_topic_names_and_types())
         still = []
-        for topic in self._pending:
-            resolved = self.resolve_topic_name(topic)
-            known = bag.known_topic(resolved)
-            if known is not None:
-                msgtype, kind = known
-            elif graph.get(resolved):
-                msgtype, kind = graph[resolved][0], 'other'
+        for wanted in self._pending:
+            if '*' in wanted:
+                still.append(wanted)
+                names = [t for t in graph if t not in self._subs and topics.matches(t, wanted)]
             else:
-                still.append(topic)
-                continue
-            self._subscribe(resolved, msgtype, kind)
+                names = [self.resolve_topic_name(wanted)]
+            for name in names:
+                known = topics.find(name)
+                if known is not None:
+                    msgtype, kind = known.msgtype, known.qos
+                elif graph.get(name):
+                    msgtype, kind = graph[name][0], 'other'
+                else:
+                    still.append(wanted)
+                    continue
+                if name not in self._subs:
+                    self._subscribe(name, msgtype, kind)
         self._pending = still
 
     def _subscribe(self, topic: str, msgtype: str, kind: str) -> None:

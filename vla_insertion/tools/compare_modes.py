@@ -3,136 +3,46 @@
     compare_modes BAG -o artifacts/compare --vlm-delay 0.8
 
 The experiment of the seeds (sync / threading / server-client for ACT with a 0.8 s artificial
-delay), for this pipeline. Each mode replays the bag's inputs in real time (wall clock):
+delay), for this pipeline. Each mode replays the bag's inputs in real time:
 
 - sync: one loop; at each step the VLM runs on the newest views (blocking), then the expert;
-  the next step starts at the next 10 Hz tick after that. A slow VLM blocks the loop, so fewer
-  chunks are produced and the robot runs out of actions (stale ticks).
-- threaded: one process; the VLM runs back to back in a background thread, the expert runs at
-  10 Hz on the newest features with fresh robot and sensor inputs.
-- ros: the real vlm_node and action_expert processes fed by bag_player (restamped), chunks read
-  back from vla/action_chunk (see `evaluate --mode timing-faithful`).
+  the next step starts at the next 10 Hz tick after that (core.evaluation.run_sync).
+- threaded: one process; the VLM runs back to back in a background thread, the expert ticks at
+  10 Hz on the newest features (core.evaluation.run_threaded).
+- ros: the real vlm_node and action_expert processes fed by bag_player (core.replay).
 
-A chunk applies from the moment it is available (its computation finished or it was received),
-on the recorded clock; errors are measured against the recorded joint trajectory.
+Every mode ticks the same ExpertRunner, so the staleness rules refuse the same ticks. The
+artificial delay stands in for a heavier VLM whose features are that much older at use; the
+expert's `max_feature_age_s` moves with it in every mode, as it would be configured for such a
+model. A chunk applies from the moment it is available, on the recorded clock; errors are
+measured against the recorded joint trajectory.
 
 Output in -o: comparison.json (every metric per mode), comparison.md (the table),
-comparison_joints.png (executed action per joint over time, per mode), comparison_errors.png
-(MAE/RMSE per joint per mode), horizon.png and latency.png.
+comparison_joints.png, comparison_errors.png, horizon.png and latency.png.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import dataclasses
 import json
 import logging
 from pathlib import Path
 import sys
-import threading
-import time
 
 import numpy as np
 
-from vla_insertion.core import bag
-from vla_insertion.core.data import MODE_SYNC
-from vla_insertion.core.interfaces import ExpertObservation
-from vla_insertion.tools import evaluate as ev
+from vla_insertion.core import artifacts, bag, plots
+from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
+from vla_insertion.core.evaluation import run_sync, run_threaded, score
+from vla_insertion.core.expert.policy import ExpertPolicy
+from vla_insertion.core.expert.runner import ExpertRunner
+from vla_insertion.core.expert.staleness import StalenessLimits
+from vla_insertion.core.params import load_config
+from vla_insertion.core.recording import load_recording
+from vla_insertion.core.replay import ReplayError, run_nodes_on_bag
 
 log = logging.getLogger('compare_modes')
 MODES = ('sync', 'threaded', 'ros')
-
-
-class BagClock:
-    """Recorded time advancing with the wall clock from `start_s` [s]."""
-
-    def __init__(self, start_s: float) -> None:
-        self.start_s = start_s
-        self._wall0 = time.perf_counter()
-
-    def now(self) -> float:
-        return self.start_s + (time.perf_counter() - self._wall0)
-
-    def sleep_until(self, t_s: float, stop: threading.Event | None = None) -> None:
-        delay = t_s - self.now()
-        if delay > 0:
-            (stop or threading.Event()).wait(delay)
-
-
-def run_sync(rec: ev.Recording, vlm, expert, views, rate_hz: float = 10.0) -> ev.RunResult:
-    """Block on the VLM and the expert at every step, in one loop."""
-    inputs = ev.Inputs(rec, views)
-    period = 1.0 / rate_hz
-    vlm.reset()
-    expert.reset()
-    clock = BagClock(inputs.first_complete_s())
-    chunks, latency, seq = [], [], 0
-    wall0 = time.perf_counter()
-    while (t_obs := clock.now()) <= rec.end_s:
-        features = vlm.infer(inputs.vlm(t_obs, seq))
-        chunk = expert.infer(ExpertObservation(features, inputs.window(t_obs),
-                                               inputs.robot(t_obs), t_obs))
-        t_avail = clock.now()
-        chunks.append(replace(chunk, stamp_s=t_avail, sequence=seq, reuse_index=1,
-                              feature_age_s=t_avail - features.stamp_s, mode=MODE_SYNC))
-        latency.append((t_avail - t_obs) * 1e3)
-        seq += 1
-        clock.sleep_until(t_obs + period * np.ceil((t_avail - t_obs) / period + 1e-9))
-    return ev.RunResult('sync', chunks, latency, time.perf_counter() - wall0, seq)
-
-
-def run_threaded(rec: ev.Recording, vlm, expert, views, rate_hz: float = 10.0
-                 ) -> ev.RunResult:
-    """Run the VLM in a background thread and the expert at `rate_hz` on the newest features."""
-    inputs = ev.Inputs(rec, views)
-    period = 1.0 / rate_hz
-    vlm.reset()
-    expert.reset()
-    clock = BagClock(inputs.first_complete_s())
-    latest = {'features': None}
-    have_features = threading.Event()
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    updates = [0]
-
-    def vl_loop() -> None:
-        try:
-            while not stop.is_set():
-                t = clock.now()
-                latest['features'] = vlm.infer(inputs.vlm(min(t, rec.end_s), updates[0]))
-                updates[0] += 1
-                have_features.set()
-        except BaseException as exc:  # reported by the main loop
-            errors.append(exc)
-            have_features.set()
-
-    worker = threading.Thread(target=vl_loop, name='vlm', daemon=True)
-    worker.start()
-    chunks, latency = [], []
-    reuse: dict[int, int] = {}
-    wall0 = time.perf_counter()
-    try:
-        have_features.wait(120.0)
-        tick = clock.now()
-        while tick <= rec.end_s and not errors:
-            clock.sleep_until(tick)
-            t_obs = clock.now()
-            features = latest['features']
-            chunk = expert.infer(ExpertObservation(features, inputs.window(t_obs),
-                                                   inputs.robot(t_obs), t_obs))
-            t_avail = clock.now()
-            reuse[features.sequence] = reuse.get(features.sequence, 0) + 1
-            chunks.append(replace(chunk, stamp_s=t_avail, sequence=len(chunks),
-                                  reuse_index=reuse[features.sequence]))
-            latency.append((t_avail - t_obs) * 1e3)
-            tick += period
-            if clock.now() > tick:                 # overran: skip the missed ticks
-                tick += period * np.floor((clock.now() - tick) / period + 1)
-    finally:
-        stop.set()
-        worker.join(30.0)
-    if errors:
-        raise errors[0]
-    return ev.RunResult('threaded', chunks, latency, time.perf_counter() - wall0, updates[0])
 
 
 def summary_rows(results: dict[str, dict]) -> list[dict]:
@@ -141,6 +51,7 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
         rows.append({
             'mode': mode,
             'chunks': r['chunks'],
+            'refused': sum((r['run'].get('refused') or {}).values()),
             'rate_hz': r['action_rate']['rate_hz'],
             'vl_updates': r['run']['vl_updates'],
             'exec_mae_deg': r['executed']['mae_deg'],
@@ -184,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
     parser.add_argument('--vlm-delay', type=float, default=0.0,
                         help='artificial VLM delay [s] standing in for a heavier model')
-    parser.add_argument('--vlm-params', help='ROS params YAML whose vlm_node entry configures '
-                        'the VLM; also given to the ROS nodes')
-    parser.add_argument('--vlm-model', help=f'VLM folder or hub id (default {ev.DEFAULT_VLM})')
-    parser.add_argument('--checkpoint', default=ev.DEFAULT_CHECKPOINT, help='expert checkpoint')
+    parser.add_argument('--params-file', '--vlm-params', dest='params_file',
+                        help='ROS params YAML whose vlm_node and action_expert sections '
+                        'configure the models; also given to the ROS nodes')
+    parser.add_argument('--vlm-model', help='VLM folder or hub id (default: the params '
+                        f'file, else {artifacts.TINY_VLM})')
+    parser.add_argument('--checkpoint', help='expert checkpoint folder (default: the params '
+                        f'file, else {artifacts.UNTRAINED_CHECKPOINT})')
     parser.add_argument('--rate-hz', type=float, default=10.0, help='action rate')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
@@ -195,38 +109,54 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        rec = ev.load_recording(args.bag)
-        cfg = ev.vlm_config(args.vlm_params, args.vlm_model)
-        runs: dict[str, ev.RunResult] = {}
+        vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
+                              defaults={'model': str(artifacts.TINY_VLM)}, overrides={
+                                  'model': args.vlm_model, 'artificial_delay_s': args.vlm_delay})
+        expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file,
+                                 overrides={'checkpoint': args.checkpoint})
+        max_age = expert_cfg.max_feature_age_s + args.vlm_delay
+        limits = dataclasses.replace(StalenessLimits.from_config(expert_cfg),
+                                     max_feature_age_s=max_age)
+        rec = load_recording(args.bag, views=vlm_cfg.view_names)
+        runs = {}
         if {'sync', 'threaded'} & set(args.modes):
-            vlm, expert = ev.load_models(cfg, args.checkpoint, args.vlm_delay, args.seed)
-            for mode, runner in (('sync', run_sync), ('threaded', run_threaded)):
+            import torch
+
+            from vla_insertion.core.vlm.extractor import build_vlm
+            torch.manual_seed(args.seed)
+            vlm = build_vlm(vlm_cfg, download=False)
+            runner = ExpertRunner(ExpertPolicy(expert_cfg.checkpoint, seed=args.seed), limits)
+            for mode, run in (('sync', run_sync), ('threaded', run_threaded)):
                 if mode in args.modes:
                     log.info(f'{mode}: replaying {rec.end_s - rec.start_s:.1f} s in real time')
-                    runs[mode] = runner(rec, vlm, expert, cfg.view_names, args.rate_hz)
+                    runs[mode] = run(rec, vlm, runner, vlm_cfg.view_names, args.rate_hz)
         if 'ros' in args.modes:
             log.info('ros: vlm_node + action_expert fed by bag_player')
-            runs['ros'] = ev.run_ros_nodes(rec, cfg, args.checkpoint, args.vlm_params,
-                                           args.vlm_delay, log_dir=out)
+            runs['ros'] = run_nodes_on_bag(
+                args.bag, out / 'ros', vlm_model=vlm_cfg.model,
+                checkpoint=expert_cfg.checkpoint,
+                params_file=args.params_file, vlm_delay_s=args.vlm_delay,
+                max_feature_age_s=max_age)
             runs['ros'].label = 'ros'
-    except (bag.BagError, OSError, ValueError, RuntimeError) as exc:
+        results = {mode: score(rec, r, args.rate_hz) for mode, r in runs.items()}
+    except (bag.BagError, ConfigError, OSError, ReplayError, ValueError) as exc:
         print(f'compare_modes: {exc}', file=sys.stderr)
         return 2
-    results = {mode: ev.score(rec, r, args.rate_hz) for mode, r in runs.items()}
     for r in results.values():
         r['run']['vlm_delay_s'] = args.vlm_delay
+        r['run']['max_feature_age_s'] = max_age
     series = {mode: r.series() for mode, r in runs.items()}
     rows = summary_rows(results)
     (out / 'comparison.json').write_text(json.dumps(
         {'bag': str(rec.path), 'vlm_delay_s': args.vlm_delay, 'table': rows,
          'modes': results}, indent=2, default=float))
-    table = markdown(rows, results)
-    (out / 'comparison.md').write_text(table)
-    ev.plot_joints(out / 'comparison_joints.png', rec.trajectory, series)
-    ev.plot_error_bars(out / 'comparison_errors.png', results)
-    ev.plot_horizon(out / 'horizon.png', results)
-    ev.plot_latency(out / 'latency.png', series)
-    print(table)
+    text = markdown(rows, results)
+    (out / 'comparison.md').write_text(text)
+    plots.plot_joints(out / 'comparison_joints.png', rec.trajectory, series)
+    plots.plot_error_bars(out / 'comparison_errors.png', results)
+    plots.plot_horizon(out / 'horizon.png', results)
+    plots.plot_latency(out / 'latency.png', series)
+    print(text)
     print(f'wrote {out}/comparison.json, comparison.md and plots')
     return 0
 

@@ -23,24 +23,18 @@ import sys
 import threading
 import time
 
-from vla_insertion.core.launch_table import command_for, enabled_nodes, LAUNCH_ARGUMENTS
+from vla_insertion.core import artifacts
+from vla_insertion.core.launch_table import (
+    command_for, enabled_nodes, installed_paths, LAUNCH_ARGUMENTS)
 from vla_insertion.core.processes import ProcessGroup
 from vla_insertion.core.run_summary import format_summary, RunRecorder, status_line, summarize
 
 log = logging.getLogger('demo')
 ROOT = Path.cwd()
 DEFAULT_OUT = Path('artifacts/demo')
-DEFAULT_VLM = Path('artifacts/models/tiny-qwen2.5-vl')
-DEFAULT_CHECKPOINT = Path('artifacts/checkpoints/untrained-expert')
+DEFAULT_VLM = artifacts.TINY_VLM
+DEFAULT_CHECKPOINT = artifacts.UNTRAINED_CHECKPOINT
 DEMO_DOMAIN_ID = '77'  # away from the default 0, so a demo does not mix with another graph
-
-
-def _package_paths() -> tuple[Path, Path]:
-    """Return (executable dir, params file) of the installed package."""
-    from ament_index_python.packages import get_package_prefix, get_package_share_directory
-    lib_dir = Path(get_package_prefix('vla_insertion')) / 'lib' / 'vla_insertion'
-    params = Path(get_package_share_directory('vla_insertion')) / 'config' / 'vla_insertion.yaml'
-    return lib_dir, params
 
 
 def _prepare_models(vlm: Path, checkpoint: Path, params_file: Path) -> None:
@@ -108,7 +102,7 @@ def run(argv=None) -> int:
     os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')  # live node logs in logs/
-    lib_dir, installed_params = _package_paths()
+    lib_dir, installed_params = installed_paths()
     params_file = args.params_file or installed_params
     _prepare_models(args.vlm_model, args.checkpoint, params_file)
 

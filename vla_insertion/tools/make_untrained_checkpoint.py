@@ -16,50 +16,26 @@ checks against every VLFeatures message, comes from the VLM side:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 import sys
 
-import torch
-
-from vla_insertion.core.config import ConfigError
-from vla_insertion.core.expert.checkpoint import CheckpointMeta, save_checkpoint
-from vla_insertion.core.expert.model import ActionExpert, count_parameters, ExpertModelConfig
+from vla_insertion.core import artifacts
+from vla_insertion.core.config import ConfigError, VlmConfig
+from vla_insertion.core.expert.model import ExpertModelConfig
+from vla_insertion.core.expert.presets import make_untrained_checkpoint, PRESETS
 from vla_insertion.core.feature_contract import FeatureContract
+from vla_insertion.core.params import load_config
+from vla_insertion.core.vlm import feature_contract_for
 
-DEFAULT_OUTPUT = 'artifacts/checkpoints/untrained-expert'
-
-# Architecture presets; the input and output sizes come from the contract and the flags.
-PRESETS = {
-    'default': {},  # ~20.7M trainable parameters (the seeds' expert has 20.8M)
-    'small': {'sensor_conv': 32, 'sensor_dim': 64, 'vl_queries': 2, 'vl_dim': 64,  # tests
-              'state_hidden': 32, 'trunk_dim': 128, 'trunk_layers': 1, 'flow_hidden': 128,
-              'flow_layers': 1},
-}
-
-# Plausible scales of the default sensor channels (forces [N], torques [N m], distance [m]):
-# an untrained checkpoint has no data to estimate them from.
-_SENSOR_STD = [5.0, 5.0, 5.0, 0.5, 0.5, 0.5, 0.01]
+DEFAULT_OUTPUT = str(artifacts.UNTRAINED_CHECKPOINT)
 
 
 def contract_from_vlm(params_file: str | None, model: str | None) -> FeatureContract:
     """Compute the VLM's feature contract from its node parameters, without running it."""
-    from vla_insertion.core.config import config_from_dict, load_node_params, VlmConfig
-    values = load_node_params(params_file, 'vlm_node') if params_file else {}
-    if model:
-        values['model'] = model
-    config = config_from_dict(VlmConfig, values, ignore_unknown=True)
-    for name in ('vla_insertion.core.vlm', 'vla_insertion.core.vlm.contract',
-                 'vla_insertion.core.vlm.features'):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, 'feature_contract_for'):
-            return module.feature_contract_for(config)
-    raise ConfigError('vla_insertion.core.vlm.feature_contract_for is not available; pass the '
-                      'contract with --contract-json')
+    config = load_config(VlmConfig, 'vlm_node', params_file,
+                         overrides={'model': model} if model else None)
+    return feature_contract_for(config)
 
 
 def contract_from_json(text_or_path: str) -> FeatureContract:
@@ -70,29 +46,6 @@ def contract_from_json(text_or_path: str) -> FeatureContract:
     except json.JSONDecodeError as exc:
         raise ConfigError(f'--contract-json: neither a file nor valid JSON: {exc}') from None
     return FeatureContract.from_dict(doc.get('feature_contract', doc))
-
-
-def make_untrained_checkpoint(output: str | Path, contract: FeatureContract, *,
-                              preset: str = 'default', head: str = 'regression',
-                              flow_steps: int = 10, seed: int = 0, horizon: int = 8,
-                              dt_s: float = 0.1, **overrides) -> Path:
-    """Build a seeded random model for `contract` and save it as an untrained checkpoint."""
-    if preset not in PRESETS:
-        raise ConfigError(f'preset must be one of {sorted(PRESETS)}, got {preset!r}')
-    cfg = ExpertModelConfig(**{**PRESETS[preset], 'feature_tokens': contract.num_tokens,
-                               'feature_dim': contract.feature_dim, 'head': head,
-                               'flow_steps': flow_steps, 'horizon': horizon, **overrides})
-    torch.manual_seed(seed)
-    model = ActionExpert(cfg).eval()
-    if cfg.sensor_channels == len(_SENSOR_STD):
-        model.set_normalization({'sensor_std': _SENSOR_STD})
-    meta = CheckpointMeta(
-        model=cfg, contract=contract, dt_s=float(dt_s), untrained=True,
-        description=f'UNTRAINED: random weights (seed {seed}, preset {preset}, '
-                    f'{count_parameters(model)} parameters) for the demo and tests; its actions '
-                    'are meaningless',
-        extra={'seed': seed, 'preset': preset})
-    return save_checkpoint(output, model, meta)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,26 @@
-"""sim_cell: the robot cell's three senders, simulated, over real loopback sockets.
+"""sim_cell: a simulated robot cell that obeys joint commands, over real loopback sockets.
 
-Cameras (ZMQ PUSH -> camera_bridge's PULL), robot state (ZMQ PUB, robot_bridge subscribes) and
-the force/torque + distance sensor (UDP -> sensor_bridge), at their real rates, speaking the wire
-formats of docs/wire.md with content from core.sim_scene: rendered views of a peg-in-hole scene,
-an arm that approaches and inserts, forces that rise on contact. A plain process, not a ROS node.
+Out, at their real rates and in the wire formats of docs/wire.md: cameras (ZMQ PUSH ->
+camera_bridge's PULL, port 5555), robot state (ZMQ PUB 5556, robot_bridge subscribes: measured
+joints, tool pose, gripper), the force/torque + distance sensor (UDP -> sensor_bridge, 9999) and
+episode reports (`episode_v1`, ZMQ PUB 5558: start, end with the outcome, status every
+`episode_period_s`; also JSON lines in `episode_log`). In: joint commands (`command_v1`, ZMQ PULL
+5557, control commands only). A plain process, not a ROS node. The cell is core.sim (docs/sim.md):
+a servo-driven arm, a peg-in-hole contact model with jamming, seeded episodes judged for success.
+
+`--control` says who moves the arm:
+    commands   the command_v1 stream (a chunk executor); without commands the arm holds
+    reference  the built-in closed-loop demonstrator, through the same servo (demonstrations)
+    scripted   the old open-loop playback of a fixed trajectory (recordings of the old kind)
 
     sim_cell                                   # defaults: 5 views x 30 FPS, 100 Hz, 650 Hz
+    sim_cell --control reference --episode-log /tmp/episodes.jsonl
     sim_cell --params-file config/vla_insertion.yaml --duration-s 30
     sim_cell --faults --fault-report /tmp/faults.json
+
+Commands are decoded with CommandCodecV1; bad ones are counted by cause (logged, throttled, and
+in the periodic status line), older ones of a session (`late`) and ones from a replaced session
+(`stale_session`) too. The newest command of the current session is followed from its arrival.
 
 With --faults each stream injects, every --fault-period-s and in a fixed cycle, one of: a
 malformed packet (bad magic), a truncated one, an oversized one (one byte over the matching
@@ -21,6 +34,7 @@ import argparse
 from collections import Counter, deque
 import json
 import logging
+import math
 import secrets
 import signal
 import socket
@@ -32,13 +46,23 @@ import typing
 import numpy as np
 import zmq
 
+from vla_insertion.core import params
+from vla_insertion.core.bridge import Drop, LATE, ReceiveLoop, SessionTracker, ZmqSource
 from vla_insertion.core.config import (
-    CameraBridgeConfig, config_from_dict, ConfigError, field_docs, field_types,
-    load_node_params, RobotBridgeConfig, SensorBridgeConfig, SimCellConfig)
-from vla_insertion.core.sim_render import SceneRenderer
-from vla_insertion.core.sim_scene import SimScene
+    CameraBridgeConfig, ConfigError, field_docs, field_types, RobotBridgeConfig,
+    SensorBridgeConfig, SimCellConfig)
+from vla_insertion.core.sim.cell import CellParams, SimCell
+from vla_insertion.core.sim.closed_loop import ChunkFollower, ClosedLoop, LoopParams
+from vla_insertion.core.sim.episode import EpisodeParams
+from vla_insertion.core.sim.live import LiveCell
+from vla_insertion.core.sim.reference import ReferencePolicy
+from vla_insertion.core.sim.render import SceneRenderer
+from vla_insertion.core.sim.scripted import ScriptedCell, SimScene
+from vla_insertion.core.sim.servo import ServoCommand
+from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.core.wire import (
-    CameraCodecV1, CameraMessage, RobotCodecV1, RobotMessage, SensorBatch, SensorCodecV1)
+    CameraCodecV1, CameraMessage, CommandCodecV1, CommandMessage, EpisodeCodecV1, RobotCodecV1,
+    RobotMessage, SensorBatch, SensorCodecV1, seq_delta)
 
 _LOG = logging.getLogger('sim_cell')
 NODE_NAME = 'sim_cell'
@@ -77,32 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config(argv: list[str] | None = None) -> tuple[SimCellConfig, argparse.Namespace]:
     """Defaults, then the params file, then the flags given; ConfigError if invalid."""
     args = build_parser().parse_args(argv)
-    values = load_node_params(args.params_file, NODE_NAME) if args.params_file else {}
-    values.update({k: v for k, v in vars(args).items() if k in field_types(SimCellConfig)})
-    return config_from_dict(SimCellConfig, values), args
+    flags = {k: v for k, v in vars(args).items() if k in field_types(SimCellConfig)}
+    return params.load_config(SimCellConfig, NODE_NAME, args.params_file, overrides=flags), args
 
 
-# --- pacing and faults --------------------------------------------------------------------
-
-class Pacer:
-    """Absolute-time ticks at `rate_hz`; sleeps on the stop Event, never busy-waits."""
-
-    def __init__(self, rate_hz: float, stop: threading.Event) -> None:
-        self.period = 1.0 / rate_hz
-        self._stop = stop
-        self._next = time.monotonic()
-        self.skipped = 0
-
-    def wait(self) -> bool:
-        """Sleep until the next tick; False once stop is set."""
-        self._next += self.period
-        delay = self._next - time.monotonic()
-        if delay < -self.period:           # fell behind (a stall): skip, don't burst
-            self.skipped += int(-delay / self.period)
-            self._next = time.monotonic()
-            delay = 0.0
-        return not self._stop.wait(max(delay, 0.0))
-
+# --- faults --------------------------------------------------------------------------------
 
 class FaultPlan:
     """When to inject the next fault on one stream, and which; counts what was injected."""
@@ -147,16 +150,19 @@ def new_session() -> int:
 
 # --- senders ------------------------------------------------------------------------------
 
+Cell = LiveCell | ScriptedCell      # state_at, sensor_samples, episode_reports
+
+
 class Sender(threading.Thread):
-    """Base of the three stream threads: clock, scene time, faults, counters."""
+    """Base of the stream threads: clock, scene time, faults, counters."""
 
     stream = ''
 
-    def __init__(self, config: SimCellConfig, scene: SimScene, stop: threading.Event,
+    def __init__(self, config: SimCellConfig, cell: Cell, stop: threading.Event,
                  t0: float) -> None:
         super().__init__(name=f'sim_{self.stream}', daemon=True)
         self.config = config
-        self.scene = scene
+        self.cell = cell
         self.stop = stop
         self._t0 = t0
         self.faults = FaultPlan(self.stream, config.faults, config.fault_period_s)
@@ -185,18 +191,18 @@ class CameraSender(Sender):
 
     def loop(self) -> None:
         cfg = self.config
-        renderer = SceneRenderer(self.scene, cfg.view_names, cfg.width, cfg.height)
+        renderer = SceneRenderer(cfg.view_names, cfg.width, cfg.height)
         codec = CameraCodecV1()
         cap = CameraBridgeConfig().max_message_bytes
         old: deque[tuple[int, bytes]] = deque(maxlen=len(cfg.view_names) * 5)
         sequences = [0] * len(cfg.view_names)
         context, push = self._connect()
-        pacer = Pacer(cfg.camera_fps, self.stop)
+        pacer = DeadlineTicker(cfg.camera_fps, self.stop)
         try:
             while pacer.wait():
                 for i, view in enumerate(cfg.view_names):
                     capture = self.sender_time()
-                    jpeg = renderer.render_jpeg(i, self.scene.state_at(self.scene_time()),
+                    jpeg = renderer.render_jpeg(i, self.cell.state_at(self.scene_time()),
                                                 cfg.jpeg_quality)
                     msg = CameraMessage(view=view, capture_time_s=capture, width=cfg.width,
                                         height=cfg.height, data=jpeg, session=self.session,
@@ -243,10 +249,10 @@ class RobotSender(Sender):
         old: deque[bytes] = deque(maxlen=5)
         sequence = 0
         context, pub = self._bind()
-        pacer = Pacer(cfg.robot_rate_hz, self.stop)
+        pacer = DeadlineTicker(cfg.robot_rate_hz, self.stop)
         try:
             while pacer.wait():
-                state = self.scene.state_at(self.scene_time())
+                state = self.cell.state_at(self.scene_time())
                 joints = np.degrees(state.joints_rad) + rng.normal(0.0, 0.002, 6)  # encoder noise
                 msg = RobotMessage(
                     sender_time_s=self.sender_time(), joints_deg=tuple(joints.tolist()),
@@ -296,13 +302,12 @@ class SensorSender(Sender):
         sequence, n = 0, cfg.sensor_batch
         dt = 1.0 / cfg.sensor_rate_hz
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        pacer = Pacer(cfg.sensor_rate_hz / n, self.stop)
+        pacer = DeadlineTicker(cfg.sensor_rate_hz / n, self.stop)
         try:
             while pacer.wait():
                 now_sender, now_scene = self.sender_time(), self.scene_time()
                 back = dt * np.arange(n - 1, -1, -1)                 # (n,) oldest first
-                samples = np.stack([self.scene.sensor_sample(self.scene.state_at(now_scene - b),
-                                                             rng) for b in back])
+                samples = self.cell.sensor_samples(now_scene - back, rng)   # (n, 7)
                 batch = SensorBatch(sequence=sequence, times_s=now_sender - back,
                                     samples=samples, session=self.session)
                 sequence = (sequence + n) & 0xFFFFFFFF
@@ -342,9 +347,155 @@ def _replace(record, **changes):
     return type(record)(**values)
 
 
+# --- commands in, episode reports out -----------------------------------------------------
+
+class CommandFilter:
+    """Pass the newest command of the current sender session; Drop older and stale ones."""
+
+    def __init__(self) -> None:
+        self.sessions = SessionTracker()
+        self._last_sequence: int | None = None
+
+    def check(self, msg: CommandMessage) -> None:
+        """Return if `msg` is to be followed; raise Drop (late, stale_session) if not."""
+        if msg.session != self.sessions.current:
+            self.sessions.check(msg.session)      # Drop for a session that was replaced
+            self._last_sequence = None
+        if self._last_sequence is not None and seq_delta(msg.sequence,
+                                                         self._last_sequence) <= 0:
+            raise Drop(LATE, f'command {msg.sequence} after {self._last_sequence}')
+        self._last_sequence = msg.sequence
+
+
+class ThrottledLog:
+    """A warning per cause at most every `period_s`: a broken executor must not flood the log."""
+
+    def __init__(self, what: str, period_s: float = 2.0) -> None:
+        self._what = what
+        self._period_s = period_s
+        self._last: dict[str, float] = {}
+
+    def __call__(self, cause: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(cause, -math.inf) >= self._period_s:
+            self._last[cause] = now
+            _LOG.warning(f'{self._what} dropped ({cause}): {text}')
+
+
+class CommandReceiver:
+    """PULL socket -> CommandCodecV1 -> CommandFilter -> the live cell, stamped on arrival."""
+
+    def __init__(self, config: SimCellConfig, cell: LiveCell, t0: float) -> None:
+        self._cell = cell
+        self._t0 = t0
+        self._codec = CommandCodecV1()
+        self.filter = CommandFilter()
+        self.context = zmq.Context(1)
+        endpoint = f'tcp://{config.command_bind}:{config.command_port}'
+        self.loop = ReceiveLoop(
+            'sim_commands', lambda: ZmqSource(self.context, zmq.PULL, endpoint, bind=True,
+                                              timeout_s=0.1, max_bytes=self._codec.max_bytes),
+            self._handle, on_drop=ThrottledLog('command'))
+
+    def _handle(self, data: bytes, _t_recv: float) -> None:
+        msg = self._codec.decode(data)              # WireError: counted by cause
+        self.filter.check(msg)                      # Drop: late, stale_session
+        self._cell.command(ServoCommand.from_message(msg), time.monotonic() - self._t0)
+
+    def summary(self) -> str:
+        drops = self.loop.drops.as_dict()
+        return (f'commands {self.loop.received} received, {self._cell.commands} followed'
+                + (f', dropped {drops}' if drops else ''))
+
+    def close(self) -> None:
+        self.loop.stop()
+        self.context.destroy(linger=0)
+
+
+class EpisodeSender(Sender):
+    """episode_v1 on a PUB socket: starts, ends, status every episode_period_s; JSON lines."""
+
+    stream = 'episode'
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.faults.enabled = False               # not a bridge stream: nothing counts faults
+        self.ended: list[dict] = []               # every end report, as logged
+        # opened here, not in the thread: a busy port or a bad log path is a start-up error
+        cfg = self.config
+        try:
+            self._log = open(cfg.episode_log, 'a', encoding='utf-8') if cfg.episode_log else None
+        except OSError as exc:
+            raise ConfigError(f'episode log: cannot open {cfg.episode_log}: {exc}') from exc
+        self._context = zmq.Context(1)
+        self._pub = self._context.socket(zmq.PUB)
+        try:
+            self._pub.bind(f'tcp://{cfg.episode_bind}:{cfg.episode_port}')
+        except zmq.ZMQError as exc:
+            self._pub.close(linger=0)
+            self._context.term()
+            if self._log is not None:
+                self._log.close()
+            raise ConfigError(f'episode stream: cannot bind {cfg.episode_bind}:'
+                              f'{cfg.episode_port}: {exc}') from exc
+
+    def loop(self) -> None:
+        cfg = self.config
+        codec = EpisodeCodecV1()
+        context, pub, log = self._context, self._pub, self._log
+        sequence, next_status = 0, 0.0
+        pacer = DeadlineTicker(20.0, self.stop)            # starts and ends go out within 50 ms
+        try:
+            while pacer.wait():
+                now = self.scene_time()
+                status = now >= next_status
+                if status:
+                    next_status = now + cfg.episode_period_s
+                for report in self.cell.episode_reports(now, status):
+                    msg = _replace(report, sender_time_s=self.sender_time(),
+                                   session=self.session, sequence=sequence)
+                    sequence = (sequence + 1) & 0xFFFFFFFF
+                    pub.send(codec.encode(msg))
+                    self.sent += 1
+                    self._note(msg, log)
+        finally:
+            if log is not None:
+                log.close()
+            pub.close(linger=0)
+            context.term()
+
+    def _note(self, msg, log) -> None:
+        if msg.event == 'status':
+            return
+        if msg.event == 'end':
+            self.ended.append({f: getattr(msg, f) for f in ('episode', 'success', 'reason')})
+            _LOG.info(f'episode {msg.episode} ended: {msg.reason} after {msg.elapsed_s:.2f} s, '
+                      f'peak force {msg.peak_force_n:.1f} N, depth {msg.max_depth_m * 1e3:.1f} mm')
+        if log is not None:
+            record = {f: getattr(msg, f) for f in msg.__dataclass_fields__}
+            record['hole_m'] = list(record['hole_m'])
+            log.write(json.dumps(record) + '\n')
+            log.flush()
+
+
 # --- main ---------------------------------------------------------------------------------
 
 SENDERS = {'cameras': CameraSender, 'robot': RobotSender, 'sensor': SensorSender}
+
+
+def build_cell(config: SimCellConfig) -> Cell:
+    """Build the cell behind the streams for the configured control mode."""
+    if config.control == 'scripted':
+        return ScriptedCell(SimScene(episode_s=config.episode_s, seed=config.seed), config.seed)
+    params = CellParams(physics_rate_hz=config.physics_rate_hz, episode=EpisodeParams(
+        timeout_s=config.episode_timeout_s, max_contact_force_n=config.max_contact_force_n,
+        settle_s=config.settle_s))
+    cell = SimCell(params, seed=config.seed)
+    if config.control == 'commands':
+        return LiveCell(cell, control='commands')
+    loop = ClosedLoop(cell, ReferencePolicy(), ChunkFollower(),
+                      LoopParams(latency_s=config.reference_latency_s, seed=config.seed))
+    return LiveCell(cell, loop, control='reference')
 
 
 def fault_report(senders: list[Sender]) -> dict:
@@ -365,10 +516,26 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    scene = SimScene(episode_s=config.episode_s, seed=config.seed)
+    cell = build_cell(config)
     t0 = time.monotonic()
-    senders = [SENDERS[s](config, scene, stop, t0) for s in config.streams]
-    for s in senders:
+    receiver = None
+    try:
+        episodes = EpisodeSender(config, cell, stop, t0)
+    except ConfigError as exc:            # the port is in use
+        print(f'sim_cell: {exc}', file=sys.stderr)
+        return 2
+    if config.control == 'commands':
+        try:
+            receiver = CommandReceiver(config, cell, t0)
+        except ConfigError as exc:
+            print(f'sim_cell: {exc}', file=sys.stderr)
+            episodes.stop.set()
+            episodes.start()              # its thread closes the socket and returns
+            episodes.join(5.0)
+            return 2
+        receiver.loop.start()
+    senders = [SENDERS[s](config, cell, stop, t0) for s in config.streams]
+    for s in [*senders, episodes]:
         s.start()
     targets = {
         'cameras': f'cameras: {len(config.view_names)} views x {config.camera_fps:g} FPS '
@@ -376,23 +543,31 @@ def main(argv: list[str] | None = None) -> int:
         'robot': f'robot: {config.robot_rate_hz:g} Hz on {config.robot_bind}:{config.robot_port}',
         'sensor': f'sensor: {config.sensor_rate_hz:g} Hz in batches of {config.sensor_batch} -> '
                   f'{config.sensor_host}:{config.sensor_port}'}
-    _LOG.info('sending ' + '; '.join(targets[s] for s in config.streams)
+    _LOG.info(f'control {config.control}'
+              + (f', commands on {config.command_bind}:{config.command_port}' if receiver
+                 else '')
+              + f', episodes on {config.episode_bind}:{config.episode_port}; sending '
+              + '; '.join(targets[s] for s in config.streams)
               + (f'; faults every {config.fault_period_s:g} s' if config.faults else ''))
     deadline = t0 + config.duration_s if config.duration_s > 0 else float('inf')
     while not stop.wait(min(5.0, max(0.0, deadline - time.monotonic()))):
         if time.monotonic() >= deadline:
             break
-        _LOG.info('sent ' + ', '.join(f'{s.stream} {s.sent}' for s in senders))
+        _LOG.info('sent ' + ', '.join(f'{s.stream} {s.sent}' for s in senders)
+                  + (f'; {receiver.summary()}' if receiver else ''))
     stop.set()
-    for s in senders:
+    for s in [*senders, episodes]:
         s.join(timeout=5.0)
+    if receiver is not None:
+        _LOG.info(receiver.summary())
+        receiver.close()
     report = fault_report(senders)
-    _LOG.info(f'stopped; sent {report["sent"]}'
+    _LOG.info(f'stopped; sent {report["sent"]}, {len(episodes.ended)} episodes ended'
               + (f'; injected {report["injected"]}' if config.faults else ''))
     if config.fault_report:
         with open(config.fault_report, 'w', encoding='utf-8') as f:
             json.dump(report, f, indent=2)
-    errors = [s for s in senders if s.error is not None]
+    errors = [s for s in [*senders, episodes] if s.error is not None]
     for s in errors:
         _LOG.error(f'{s.stream} sender failed: {s.error!r}')
     return 1 if errors else 0

@@ -1,14 +1,15 @@
 r"""train_expert: behaviour-clone the action expert on recorded bags.
 
     train_expert artifacts/bags/session_01 --vlm-model artifacts/models/tiny-qwen2.5-vl \
-        --vlm-params config/vla_insertion.yaml --preset small --steps 2000 \
+        --params-file config/vla_insertion.yaml --preset small --steps 2000 \
         --out artifacts/checkpoints/trained-expert
 
-Every bag is read and ticked exactly as `evaluate --mode open-loop` does (`evaluate.
-load_recording`, `Inputs`, `open_loop_ticks`): at each tick of `--rate-hz` the newest recorded
-frames go through the real VLM (every `--vl-every` ticks, features reused in between, kept in
-memory), and the newest sensor window and robot state are taken. The target is what the robot
-then did: the recorded joints at tick + k * dt and the recorded gripper (`core.expert.training`).
+Every bag is read and ticked exactly as `evaluate --mode open-loop` does
+(`core.expert.training.collect_samples` over `core.recording`): at each tick of `--rate-hz`
+the expert runner's staleness rules decide whether the robot would have acted, the newest
+recorded frames go through the real VLM (every `--vl-every` ticks, features reused in between,
+kept in memory), and the newest sensor window and robot state are taken. The target is what the
+robot then did: the recorded joints at tick + k * dt and the recorded gripper.
 Normalisation statistics come from the data. The checkpoint is labelled trained, carries the
 VLM's feature contract and, in `extra`, the bags, steps, losses and seed.
 """
@@ -20,78 +21,32 @@ from pathlib import Path
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from vla_insertion.core import bag
-from vla_insertion.core.config import ConfigError
-from vla_insertion.core.expert.checkpoint import (
-    CheckpointMeta, DEFAULT_SENSOR_CHANNELS, save_checkpoint)
-from vla_insertion.core.expert.model import ActionExpert, count_parameters, ExpertModelConfig
-from vla_insertion.core.expert.policy import robot_state_vector
+from vla_insertion.core import artifacts, bag
+from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
+from vla_insertion.core.expert.checkpoint import CheckpointMeta, save_checkpoint
+from vla_insertion.core.expert.model import ActionExpert, count_parameters
+from vla_insertion.core.expert.presets import model_config, PRESETS
+from vla_insertion.core.expert.runner import ExpertRunner
+from vla_insertion.core.expert.staleness import StalenessLimits
 from vla_insertion.core.expert.training import (
-    chunk_targets, dataset_loss, ExpertDataset, fit_normalization, train)
-from vla_insertion.tools.evaluate import (
-    DEFAULT_VLM, Inputs, load_recording, open_loop_ticks, vlm_config)
-from vla_insertion.tools.make_untrained_checkpoint import PRESETS
+    build_dataset, collect_samples, dataset_loss, fit_normalization, train)
+from vla_insertion.core.params import load_config
+from vla_insertion.core.recording import load_recording
 
 log = logging.getLogger('train_expert')
-
-DEFAULT_OUTPUT = 'artifacts/checkpoints/trained-expert'
-
-
-def collect_samples(rec, vlm, views: tuple[str, ...], horizon: int, dt_s: float,
-                    rate_hz: float = 10.0, vl_every: int = 1, progress: bool = True) -> dict:
-    """Run the VLM over one recording's ticks; return its samples as lists of arrays."""
-    inputs = Inputs(rec, views)
-    out = {'features': [], 'feature_index': [], 'windows': [], 'states': [], 'actions': [],
-           'contract_hash': None}
-    vlm.reset()
-    features = None
-    for i, t in enumerate(tqdm(open_loop_ticks(inputs, rate_hz), desc=f'VLM {rec.path.name}',
-                               unit='tick', disable=not progress)):
-        times = t + np.arange(horizon) * dt_s
-        gripper = [inputs.robot(s).gripper for s in times]
-        actions = chunk_targets(rec.trajectory, t, horizon, dt_s, gripper)
-        if actions is None:                       # the chunk runs past the recording
-            continue
-        window = inputs.window(t)
-        if window.channel_names and tuple(window.channel_names) != DEFAULT_SENSOR_CHANNELS:
-            raise ValueError(f'{rec.path}: sensor channels {list(window.channel_names)} != '
-                             f'{list(DEFAULT_SENSOR_CHANNELS)}')
-        if features is None or i % vl_every == 0:
-            features = vlm.infer(inputs.vlm(t, sequence=len(out['features'])))
-            out['features'].append(np.asarray(features.features, dtype=np.float32))
-            out['contract_hash'] = features.contract_hash
-        out['feature_index'].append(len(out['features']) - 1)
-        out['windows'].append(np.asarray(window.samples, dtype=np.float32))
-        out['states'].append(robot_state_vector(inputs.robot(t)))
-        out['actions'].append(actions)
-    if not out['actions']:
-        raise ValueError(f'{rec.path}: no tick with a complete chunk of recorded targets')
-    return out
-
-
-def build_dataset(parts: list[dict]) -> ExpertDataset:
-    """Concatenate the samples of several recordings into one dataset."""
-    features, index, windows, states, actions = [], [], [], [], []
-    for part in parts:
-        index.extend(np.asarray(part['feature_index']) + len(features))
-        features.extend(part['features'])
-        windows.extend(part['windows'])
-        states.extend(part['states'])
-        actions.extend(part['actions'])
-    return ExpertDataset.from_arrays(np.stack(features), np.stack(windows), np.stack(states),
-                                     np.stack(actions), feature_index=index)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='train_expert', description=__doc__.split('\n\n')[0])
     parser.add_argument('bags', nargs='+', help='bag folders')
-    parser.add_argument('--vlm-params', help='ROS params YAML; its vlm_node entry configures the '
-                        'VLM (views, image size, prompt)')
-    parser.add_argument('--vlm-model', help=f'VLM folder or hub id (default {DEFAULT_VLM})')
+    parser.add_argument('--params-file', '--vlm-params', dest='params_file',
+                        help='ROS params YAML: its vlm_node section configures the VLM (views, '
+                        'image size, prompt), its action_expert section the staleness rules')
+    parser.add_argument('--vlm-model', help='VLM folder or hub id (default: the params '
+                        f'file, else {artifacts.TINY_VLM})')
     parser.add_argument('--preset', choices=sorted(PRESETS), default='small',
                         help='expert size: small or default (~20.7M parameters)')
     parser.add_argument('--steps', type=int, default=2000, help='optimizer steps')
@@ -105,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='run the VLM every N ticks, reuse features between')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads (0: leave the default)')
-    parser.add_argument('--out', '--output', dest='output', default=DEFAULT_OUTPUT,
-                        help=f'checkpoint folder to write (default {DEFAULT_OUTPUT})')
+    parser.add_argument('--out', '--output', dest='output',
+                        default=str(artifacts.TRAINED_CHECKPOINT),
+                        help='checkpoint folder to write')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -118,17 +74,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         from vla_insertion.core.vlm import feature_contract_for
-        from vla_insertion.core.vlm.extractor import VlmFeatureExtractor
-        vlm_cfg = vlm_config(args.vlm_params, args.vlm_model)
+        from vla_insertion.core.vlm.extractor import build_vlm
+        vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
+                              defaults={'model': str(artifacts.TINY_VLM)},
+                              overrides={'model': args.vlm_model})
+        expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file)
         contract = feature_contract_for(vlm_cfg)
         torch.manual_seed(args.seed)
-        vlm = VlmFeatureExtractor(vlm_cfg, download=False)
+        vlm = build_vlm(vlm_cfg, download=False)
         t0 = time.perf_counter()
         parts = []
         for path in args.bags:
-            rec = load_recording(path, progress=progress)
-            part = collect_samples(rec, vlm, vlm_cfg.view_names, args.horizon, args.dt,
+            rec = load_recording(path, views=vlm_cfg.view_names, progress=progress)
+            runner = ExpertRunner(None, StalenessLimits.from_config(expert_cfg),
+                                  contract_digest=contract.digest,
+                                  feature_shape=(contract.num_tokens, contract.feature_dim))
+            part = collect_samples(rec, vlm, runner, vlm_cfg.view_names, args.horizon, args.dt,
                                    args.rate_hz, args.vl_every, progress)
+            if part['refused']:
+                print(f'{path}: {sum(part["refused"].values())} of {part["ticks"]} ticks '
+                      f'refused as the robot would: {part["refused"]}')
             if part['contract_hash'] != contract.digest:
                 raise ValueError(f'the VLM produced features with contract '
                                  f'{part["contract_hash"]}, expected {contract.digest}')
@@ -141,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'{len(dataset)} samples from {len(args.bags)} bag(s), {dataset.features.shape[0]} '
           f'VL feature sets {tuple(dataset.features.shape[1:])} in {vl_s:.1f} s')
 
-    cfg = ExpertModelConfig(**{**PRESETS[args.preset], 'feature_tokens': contract.num_tokens,
-                               'feature_dim': contract.feature_dim, 'horizon': args.horizon,
-                               'window_samples': int(dataset.windows.shape[1])})
+    cfg = model_config(args.preset, contract, horizon=args.horizon,
+                       window_samples=int(dataset.windows.shape[1]))
     torch.manual_seed(args.seed)
     model = ActionExpert(cfg)
     fit_normalization(model, dataset)

@@ -12,14 +12,16 @@ addresses (loopback by default).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 import sys
 
 from vla_insertion.core import config as config_module
 from vla_insertion.core import verify
-from vla_insertion.core.config import config_from_dict, ConfigError, load_node_params
-from vla_insertion.core.launch_table import NODES
+from vla_insertion.core.config import ConfigError
+from vla_insertion.core.launch_table import installed_paths, NODES
+from vla_insertion.core.params import load_config
 from vla_insertion.core.verify import CheckResult, FAIL, PASS, WARN
 
 
@@ -32,8 +34,7 @@ def check_package() -> list[CheckResult]:
         rows.append(CheckResult('package: messages', FAIL,
                                 f'{exc}; build with colcon and source install/setup.bash'))
     try:
-        from ament_index_python.packages import get_package_prefix
-        lib_dir = Path(get_package_prefix('vla_insertion')) / 'lib' / 'vla_insertion'
+        lib_dir, _ = installed_paths()
     except (ImportError, LookupError) as exc:
         return rows + [CheckResult('package: executables', FAIL, f'package not found: {exc}')]
     missing = [n.executable for n in NODES if not os.access(lib_dir / n.executable, os.X_OK)]
@@ -48,9 +49,7 @@ def check_params(params_file: Path) -> tuple[list[CheckResult], dict]:
     for spec in NODES:
         cls = getattr(config_module, spec.config)
         try:
-            values = load_node_params(params_file, spec.name)
-            values.pop('use_sim_time', None)
-            configs[spec.name] = config_from_dict(cls, values)
+            configs[spec.name] = load_config(cls, spec.name, params_file)
             rows.append(CheckResult(f'params: {spec.name}', PASS, 'valid'))
         except (ConfigError, OSError) as exc:
             rows.append(CheckResult(f'params: {spec.name}', FAIL, str(exc)))
@@ -108,8 +107,7 @@ def check_cell(configs: dict, timeout_s: float) -> list[CheckResult]:
 
 def _default_params() -> Path:
     try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory('vla_insertion')) / 'config' / 'vla_insertion.yaml'
+        return installed_paths()[1]
     except (ImportError, LookupError):
         return Path('config/vla_insertion.yaml')
 
@@ -137,9 +135,7 @@ def main(argv=None) -> int:
     for node, values in overrides.items():
         values = {k: v for k, v in values.items() if v is not None}
         if values and node in configs:
-            configs[node] = config_from_dict(type(configs[node]),
-                                             {**config_module.config_to_dict(configs[node]),
-                                              **values})
+            configs[node] = dataclasses.replace(configs[node], **values)
     if 'vlm_node' in configs and 'action_expert' in configs:
         rows += check_models(configs['vlm_node'], configs['action_expert'])
     if not args.no_network:

@@ -87,6 +87,24 @@ class ExpertPolicy:
         """ODE steps per prediction (flow head); 1 for the regression head."""
         return self._steps if self._is_flow else 1
 
+    def describe(self) -> str:
+        """Return a one-line description for the start-up log."""
+        meta = self._meta
+        label = 'UNTRAINED (random weights, actions are meaningless)' if meta.untrained \
+            else 'trained'
+        return (f'{label}, head {meta.model.head} ({self.steps} steps), contract '
+                f'{meta.contract_digest} {meta.feature_shape}')
+
+    def warm_up(self, runs: int = 3) -> None:
+        """Run the model on zeros so lazy initialisation does not land on the first tick."""
+        cfg = self._meta.model
+        dev = self._device
+        with torch.inference_mode():
+            for _ in range(runs):
+                self._model(torch.zeros(1, cfg.feature_tokens, cfg.feature_dim, device=dev),
+                            torch.zeros(1, cfg.window_samples, cfg.sensor_channels, device=dev),
+                            torch.zeros(1, cfg.state_dim, device=dev), steps=self.steps)
+
     def reset(self) -> None:
         """Forget state between episodes: re-seed the noise generator."""
         if self._seed is not None:

@@ -12,6 +12,8 @@ rules are checked in a fixed order and the first that fails is the reason:
     sensor_too_old       now - window.stamp_s > max_sensor_age_s
     no_robot_state       joint states or tool pose not received yet
     robot_state_too_old  now - (older of the joint and pose stamps) > max_robot_age_s
+
+`core.expert.runner.ExpertRunner` applies them at every tick, live and offline.
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ NO_ROBOT_STATE = 'no_robot_state'
 ROBOT_STATE_TOO_OLD = 'robot_state_too_old'
 REASONS = (NO_FEATURES, CONTRACT_MISMATCH, FEATURES_TOO_OLD, NO_SENSOR_WINDOW, WINDOW_INCOMPLETE,
            SENSOR_TOO_OLD, NO_ROBOT_STATE, ROBOT_STATE_TOO_OLD)
+# After the rules: the policy refused the observation (shape, channels, non-finite values), and
+# sync mode's wait for requested features timed out.
+BAD_OBSERVATION = 'bad_observation'
+SYNC_TIMEOUT = 'sync_timeout'
+REFUSALS = REASONS + (BAD_OBSERVATION, SYNC_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,12 @@ class StalenessLimits:
             require_positive(name, getattr(self, name))
         require(isinstance(self.require_complete_window, bool),
                 f'require_complete_window must be a bool, got {self.require_complete_window!r}')
+
+    @classmethod
+    def from_config(cls, config) -> StalenessLimits:
+        """Return the limits an ExpertConfig sets (the node's parameters)."""
+        return cls(config.max_feature_age_s, config.max_sensor_age_s, config.max_robot_age_s,
+                   config.require_complete_window)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ One sample is what the expert sees at one tick and what the robot then did:
     actions  (H, A)   the recorded joint positions [rad] at tick + k * dt, k = 0..H-1, and the
                       recorded gripper [0..1] (0 where none was recorded)
 
-`chunk_targets` builds the actions from a `metrics.Trajectory` (the same interpolation the
-metrics use), `ExpertDataset.normalization()` computes the model's mean/std buffers from the data
-and `train` fits the model with AdamW, deterministically for a seed. ROS-free, plain PyTorch; the
-caller sets `torch.set_num_threads`.
+`collect_samples` walks a recording tick by tick the way the node runs: at each tick the
+expert runner's staleness rules decide whether the robot would have acted (a refused tick is no
+sample, counted by reason), the newest recorded inputs are taken and the VLM runs every
+`vl_every` ticks. `chunk_targets` builds the actions from a `metrics.Trajectory` (the same
+interpolation the metrics use), `ExpertDataset.normalization()` computes the model's mean/std
+buffers from the data and `train` fits the model with AdamW, deterministically for a seed.
+ROS-free, plain PyTorch; the caller sets `torch.set_num_threads`.
 """
 from __future__ import annotations
 
@@ -23,7 +26,11 @@ import numpy as np
 import torch
 
 from vla_insertion.core import metrics
+from vla_insertion.core.expert.checkpoint import DEFAULT_SENSOR_CHANNELS
 from vla_insertion.core.expert.model import ActionExpert
+from vla_insertion.core.expert.policy import robot_state_vector
+from vla_insertion.core.expert.runner import ExpertRunner
+from vla_insertion.core.recording import RecordedInputs, Recording, tick_times
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,74 @@ def chunk_targets(trajectory: metrics.Trajectory, tick_s: float, horizon: int, d
         return None
     grip = np.zeros(horizon) if gripper is None else np.asarray(gripper, dtype=np.float64)
     return np.concatenate([joints, grip.reshape(horizon, 1)], axis=1).astype(np.float32)
+
+
+def tick_targets(inputs: RecordedInputs, tick_s: float, horizon: int, dt_s: float
+                 ) -> np.ndarray | None:
+    """Return what the robot did after a tick: (horizon, joints + 1) targets, or None.
+
+    The recorded joints at tick + k * dt and the recorded gripper of the newest robot state at
+    those times (the `gripper` joint state); None where the chunk runs past the recording.
+    """
+    robots = [inputs.robot(s) for s in tick_s + np.arange(horizon) * dt_s]
+    if any(r is None for r in robots):
+        return None
+    return chunk_targets(inputs.rec.trajectory, tick_s, horizon, dt_s,
+                         [r.gripper for r in robots])
+
+
+def collect_samples(rec: Recording, vlm, runner: ExpertRunner, views: tuple[str, ...],
+                    horizon: int, dt_s: float, rate_hz: float = 10.0, vl_every: int = 1,
+                    progress: bool = False) -> dict:
+    """Return one recording's samples as lists of arrays, with refused ticks by reason.
+
+    `runner` (policy-free is enough: `ExpertRunner(None, limits, contract_digest=...,
+    feature_shape=...)`) decides each tick as the node would; its statistics keep the refusals.
+    """
+    from tqdm import tqdm
+    inputs = RecordedInputs(rec, views)
+    out = {'features': [], 'feature_index': [], 'windows': [], 'states': [], 'actions': [],
+           'contract_hash': None, 'ticks': 0}
+    vlm.reset()
+    features = None
+    for i, t in enumerate(tqdm(tick_times(inputs, rate_hz), desc=f'VLM {rec.path.name}',
+                               unit='tick', disable=not progress)):
+        out['ticks'] += 1
+        actions = tick_targets(inputs, t, horizon, dt_s)
+        if actions is None:                       # the chunk runs past the recording
+            continue
+        if features is None or i % vl_every == 0:
+            features = vlm.infer(inputs.vlm(t, sequence=len(out['features'])))
+            out['features'].append(np.asarray(features.features, dtype=np.float32))
+            out['contract_hash'] = features.contract_hash
+        window, robot = inputs.window(t), inputs.robot(t)
+        if not runner.decide(features, window, robot, t).publish:
+            continue
+        if window.channel_names and tuple(window.channel_names) != DEFAULT_SENSOR_CHANNELS:
+            raise ValueError(f'{rec.path}: sensor channels {list(window.channel_names)} != '
+                             f'{list(DEFAULT_SENSOR_CHANNELS)}')
+        out['feature_index'].append(len(out['features']) - 1)
+        out['windows'].append(np.asarray(window.samples, dtype=np.float32))
+        out['states'].append(robot_state_vector(robot))
+        out['actions'].append(actions)
+    out['refused'] = runner.stats.refused.as_dict()
+    if not out['actions']:
+        raise ValueError(f'{rec.path}: no tick with a complete chunk of recorded targets '
+                         f'(refused: {out["refused"]})')
+    return out
+
+
+def build_dataset(parts: list[dict]) -> ExpertDataset:
+    """Concatenate the samples of several recordings into one dataset."""
+    features, index, windows, states, actions = [], [], [], [], []
+    for part in parts:
+        index.extend(np.asarray(part['feature_index']) + len(features))
+        features.extend(part['features'])
+        windows.extend(part['windows'])
+        states.extend(part['states'])
+        actions.extend(part['actions'])
+    return ExpertDataset.from_arrays(np.stack(features), np.stack(windows), np.stack(states),
+                                     np.stack(actions), feature_index=index)
 
 
 @dataclass

@@ -246,3 +246,10 @@ class DelayedVlm:
 
     def reset(self) -> None:
         self.inner.reset()
+
+
+def build_vlm(config: VlmConfig, *, download: bool = True):
+    """Return the VLM the config describes: the extractor, delayed by `artificial_delay_s`."""
+    extractor = VlmFeatureExtractor(config, download=download)
+    return DelayedVlm(extractor, config.artificial_delay_s) if config.artificial_delay_s > 0 \
+        else extractor

@@ -59,7 +59,8 @@ class Codec(Generic[RecordT]):
 
 
 _REGISTRY: dict[str, type[Codec]] = {}
-STREAMS = ('camera', 'robot', 'sensor', 'command')  # command: executor -> robot PC
+# command: executor -> robot PC; episode: sim_cell -> evaluation
+STREAMS = ('camera', 'robot', 'sensor', 'command', 'episode')
 
 
 def register(cls: type[Codec]) -> type[Codec]:

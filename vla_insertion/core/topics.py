@@ -1,0 +1,146 @@
+"""The topic table: every topic of the package, its type, its QoS and who uses it.
+
+One home for topic names. Nodes build their QoS profiles from `QOS` (nodes/common.py), the
+recorder's default topic set, the bag reader's known topics and the evaluator's inputs come from
+`TOPICS`, and docs/development.md shows `markdown_table()` (a test keeps them equal). Names are
+relative, so a namespace or a remap moves the whole cell; camera topics hold the view name:
+`cameras/<view>/image/compressed`, one per configured view.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import fnmatch
+
+CAMERA_PATTERN = 'cameras/*/image/compressed'
+
+
+@dataclass(frozen=True)
+class QosSpec:
+    """A QoS profile as plain data (rclpy profiles are built from it in nodes/common.py)."""
+
+    reliable: bool                 # RELIABLE, else BEST_EFFORT
+    depth: int                     # KEEP_LAST history depth [messages]
+    transient_local: bool = False  # late joiners get the last value
+    why: str = ''
+
+
+QOS: dict[str, QosSpec] = {
+    'sensor': QosSpec(False, 5, why='cameras: the newest frame matters, a lost one is not resent'),
+    'window': QosSpec(True, 100, why='sensor windows: ~1.5 s of history at 65 Hz so a reader '
+                                     'starved of CPU for a moment still gets every window'),
+    'robot': QosSpec(True, 20, why='robot state at 100 Hz: 200 ms of history, same reason'),
+    'state': QosSpec(True, 2, why='state-like outputs (chunks, commands): the newest matters'),
+    'latest': QosSpec(True, 1, why='features, requests, stats: only the newest matters'),
+    'static': QosSpec(True, 1, transient_local=True, why='metadata: late joiners get it'),
+    'diagnostics': QosSpec(True, 10, why='/diagnostics, as diagnostic_updater publishes it'),
+    'clock': QosSpec(False, 1, why='/clock while replaying a bag (rclcpp::ClockQoS)'),
+}
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One topic: relative name (or pattern), type, QoS kind, and what it carries."""
+
+    name: str                      # relative name; cameras: CAMERA_PATTERN
+    msgtype: str                   # 'pkg/msg/Type'
+    qos: str                       # key of QOS
+    description: str
+    recorded: bool = True          # in the documented recorded set (docs/evaluation.md)
+
+
+CAMERAS = Topic(CAMERA_PATTERN, 'sensor_msgs/msg/CompressedImage', 'sensor',
+                'JPEG of one view, stamped with the capture time (camera_bridge)')
+JOINT_STATES = Topic('robot/joint_states', 'sensor_msgs/msg/JointState', 'robot',
+                     'joints [rad] and the `gripper` entry [0 open..1 closed] (robot_bridge)')
+POSE = Topic('robot/pose', 'geometry_msgs/msg/PoseStamped', 'robot',
+             'tool pose in the base frame [m, quaternion] (robot_bridge)')
+SENSOR_WINDOW = Topic('sensor/window', 'vla_insertion/msg/SensorWindow', 'window',
+                      'the newest 65 x 7 samples of the 650 Hz sensor (sensor_bridge)')
+FEATURES = Topic('vla/features', 'vla_insertion/msg/VLFeatures', 'latest',
+                 'VL features of one set of views (vlm_node)')
+FEATURE_REQUEST = Topic('vla/feature_request', 'std_msgs/msg/Header', 'latest',
+                        'sync mode: "compute features now" (action_expert)')
+ACTION_CHUNK = Topic('vla/action_chunk', 'vla_insertion/msg/ActionChunk', 'state',
+                     '8 x 7 actions stamped with the observation time (action_expert)')
+STATS = Topic('vla/stats', 'vla_insertion/msg/NodeStats', 'latest',
+              'plottable health numbers of each node (every node)')
+DIAGNOSTICS = Topic('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 'diagnostics',
+                    'status, reasons and counters of each node (every node)')
+CLOCK = Topic('/clock', 'rosgraph_msgs/msg/Clock', 'clock',
+              'bag time while replaying (bag_player)', recorded=False)
+
+TOPICS: tuple[Topic, ...] = (CAMERAS, JOINT_STATES, POSE, SENSOR_WINDOW, FEATURES,
+                             FEATURE_REQUEST, ACTION_CHUNK, STATS, DIAGNOSTICS, CLOCK)
+
+
+# The documented recorded set (docs/evaluation.md): every camera view the cell publishes (a
+# pattern, so a cell with other view names records its cameras), the robot, the sensor windows,
+# the pipeline's outputs and health.
+RECORDED: tuple[str, ...] = tuple(t.name for t in TOPICS if t.recorded)
+
+
+def camera_topic(view: str) -> str:
+    """Return the relative topic of one camera view."""
+    return CAMERA_PATTERN.replace('*', view)
+
+
+def view_of(topic: str) -> str | None:
+    """Return the view name of a camera topic (any namespace), None for other topics."""
+    parts = topic.strip('/').split('/')
+    if len(parts) >= 4 and parts[-4] == 'cameras' and parts[-2:] == ['image', 'compressed']:
+        return parts[-3]
+    return None
+
+
+def _relative(topic: str) -> str:
+    """Strip a namespace: the part a table name is matched against."""
+    name = topic.strip('/')
+    if view_of(topic) is not None:
+        return '/'.join(name.split('/')[-4:])
+    return '/'.join(name.split('/')[-2:])
+
+
+def find(topic: str) -> Topic | None:
+    """Return the table entry of a topic name, whatever its namespace (None if unknown)."""
+    for entry in TOPICS:
+        if entry.name.startswith('/'):
+            if '/' + topic.lstrip('/') == entry.name:
+                return entry
+        elif fnmatch.fnmatchcase(_relative(topic), entry.name):
+            return entry
+    return None
+
+
+def recorded_topics(view_names: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the documented recorded set for a cell with these camera views."""
+    out: list[str] = []
+    for entry in TOPICS:
+        if not entry.recorded:
+            continue
+        if entry.name == CAMERA_PATTERN:
+            out += [camera_topic(v) for v in view_names]
+        else:
+            out.append(entry.name)
+    return tuple(out)
+
+
+def matches(topic: str, wanted: str) -> bool:
+    """Whether a topic name is `wanted`: relative names match any namespace, `*` a view."""
+    if wanted.startswith('/'):
+        return fnmatch.fnmatchcase(topic, wanted)
+    name = topic.strip('/')
+    depth = wanted.count('/') + 1
+    return fnmatch.fnmatchcase('/'.join(name.split('/')[-depth:]), wanted)
+
+
+def markdown_table() -> str:
+    """Return the topic table as markdown (docs/development.md holds this text)."""
+    lines = ['| topic | type | QoS | what |', '| --- | --- | --- | --- |']
+    for t in TOPICS:
+        q = QOS[t.qos]
+        qos = (f'{t.qos}: {"reliable" if q.reliable else "best effort"}, depth {q.depth}'
+               + (', transient local' if q.transient_local else ''))
+        name = t.name.replace('*', '<view>')
+        lines.append(f'| `{name}` | {t.msgtype.replace("/msg/", "/")} | {qos} | '
+                     f'{t.description} |')
+    return '\n'.join(lines)
