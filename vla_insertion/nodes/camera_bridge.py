@@ -94,8 +94,8 @@ class CameraBridgeNode(Node):
             rate_hz=sum(rates.values()))
         clocks = self._stream.clock_reports()
         for name, v in self._views.items():
-            health.values[f'fps_{name}'] = rates[name]
-            health.values[f'frames_{name}'] = v.published
+            health.values[f'fps.{name}'] = rates[name]
+            health.values[f'frames.{name}'] = v.published
             health.values[f'gap_messages.{name}'] = self._stream.gaps[name]
             health.values[f'clock_offset_ms.{name}'] = (
                 clocks[name].offset_s * 1e3 if name in clocks else math.nan)

@@ -43,12 +43,12 @@ def drop_counts(values: dict[str, str]) -> dict[str, int]:
 
 
 def frame_counts(values: dict[str, str]) -> dict[str, int]:
-    """Return the camera bridge's frames received per view (keys `frames_<view>`)."""
+    """Return the camera bridge's frames received per view (keys `frames.<view>`)."""
     out = {}
     for key, value in values.items():
-        if key.startswith('frames_'):
+        if key.startswith('frames.'):
             try:
-                out[key[len('frames_'):]] = int(float(value))
+                out[key[len('frames.'):]] = int(float(value))
             except ValueError:
                 continue
     return out

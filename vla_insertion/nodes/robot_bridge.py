@@ -88,7 +88,7 @@ class RobotBridgeNode(Node):
         state = self._latest
         if state is not None:
             for name, q in zip(state.joint_names, state.joint_positions_rad):
-                health.values[f'{name}_rad'] = float(q)
+                health.values[f'joint_rad.{name}'] = float(q)
             health.values['gripper'] = state.gripper
         if self._loop.received and rate < self._config.min_rate_hz:
             health.escalate('WARN', f'state rate {rate:.1f} Hz < {self._config.min_rate_hz:g}')
