@@ -52,8 +52,8 @@ def test_to_params_round_trips():
     ({'joint_limits.joint_3.max_jerk': float('nan')}, ['joint_limits.joint_3.max_jerk']),
     ({'joint_limits.joint_5.max_acceleration': 'fast'}, ['joint_5.max_acceleration']),
     ({'joint_limits.joint_1.has_velocity_limits': 'yes'}, ['joint_1.has_velocity_limits']),
-    ({'joint_limits.joint_1.has_velocity_limits': False}, ['joint_1.has_velocity_limits',
-                                                          'must be true']),
+    ({'joint_limits.joint_1.has_velocity_limits': False},
+     ['joint_1.has_velocity_limits', 'must be true']),
     ({'joint_limits.joint_6.min_position': 3.0, 'joint_limits.joint_6.max_position': 1.0},
      ['joint_6.min_position', 'below max_position']),
     ({'joint_limits.gripper.angle_wraparound': True}, ['gripper.angle_wraparound']),
@@ -101,7 +101,7 @@ def test_executor_config_validation(bad):
 
 def test_every_config_field_documents_its_unit_or_choices():
     docs = field_docs(ExecutorConfig)
-    assert set(docs) == {f for f in ExecutorConfig.__dataclass_fields__}
+    assert set(docs) == set(ExecutorConfig.__dataclass_fields__)
     for name, doc in docs.items():
         assert doc, name
 

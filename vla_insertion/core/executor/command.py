@@ -8,7 +8,7 @@ from vla_insertion.core.wire.command import CommandMessage, FLAG_ARMED, FLAG_HOL
 
 def command_message(command: JointCommand, config: ExecutorConfig, *, session: int,
                     sequence: int, sender_time_s: float) -> CommandMessage | None:
-    """The wire message for one command, or None when there is nothing valid to send.
+    """Build the wire message for one command; None when there is nothing valid to send.
 
     ARMED only when the executor is armed (a disarmed executor's preview reaches the robot
     without it, and the robot holds); HOLD whenever the executor holds.

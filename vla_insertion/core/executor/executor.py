@@ -114,8 +114,8 @@ class ChunkExecutor:
         self._last_sample: Sample | None = None
         self._speed_scale = 1.0
         # counters and summaries
-        self._gate = Counter({cause: 0 for cause in gate.CAUSES})
-        self._rejected = Counter({reason: 0 for reason in REJECT_REASONS})
+        self._gate = Counter(dict.fromkeys(gate.CAUSES, 0))
+        self._rejected = Counter(dict.fromkeys(REJECT_REASONS, 0))
         self._inputs = Counter()           # robot/sensor/clock input problems, merge events
         self._accepted = 0
         self._steps = 0
@@ -124,6 +124,7 @@ class ChunkExecutor:
         self._starved_steps = 0
         self._delays = Window(config.delay_window)
         self._jumps = Window(config.delay_window)
+        self._position_jumps = Window(config.delay_window)
         self._jerk = JerkMeter(config.period_s)
 
     # --- inputs ---------------------------------------------------------------------------
@@ -331,11 +332,25 @@ class ChunkExecutor:
 
     def _join_pending(self, t_query: float) -> None:
         for chunk in self._pending:
-            x, v = self._limiter.tracker_state
-            # the commanded state one period on, at this step's query time
-            arrival = self._merger.add(chunk, t_query, x + v * self._config.period_s, v)
+            position, velocity = self._commanded(t_query)
+            arrival = self._merger.add(chunk, t_query, position, velocity)
             self._inputs[f'merge.{arrival.mode}'] += 1
         self._pending.clear()
+
+    def _commanded(self, t_query: float) -> tuple[np.ndarray, np.ndarray]:
+        """Where a blend into a new chunk starts: the commanded reference at t_query.
+
+        While tracking, that is the plan itself (so a limiter still catching up with an
+        infeasible plan does not drag the plan back); after a hold or before any plan, the
+        limiter's own state one period on (where the arm was stopped).
+        """
+        last = self._last_command
+        if not self._merger.empty and last is not None and not last.hold:
+            sample = self._merger.sample(t_query)
+            if np.isfinite(sample.position).all() and np.isfinite(sample.velocity).all():
+                return sample.position, sample.velocity
+        x, v = self._limiter.tracker_state
+        return x + v * self._config.period_s, v
 
     def _hold_rules(self, now_s: float, t_query: float, sample: Sample | None,
                     acted: set[str]) -> bool:
@@ -425,10 +440,14 @@ class ChunkExecutor:
                 self._starved += 1
         last = self._last_sample
         if sample is not None and last is not None and sample.sequence != last.sequence:
-            # how much the reference velocity changed over the period in which a new chunk
-            # took over (blend: ~0, latest: the disagreement between the two plans)
-            self._jumps.add(float(np.max(np.abs(sample.velocity[:NUM_JOINTS]
-                                                - last.velocity[:NUM_JOINTS]))))
+            # How far the reference moved off its own course in the period in which a new
+            # chunk took over (blend: ~0, latest: the disagreement between the two plans).
+            # The limiter absorbs it; these say how hard it had to work.
+            joints = slice(0, NUM_JOINTS)
+            expected = last.position[joints] + last.velocity[joints] * self._config.period_s
+            self._jumps.add(float(np.max(np.abs(sample.velocity[joints]
+                                                - last.velocity[joints]))))
+            self._position_jumps.add(float(np.max(np.abs(sample.position[joints] - expected))))
         self._last_sample = sample
 
     def _invalid(self, now_s: float) -> JointCommand:
@@ -530,4 +549,5 @@ class ChunkExecutor:
         out.update({f'inputs.{k}': v for k, v in sorted(self._inputs.items())})
         out.update(self._delays.summary('delay_s'))
         out.update(self._jumps.summary('boundary.velocity_jump'))
+        out.update(self._position_jumps.summary('boundary.position_jump'))
         return out

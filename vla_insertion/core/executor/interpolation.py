@@ -62,13 +62,15 @@ class ChunkTrajectory:
         self.dt_s = float(dt_s)
         self.sequence = int(sequence)
         self.points = np.asarray(actions, dtype=np.float64)      # (H, A)
-        self.slopes = pchip_slopes(self.points, self.dt_s)       # (H, A)
         self.end_s = self.stamp_s + (self.points.shape[0] - 1) * self.dt_s
-        # Underrun: decelerate from the last slope at the acceleration limit, then hold.
         self._decel = np.asarray(max_acceleration, dtype=np.float64)  # (A,) > 0
-        v_end = self.slopes[-1]
-        self._stop_after_s = np.abs(v_end) / self._decel             # (A,)
-        self.rest_position = self.points[-1] + v_end * self._stop_after_s / 2.0
+        # absurd (finite) actions may overflow here; the executor's gate refuses the result
+        with np.errstate(over='ignore', invalid='ignore'):
+            self.slopes = pchip_slopes(self.points, self.dt_s)   # (H, A)
+            # Underrun: decelerate from the last slope at the acceleration limit, then hold.
+            v_end = self.slopes[-1]
+            self._stop_after_s = np.abs(v_end) / self._decel         # (A,)
+            self.rest_position = self.points[-1] + v_end * self._stop_after_s / 2.0
 
     @property
     def horizon(self) -> int:
@@ -86,7 +88,7 @@ class ChunkTrajectory:
         return self.stamp_s + k * self.dt_s
 
     def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """(A,) position and (A,) velocity at time t [s]."""
+        """Return the (A,) position and (A,) velocity at time t [s]."""
         if t <= self.stamp_s or self.horizon == 1:
             if t >= self.stamp_s:                                # one action: hold it
                 return self.points[0].copy(), np.zeros_like(self.points[0])

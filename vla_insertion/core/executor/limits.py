@@ -75,11 +75,11 @@ class JointLimits:
                               f'must be below max_position ({self.max_position})')
 
     def require_for_executor(self, joint: str) -> None:
-        """The limits the executor cannot work without (see the module docstring)."""
+        """Refuse limits the executor cannot work without (see the module docstring)."""
         for flag in ('has_position_limits', 'has_velocity_limits', 'has_acceleration_limits'):
             if not getattr(self, flag):
                 raise ConfigError(f'{PARAM_PREFIX}.{joint}.{flag} must be true: the executor '
-                                  'limits every joint\'s position, velocity and acceleration')
+                                  "limits every joint's position, velocity and acceleration")
         if self.angle_wraparound:
             raise ConfigError(f'{PARAM_PREFIX}.{joint}.angle_wraparound: continuous joints are '
                               'not supported by the executor')

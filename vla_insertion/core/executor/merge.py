@@ -16,7 +16,8 @@ temporal_ensemble (ACT, Zhao et al. 2023)
     new. The reference still steps a little whenever a chunk starts or stops covering t.
 blend
     At the first step after arrival (time t0) the plan blends from the commanded position p0
-    and velocity v0 (the limiter's state) into the new chunk c over `blend_s`:
+    and velocity v0 (the plan's own reference at t0, or where the limiter stopped the arm after
+    a hold) into the new chunk c over `blend_s`:
         r(t) = (1 - w) (p0 + v0 (t - t0)) + w c(t),   w = 10 s^3 - 15 s^4 + 6 s^5,
         s = (t - t0) / blend_s.
     The quintic smoothstep has zero first and second derivative at both ends, so position and
@@ -91,7 +92,7 @@ class BlendPlan:
         into = self.target.sample(t)
         if t >= self.t0 + self.duration_s:
             return into
-        tau = max(t - self.t0, 0.0)
+        tau = t - self.t0            # before t0 (not sampled by the executor): w = 0
         w, dw = smoothstep5(tau / self.duration_s)
         start = self.p0 + self.v0 * tau
         pos = (1 - w) * start + w * into.position
@@ -170,7 +171,11 @@ class Merger:
         return self.plan is None
 
     def sample(self, t: float) -> Sample | None:
-        return None if self.plan is None else self.plan.sample(t)
+        if self.plan is None:
+            return None
+        # absurd (finite) actions may overflow; the gate's first rule refuses the result
+        with np.errstate(over='ignore', invalid='ignore'):
+            return self.plan.sample(t)
 
     def settle(self, t: float) -> None:
         """Forget the parts of the plan that no time >= t can reach."""
@@ -220,7 +225,7 @@ class Merger:
 
 
 def committed_steps(delays_s: np.ndarray, quantile: float, dt_s: float, horizon: int) -> int:
-    """Action steps to commit: the delay quantile rounded up to steps, in 1..horizon - 1."""
+    """Count the steps to commit: the delay quantile rounded up to steps, in 1..horizon - 1."""
     if horizon < 2:
         return 1
     if delays_s.size == 0:

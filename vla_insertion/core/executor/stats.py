@@ -47,7 +47,7 @@ class JerkMeter:
         self.peak = 0.0
 
     def restart(self) -> None:
-        """The stream restarts (re-armed): differences across the gap are not motion."""
+        """Forget the history: the stream restarts (re-armed), the gap is not motion."""
         self._history.clear()
 
     def add(self, position: np.ndarray) -> None:
