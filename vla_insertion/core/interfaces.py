@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+import numpy as np
+
 from vla_insertion.core.data import CameraFrame, RobotState, SensorWindowData, VLFeatureData
 
 ObsT = TypeVar('ObsT', contravariant=True)
@@ -39,3 +41,4 @@ class ExpertObservation:
     window: SensorWindowData
     robot: RobotState
     now_s: float                    # tick time on the local clock [s]
+    prefix: np.ndarray | None = None  # (d, A) committed actions applying from now_s
