@@ -212,7 +212,7 @@ def test_stale_robot_state_holds_and_resumes():
     assert cmd.hold and 'robot_state_too_old' in cmd.interventions
     assert gate_count(cell, 'robot_state_too_old') >= 10
     cell.robot_fresh = True
-    cmd = cell.run(0.5, chunks=0.05)
+    cmd = cell.run(1.0, chunks=0.05)
     assert cmd.state == 'tracking' and cmd.positions[0] == pytest.approx(0.05)
 
 
@@ -380,7 +380,7 @@ def test_arming_starts_from_the_measured_state_without_a_jump():
     cell = Cell(arm=False, follow=False, max_distance_from_measured_rad=10.0)
     cell.q = np.array([0.2, -0.1, 0.3, 0.0, 0.1, -0.2])
     cell.feed()
-    cell.run(1.0, chunks=0.8)                                # the preview runs off to 0.8
+    cell.run(1.5, chunks=0.8)                                # the preview runs off to 0.8
     assert cell.commands[-1].positions[0] == pytest.approx(0.8)
     assert cell.ex.arm(cell.t) == (True, 'armed')
     mark = len(cell.commands)

@@ -519,7 +519,9 @@ class ExecutorConfig:
     actuator_lead_s: float = 0.02  # command now the state wanted this long from now [s]
     merge: str = 'blend'           # latest, temporal_ensemble, blend, prefix (docs/executor.md)
     ensemble_k: float = 0.01       # temporal_ensemble: weight exp(-k i), i=0 oldest (ACT's m) [1]
-    blend_s: float = 0.1           # blend/prefix: blend into a new chunk over this long [s]
+    # A quintic blend over tau of a disagreement d peaks at 5.77 d / tau^2: two chunk periods
+    # keep 10 mrad between chunks at 1.4 rad/s^2, inside the 4 rad/s^2 default limits.
+    blend_s: float = 0.2           # blend/prefix: blend into a new chunk over this long [s]
     prefix_tolerance: float = 0.01  # prefix: a chunk continues the prefix within this [rad, 1]
     prefix_quantile: float = 0.9   # prefix: committed steps = this delay quantile / dt [0..1]
     lookahead_s: float = 0.5       # JointTrajectory: future points this far ahead, at rest [s]

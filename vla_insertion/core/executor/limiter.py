@@ -150,7 +150,9 @@ class MotionLimiter:
         else:
             ref_v = np.zeros_like(v) if target_velocity is None else target_velocity
             error = np.asarray(target, dtype=np.float64) - x - ref_v * T
-            desired = ref_v + np.sign(error) * stopping_speed(np.abs(error), h, T)
+            # catch up planning with half the acceleration: the other half is left for the
+            # reference's own acceleration, so chasing an accelerating plan does not overshoot
+            desired = ref_v + np.sign(error) * stopping_speed(np.abs(error), h / 2, T)
         brake = v - np.sign(v) * np.minimum(np.abs(v), h)
         empty = lo > hi                      # only from a state outside the limits
         v_new = np.where(empty, brake, np.clip(desired, lo, hi))
