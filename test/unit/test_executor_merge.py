@@ -12,7 +12,6 @@ from vla_insertion.core.executor.merge import committed_steps, Merger, smoothste
 
 DT = 0.1
 ACCEL = np.full(7, 4.0)
-ZERO = np.zeros(7)
 
 
 def _traj(values, stamp, seq=0):
@@ -30,9 +29,9 @@ def _traj(values, stamp, seq=0):
 def test_latest_switches_to_the_newest_chunk_at_once():
     m = Merger('latest')
     assert m.sample(0.0) is None
-    assert m.add(_traj(0.1, 0.0, seq=1), 0.05, ZERO, ZERO).mode == 'first'
+    assert m.add(_traj(0.1, 0.0, seq=1), 0.05).mode == 'first'
     assert m.sample(0.2).position[0] == pytest.approx(0.1)
-    assert m.add(_traj(0.3, 0.1, seq=2), 0.15, ZERO, ZERO).mode == 'latest'
+    assert m.add(_traj(0.3, 0.1, seq=2), 0.15).mode == 'latest'
     s = m.sample(0.15)
     assert s.position[0] == pytest.approx(0.3) and s.sequence == 2
     assert s.index == pytest.approx(0.5)
@@ -41,9 +40,9 @@ def test_latest_switches_to_the_newest_chunk_at_once():
 @pytest.mark.parametrize('k', [0.0, 0.01, 0.5, -0.5])
 def test_temporal_ensemble_weights_the_oldest_chunk_most_for_positive_k(k):
     m = Merger('temporal_ensemble', ensemble_k=k)
-    m.add(_traj(1.0, 0.0, seq=1), 0.05, ZERO, ZERO)
-    m.add(_traj(2.0, 0.2, seq=2), 0.25, ZERO, ZERO)
-    m.add(_traj(4.0, 0.4, seq=3), 0.45, ZERO, ZERO)
+    m.add(_traj(1.0, 0.0, seq=1), 0.05)
+    m.add(_traj(2.0, 0.2, seq=2), 0.25)
+    m.add(_traj(4.0, 0.4, seq=3), 0.45)
     w = np.exp(-k * np.arange(3))
     expected = (1.0 * w[0] + 2.0 * w[1] + 4.0 * w[2]) / w.sum()
     s = m.sample(0.5)                                   # all three cover t = 0.5
@@ -61,18 +60,30 @@ def test_temporal_ensemble_weights_the_oldest_chunk_most_for_positive_k(k):
 
 def test_temporal_ensemble_averages_velocities_too():
     m = Merger('temporal_ensemble', ensemble_k=0.0)
-    m.add(_traj(np.linspace(0, 0.7, 8), 0.0), 0.0, ZERO, ZERO)        # 1 rad/s
-    m.add(_traj(np.linspace(0, 2.1, 8) - 0.3, 0.1), 0.1, ZERO, ZERO)  # 3 rad/s
+    m.add(_traj(np.linspace(0, 0.7, 8), 0.0), 0.0)        # 1 rad/s
+    m.add(_traj(np.linspace(0, 2.1, 8) - 0.3, 0.1), 0.1)  # 3 rad/s
     s = m.sample(0.35)
     assert s.velocity[0] == pytest.approx(2.0)
     assert s.position[0] == pytest.approx((0.35 + (0.25 * 3.0 - 0.3)) / 2)
 
 
-def test_blend_starts_at_the_commanded_state_and_ends_on_the_new_chunk():
+def test_blend_from_the_old_plan_into_the_new_chunk():
     m = Merger('blend', blend_s=0.2)
-    m.add(_traj(0.0, 0.0), 0.0, ZERO, ZERO)
+    m.add(_traj(np.linspace(0.0, 0.7, 8), 0.0, seq=1), 0.0)        # 1 rad/s
+    assert m.add(_traj(0.5, 0.2, seq=2), 0.3).mode == 'blend'
+    start = m.sample(0.3)
+    assert start.position[0] == pytest.approx(0.3) and start.velocity[0] == pytest.approx(1.0)
+    assert m.sample(0.4).position[0] == pytest.approx(0.5 * 0.4 + 0.5 * 0.5)   # w(0.5) = 0.5
+    end = m.sample(0.5)
+    assert end.position[0] == pytest.approx(0.5) and end.velocity[0] == pytest.approx(0.0)
+    assert m.sample(0.29).sequence == 1 and m.sample(0.3).sequence == 2
+
+
+def test_blend_after_a_hold_starts_at_the_commanded_state_and_ends_on_the_new_chunk():
+    m = Merger('blend', blend_s=0.2)
+    m.add(_traj(0.0, 0.0), 0.0)
     p0, v0 = np.full(7, 0.1), np.full(7, 1.0)
-    assert m.add(_traj(0.5, 0.9, seq=2), 1.0, p0, v0).mode == 'blend'
+    assert m.add(_traj(0.5, 0.9, seq=2), 1.0, (p0, v0)).mode == 'restart'
     start = m.sample(1.0)
     np.testing.assert_allclose(start.position, p0)
     np.testing.assert_allclose(start.velocity, v0)                     # no velocity step
@@ -97,11 +108,11 @@ def test_smoothstep_is_flat_at_both_ends():
 def test_prefix_keeps_the_committed_actions_then_switches():
     m = Merger('prefix', blend_s=0.1, prefix_tolerance=0.01)
     old = np.linspace(0.0, 0.7, 8)                                     # 1 rad/s
-    m.add(_traj(old, 0.0, seq=1), 0.0, ZERO, ZERO)
+    m.add(_traj(old, 0.0, seq=1), 0.0)
     # A chunk from the observation at 0.2 that continues the plan for 3 actions
     # (0.2, 0.3, 0.4), then turns back.
     new = np.array([0.2, 0.3, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
-    arrival = m.add(_traj(new, 0.2, seq=2), 0.25, np.full(7, 0.25), np.full(7, 1.0))
+    arrival = m.add(_traj(new, 0.2, seq=2), 0.25)
     assert arrival.mode == 'prefix' and arrival.matched_actions == 3
     assert arrival.switch_s == pytest.approx(0.4)
     for t in (0.25, 0.3, 0.35, 0.399):                                # the committed part
@@ -115,19 +126,21 @@ def test_prefix_keeps_the_committed_actions_then_switches():
 
 def test_prefix_falls_back_to_a_blend_for_a_chunk_made_without_the_prefix():
     m = Merger('prefix', blend_s=0.1)
-    m.add(_traj(np.linspace(0.0, 0.7, 8), 0.0, seq=1), 0.0, ZERO, ZERO)
-    p0, v0 = np.full(7, 0.26), np.full(7, 1.0)
-    arrival = m.add(_traj(0.9, 0.2, seq=2), 0.26, p0, v0)
+    m.add(_traj(np.linspace(0.0, 0.7, 8), 0.0, seq=1), 0.0)
+    arrival = m.add(_traj(0.9, 0.2, seq=2), 0.26)
     assert arrival.mode == 'fallback' and arrival.matched_actions == 0
-    np.testing.assert_allclose(m.sample(0.26).position, p0)
+    assert arrival.switch_s == 0.26
+    np.testing.assert_allclose(m.sample(0.26).position, 0.26)
+    assert m.sample(0.26).velocity[0] == pytest.approx(1.0)
     assert m.sample(0.36).position[0] == pytest.approx(0.9)
 
 
-@pytest.mark.parametrize('delays, expected', [
-    ([], 1), ([0.05] * 10, 1), ([0.1] * 10, 1), ([0.25] * 10, 3),
-    ([0.05] * 8 + [0.35, 0.35], 4), ([5.0], 7)])
-def test_committed_steps_round_the_delay_quantile_up_to_action_steps(delays, expected):
-    assert committed_steps(np.array(delays), 0.9, DT, 8) == expected
+@pytest.mark.parametrize('delays, ahead, expected', [
+    ([], 0.0, 1), ([], 0.055, 2), ([0.05] * 10, 0.0, 2), ([0.1] * 10, 0.0, 2),
+    ([0.25] * 10, 0.0, 4), ([0.25] * 10, 0.055, 5), ([0.05] * 8 + [0.35, 0.35], 0.0, 5),
+    ([5.0], 0.0, 7)])
+def test_committed_steps_cover_the_delay_quantile_and_the_lookahead(delays, ahead, expected):
+    assert committed_steps(np.array(delays), 0.9, DT, 8, ahead) == expected
 
 
 # --- through the executor -----------------------------------------------------------------
@@ -235,20 +248,24 @@ def test_blend_stream_has_no_jump_where_latest_has_one():
 
 
 def test_prefix_stream_commits_and_continues():
-    cell = Cell(merge='prefix')
-    ramp = np.linspace(0.0, 0.7, 8) * 0.2                               # 0.2 rad/s
-    cell.chunk(0.0, ramp, 0.25, seq=1)
+    cell = Cell(merge='prefix', chunk_timeout_s=2.0)
+    cell.chunk(0.0, 0.2 * DT * np.arange(16), 0.25, seq=1)             # 0.2 rad/s for 1.5 s
     cell.t = 0.25
-    cell.run(0.05)
+    cell.run(0.35)                                       # the blend in from rest is over
     stamp, prefix = cell.ex.committed_prefix(cell.t)
     assert stamp == cell.t and prefix.dtype == np.float32
-    assert prefix.shape == (3, 7)                        # 0.25 s delay -> 3 action steps
-    np.testing.assert_allclose(prefix[:, 0], 0.2 * (cell.t + DT * np.arange(3)), atol=1e-6)
-    # a policy that continues the prefix, then stops where it is
-    continued = np.concatenate([prefix, np.repeat(prefix[-1:], 5, axis=0)])
-    assert cell.ex.on_chunk(ActionChunkData(stamp, continued, DT, sequence=2), stamp + 0.25)
+    # 0.25 s delay + 0.055 s lead and filter -> 4 steps, + the action at the switch
+    assert prefix.shape == (5, 7) and cell.ex.stats()['prefix.steps'] == 5
+    np.testing.assert_allclose(prefix[:, 0], 0.2 * (cell.t + DT * np.arange(5)), atol=1e-6)
+    # a policy that continues the prefix, then stops where it is; 0.25 s to compute it
+    continued = np.concatenate([prefix, np.repeat(prefix[-1:], 3, axis=0)])
+    cell.run(0.25)
+    assert cell.ex.on_chunk(ActionChunkData(stamp, continued, DT, sequence=2), cell.t)
     cell.run(0.01)
     stats = cell.ex.stats()
     assert stats['inputs.merge.prefix'] == 1 and stats.get('inputs.merge.fallback', 0) == 0
+    plan = cell.ex._merger
+    assert plan.sample(stamp + 0.39).sequence == 1       # the committed part: the old plan
+    assert plan.sample(stamp + 0.4 + 1e-9).sequence == 2
     cell.run(1.0)
     assert cell.commands[-1].positions[0] == pytest.approx(prefix[-1, 0], abs=1e-6)

@@ -332,23 +332,22 @@ class ChunkExecutor:
 
     def _join_pending(self, t_query: float) -> None:
         for chunk in self._pending:
-            position, velocity = self._commanded(t_query)
-            arrival = self._merger.add(chunk, t_query, position, velocity)
+            arrival = self._merger.add(chunk, t_query, self._restart(t_query))
             self._inputs[f'merge.{arrival.mode}'] += 1
         self._pending.clear()
 
-    def _commanded(self, t_query: float) -> tuple[np.ndarray, np.ndarray]:
-        """Where a blend into a new chunk starts: the commanded reference at t_query.
+    def _restart(self, t_query: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the state a blend into a new chunk starts from, or None for the plan.
 
-        While tracking, that is the plan itself (so a limiter still catching up with an
-        infeasible plan does not drag the plan back); after a hold or before any plan, the
-        limiter's own state one period on (where the arm was stopped).
+        While tracking, the plan is what is commanded (and a limiter still catching up with an
+        infeasible plan must not drag it back); after a hold, or before any plan, the arm is
+        where the limiter stopped it: its state one period on.
         """
         last = self._last_command
         if not self._merger.empty and last is not None and not last.hold:
             sample = self._merger.sample(t_query)
             if np.isfinite(sample.position).all() and np.isfinite(sample.velocity).all():
-                return sample.position, sample.velocity
+                return None
         x, v = self._limiter.tracker_state
         return x + v * self._config.period_s, v
 
@@ -501,11 +500,12 @@ class ChunkExecutor:
     def committed_prefix(self, now_s: float) -> tuple[float, np.ndarray] | None:
         """(stamp_s, (d, 7) float32): the plan's actions at stamp_s + k dt, k < d.
 
-        d is the `prefix_quantile` of the measured chunk delays in action steps (rounded up,
-        1..horizon - 1): the actions a chunk from an observation at now_s cannot change
-        because they run before it arrives. The executor keeps them when such a chunk continues
-        them (merge = prefix). None without a plan, or while the gate holds (the robot is not
-        following the plan then).
+        d covers the `prefix_quantile` of the measured chunk delays plus how far ahead the
+        plan is sampled (actuator lead + filter delay), in action steps rounded up, plus the
+        action at which the switch happens (merge.committed_steps; 1..horizon - 1): the actions
+        a chunk from an observation at now_s cannot change because they run before it arrives.
+        The executor keeps them when such a chunk continues them (merge = prefix). None without
+        a plan, or while the gate holds (the robot is not following the plan then).
         """
         last = self._last_command
         if self._merger.empty or not math.isfinite(self._chunk_dt_s) or \
@@ -522,8 +522,9 @@ class ChunkExecutor:
         """Committed action steps d (see committed_prefix)."""
         if not math.isfinite(self._chunk_dt_s):
             return 1
+        ahead = self._config.actuator_lead_s + self._limiter.delay_s
         return committed_steps(self._delays.array(), self._config.prefix_quantile,
-                               self._chunk_dt_s, self._chunk_horizon)
+                               self._chunk_dt_s, self._chunk_horizon, ahead)
 
     def stats(self) -> dict:
         """Flat counters and summaries for /diagnostics (`gate.<cause>` etc.)."""

@@ -15,22 +15,28 @@ temporal_ensemble (ACT, Zhao et al. 2023)
     k > 0 favours the old (smooth, slower to react), k = 0 is a plain mean, k < 0 favours the
     new. The reference still steps a little whenever a chunk starts or stops covering t.
 blend
-    At the first step after arrival (time t0) the plan blends from the commanded position p0
-    and velocity v0 (the plan's own reference at t0, or where the limiter stopped the arm after
-    a hold) into the new chunk c over `blend_s`:
-        r(t) = (1 - w) (p0 + v0 (t - t0)) + w c(t),   w = 10 s^3 - 15 s^4 + 6 s^5,
-        s = (t - t0) / blend_s.
+    At the first step after arrival (time t0) the plan blends from what it was commanding,
+    the old plan o (position and velocity at t0 are the commanded ones), into the new chunk c
+    over `blend_s`:
+        r(t) = (1 - w) o(t) + w c(t),   w = 10 s^3 - 15 s^4 + 6 s^5,   s = (t - t0) / blend_s.
     The quintic smoothstep has zero first and second derivative at both ends, so position and
-    velocity are continuous at t0 and at t0 + blend_s: no velocity step.
+    velocity are continuous at t0 and at t0 + blend_s: no velocity step. Blending from the old
+    plan rather than from a straight-line extrapolation of its state keeps overlapping blends
+    (blend_s longer than the chunk period) from overshooting. After a hold, or before any
+    plan, o is the state where the limiter holds the arm, p0 + v0 (t - t0).
 prefix (real-time chunking, Black et al. 2025, arXiv 2506.07339)
     The executor commits to the next d actions of its plan (`committed_prefix`); d comes from
-    the measured delay. The expert generates its next chunk to continue that prefix (flow-head
-    inpainting). When a chunk stamped s arrives whose first m >= 1 actions lie within
-    `prefix_tolerance` of the plan at s + k dt, the plan keeps the old (committed) plan until
-    the last matching action time s + (m - 1) dt and then switches to the new chunk through a
-    blend (both agree to within the tolerance there, so the blend moves nothing but makes
-    velocity continuous). A chunk that does not continue the plan (generated without the
-    prefix) falls back to `blend` at arrival.
+    the measured delay (`committed_steps`). The expert generates its next chunk to continue
+    that prefix (flow-head inpainting). When a chunk stamped s arrives whose first m >= 1
+    actions lie within `prefix_tolerance` of the plan at s + k dt, the plan keeps the old
+    (committed) plan until the last matching action time s + (m - 1) dt and then switches to
+    the new chunk through a blend (both agree to within the tolerance there, so the blend
+    moves little but makes velocity continuous). A chunk that does not continue the plan
+    (generated without the prefix) falls back to `blend` at arrival.
+
+Plans are small objects (ChunkPlan, BlendPlan, StatePlan, EnsemblePlan); `settle(t)` replaces
+a blend that has finished by its target, so the chain stays as short as the blends overlapping
+at t.
 
 Underrun (no chunk covers t any more) follows the newest chunk's underrun: decelerate at the
 acceleration limits to a hold (interpolation.py).
@@ -81,40 +87,44 @@ class ChunkPlan:
         return self
 
 
-class BlendPlan:
-    """From (p0, v0) at t0 into `target` over `duration_s` (quintic smoothstep weight)."""
+class StatePlan:
+    """A restart from a commanded state: p0 + v0 (t - t0) (v0 = 0 after a hold)."""
 
-    def __init__(self, t0: float, p0: np.ndarray, v0: np.ndarray, target, duration_s: float):
+    def __init__(self, t0: float, p0: np.ndarray, v0: np.ndarray) -> None:
         self.t0, self.p0, self.v0 = t0, np.asarray(p0, float), np.asarray(v0, float)
-        self.target, self.duration_s = target, duration_s
 
     def sample(self, t: float) -> Sample:
+        return Sample(self.p0 + self.v0 * (t - self.t0), self.v0.copy(), -1, math.nan,
+                      math.nan, False)
+
+    def settle(self, t: float) -> 'StatePlan':
+        return self
+
+
+class BlendPlan:
+    """`source` until t0, then into `target` over `duration_s` (quintic smoothstep weight)."""
+
+    def __init__(self, t0: float, source, target, duration_s: float) -> None:
+        self.t0, self.source, self.target, self.duration_s = t0, source, target, duration_s
+
+    def sample(self, t: float) -> Sample:
+        if t < self.t0:
+            return self.source.sample(t)
         into = self.target.sample(t)
         if t >= self.t0 + self.duration_s:
             return into
-        tau = t - self.t0            # before t0 (not sampled by the executor): w = 0
-        w, dw = smoothstep5(tau / self.duration_s)
-        start = self.p0 + self.v0 * tau
-        pos = (1 - w) * start + w * into.position
-        vel = (1 - w) * self.v0 + w * into.velocity + dw / self.duration_s * (
-            into.position - start)
+        start = self.source.sample(t)
+        w, dw = smoothstep5((t - self.t0) / self.duration_s)
+        pos = (1 - w) * start.position + w * into.position
+        vel = (1 - w) * start.velocity + w * into.velocity + dw / self.duration_s * (
+            into.position - start.position)
         return Sample(pos, vel, into.sequence, into.index, into.stamp_s, into.underrun)
 
     def settle(self, t: float):
-        return self.target.settle(t) if t >= self.t0 + self.duration_s else self
-
-
-class SwitchPlan:
-    """`before` until t_switch, then `after`."""
-
-    def __init__(self, before, after, t_switch: float) -> None:
-        self.before, self.after, self.t_switch = before, after, t_switch
-
-    def sample(self, t: float) -> Sample:
-        return (self.before if t < self.t_switch else self.after).sample(t)
-
-    def settle(self, t: float):
-        return self.after.settle(t) if t >= self.t_switch else self
+        if t >= self.t0 + self.duration_s:
+            return self.target.settle(t)
+        self.source, self.target = self.source.settle(t), self.target.settle(t)
+        return self
 
 
 class EnsemblePlan:
@@ -150,9 +160,9 @@ class EnsemblePlan:
 class Arrival:
     """What happened when a chunk joined the plan (for counters and tests)."""
 
-    mode: str                      # 'first', 'latest', 'ensemble', 'blend', 'prefix', 'fallback'
+    mode: str                      # first, latest, ensemble, blend, restart, prefix, fallback
     matched_actions: int = 0       # prefix: leading actions that continue the plan
-    switch_s: float = math.nan     # prefix: when the plan switches to the new chunk [s]
+    switch_s: float = math.nan     # blend/prefix: when the blend into the new chunk starts [s]
 
 
 class Merger:
@@ -194,41 +204,52 @@ class Merger:
             m += 1
         return m
 
-    def add(self, chunk: ChunkTrajectory, t0: float, position: np.ndarray,
-            velocity: np.ndarray) -> Arrival:
-        """Join `chunk` at time t0, when the commanded state is (position, velocity)."""
+    def add(self, chunk: ChunkTrajectory, t0: float,
+            restart: tuple[np.ndarray, np.ndarray] | None = None) -> Arrival:
+        """Join `chunk` at time t0.
+
+        `restart` = (position, velocity): the commanded state to blend from instead of the
+        plan (after a hold the arm is not where the plan is; before the first plan there is
+        none). None: blend from the current plan.
+        """
         if self.strategy == TEMPORAL_ENSEMBLE:
             if not isinstance(self.plan, EnsemblePlan):
                 self.plan = EnsemblePlan(self._k)
             self.plan.add(chunk)
             return Arrival('ensemble')
         new = ChunkPlan(chunk)
-        if self.plan is None or self.strategy == LATEST:
+        if self.strategy == LATEST:
             mode = 'first' if self.plan is None else 'latest'
             self.plan = new
             return Arrival(mode)
-        if self.strategy == PREFIX:
+        source = self.plan if restart is None else StatePlan(t0, *restart)
+        if source is None:
+            self.plan = new
+            return Arrival('first')
+        if self.strategy == PREFIX and restart is None:
             m = self.matched_actions(chunk)
             if m >= 1:
+                # keep the plan through the last matching (committed) action, then blend
                 t_switch = max(t0, chunk.action_time(m - 1))
-                if t_switch > t0:
-                    old = self.plan.sample(t_switch)
-                    self.plan = SwitchPlan(self.plan, BlendPlan(
-                        t_switch, old.position, old.velocity, new, self._blend_s), t_switch)
-                else:
-                    self.plan = BlendPlan(t0, position, velocity, new, self._blend_s)
+                self.plan = BlendPlan(t_switch, source, new, self._blend_s)
                 return Arrival('prefix', m, t_switch)
-            self.plan = BlendPlan(t0, position, velocity, new, self._blend_s)
-            return Arrival('fallback')
-        self.plan = BlendPlan(t0, position, velocity, new, self._blend_s)
-        return Arrival('blend')
+        self.plan = BlendPlan(t0, source, new, self._blend_s)
+        mode = 'restart' if restart is not None else (
+            'fallback' if self.strategy == PREFIX else 'blend')
+        return Arrival(mode, switch_s=t0)
 
 
-def committed_steps(delays_s: np.ndarray, quantile: float, dt_s: float, horizon: int) -> int:
-    """Count the steps to commit: the delay quantile rounded up to steps, in 1..horizon - 1."""
+def committed_steps(delays_s: np.ndarray, quantile: float, dt_s: float, horizon: int,
+                    ahead_s: float = 0.0) -> int:
+    """Count the actions to commit, in 1..horizon - 1.
+
+    A chunk from an observation at s arrives at s + delay, when the executor already samples
+    its plan `ahead_s` later (actuator lead + filter delay). The plan must stay unchanged up
+    to there, and the switch happens at the last committed action, s + (d - 1) dt, so
+    d = ceil((delay quantile + ahead_s) / dt) + 1. No delay measured yet counts as 0.
+    """
     if horizon < 2:
         return 1
-    if delays_s.size == 0:
-        return 1
-    d = math.ceil(float(np.quantile(delays_s, quantile)) / dt_s - 1e-9)
+    delay = float(np.quantile(delays_s, quantile)) if delays_s.size else 0.0
+    d = math.ceil((max(delay, 0.0) + ahead_s) / dt_s - 1e-9) + 1
     return int(min(max(d, 1), horizon - 1))
