@@ -324,6 +324,14 @@ def test_hard_force_limit_holds_and_latches_until_reset(force, torque, cause):
     check_limits(cell.positions(), cell.ex)
 
 
+def test_a_stale_force_window_neither_scales_nor_latches():
+    cell = Cell(sensor=False, require_sensor=False)
+    cell.ex.on_sensor_window(window(cell.t - 1.0, force=100.0, torque=10.0))
+    cmd = cell.run(0.2, chunks=0.05)
+    assert cmd.fault == '' and cmd.state == 'tracking'
+    assert cell.ex.stats()['speed_scale'] == 1.0
+
+
 def test_fault_refuses_to_arm():
     cell = Cell(arm=False)
     cell.force = 100.0

@@ -296,7 +296,7 @@ class ChunkExecutor:
         target, target_velocity = None, None
         if not hold and sample is not None:
             target, target_velocity = self._clamp(sample, acted)
-        self._speed_scale = self._force_rules(acted)
+        self._speed_scale = self._force_rules(now_s, acted)
         if self._fault:
             acted.add(self._fault)
             hold = True
@@ -395,10 +395,13 @@ class ChunkExecutor:
             target = clipped
         return target, velocity
 
-    def _force_rules(self, acted: set[str]) -> float:
-        """Force and torque: hard limits latch a fault; soft limits give a speed scale."""
+    def _force_rules(self, now_s: float, acted: set[str]) -> float:
+        """Force and torque: hard limits latch a fault; soft limits give a speed scale.
+
+        Only a fresh window counts (a stale one holds by itself when require_sensor is set).
+        """
         cfg, wrench = self._config, self._wrench
-        if wrench is None:
+        if wrench is None or not now_s - wrench.stamp_s <= cfg.max_sensor_age_s:
             return 1.0
         if wrench.force_n >= cfg.force_hard_n:
             self._latch(gate.FORCE_LIMIT, f'|F| {wrench.force_n:.1f} N >= {cfg.force_hard_n} N')
@@ -438,7 +441,8 @@ class ChunkExecutor:
             if previous != UNDERRUN:
                 self._starved += 1
         last = self._last_sample
-        if sample is not None and last is not None and sample.sequence != last.sequence:
+        if sample is not None and last is not None and sample.sequence != last.sequence \
+                and gate.NON_FINITE not in acted and np.isfinite(last.position).all():
             # How far the reference moved off its own course in the period in which a new
             # chunk took over (blend: ~0, latest: the disagreement between the two plans).
             # The limiter absorbs it; these say how hard it had to work.
