@@ -15,8 +15,9 @@ Every axis (6 joints and the gripper) goes through two stages at the control per
    never empty: braking (v' = v - sign(v) min(|v|, A T)) is always in it if the previous state
    was produced by the same rule (by induction from rest inside the limits). Inside it, v' is
    the velocity that tracks the reference: the reference's velocity plus the error correction
-   that could still stop on the reference (the same vstop, so a reference step is approached
-   time-optimally without overshoot), or 0 to brake for a hold.
+   that could still stop on the reference (the same vstop, planned with A / 2 so that the other
+   half is left for the reference's own acceleration: a step is approached without overshoot),
+   or 0 to brake for a hold.
 
 2. a moving average over the last m positions of stage 1 (an FIR jerk limiter, Biagiotti and
    Melchiorri 2012). An average of positions in [lo, hi] is in [lo, hi], of velocities within
