@@ -8,7 +8,8 @@ from vla_insertion.core.config import ExecutorConfig
 from vla_insertion.core.data import ActionChunkData, RobotState
 from vla_insertion.core.executor import ChunkExecutor
 from vla_insertion.core.executor.interpolation import ChunkTrajectory
-from vla_insertion.core.executor.merge import committed_steps, Merger, smoothstep5
+from vla_insertion.core.executor.merge import (
+    align_prefix, committed_steps, Merger, smoothstep5)
 
 DT = 0.1
 ACCEL = np.full(7, 4.0)
@@ -141,6 +142,20 @@ def test_prefix_falls_back_to_a_blend_for_a_chunk_made_without_the_prefix():
     ([5.0], 0.0, 7)])
 def test_committed_steps_cover_the_delay_quantile_and_the_lookahead(delays, ahead, expected):
     assert committed_steps(np.array(delays), 0.9, DT, 8, ahead) == expected
+
+
+def test_align_prefix_resamples_to_the_experts_tick():
+    published = 0.5 * (2.0 + DT * np.arange(4))[:, None] * np.ones(7)   # 0.5 rad/s from 2.0 s
+    aligned = align_prefix(2.0, published, DT, 2.004)
+    assert aligned.shape == (4, 7) and aligned.dtype == np.float32
+    np.testing.assert_allclose(aligned[:, 0], 0.5 * (2.004 + DT * np.arange(4)), atol=1e-6)
+    assert align_prefix(2.0, published, DT, 2.15).shape == (3, 7)        # one action has run
+    np.testing.assert_allclose(align_prefix(2.0, published, DT, 2.0), published, atol=1e-6)
+    assert align_prefix(2.0, published, DT, 2.5) is None
+    assert align_prefix(2.0, published[:1], DT, 2.05).shape == (1, 7)
+    bad = published.copy()
+    bad[1, 2] = np.nan
+    assert align_prefix(2.0, bad, DT, 2.0) is None
 
 
 # --- through the executor -----------------------------------------------------------------

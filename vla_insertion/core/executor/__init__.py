@@ -15,6 +15,7 @@ from vla_insertion.core.executor.executor import ChunkExecutor, JointCommand
 from vla_insertion.core.executor.gate import CAUSES
 from vla_insertion.core.executor.limits import (
     default_limits, JointLimits, limits_from_params, LimitsTable, split_params)
+from vla_insertion.core.executor.merge import align_prefix
 
-__all__ = ['CAUSES', 'ChunkExecutor', 'command_message', 'default_limits', 'JointCommand',
-           'JointLimits', 'limits_from_params', 'LimitsTable', 'split_params']
+__all__ = ['align_prefix', 'CAUSES', 'ChunkExecutor', 'command_message', 'default_limits',
+           'JointCommand', 'JointLimits', 'limits_from_params', 'LimitsTable', 'split_params']

@@ -253,3 +253,28 @@ def committed_steps(delays_s: np.ndarray, quantile: float, dt_s: float, horizon:
     delay = float(np.quantile(delays_s, quantile)) if delays_s.size else 0.0
     d = math.ceil((max(delay, 0.0) + ahead_s) / dt_s - 1e-9) + 1
     return int(min(max(d, 1), horizon - 1))
+
+
+def align_prefix(stamp_s: float, actions: np.ndarray, dt_s: float,
+                 now_s: float) -> np.ndarray | None:
+    """Resample a committed prefix published at stamp_s to actions applying from now_s.
+
+    The expert ticks at its own now_s, a little after the executor published; it needs the
+    committed actions at now_s + k dt. They are interpolated linearly between the published
+    ones, and extrapolated past the last by less than one dt (a point beyond is dropped: the
+    executor compares every action against its plan anyway and switches after the last that
+    matches). Returns (d', A) float32 with d' <= d, or None when nothing is left.
+    """
+    actions = np.asarray(actions, dtype=np.float64)                    # (d, A)
+    d = actions.shape[0]
+    if d == 0 or not np.isfinite(actions).all():
+        return None
+    if d == 1:
+        return actions.astype(np.float32) if abs(now_s - stamp_s) < dt_s else None
+    u = (now_s - stamp_s) / dt_s + np.arange(d)                        # published-grid index
+    u = u[u < d]                                                       # < 1 dt past the last
+    if u.size == 0:
+        return None
+    k = np.clip(np.floor(u).astype(int), 0, d - 2)
+    frac = (u - k)[:, None]
+    return ((1 - frac) * actions[k] + frac * actions[k + 1]).astype(np.float32)
