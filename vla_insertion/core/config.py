@@ -498,3 +498,109 @@ class BagPlayerConfig:
                     f'{name} must be a bool, got {getattr(self, name)!r}')
         require(isinstance(self.report, str), f'report must be a path or empty, got '
                 f'{self.report!r}')
+
+
+# --- chunk executor -----------------------------------------------------------------------
+
+EXECUTOR_MERGES = ('latest', 'temporal_ensemble', 'blend', 'prefix')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorConfig:
+    """chunk_executor: action chunks -> a smooth, safety-gated joint command stream.
+
+    Per-joint limits are not fields here: they come from the `joint_limits.<joint>.<key>`
+    parameters in ros2_control's shape (core/executor/limits.py). docs/executor.md explains
+    every rule; the defaults are for a UR5e-class arm doing a slow insertion.
+    """
+
+    control_rate_hz: float = 100.0  # command rate; the limits hold per period at this rate [Hz]
+    joint_names: tuple[str, ...] = (  # arm joints in command order, keys of joint_limits
+        'joint_1', 'joint_2', 'joint_3', 'joint_4', 'joint_5', 'joint_6')
+    # 20 ms = transport (< 1 ms on a cell LAN) + the robot's own interpolation over about one
+    # 8 ms (125 Hz) or 2 ms (500 Hz) servo cycle + margin; measure it on the cell and set it.
+    actuator_lead_s: float = 0.02  # command now the state wanted this long from now [s]
+    merge: str = 'blend'           # latest, temporal_ensemble, blend, prefix (docs/executor.md)
+    ensemble_k: float = 0.01       # temporal_ensemble: weight exp(-k i), i=0 oldest (ACT's m) [1]
+    # A quintic blend over tau of a disagreement d peaks at 5.77 d / tau^2: two chunk periods
+    # keep 10 mrad between chunks at 1.4 rad/s^2, inside the 4 rad/s^2 default limits.
+    blend_s: float = 0.2           # blend/prefix: blend into a new chunk over this long [s]
+    prefix_tolerance: float = 0.01  # prefix: a chunk continues the prefix within this [rad, 1]
+    prefix_quantile: float = 0.9   # prefix: committed steps = this delay quantile / dt [0..1]
+    lookahead_s: float = 0.5       # JointTrajectory: future points this far ahead, at rest [s]
+    trajectory_dt_s: float = 0.05  # JointTrajectory: time between points [s]
+    # Chunks come at 10 Hz: 0.5 s is five missed chunks, before the 0.8 s chunk runs out.
+    chunk_timeout_s: float = 0.5   # watchdog: no accepted chunk for this long -> hold [s]
+    # Longer than a whole chunk (8 x 0.1 s) so the last action of a fresh chunk can run.
+    max_chunk_age_s: float = 1.0   # refuse or stop following actions planned this long ago [s]
+    max_clock_skew_s: float = 0.05  # refuse chunks stamped further than this in the future [s]
+    max_robot_age_s: float = 0.1   # hold when the newest joint state is older (10 at 100 Hz) [s]
+    max_sensor_age_s: float = 0.1  # hold when the newest force window is older than this [s]
+    require_sensor: bool = True    # hold without a fresh sensor window (forces unchecked)
+    position_margin_rad: float = 0.05  # stay this far inside each joint's position limits [rad]
+    # LeRobot's max_relative_target, on by default: above the tracking lag at full speed
+    # (1 rad/s x ~0.1 s), small enough that no single bad target moves a joint far.
+    max_distance_from_measured_rad: float = 0.15  # targets at most this far from measured [rad]
+    # Contact forces of a guided peg insertion are a few N; the UR5e's payload is 50 N.
+    force_soft_n: float = 15.0     # |F| above this scales the motion down [N]
+    force_hard_n: float = 40.0     # |F| at or above this holds and latches a fault [N]
+    torque_soft_nm: float = 1.5    # |tau| above this scales the motion down [N m]
+    torque_hard_nm: float = 4.0    # |tau| at or above this holds and latches a fault [N m]
+    # Never 0, so the policy can still back out of a contact near the hard limit.
+    min_speed_scale: float = 0.1   # speed scale just below the hard limits (1 at the soft) [1]
+    command_timeout_s: float = 0.1  # command_v1 timeout: the robot holds without a newer one [s]
+    start_armed: bool = False      # arm at the first fresh robot state instead of on enable
+    delay_window: int = 100        # chunks in the delay statistics [chunks]
+
+    def __post_init__(self) -> None:
+        require_positive('control_rate_hz', self.control_rate_hz)
+        require(self.control_rate_hz <= 1000.0,
+                f'control_rate_hz must be <= 1000 Hz, got {self.control_rate_hz!r}')
+        require_unique_names('joint_names', self.joint_names)
+        require(len(self.joint_names) == 6,
+                f'joint_names must name the 6 joints, got {list(self.joint_names)}')
+        require('gripper' not in self.joint_names,
+                "joint_names must not contain 'gripper' (the gripper has its own limits)")
+        require(isinstance(self.actuator_lead_s, (int, float))
+                and 0.0 <= self.actuator_lead_s <= 1.0,  # command_v1 refuses a lead above 1 s
+                f'actuator_lead_s must be in 0..1 s, got {self.actuator_lead_s!r}')
+        require_one_of('merge', self.merge, EXECUTOR_MERGES)
+        require(isinstance(self.ensemble_k, (int, float)) and math.isfinite(self.ensemble_k)
+                and abs(self.ensemble_k) <= 10.0,
+                f'ensemble_k must be a finite number in -10..10, got {self.ensemble_k!r}')
+        for name in ('blend_s', 'prefix_tolerance', 'lookahead_s', 'trajectory_dt_s',
+                     'chunk_timeout_s', 'max_chunk_age_s', 'max_robot_age_s',
+                     'max_sensor_age_s', 'max_distance_from_measured_rad', 'force_soft_n',
+                     'force_hard_n', 'torque_soft_nm', 'torque_hard_nm'):
+            require_positive(name, getattr(self, name))
+        require(isinstance(self.prefix_quantile, (int, float))
+                and 0.0 < self.prefix_quantile <= 1.0,
+                f'prefix_quantile must be in (0, 1], got {self.prefix_quantile!r}')
+        require(self.trajectory_dt_s >= 1.0 / self.control_rate_hz,
+                f'trajectory_dt_s must be at least one control period '
+                f'({1.0 / self.control_rate_hz} s), got {self.trajectory_dt_s!r}')
+        require_non_negative('max_clock_skew_s', self.max_clock_skew_s)
+        require_non_negative('position_margin_rad', self.position_margin_rad)
+        require(self.force_soft_n < self.force_hard_n,
+                f'force_soft_n ({self.force_soft_n}) must be below force_hard_n '
+                f'({self.force_hard_n})')
+        require(self.torque_soft_nm < self.torque_hard_nm,
+                f'torque_soft_nm ({self.torque_soft_nm}) must be below torque_hard_nm '
+                f'({self.torque_hard_nm})')
+        require(isinstance(self.min_speed_scale, (int, float))
+                and 0.0 < self.min_speed_scale <= 1.0,
+                f'min_speed_scale must be in (0, 1], got {self.min_speed_scale!r}')
+        require(isinstance(self.command_timeout_s, (int, float))
+                and 0.0 < self.command_timeout_s <= 10.0,  # command_v1's range
+                f'command_timeout_s must be in (0, 10] s, got {self.command_timeout_s!r}')
+        require(self.command_timeout_s >= 1.0 / self.control_rate_hz,
+                f'command_timeout_s must be at least one control period, got '
+                f'{self.command_timeout_s!r}')
+        for name in ('require_sensor', 'start_armed'):
+            require(isinstance(getattr(self, name), bool),
+                    f'{name} must be a bool, got {getattr(self, name)!r}')
+        require_int_range('delay_window', self.delay_window, 1, 100_000, ' chunks')
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.control_rate_hz
