@@ -70,6 +70,11 @@ class JointCommand:
     interventions: tuple[str, ...]  # gate causes that acted in this step (gate.CAUSES order)
     valid: bool = True             # False before the first robot state: nothing to send
 
+    @property
+    def lead_s(self) -> float:
+        """How long after the command the robot should be at the target [s]."""
+        return self.target_time_s - self.stamp_s
+
 
 class ChunkExecutor:
     """Turns action chunks into a smooth, latency-aware, safety-gated command stream."""
