@@ -1,4 +1,5 @@
 """Joint limits: ros2_control shape, nested and dotted parameters, validation, the params file."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ def test_executor_config_validation(bad):
 
 def test_every_config_field_documents_its_unit_or_choices():
     docs = field_docs(ExecutorConfig)
-    assert set(docs) == set(ExecutorConfig.__dataclass_fields__)
+    assert set(docs) == {f.name for f in dataclasses.fields(ExecutorConfig)}
     for name, doc in docs.items():
         assert doc, name
 
@@ -113,7 +114,7 @@ def test_params_file_section_builds_the_config_and_the_limits():
                          extra_prefixes=('joint_limits.',))
     values, limits = split_params({n: v for n, (v, _) in
                                    node_params(PARAMS, 'chunk_executor').items()})
-    assert set(values) <= set(ExecutorConfig.__dataclass_fields__)
+    assert set(values) <= {f.name for f in dataclasses.fields(ExecutorConfig)}
     table = limits_from_params(limits, config.joint_names)
     assert {k.split('.')[1] for k in limits} == set(table.names)
     assert {k.split('.')[2] for k in limits} <= set(KEYS)

@@ -503,6 +503,9 @@ class BagPlayerConfig:
 # --- chunk executor -----------------------------------------------------------------------
 
 EXECUTOR_MERGES = ('latest', 'temporal_ensemble', 'blend', 'prefix')
+# Where the commands go: command_v1 over ZMQ to the robot PC, and/or a JointTrajectory for
+# ros2_control's joint_trajectory_controller.
+EXECUTOR_OUTPUTS = ('command_v1', 'joint_trajectory')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -513,6 +516,8 @@ class ExecutorConfig:
     parameters in ros2_control's shape (core/executor/limits.py). docs/executor.md explains
     every rule; the defaults are for a UR5e-class arm doing a slow insertion.
     """
+
+    NESTED_PARAMETERS: typing.ClassVar[tuple[str, ...]] = ('joint_limits',)
 
     control_rate_hz: float = 100.0  # command rate; the limits hold per period at this rate [Hz]
     joint_names: tuple[str, ...] = (  # arm joints in command order, keys of joint_limits
@@ -551,6 +556,9 @@ class ExecutorConfig:
     command_timeout_s: float = 0.1  # command_v1 timeout: the robot holds without a newer one [s]
     start_armed: bool = False      # arm at the first fresh robot state instead of on enable
     delay_window: int = 100        # chunks in the delay statistics [chunks]
+    outputs: tuple[str, ...] = ('command_v1',)  # command_v1 and/or joint_trajectory
+    robot_ip: str = '127.0.0.1'    # host of the robot PC's command_v1 PULL socket
+    command_port: int = 5557       # TCP port the robot PC binds for command_v1
 
     def __post_init__(self) -> None:
         require_positive('control_rate_hz', self.control_rate_hz)
@@ -600,6 +608,12 @@ class ExecutorConfig:
             require(isinstance(getattr(self, name), bool),
                     f'{name} must be a bool, got {getattr(self, name)!r}')
         require_int_range('delay_window', self.delay_window, 1, 100_000, ' chunks')
+        require(len(self.outputs) > 0 and set(self.outputs) <= set(EXECUTOR_OUTPUTS)
+                and len(set(self.outputs)) == len(self.outputs),
+                f'outputs must be a non-empty subset of {list(EXECUTOR_OUTPUTS)}, got '
+                f'{list(self.outputs)}')
+        require_host('robot_ip', self.robot_ip)
+        require_port('command_port', self.command_port)
 
     @property
     def period_s(self) -> float:

@@ -34,13 +34,16 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    '(default: share/vla_insertion/config/vla_insertion.yaml)'),
     LaunchArgument('namespace', '', 'namespace for every node and relative topic'),
     LaunchArgument('use_sim_time', 'false', 'use /clock (true when replaying a bag)'),
-    LaunchArgument('robot_ip', '', 'address of the robot PC publishing state on port 5556 '
-                   '(empty: the params file value, 127.0.0.1 by default)'),
+    LaunchArgument('robot_ip', '', 'address of the robot PC: its state PUB on port 5556 and '
+                   'its command_v1 PULL on 5557 (empty: the params file value, 127.0.0.1 by '
+                   'default)'),
     LaunchArgument('checkpoint', '', 'action-expert checkpoint folder '
                    '(empty: the params file value)'),
     LaunchArgument('vlm_model', '', 'VLM hub id or local folder (empty: the params file value)'),
     LaunchArgument('instruction', '', 'task instruction given to the VLM '
                    '(empty: the params file value)'),
+    LaunchArgument('execute', 'true', 'also start chunk_executor, which turns chunks into robot '
+                   'commands (disarmed until its ~/enable service is called)'),
     LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback'),
     LaunchArgument('record', 'false', 'also record a rosbag2 bag of the documented topic set'),
 )
@@ -55,6 +58,8 @@ NODES: tuple[NodeSpec, ...] = (
              overrides={'vlm_model': 'model', 'instruction': 'instruction'}),
     NodeSpec('action_expert', 'action_expert', 'ExpertConfig',
              overrides={'checkpoint': 'checkpoint'}),
+    NodeSpec('chunk_executor', 'chunk_executor', 'ExecutorConfig', enabled_by='execute',
+             overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record'),
 )
 

@@ -527,6 +527,17 @@ class ChunkExecutor:
         return now_s, actions.astype(np.float32)
 
     @property
+    def chunk_dt_s(self) -> float:
+        """Time between the actions of the newest accepted chunk [s] (NaN before one)."""
+        return self._chunk_dt_s
+
+    @property
+    def last_delay_s(self) -> float:
+        """Observation stamp -> arrival of the newest chunk [s] (NaN before one)."""
+        values = self._delays.array()
+        return float(values[-1]) if values.size else math.nan
+
+    @property
     def prefix_steps(self) -> int:
         """Committed action steps d (see committed_prefix)."""
         if not math.isfinite(self._chunk_dt_s):
