@@ -93,6 +93,44 @@ def spec_named(name: str) -> NodeSpec:
     raise KeyError(f'no node {name!r} in the launch table')
 
 
+# Sockets between the programs of the table: (node, parameter) pairs that must agree, per
+# link, and the socket kind of a free port for it.
+CELL_LINKS = {
+    'camera': ('tcp', (('camera_bridge', 'port'), ('sim_cell', 'camera_port'))),
+    'robot': ('tcp', (('robot_bridge', 'port'), ('sim_cell', 'robot_port'))),
+    'sensor': ('udp', (('sensor_bridge', 'port'), ('sim_cell', 'sensor_port'))),
+    'command': ('tcp', (('chunk_executor', 'command_port'), ('sim_cell', 'command_port'))),
+    'episode': ('tcp', (('sim_cell', 'episode_port'),)),
+}
+
+
+def params_on_free_ports(source: Path | str, target: Path | str) -> dict[str, int]:
+    """Copy a params file with every cell link on a free loopback port; return the ports.
+
+    For tests, evaluations and recordings that run a whole simulated cell beside another one
+    (never two stacks on the same ports). Each node's section is found the way rcl matches it.
+    """
+    import socket
+
+    import yaml
+
+    from vla_insertion.core.params import fqn, key_matches, read_params_file
+    doc = read_params_file(source)
+    ports = {}
+    for link, (kind, users) in CELL_LINKS.items():
+        with socket.socket(socket.AF_INET,
+                           socket.SOCK_STREAM if kind == 'tcp' else socket.SOCK_DGRAM) as sock:
+            sock.bind(('127.0.0.1', 0))
+            ports[link] = sock.getsockname()[1]
+        for node, parameter in users:
+            key = next((k for k in doc if key_matches(k, fqn(node)) and k.strip('/') != '**'),
+                       f'/**/{node}')
+            section = doc.setdefault(key, {}).setdefault('ros__parameters', {})
+            section[parameter] = ports[link]
+    Path(target).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return ports
+
+
 def installed_paths() -> tuple[Path, Path]:
     """Return (executable folder, shipped params file) of the installed package."""
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
