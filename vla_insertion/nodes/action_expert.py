@@ -81,7 +81,8 @@ class ActionExpertNode(Node):
         except CheckpointError as exc:
             raise ConfigError(f'checkpoint: {exc}') from None
         self._policy = ExpertPolicy(checkpoint, device=cfg.device, steps=cfg.flow_steps or None,
-                                    seed=None if cfg.seed < 0 else cfg.seed)
+                                    seed=None if cfg.seed < 0 else cfg.seed,
+                                    precision=cfg.precision)
         meta = self._policy.meta
         self._warm_up()
         self._limits = StalenessLimits(cfg.max_feature_age_s, cfg.max_sensor_age_s,
