@@ -3,12 +3,14 @@
 Times `ExpertPolicy.infer` (tensor building, forward pass under inference_mode, de-normalised
 numpy output) at batch 1 for untrained checkpoints of the default size (~20.7M parameters, VL
 features 41 x 2048 as from Qwen2.5-VL-3B), after warm-up runs that are not counted, for each
-`precision` (core/expert/quantize.py) side by side. Accuracy: the largest and mean action
-difference of each precision against fp32 over a validation set (`validation_inputs`: 256
-batch-1 inputs drawn like real ones; the checkpoint is untrained, so this measures the
-conversion, not a policy). `--onnxruntime` adds ONNX Runtime fp32 and dynamic int8 for the
-regression head (session.run only) if onnxruntime and onnx are importable: the comparison that
-chose fbgemm (issue 13); onnxruntime is not a dependency of the package.
+`precision` (core/expert/quantize.py) side by side: the variants of one head and thread count
+are called round robin, so a load change on a shared machine hits them alike. Accuracy: the
+largest and mean action difference of each precision against fp32 over a validation set
+(`validation_inputs`: 256 batch-1 inputs drawn like real ones; the checkpoint is untrained, so
+this measures the conversion, not a policy). `--onnxruntime` adds ONNX Runtime fp32 and dynamic
+int8 for the regression head (session.run only, in the same round robin) if onnxruntime and
+onnx are importable: the comparison that chose fbgemm (issue 13); onnxruntime is not a
+dependency of the package.
 
     python benchmarks/bench_expert.py                 # torch threads 1 and 2, 300 runs each
     python benchmarks/bench_expert.py --runs 100 --threads 1 --precisions fp32 int8
@@ -23,6 +25,7 @@ from pathlib import Path
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -61,19 +64,36 @@ def observation(rng: np.random.Generator) -> ExpertObservation:
         now_s=now)
 
 
-def measure(policy: ExpertPolicy, runs: int, warmup: int) -> dict:
+def measure(calls: dict[str, Callable[[int], object]], runs: int, warmup: int
+            ) -> dict[str, dict]:
+    """Time each call `runs` times, round robin: a load change on a shared machine hits all."""
+    for i in range(warmup):
+        for call in calls.values():
+            call(i)
+    times: dict[str, list[float]] = {label: [] for label in calls}
+    for i in range(runs):
+        for label, call in calls.items():
+            t0 = time.perf_counter()
+            call(i)
+            times[label].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for label, values in times.items():
+        t = np.array(values)
+        out[label] = {'p50_ms': float(np.percentile(t, 50)),
+                      'p99_ms': float(np.percentile(t, 99)), 'mean_ms': float(t.mean()),
+                      'min_ms': float(t.min()), 'runs': runs}
+    return out
+
+
+def policy_calls(ckpt, precisions: list[str], steps: int | None) -> dict[str, Callable]:
+    """Return one `ExpertPolicy.infer` call per precision on 8 fixed observations."""
     rng = np.random.default_rng(0)
     obs = [observation(rng) for _ in range(8)]
-    for i in range(warmup):
-        policy.infer(obs[i % len(obs)])
-    times = []
-    for i in range(runs):
-        t0 = time.perf_counter()
-        policy.infer(obs[i % len(obs)])
-        times.append((time.perf_counter() - t0) * 1e3)
-    t = np.array(times)
-    return {'p50_ms': float(np.percentile(t, 50)), 'p99_ms': float(np.percentile(t, 99)),
-            'mean_ms': float(t.mean()), 'max_ms': float(t.max()), 'runs': runs}
+    calls = {}
+    for precision in precisions:
+        policy = ExpertPolicy(ckpt, steps=steps, precision=precision)
+        calls[precision] = lambda i, policy=policy: policy.infer(obs[i % len(obs)])
+    return calls
 
 
 def accuracy(ckpt, precisions: list[str], count: int, steps: int | None) -> list[dict]:
@@ -84,15 +104,17 @@ def accuracy(ckpt, precisions: list[str], count: int, steps: int | None) -> list
             for p in precisions if p != 'fp32']
 
 
-def onnxruntime_rows(ckpt, folder: Path, threads: list[int], runs: int, warmup: int
-                     ) -> list[dict]:
-    """ONNX Runtime fp32 and dynamic int8 of the regression head (session.run only)."""
+def onnxruntime_calls(ckpt, folder: Path, threads: int) -> tuple[dict[str, Callable], dict]:
+    """ONNX Runtime fp32 and dynamic int8 sessions of the regression head (session.run only).
+
+    Returns the calls and each session's largest action difference against torch fp32.
+    """
     try:
         import onnxruntime as ort
         from onnxruntime.quantization import quantize_dynamic, QuantType
     except ImportError as exc:
         print(f'onnxruntime rows skipped: {exc}')
-        return []
+        return {}, {}
 
     class Forward(torch.nn.Module):
         def __init__(self, model):
@@ -105,34 +127,22 @@ def onnxruntime_rows(ckpt, folder: Path, threads: list[int], runs: int, warmup: 
     inputs = validation_inputs(ckpt.model, 8)
     names = ('features', 'window', 'state')
     fp32, int8 = folder / 'expert.onnx', folder / 'expert-int8.onnx'
-    torch.onnx.export(Forward(ckpt.model), inputs[0], str(fp32), input_names=list(names),
-                      output_names=['actions'], dynamo=False, opset_version=17)
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    if not int8.exists():
+        torch.onnx.export(Forward(ckpt.model), inputs[0], str(fp32), input_names=list(names),
+                          output_names=['actions'], dynamo=False, opset_version=17)
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
     feeds = [{n: t.numpy() for n, t in zip(names, x)} for x in inputs]
     with torch.inference_mode():
         reference = [ckpt.model(*x).numpy() for x in inputs]
-    rows = []
-    for n_threads in threads:
-        for label, path in (('ort-fp32', fp32), ('ort-int8', int8)):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = n_threads, 1
-            session = ort.InferenceSession(str(path), options,
-                                           providers=['CPUExecutionProvider'])
-            for i in range(warmup):
-                session.run(None, feeds[i % len(feeds)])
-            times = []
-            for i in range(runs):
-                t0 = time.perf_counter()
-                session.run(None, feeds[i % len(feeds)])
-                times.append((time.perf_counter() - t0) * 1e3)
-            diff = max(float(np.abs(session.run(None, f)[0] - r).max())
-                       for f, r in zip(feeds, reference))
-            t = np.array(times)
-            rows.append({'head': 'regression', 'precision': label, 'steps': 1,
-                         'threads': n_threads, 'p50_ms': float(np.percentile(t, 50)),
-                         'p99_ms': float(np.percentile(t, 99)), 'mean_ms': float(t.mean()),
-                         'max_ms': float(t.max()), 'runs': runs, 'max_abs_vs_fp32': diff})
-    return rows
+    calls, differences = {}, {}
+    for label, path in (('ort-fp32', fp32), ('ort-int8', int8)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+        calls[label] = lambda i, s=session: s.run(None, feeds[i % len(feeds)])
+        differences[label] = max(float(np.abs(session.run(None, f)[0] - r).max())
+                                 for f, r in zip(feeds, reference))
+    return calls, differences
 
 
 def main() -> int:
@@ -160,15 +170,16 @@ def main() -> int:
                 ckpt = load_checkpoint(folder)
                 params = count_parameters(ckpt.model, trainable_only=False)
                 for steps in ([1] if head == 'regression' else args.steps):
-                    for precision in args.precisions:
-                        policy = ExpertPolicy(ckpt, steps=steps if head == 'flow' else None,
-                                              precision=precision)
-                        result = measure(policy, args.runs, args.warmup)
-                        rows.append({'head': head, 'precision': precision, 'steps': steps,
-                                     'threads': threads, 'params_M': params / 1e6, **result})
-        if args.onnxruntime:
-            rows += onnxruntime_rows(load_checkpoint(heads['regression']), Path(tmp),
-                                     args.threads, args.runs, args.warmup)
+                    calls = policy_calls(ckpt, args.precisions,
+                                         steps if head == 'flow' else None)
+                    differences = {}
+                    if args.onnxruntime and head == 'regression':
+                        ort_calls, differences = onnxruntime_calls(ckpt, Path(tmp), threads)
+                        calls.update(ort_calls)
+                    for label, result in measure(calls, args.runs, args.warmup).items():
+                        rows.append({'head': head, 'precision': label, 'steps': steps,
+                                     'threads': threads, 'params_M': params / 1e6, **result,
+                                     'max_abs_vs_fp32': differences.get(label, '')})
         if args.validation:
             torch.set_num_threads(args.threads[0])
             for head, folder in heads.items():
@@ -177,7 +188,7 @@ def main() -> int:
                                   accuracy(load_checkpoint(folder), args.precisions,
                                            args.validation, steps)]
     print_table('Action expert latency, batch 1, default size (ExpertPolicy.infer; ort rows: '
-                'session.run)', rows)
+                'session.run), variants timed round robin', rows)
     if accuracy_rows:
         print_table(f'Actions against fp32 over {args.validation} validation inputs (untrained '
                     'checkpoint; action std 1, so units are action stds; flow: 10 steps)',

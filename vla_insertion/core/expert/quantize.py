@@ -13,8 +13,8 @@ bytes is what makes one thread fast:
 - 'fp16': fp16 weights, fp32 arithmetic (fbgemm's fp16 GEMM). 2x fewer bytes; actions differ
   by ~1e-3 of their spread.
 
-Only Linear layers with at least `MIN_WEIGHTS` weights are converted: they hold 97 % of the
-bytes, while the small ones (state encoder, VL scores, the regression head's output, the flow
+Only Linear layers with at least `MIN_WEIGHTS` weights are converted: they hold 96.5 % of the
+weights, while the small ones (state encoder, VL scores, the regression head's output, the flow
 head's input and output maps) cost little time and keep the outputs' scale exact.
 
 The checkpoint format does not change: `quantize_expert` converts a loaded fp32 model. It uses
