@@ -145,9 +145,11 @@ class FastPreprocessor:
             if target == (width, height) or self._device_resize_ok(width, height, target):
                 arrays = np.stack([np.asarray(image) for image in images])
                 batch = torch.from_numpy(arrays).to(self.device)              # (V, H, W, 3)
-                pixels = self.pixels(resample.resize_bicubic(batch, *target))
+                inputs = self._inputs(self.pixels(resample.resize_bicubic(batch, *target)),
+                                      [target] * len(images))
+                self._synchronize()
                 timings['processor'] += time.perf_counter() - t
-                return self._inputs(pixels, [target] * len(images))
+                return inputs
         arrays = self.resize(images)
         timings['resize'] += time.perf_counter() - t
         t = time.perf_counter()
@@ -159,8 +161,14 @@ class FastPreprocessor:
             pixels = torch.cat([self.pixels(torch.from_numpy(a[None].copy()).to(self.device))
                                 for a in arrays])
         inputs = self._inputs(pixels, targets)
+        self._synchronize()
         timings['processor'] += time.perf_counter() - t
         return inputs
+
+    def _synchronize(self) -> None:
+        # GPU kernels run asynchronously: wait, so the stage time is this stage's
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
 
     def _inputs(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]
                 ) -> dict[str, torch.Tensor]:

@@ -83,11 +83,17 @@ def vertical_first(in_width: int, in_height: int, out_width: int, out_height: in
     return out_height < in_height and in_height - out_height > 2 * (in_width - out_width)
 
 
+@functools.lru_cache(maxsize=32)
+def _device_coefficients(in_size: int, out_size: int, device: torch.device
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    indices, fixed = coefficients(in_size, out_size)
+    return (torch.from_numpy(indices).to(device),
+            torch.from_numpy(fixed).to(device, torch.float64))
+
+
 def _resample_rows(rows: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
     """One pass along dim 0: (in_size, M) float64 -> (out_size, M) float64 holding uint8 values."""
-    indices, fixed = coefficients(in_size, out_size)
-    indices = torch.from_numpy(indices).to(rows.device)
-    weights = torch.from_numpy(fixed).to(rows.device, torch.float64)
+    indices, weights = _device_coefficients(in_size, out_size, rows.device)
     acc = torch.full((out_size, rows.shape[1]), float(1 << (PRECISION_BITS - 1)),
                      dtype=torch.float64, device=rows.device)
     for k in range(indices.shape[1]):
