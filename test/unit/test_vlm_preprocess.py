@@ -94,7 +94,10 @@ def test_fast_inputs_equal_the_stock_processor(processor, pool, width, height, v
     stock = processor(text=[prompt], images=images, return_tensors='pt')
     fast = FastPreprocessor(processor, prompt, 'cpu', pool=pool, resize_on_device=on_device)
     assert_same_inputs(stock, fast(images))
-    assert_same_inputs(stock, fast(images))       # the cached ids are reused unchanged
+    # again: the cached ids and the reused buffers give the same result a second time,
+    # also after a call on other images
+    fast([make(seed + 10, width, height) for seed in range(views)])
+    assert_same_inputs(stock, fast(images))
 
 
 def test_views_of_different_sizes_keep_their_order(processor):
@@ -130,7 +133,7 @@ def test_the_float64_rescale_fallback_gives_the_same_values(processor):
     # give the same values for any factor.
     fast = FastPreprocessor(processor, build_prompt(VIEWS[:1], 'Rescale.'))
     image = torch.from_numpy(np.asarray(noise(3, 644, 364)).copy())[None]
-    divided = fast.pixels(image)
+    divided = fast.pixels(image).clone()      # the next call reuses the output buffer
     fast._divide = False
     torch.testing.assert_close(fast.pixels(image), divided, atol=0.0, rtol=0.0)
 

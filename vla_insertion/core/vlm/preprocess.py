@@ -40,11 +40,12 @@ class UnsupportedProcessor(ValueError):
 
 
 class FastPreprocessor:
-    """Build the model's inputs for RGB views of one size; see the module docstring.
+    """Build the model's inputs for RGB views; see the module docstring.
 
     `processor` is the stock Qwen2.5-VL processor (ids are taken from it once per image grid),
     `prompt` the rendered chat prompt, `device` where the tensors are made. `pool` (optional)
-    runs the per-view Pillow resizes in parallel.
+    runs the per-view Pillow resizes in parallel. One caller at a time: the returned tensors
+    are buffers reused by the next call (the extractor consumes them before its next call).
     """
 
     def __init__(self, processor, prompt: str, device: torch.device | str = 'cpu', *,
@@ -83,6 +84,7 @@ class FastPreprocessor:
             resize_on_device = self.device.type == 'cuda'
         self.resize_on_device = resize_on_device
         self._checked_sizes: dict[tuple, bool] = {}
+        self._buffers: dict[tuple, torch.Tensor] = {}
 
     # --- sizes and token ids ----------------------------------------------------------------
 
@@ -155,7 +157,12 @@ class FastPreprocessor:
         t = time.perf_counter()
         targets = [(a.shape[1], a.shape[0]) for a in arrays]
         if len(set(targets)) == 1:
-            batch = torch.from_numpy(np.stack(arrays)).to(self.device)       # (V, H, W, 3)
+            if self.device.type == 'cpu':
+                batch = self._buffer('views', (len(arrays), *arrays[0].shape), torch.uint8)
+                for i, array in enumerate(arrays):
+                    np.copyto(batch[i].numpy(), array)                      # (V, H, W, 3)
+            else:
+                batch = torch.from_numpy(np.stack(arrays)).to(self.device)
             pixels = self.pixels(batch)
         else:  # views of different sizes: patch each, in view order
             pixels = torch.cat([self.pixels(torch.from_numpy(a[None].copy()).to(self.device))
@@ -186,19 +193,34 @@ class FastPreprocessor:
             raise ValueError(f'{width}x{height} is not a multiple of {p * m} pixels')
         order = (0, 1, 4, 2, 5, 7, 3, 6)
         shape = (views, gh // m, m, p, gw // m, m, p, channels)
+        n = views * gh * gw
         # (V, gh/m, gw/m, m, m, C, p, p): merged blocks in raster order, then their 2x2 patches
-        if images.device.type == 'cpu':  # numpy copies and converts uint8 ~2x faster here
-            x = np.ascontiguousarray(images.numpy().reshape(shape).transpose(order))
-            x = torch.from_numpy(x).view(-1, channels, p * p)                  # (N, C, p*p)
-            values = torch.from_numpy(x.numpy().astype(np.float32))
+        if images.device.type == 'cpu':
+            # numpy permutes and converts uint8 ~2x faster than torch here, and the reused
+            # buffers spare the page faults of fresh 3.5 + 14 + 28 MB blocks (5 views) per call
+            x = self._buffer('patches', (views, gh // m, gw // m, m, m, channels, p, p),
+                             torch.uint8)
+            np.copyto(x.numpy(), images.numpy().reshape(shape).transpose(order))
+            x = x.view(n, channels, p * p)                                    # (N, C, p*p)
+            values = self._buffer('values', (n, channels, p * p), torch.float32)
+            np.copyto(values.numpy(), x.numpy(), casting='unsafe')            # uint8 -> f32
         else:
-            x = images.view(shape).permute(order).reshape(-1, channels, p * p)
+            x = images.view(shape).permute(order).reshape(n, channels, p * p)
             values = x.to(torch.float32)
         if self._divide:
             values.div_(self._divisor)
         else:
-            values = x.to(torch.float64).mul_(self._rescale).to(torch.float32)
+            values.copy_(x.to(torch.float64).mul_(self._rescale))
         values.sub_(self._mean).div_(self._std)                              # (N, C, p*p)
-        n = values.shape[0]
         # the temporal axis repeats the single frame: (N, C, T, p*p) -> (N, C*T*p*p)
-        return values.unsqueeze(2).expand(n, channels, t, p * p).reshape(n, -1)
+        out = self._buffer('pixel_values', (n, channels, t, p * p), torch.float32)
+        out.copy_(values.unsqueeze(2).expand(n, channels, t, p * p))
+        return out.view(n, -1)
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Return a tensor kept between calls for this name and shape (overwritten each call)."""
+        key = (name, shape, dtype)
+        if key not in self._buffers:
+            self._buffers = {k: v for k, v in self._buffers.items() if k[0] != name}
+            self._buffers[key] = torch.empty(shape, dtype=dtype, device=self.device)
+        return self._buffers[key]
