@@ -138,6 +138,9 @@ def onnxruntime_calls(ckpt, folder: Path, threads: int) -> tuple[dict[str, Calla
     for label, path in (('ort-fp32', fp32), ('ort-int8', int8)):
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # ORT's pool threads otherwise spin after each run and take the core from the torch
+        # variant timed next in the round robin
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
         calls[label] = lambda i, s=session: s.run(None, feeds[i % len(feeds)])
         differences[label] = max(float(np.abs(session.run(None, f)[0] - r).max())

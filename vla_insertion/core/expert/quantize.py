@@ -19,9 +19,11 @@ head's input and output maps) cost little time and keep the outputs' scale exact
 
 The checkpoint format does not change: `quantize_expert` converts a loaded fp32 model. It uses
 `torch.ao.quantization.quantize_dynamic`, which torch 2.13 marks deprecated but still ships with
-its fast fbgemm kernels. Its recommended successor (torchao `quantize_`) ran 20 ms per call in
-eager mode on the development CPU (vs 3.6 ms) and ONNX Runtime's int8 was within 10 % of this
-path while needing an export per head and flow-step count (docs/benchmarks.md, issue 13).
+its fast fbgemm kernels. Measured alternatives (one thread, round robin, docs/benchmarks.md):
+torchao `quantize_`, the recommended successor, ran 20 ms per call in eager mode; ONNX Runtime
+was faster (int8 3.2 ms, fp32 5.9 ms against 4.4 and 9.9 ms here) but needs an ONNX export of
+each head at load (the flow head's Euler loop as two graphs), the deprecated TorchScript
+exporter or onnxscript, and two new dependencies; this path meets the 5 ms target without them.
 """
 from __future__ import annotations
 
