@@ -10,8 +10,9 @@ inference time is a few ms and is reported in `inference_ms`, so a consumer that
 actions whose time has passed can do it from the stamp.
 
 Precision: `precision='int8'` or `'fp16'` converts the large Linear layers at load time
-(quantize.py; CPU only, the checkpoint is unchanged): int8 brings one thread from ~10 to ~4 ms
-per call for the default size at a few percent of the actions' spread; fp16 is ~1e-3 close.
+(quantize.py; CPU only, the checkpoint is unchanged): int8 halves one thread's time for the
+default size (~11 -> ~5 ms per call on the development VM) at up to ~6 % of an action std;
+fp16 is nearly as fast and ~1e-3 close.
 
 Determinism: with `seed` set (default 0), the flow head starts every prediction from the same
 noise drawn from a generator seeded with `seed`, so equal inputs give equal chunks in any call
