@@ -101,8 +101,9 @@ def test_fast_inputs_equal_the_stock_processor(processor, pool, width, height, v
 
 
 def test_views_of_different_sizes_keep_their_order(processor):
-    images = [noise(0, 640, 360), noise(1, 320, 240), noise(2, 644, 364)]
-    prompt = build_prompt(VIEWS[:3], 'Mixed sizes.')
+    # two views of one size around another: each keeps its own pixels
+    images = [noise(0, 640, 360), noise(1, 640, 360), noise(2, 320, 240), noise(3, 644, 364)]
+    prompt = build_prompt(VIEWS[:4], 'Mixed sizes.')
     stock = processor(text=[prompt], images=images, return_tensors='pt')
     assert_same_inputs(stock, FastPreprocessor(processor, prompt)(images))
 

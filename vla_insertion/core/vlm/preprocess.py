@@ -164,9 +164,10 @@ class FastPreprocessor:
             else:
                 batch = torch.from_numpy(np.stack(arrays)).to(self.device)
             pixels = self.pixels(batch)
-        else:  # views of different sizes: patch each, in view order
-            pixels = torch.cat([self.pixels(torch.from_numpy(a[None].copy()).to(self.device))
-                                for a in arrays])
+        else:  # views of different sizes: patch each (a copy: the buffer is reused), in order
+            pixels = torch.cat([
+                self.pixels(torch.from_numpy(a[None].copy()).to(self.device)).clone()
+                for a in arrays])
         inputs = self._inputs(pixels, targets)
         self._synchronize()
         timings['processor'] += time.perf_counter() - t
