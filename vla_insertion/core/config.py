@@ -126,6 +126,9 @@ def config_to_dict(config) -> dict:
 VLM_DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 VLM_ATTENTION = ('sdpa', 'eager', 'flash_attention_2')
 VLM_MODES = ('async', 'sync')
+VLM_PREPROCESSING = ('fast', 'processor')
+VLM_COMPILE = ('auto', 'on', 'off')
+VLM_COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +153,10 @@ class VlmConfig:
     torch_threads: int = 1         # CPU threads for torch [threads], 0 = torch's default
     warmup_runs: int = 1           # inferences on blank views at start-up, unpublished [runs]
     artificial_delay_s: float = 0.0  # added to every inference (stand-in for a heavier VLM) [s]
+    preprocessing: str = 'fast'    # 'fast' (cached ids, torch pixels), 'processor' (stock HF)
+    preprocess_threads: int = 2    # threads decoding and resizing views (fast path) [threads]
+    torch_compile: str = 'auto'    # on, off, auto (on for cuda once measured to help)
+    compile_mode: str = 'default'  # default, reduce-overhead, max-autotune-no-cudagraphs
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, str) and bool(self.model.strip()),
@@ -182,12 +189,17 @@ class VlmConfig:
         require(isinstance(self.warmup_runs, int) and 0 <= self.warmup_runs <= 100,
                 f'warmup_runs must be an integer in 0..100, got {self.warmup_runs!r}')
         require_non_negative('artificial_delay_s', self.artificial_delay_s)
+        require_one_of('preprocessing', self.preprocessing, VLM_PREPROCESSING)
+        require_int_range('preprocess_threads', self.preprocess_threads, 1, 64, ' threads')
+        require_one_of('torch_compile', self.torch_compile, VLM_COMPILE)
+        require_one_of('compile_mode', self.compile_mode, VLM_COMPILE_MODES)
 
 
 # --- action expert ------------------------------------------------------------------------
 
 EXPERT_MODES = ('async', 'sync')
 EXPERT_SCHEDULERS = ('thread', 'timer')
+EXPERT_PRECISIONS = ('fp32', 'int8', 'fp16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +220,7 @@ class ExpertConfig:
     seed: int = 0                  # seed of the flow head's noise, -1 = fresh noise every chunk
     scheduler: str = 'thread'      # 'thread': absolute-deadline loop; 'timer': rclpy timer
     realtime_priority: int = 0     # SCHED_FIFO priority of the loop thread 1..99, 0 = normal
+    precision: str = 'fp32'        # big Linear weights: fp32, int8, fp16 (converted at load, cpu)
 
     def __post_init__(self) -> None:
         require(isinstance(self.checkpoint, str) and bool(self.checkpoint.strip()),
@@ -232,6 +245,9 @@ class ExpertConfig:
         require_one_of('scheduler', self.scheduler, EXPERT_SCHEDULERS)
         require(isinstance(self.realtime_priority, int) and 0 <= self.realtime_priority <= 99,
                 f'realtime_priority must be an integer in 0..99, got {self.realtime_priority!r}')
+        require_one_of('precision', self.precision, EXPERT_PRECISIONS)
+        require(self.precision == 'fp32' or self.device == 'cpu',
+                f'precision {self.precision} is a CPU kernel (fbgemm); use fp32 on {self.device}')
 
 
 # --- cell I/O: bridges and simulated cell -------------------------------------------------

@@ -67,7 +67,7 @@ class ActionExpertNode(Node):
         except CheckpointError as exc:
             raise ConfigError(f'checkpoint: {exc}') from None
         policy = ExpertPolicy(checkpoint, device=cfg.device, steps=cfg.flow_steps or None,
-                              seed=None if cfg.seed < 0 else cfg.seed)
+                              seed=None if cfg.seed < 0 else cfg.seed, precision=cfg.precision)
         policy.warm_up()
         self._sync = cfg.mode == 'sync'
         self._runner = ExpertRunner(policy, StalenessLimits.from_config(cfg),

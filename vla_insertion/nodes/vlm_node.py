@@ -9,7 +9,8 @@ Topics
 Parameters: the fields of `VlmConfig` (core/config.py): model, device, dtype,
 attn_implementation, view_names, image_width, image_height, instruction, pool_grid_h,
 pool_grid_w, sync_tolerance_s, max_view_age_s, max_rate_hz, mode, torch_threads, warmup_runs,
-artificial_delay_s (wraps the model in DelayedVlm: the comparison experiment's heavier model).
+artificial_delay_s (wraps the model in DelayedVlm: the comparison experiment's heavier model),
+preprocessing, preprocess_threads, torch_compile, compile_mode (docs/vlm.md).
 
 Subscriptions only store the newest frame per view (core.vlm.selection.LatestFrames): a frame
 stamped in the future of the node's clock is refused, and an older-stamped frame replaces a held
@@ -245,6 +246,9 @@ class VlmNode(Node):
             self._request.set()
             if worker.is_alive() and worker is not threading.current_thread():
                 worker.join(timeout=5.0)
+        extractor = getattr(self, '_extractor', None)
+        if extractor is not None:
+            extractor.close()                      # its preprocessing threads
         super().destroy_node()
 
 
