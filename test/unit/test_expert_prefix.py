@@ -9,9 +9,9 @@ from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData
 from vla_insertion.core.expert.checkpoint import CheckpointError, load_checkpoint
 from vla_insertion.core.expert.model import ActionExpert, ExpertModelConfig, rtc_prefix
 from vla_insertion.core.expert.policy import ExpertPolicy, ObservationError
+from vla_insertion.core.expert.presets import make_untrained_checkpoint, PRESETS
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.interfaces import ExpertObservation
-from vla_insertion.core.expert.presets import make_untrained_checkpoint, PRESETS
 
 SMALL = dict(PRESETS['small'], feature_tokens=6, feature_dim=32)
 CONTRACT = FeatureContract(model_id='tiny-test-vlm', reduction='image_token_grid_pool',
