@@ -634,3 +634,18 @@ class ExecutorConfig:
     @property
     def period_s(self) -> float:
         return 1.0 / self.control_rate_hz
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferencePolicyConfig:
+    """reference_policy: the simulated cell's scripted demonstrator as a chunk publisher."""
+
+    rate_hz: float = 10.0          # chunks per second, as the action expert [Hz]
+    episode_host: str = '127.0.0.1'  # where sim_cell publishes its episode reports
+    episode_port: int = 5558       # sim_cell's episode_port
+
+    def __post_init__(self) -> None:
+        require_positive('rate_hz', self.rate_hz)
+        require(self.rate_hz <= 1000.0, f'rate_hz must be <= 1000, got {self.rate_hz!r}')
+        require_host('episode_host', self.episode_host)
+        require_port('episode_port', self.episode_port)

@@ -24,6 +24,7 @@ class NodeSpec:
     name: str                      # ROS node name, also its section in the params file
     config: str                    # config dataclass in core.config its parameters come from
     enabled_by: str = ''           # boolean launch argument that starts it ('' = always)
+    disabled_by: str = ''          # boolean launch argument that keeps it from starting
     ros_node: bool = True          # False: a plain process (sim_cell) given --params-file
     # launch argument -> parameter it overrides when the argument is not empty
     overrides: dict[str, str] = field(default_factory=dict)
@@ -45,6 +46,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('execute', 'true', 'also start chunk_executor, which turns chunks into robot '
                    'commands (disarmed until its ~/enable service is called)'),
     LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback'),
+    LaunchArgument('reference', 'false', 'drive the simulated cell with the scripted '
+                   'demonstrator (reference_policy) instead of the VLM and the action expert'),
     LaunchArgument('record', 'false', 'also record a rosbag2 bag of the documented topic set'),
 )
 
@@ -54,10 +57,12 @@ NODES: tuple[NodeSpec, ...] = (
     NodeSpec('robot_bridge', 'robot_bridge', 'RobotBridgeConfig',
              overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('sensor_bridge', 'sensor_bridge', 'SensorBridgeConfig'),
-    NodeSpec('vlm_node', 'vlm_node', 'VlmConfig',
+    NodeSpec('vlm_node', 'vlm_node', 'VlmConfig', disabled_by='reference',
              overrides={'vlm_model': 'model', 'instruction': 'instruction'}),
-    NodeSpec('action_expert', 'action_expert', 'ExpertConfig',
+    NodeSpec('action_expert', 'action_expert', 'ExpertConfig', disabled_by='reference',
              overrides={'checkpoint': 'checkpoint'}),
+    NodeSpec('reference_policy', 'reference_policy', 'ReferencePolicyConfig',
+             enabled_by='reference'),
     NodeSpec('chunk_executor', 'chunk_executor', 'ExecutorConfig', enabled_by='execute',
              overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record'),
@@ -76,7 +81,8 @@ def is_true(value: str) -> bool:
 
 def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
     """Return the nodes that run for these launch argument values."""
-    return [n for n in NODES if not n.enabled_by or is_true(arguments.get(n.enabled_by, ''))]
+    return [n for n in NODES if (not n.enabled_by or is_true(arguments.get(n.enabled_by, '')))
+            and not (n.disabled_by and is_true(arguments.get(n.disabled_by, '')))]
 
 
 def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:
@@ -100,7 +106,7 @@ CELL_LINKS = {
     'robot': ('tcp', (('robot_bridge', 'port'), ('sim_cell', 'robot_port'))),
     'sensor': ('udp', (('sensor_bridge', 'port'), ('sim_cell', 'sensor_port'))),
     'command': ('tcp', (('chunk_executor', 'command_port'), ('sim_cell', 'command_port'))),
-    'episode': ('tcp', (('sim_cell', 'episode_port'),)),
+    'episode': ('tcp', (('sim_cell', 'episode_port'), ('reference_policy', 'episode_port'))),
 }
 
 

@@ -100,6 +100,15 @@ class ChunkExecutor:
         except ValueError as exc:
             raise ConfigError(f'joint_limits: {exc}') from None
         self._accel = accel
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every chunk, state, fault and statistic (a new episode); limits stay.
+
+        Disarms, as at start-up (re-arms at the first fresh robot state with start_armed).
+        """
+        config = self._config
+        self._limiter.initialized = False          # restarts at the next measured state
         self._merger = Merger(config.merge, ensemble_k=config.ensemble_k,
                               blend_s=config.blend_s, prefix_tolerance=config.prefix_tolerance)
         self._pending: list[ChunkTrajectory] = []
