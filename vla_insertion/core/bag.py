@@ -588,3 +588,27 @@ def _scan_sqlite(file: Path) -> _Salvage:
     finally:
         conn.close()
     return _Salvage(topics, messages)
+
+
+def split_by_time(path: str | Path, ranges: list[tuple[str, int, int]], out_dir: str | Path,
+                  storage: str = 'mcap') -> list[Path]:
+    """Write one bag per (name, start_ns, end_ns) range of log times: out_dir/name.
+
+    One pass over the source; every topic's messages in a range go to its bag unchanged (raw
+    CDR, no deserialisation), with the topic's type. Returns the bag folders written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {name: BagWriter(out / name, storage=storage) for name, _, _ in ranges}
+    try:
+        for topic, msgtype, stamp_ns, data in read_raw(path):
+            for name, start_ns, end_ns in ranges:
+                if start_ns <= stamp_ns <= end_ns:
+                    writer = writers[name]
+                    if topic not in writer.topics:
+                        writer.add_topic(topic, msgtype)
+                    writer.write(topic, stamp_ns, data)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return [out / name for name, _, _ in ranges]

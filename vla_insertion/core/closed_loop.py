@@ -21,7 +21,7 @@ sync / async schedule:
 
 The executor steps at its control rate on the measured state and the newest window; its
 commands reach the servo command_delay later. `real timing` comes from the ROS pipeline
-(`core/replay.py`, `evaluate --mode closed-loop --backend ros`); this loop compares designs.
+(`core/cell_run.py`, `closed_loop --backend ros`); this loop compares designs.
 """
 from __future__ import annotations
 

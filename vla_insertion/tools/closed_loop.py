@@ -11,7 +11,7 @@ Backends:
   expert latencies modelled (--vlm-latency, --vlm-delay, --mode sync|async). Deterministic.
 - ros: sim_cell, the bridges, vlm_node, action_expert (or reference_policy) and chunk_executor
   (armed) as processes from the launch table on free loopback ports, for real timing; the
-  outcomes come from sim_cell's episode stream (core/replay.py run_closed_loop).
+  outcomes come from sim_cell's episode stream (core/cell_run.py).
 
 Per configuration: success rate, time to insert, peak and mean contact force, RMS jerk and the
 velocity jump at chunk boundaries, starvation, refused ticks and gate interventions by cause,
@@ -86,7 +86,7 @@ def run_sim(args, merge: str, mode: str, delay_s: float) -> dict:
 
 def run_ros(args, merge: str, mode: str, delay_s: float) -> dict:
     """Run the episodes of one configuration with the real nodes on sim_cell."""
-    from vla_insertion.core.replay import run_closed_loop
+    from vla_insertion.core.cell_run import run_closed_loop
     return run_closed_loop(
         Path(args.output) / f'ros_{merge}_{mode}_{delay_s:g}', episodes=args.episodes,
         params_file=args.params_file, vlm_model=args.vlm_cfg.model,
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             results[name] = run(args, merge, mode, delay)
-        except (ConfigError, OSError, RuntimeError, ValueError) as exc:
+        except (ConfigError, OSError, RuntimeError, ValueError) as exc:   # CellRunError too
             print(f'closed_loop: {name}: {exc}', file=sys.stderr)
             return 2
         results[name]['wall_s'] = time.perf_counter() - t0
