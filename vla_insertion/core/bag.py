@@ -408,6 +408,8 @@ def read_raw(path: str | Path, topics: Iterable[str] | None = None
     """Yield (topic, msgtype, log time [ns], CDR bytes) in log-time order."""
     with _open_reader(path) as reader:
         conns = _select(reader, topics)
+        if not conns:                  # rosbags reads every topic for an empty selection
+            return
         for conn, stamp_ns, data in reader.messages(connections=conns):
             yield conn.topic, conn.msgtype, stamp_ns, data
 
@@ -421,15 +423,18 @@ def read_messages(path: str | Path, topics: Iterable[str] | None = None
     """
     with _open_reader(path) as reader:
         conns = _select(reader, topics)
+        if not conns:
+            return
         for conn, stamp_ns, data in reader.messages(connections=conns):
             yield conn.topic, stamp_ns, reader.deserialize(data, conn.msgtype)
 
 
-def _select(reader, topics):
-    if topics is None:
+def _select(reader, wanted):
+    """Return the connections of the wanted topics (relative names match any namespace)."""
+    if wanted is None:
         return reader.connections
-    wanted = set(topics)
-    return [c for c in reader.connections if c.topic in wanted]
+    from vla_insertion.core.topics import matches
+    return [c for c in reader.connections if any(matches(c.topic, w) for w in wanted)]
 
 
 def _open_reader(path: str | Path) -> AnyReader:

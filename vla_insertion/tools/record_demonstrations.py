@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     try:
         run = CellRun(work, policy='reference', params_file=args.params_file, seed=args.seed,
-                      recorder_topics=topics.RECORDED + (topics.COMMAND.name,))
+                      recorder_topics=topics.RECORDED)
         with run:
             if not run.wait_ready():
                 raise CellRunError('the arm never moved: see the logs in ' f'{work / "logs"}')
