@@ -10,9 +10,9 @@ split is the episode:
   other source of (start, end) stamps can produce the same intervals.
 
 A sample belongs to the episode that contains its tick and its whole chunk of targets, and
-only draws VL features computed inside that episode. `split_episodes` orders the episodes by a
-seeded hash of their key (bag path and index), so adding a bag never moves another episode to
-the other side.
+only draws VL features computed inside that episode. `split_episodes` decides each episode's
+side by a seeded hash of its key (bag path and index), so adding a bag does not move another
+episode to the other side.
 """
 from __future__ import annotations
 
@@ -88,9 +88,10 @@ def split_episodes(episodes: list[Episode], val_fraction: float, seed: int = 0,
                    val_bags: tuple[str, ...] = ()) -> tuple[list[Episode], list[Episode]]:
     """Split episodes into (train, validation).
 
-    With `val_bags`, every episode of those bags is held out. Otherwise round(val_fraction * n)
-    episodes are (at least 1 when the fraction is > 0 and there are 2 or more, never all), the
-    first in the order of a hash of (seed, key).
+    With `val_bags`, every episode of those bags is held out. Otherwise an episode is held out
+    when a seeded hash of its key, read as a number in [0, 1), is below `val_fraction`: its side
+    never depends on the other episodes, except that with 2 or more episodes and a fraction
+    > 0 each side gets at least one (the lowest hash is held out, the highest kept).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f'val_fraction must be in [0, 1), got {val_fraction}')
@@ -103,11 +104,16 @@ def split_episodes(episodes: list[Episode], val_fraction: float, seed: int = 0,
         missing = held - {str(Path(e.bag).resolve()) for e in val}
         if missing:
             raise ConfigError(f'validation bag(s) not among the training bags: {sorted(missing)}')
+        if len(val) == len(episodes):
+            raise ConfigError('every episode is a validation episode; none is left to train on')
         return [e for e in episodes if e not in val], val
-    n = len(episodes)
-    n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, round(val_fraction * n)))
-
-    def order(e: Episode) -> str:
-        return hashlib.sha256(f'{seed}:{e.key}'.encode()).hexdigest()
-    held_out = set(sorted(episodes, key=order)[:n_val])
-    return [e for e in episodes if e not in held_out], [e for e in episodes if e in held_out]
+    if val_fraction == 0 or len(episodes) < 2:
+        return list(episodes), []
+    draw = {e.key: int(hashlib.sha256(f'{seed}:{e.key}'.encode()).hexdigest(), 16) / 2 ** 256
+            for e in episodes}
+    held = {k for k, u in draw.items() if u < val_fraction}
+    if not held:
+        held = {min(draw, key=draw.get)}
+    if len(held) == len(episodes):
+        held.discard(max(draw, key=draw.get))
+    return [e for e in episodes if e.key not in held], [e for e in episodes if e.key in held]

@@ -60,8 +60,12 @@ def apply_lora(extractor, settings: LoraSettings) -> nn.Module:
                         lora_dropout=settings.dropout, target_modules=LORA_TARGETS, bias='none')
     peft_model = get_peft_model(extractor.model, config)  # freezes every base weight
     if settings.gradient_checkpointing:
-        peft_model.base_model.model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={'use_reentrant': False})
+        hf_model = peft_model.base_model.model
+        kwargs = {'use_reentrant': False}       # the frozen embeddings' output needs no grad
+        if hasattr(hf_model, 'activation_checkpointing_enable'):   # transformers >= 5.2
+            hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return peft_model  # extractor.model is the same object, adapters inside
 
 

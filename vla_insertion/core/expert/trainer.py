@@ -324,7 +324,8 @@ class Trainer:
         params = self._params()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 \
             else torch.nn.utils.clip_grad_norm_(params, math.inf)
-        lr = self.optimizer.param_groups[0]['lr']
+        lr = next((g['lr'] for g in self.optimizer.param_groups if g['name'] == 'action'),
+                  self.optimizer.param_groups[0]['lr'])          # the action expert's
         self.optimizer.step()
         self.scheduler.step()
         finite = ages[np.isfinite(ages)]
