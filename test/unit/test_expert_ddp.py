@@ -47,6 +47,9 @@ def test_two_processes_follow_the_loss_curve_of_one(cached_bags, tmp_path):
                                    err_msg=column)
     a = load_checkpoint(tmp_path / 'one' / 'last').model.state_dict()
     b = load_checkpoint(tmp_path / 'two' / 'last').model.state_dict()
-    for name in a:
+    # The attention-score bias of VLPooling shifts every token's score of a query equally, so
+    # the softmax ignores it: its gradient is rounding noise, which Adam scales to full steps.
+    # It is the one weight whose value the order of float sums decides.
+    for name in (n for n in a if n != 'vl_pooling.score.bias'):
         np.testing.assert_allclose(b[name].numpy(), a[name].numpy(), rtol=1e-3, atol=1e-5,
                                    err_msg=name)

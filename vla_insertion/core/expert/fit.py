@@ -132,23 +132,27 @@ def _update_extra(folder: Path, extra: dict) -> None:
     os.replace(tmp, path)
 
 
-def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
-        limits: StalenessLimits = StalenessLimits(),
-        expected_contract: FeatureContract | None = None,
-        on_step: Callable[[dict], None] | None = None, progress_bar: bool = True,
-        report: Callable[[str], None] = log.info, dist_ctx: DistContext | None = None
-        ) -> FitResult:
-    """Train as `cfg` says and write the checkpoints; see the module docstring.
+@dataclass
+class PreparedData:
+    """The samples of a run and what they were made from (see `prepare_data`)."""
 
-    `vlm_config`: the VLM node's config, needed without a cache and for stage 2 (the VLM is then
-    loaded); with a cache it is not loaded at all. `expected_contract`: refuse a cache made
-    under another contract (a params file given next to the cache). `limits`: the staleness
-    rules of the node, applied to every tick.
-    """
-    dist_ctx = dist_ctx or init_distributed('cuda' if cfg.device == 'cuda' else 'cpu')
-    device = _device(cfg.device, dist_ctx)
-    quiet = not dist_ctx.main
-    say = (lambda _msg: None) if quiet else report
+    contract: FeatureContract      # of the features the samples use (the base VLM's)
+    extractor: object | None       # the loaded VLM, None when the cache was used
+    bank: FeatureBank              # VL updates (and features) of every bag
+    recordings: dict               # bag -> Recording
+    age_model: object              # feature_age.AgeModel
+    train: object                  # PairedDataset
+    val: object | None             # PairedDataset, None without validation episodes
+    train_episodes: list
+    val_episodes: list
+    train_report: dict
+    val_report: dict
+
+
+def prepare_data(cfg: FitConfig, vlm_config: VlmConfig | None, limits: StalenessLimits,
+                 expected_contract: FeatureContract | None = None, progress_bar: bool = False,
+                 say: Callable[[str], None] = log.info) -> PreparedData:
+    """Load or compute the VL updates of every bag, split the episodes, collect the samples."""
     age_model = load_age_model(cfg.feature_age, limits.max_feature_age_s)
     stage2 = cfg.finetune_vl == 'lora'
 
@@ -178,14 +182,14 @@ def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
         contract = extractor.contract
         views = tuple(vlm_config.view_names)
         for b in cfg.bags:
-            rec = load_recording(b, views=views, progress=progress_bar and not quiet)
+            rec = load_recording(b, views=views, progress=progress_bar)
             updates = vlm_schedule(rec.frames, views, cfg.vl_period_s,
                                    vlm_config.sync_tolerance_s, vlm_config.max_view_age_s)
             if stage2:
                 bags.append(CachedBag(b, updates, None))
             else:
                 kept, features, _ = compute_features(rec, extractor, views, updates,
-                                                     contract.digest, progress_bar and not quiet)
+                                                     contract.digest, progress_bar)
                 bags.append(CachedBag(b, kept, features))
             recordings[b] = rec
         say(f'features: VLM {contract.model_id} over {len(cfg.bags)} bag(s), '
@@ -225,6 +229,36 @@ def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
     if train_data is None:
         raise ValueError(f'no training sample: {train_rep}')
     say(f'feature ages: {age_model.describe()}')
+
+    return PreparedData(contract, extractor, bank, recordings, age_model, train_data, val_data,
+                        train_eps, val_eps, train_rep, val_rep)
+
+
+def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
+        limits: StalenessLimits = StalenessLimits(),
+        expected_contract: FeatureContract | None = None,
+        on_step: Callable[[dict], None] | None = None, progress_bar: bool = True,
+        report: Callable[[str], None] = log.info, dist_ctx: DistContext | None = None
+        ) -> FitResult:
+    """Train as `cfg` says and write the checkpoints; see the module docstring.
+
+    `vlm_config`: the VLM node's config, needed without a cache and for stage 2 (the VLM is then
+    loaded); with a cache it is not loaded at all. `expected_contract`: refuse a cache made
+    under another contract (a params file given next to the cache). `limits`: the staleness
+    rules of the node, applied to every tick.
+    """
+    dist_ctx = dist_ctx or init_distributed('cuda' if cfg.device == 'cuda' else 'cpu')
+    device = _device(cfg.device, dist_ctx)
+    quiet = not dist_ctx.main
+    say = (lambda _msg: None) if quiet else report
+    stage2 = cfg.finetune_vl == 'lora'
+    data = prepare_data(cfg, vlm_config, limits, expected_contract, progress_bar and not quiet,
+                        say)
+    contract, extractor, bank, recordings = \
+        data.contract, data.extractor, data.bank, data.recordings
+    train_data, val_data, train_eps, val_eps, train_rep, val_rep, age_model = (
+        data.train, data.val, data.train_episodes, data.val_episodes, data.train_report,
+        data.val_report, data.age_model)
 
     # 4. the model
     base_contract = contract
