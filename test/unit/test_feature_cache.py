@@ -143,3 +143,16 @@ def test_training_on_the_cache_runs_no_vlm_and_decodes_no_image(cached_bags, tmp
     assert report == {'rc': 0, 'modules': []}, report
     assert 'the VLM is not loaded' in result.stdout
     assert (out / 'model.safetensors').is_file()
+
+
+def test_training_refuses_a_cache_of_another_contract(cached_bags, tmp_path, capsys):
+    from vla_insertion.tools import train_expert
+    params = tmp_path / 'params.yaml'
+    text = Path(cached_bags['params']).read_text()
+    params.write_text(text.replace('image_width: 112', 'image_width: 140'))
+    rc = train_expert.main(cached_bags['bags'] + ['--cache', cached_bags['cache'],
+                                                  '--params-file', str(params), '--steps', '2',
+                                                  '--out', str(tmp_path / 'x'), '--no-progress'])
+    assert rc == 2
+    assert 'contract.image_width: cache 112, this run 140' in capsys.readouterr().err
+    assert not (tmp_path / 'x').exists()

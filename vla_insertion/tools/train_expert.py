@@ -144,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
                                   defaults={'model': str(artifacts.TINY_VLM)},
                                   overrides={'model': args.vlm_model})
-        if args.cache and vlm_cfg is not None:
+        if args.cache and vlm_cfg is not None and args.finetune_vl == 'none':
             from vla_insertion.core.vlm import feature_contract_for
-            expected = feature_contract_for(vlm_cfg)
+            try:  # the VLM is not needed with a cache: only check it when it is here
+                expected = feature_contract_for(vlm_cfg)
+            except VlmLoadError as exc:
+                print(f'the cache is not checked against the VLM of the params file: {exc}')
         result = fit(cfg, vlm_config=vlm_cfg, limits=limits, expected_contract=expected,
                      progress_bar=not args.no_progress, report=print)
     except (bag.BagError, CheckpointError, ConfigError, FeatureCacheError, VlmLoadError,

@@ -81,6 +81,8 @@ class FitConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, 'bags', tuple(str(b) for b in self.bags))  # Paths welcome
+        object.__setattr__(self, 'val_bags', tuple(str(b) for b in self.val_bags))
         require(len(self.bags) > 0, 'at least one bag is needed')
         require(self.preset in PRESETS, f'preset must be one of {sorted(PRESETS)}, got '
                 f'{self.preset!r}')
@@ -194,6 +196,8 @@ def prepare_data(cfg: FitConfig, vlm_config: VlmConfig | None, limits: Staleness
             recordings[b] = rec
         say(f'features: VLM {contract.model_id} over {len(cfg.bags)} bag(s), '
             f'{len(FeatureBank(bags))} VL updates every {cfg.vl_period_s} s')
+        if not stage2:
+            extractor = None                      # stage 1 needs no VLM from here on
     bank = FeatureBank(bags)
 
     # 2. episodes, split by episode
