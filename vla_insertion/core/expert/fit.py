@@ -14,6 +14,7 @@ a budget and shows progress. ROS-free.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 import json
 import logging
@@ -153,8 +154,12 @@ class PreparedData:
 
 def prepare_data(cfg: FitConfig, vlm_config: VlmConfig | None, limits: StalenessLimits,
                  expected_contract: FeatureContract | None = None, progress_bar: bool = False,
-                 say: Callable[[str], None] = log.info) -> PreparedData:
-    """Load or compute the VL updates of every bag, split the episodes, collect the samples."""
+                 say: Callable[[str], None] = log.info, vlm_device: str = '') -> PreparedData:
+    """Load or compute the VL updates of every bag, split the episodes, collect the samples.
+
+    `vlm_device`: where the VLM runs when it is loaded ('' = `vlm_config.device`); under
+    torchrun on GPUs each process's own.
+    """
     age_model = load_age_model(cfg.feature_age, limits.max_feature_age_s)
     stage2 = cfg.finetune_vl == 'lora'
 
@@ -180,6 +185,8 @@ def prepare_data(cfg: FitConfig, vlm_config: VlmConfig | None, limits: Staleness
                               'is needed')
         from vla_insertion.core.vlm.extractor import VlmFeatureExtractor
         torch.manual_seed(cfg.train.seed)
+        if vlm_device:
+            vlm_config = dataclasses.replace(vlm_config, device=vlm_device)
         extractor = VlmFeatureExtractor(vlm_config, download=False)
         contract = extractor.contract
         views = tuple(vlm_config.view_names)
@@ -251,13 +258,14 @@ def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
     under another contract (a params file given next to the cache). `limits`: the staleness
     rules of the node, applied to every tick.
     """
-    dist_ctx = dist_ctx or init_distributed('cuda' if cfg.device == 'cuda' else 'cpu')
+    cuda = cfg.device == 'cuda' or (cfg.device == 'auto' and torch.cuda.is_available())
+    dist_ctx = dist_ctx or init_distributed('cuda' if cuda else 'cpu')
     device = _device(cfg.device, dist_ctx)
     quiet = not dist_ctx.main
     say = (lambda _msg: None) if quiet else report
     stage2 = cfg.finetune_vl == 'lora'
     data = prepare_data(cfg, vlm_config, limits, expected_contract, progress_bar and not quiet,
-                        say)
+                        say, vlm_device=str(device) if device.type == 'cuda' else '')
     contract, extractor, bank, recordings = \
         data.contract, data.extractor, data.bank, data.recordings
     train_data, val_data, train_eps, val_eps, train_rep, val_rep, age_model = (
