@@ -1,11 +1,19 @@
-"""VLM per-stage latency on the CPU with the tiny untrained model, 1 and 5 views.
+"""VLM per-stage latency on the CPU, tiny untrained model, 1 and 5 views, both preprocessings.
 
 Stages, each p50/p99 [ms]: JPEG decode, resize to 640x360, processor (tokenizer + image
 patches), forward (vision tower + language model, no LM head), reduction, publish (features ->
-VLFeatures message), and the whole inference. VL feature age at publication = publication time -
-capture stamp of the newest view; cameras run at --camera-fps, so when a run starts the newest
-frame of each view is between 0 and one frame period old (drawn uniformly, as with free-running
-cameras), then inference and conversion add their time.
+VLFeatures message), and the whole inference, for `preprocessing: processor` (the stock Hugging
+Face processor, "before") and `preprocessing: fast` (core/vlm/preprocess.py, "after") side by
+side. The two extractors run alternately on the same frames, so load changes on a shared machine
+hit both alike. With the fast path the processor's bicubic resize (Pillow, on the thread pool)
+is counted under resize, the rest (cached ids, pixels) under processor; `preprocess` is decode +
+resize + processor, the whole cost before the forward pass. The largest feature difference
+between the paths is printed too (they must agree).
+
+VL feature age at publication = publication time - capture stamp of the newest view; cameras run
+at --camera-fps, so when a run starts the newest frame of each view is between 0 and one frame
+period old (drawn uniformly, as with free-running cameras), then inference and conversion add
+their time.
 
     python benchmarks/bench_vlm.py                       # tiny model, 1 and 5 views, 1 thread
     python benchmarks/bench_vlm.py --runs 50 --threads 2 --source-size 640x360
@@ -29,6 +37,7 @@ from report import print_table, write_json  # noqa: E402  (benchmarks/ is not a 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 STAGES = ('decode', 'resize', 'processor', 'forward', 'reduction', 'publish', 'total')
+PATHS = ('processor', 'fast')          # "before" and "after"
 
 
 def scene_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:
@@ -54,36 +63,50 @@ def bench_views(model: str, views: tuple[str, ...], args, to_msg) -> dict:
     from vla_insertion.core.interfaces import VlmObservation
     from vla_insertion.core.vlm.extractor import VlmFeatureExtractor
 
-    config = VlmConfig(model=model, device='cpu', view_names=views,
-                       torch_threads=args.threads, warmup_runs=0)
-    extractor = VlmFeatureExtractor(config)
+    extractors = {path: VlmFeatureExtractor(VlmConfig(
+        model=model, device='cpu', view_names=views, torch_threads=args.threads, warmup_runs=0,
+        preprocessing=path, preprocess_threads=args.preprocess_threads)) for path in args.paths}
     rng = np.random.default_rng(0)
     width, height = args.source_size
     images = [scene_jpeg(rng, width, height) for _ in range(8)]
     period = 1.0 / args.camera_fps
-    samples: dict[str, list[float]] = {s: [] for s in (*STAGES, 'feature_age')}
+    samples = {path: {s: [] for s in (*STAGES, 'preprocess', 'feature_age')}
+               for path in args.paths}
+    max_difference = 0.0
     for run in range(args.warmup + args.runs):
-        start = time.time()
-        frames = {v: CameraFrame(view=v, stamp_s=start - rng.uniform(0.0, period),
-                                 data=images[(run + i) % len(images)])
-                  for i, v in enumerate(views)}
-        features = extractor.infer(VlmObservation(frames=frames, sequence=run + 1))
-        t = time.perf_counter()
-        if to_msg is not None:
-            to_msg(features)
-        publish_ms = (time.perf_counter() - t) * 1e3
-        age_s = time.time() - features.stamp_s
-        if run < args.warmup:
-            continue
-        for stage in STAGES[:5]:
-            samples[stage].append(extractor.last_timings[f'{stage}_ms'])
-        samples['publish'].append(publish_ms)
-        samples['total'].append(extractor.last_timings['total_ms'] + publish_ms)
-        samples['feature_age'].append(age_s * 1e3)
+        outputs = {}
+        for path, extractor in extractors.items():     # alternately: same load for both
+            start = time.time()
+            frames = {v: CameraFrame(view=v, stamp_s=start - rng.uniform(0.0, period),
+                                     data=images[(run + i) % len(images)])
+                      for i, v in enumerate(views)}
+            features = extractor.infer(VlmObservation(frames=frames, sequence=run + 1))
+            t = time.perf_counter()
+            if to_msg is not None:
+                to_msg(features)
+            publish_ms = (time.perf_counter() - t) * 1e3
+            age_s = time.time() - features.stamp_s
+            outputs[path] = features.features
+            if run < args.warmup:
+                continue
+            timings, stage = extractor.last_timings, samples[path]
+            for name in STAGES[:5]:
+                stage[name].append(timings[f'{name}_ms'])
+            stage['preprocess'].append(sum(timings[f'{n}_ms']
+                                           for n in ('decode', 'resize', 'processor')))
+            stage['publish'].append(publish_ms)
+            stage['total'].append(timings['total_ms'] + publish_ms)
+            stage['feature_age'].append(age_s * 1e3)
+        if len(outputs) == 2:
+            max_difference = max(max_difference,
+                                 float(np.abs(outputs['fast'] - outputs['processor']).max()))
+    for extractor in extractors.values():
+        extractor.close()
     return {'views': len(views), 'visual_tokens': 299 * len(views),
             'feature_shape': list(features.features.shape),
-            'stages_ms': {k: dict(zip(('p50', 'p99'), percentiles(v)))
-                          for k, v in samples.items()}}
+            'max_feature_difference': max_difference,
+            'stages_ms': {path: {k: dict(zip(('p50', 'p99'), percentiles(v)))
+                                 for k, v in stage.items()} for path, stage in samples.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--warmup', type=int, default=3, help='unmeasured runs first')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch CPU threads (the node default is 1)')
+    parser.add_argument('--preprocess-threads', type=int, default=2,
+                        help='fast path: threads decoding and resizing views (node default 2)')
+    parser.add_argument('--paths', nargs='+', default=list(PATHS), choices=PATHS,
+                        help='preprocessing paths to compare (default: both)')
     parser.add_argument('--camera-fps', type=float, default=30.0,
                         help='camera frame rate for the feature-age model [Hz]')
     parser.add_argument('--source-size', type=lambda s: tuple(int(v) for v in s.split('x')),
@@ -116,15 +143,24 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for result in results:
-        for stage, p in result['stages_ms'].items():
-            rows.append({'views': result['views'], 'stage': stage,
-                         'p50_ms': p['p50'], 'p99_ms': p['p99']})
-    print_table(f'VLM stages, tiny untrained model, CPU, {args.threads} thread(s), '
+        stages = result['stages_ms']
+        for stage in (*STAGES[:5], 'preprocess', 'publish', 'total', 'feature_age'):
+            row = {'views': result['views'], 'stage': stage}
+            for path in args.paths:
+                row[f'{path}_p50'] = stages[path][stage]['p50']
+                row[f'{path}_p99'] = stages[path][stage]['p99']
+            rows.append(row)
+    print_table(f'VLM stages [ms], tiny untrained model, CPU, {args.threads} torch thread(s), '
+                f'fast path {args.preprocess_threads} preprocessing thread(s), '
                 f'{args.source_size[0]}x{args.source_size[1]} JPEG -> 640x360, '
                 f'{args.runs} runs', rows)
+    for result in results:
+        print(f'{result["views"]} view(s): largest feature difference fast vs processor '
+              f'{result["max_feature_difference"]:.2e}')
     write_json('vlm', {'model': model, 'untrained': True, 'threads': args.threads,
-                       'runs': args.runs, 'source_size': list(args.source_size),
-                       'camera_fps': args.camera_fps, 'results': results})
+                       'preprocess_threads': args.preprocess_threads, 'runs': args.runs,
+                       'source_size': list(args.source_size), 'camera_fps': args.camera_fps,
+                       'results': results})
     return 0
 
 

@@ -17,6 +17,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 import numpy as np
 from sensor_msgs.msg import CompressedImage, JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_insertion.core.data import (
     ActionChunkData, CameraFrame, NodeStatsData, RobotState, SensorWindowData, VLFeatureData)
@@ -24,7 +25,7 @@ from vla_insertion.core.messages import (  # noqa: F401 - the readers, re-export
     action_chunk_from_msg, camera_frame_from_msg, ConversionError, gripper_from_msg,
     GRIPPER_JOINT, joint_state_from_msg, node_stats_from_msg, robot_state_from_msgs,
     sensor_window_from_msg, time_from_msg, vl_features_from_msg)
-from vla_insertion.msg import ActionChunk, NodeStats, SensorWindow, VLFeatures
+from vla_insertion.msg import ActionChunk, ExecutorCommand, NodeStats, SensorWindow, VLFeatures
 
 
 # --- time ---------------------------------------------------------------------------------
@@ -130,6 +131,47 @@ def action_chunk_to_msg(chunk: ActionChunkData) -> ActionChunk:
     return msg
 
 
+# --- executor outputs ---------------------------------------------------------------------
+
+def executor_command_to_msg(command, joint_names, sent: bool, chunk_delay_s: float,
+                            sequence: int) -> ExecutorCommand:
+    """One control step of the chunk executor (core.executor.JointCommand) for vla/command."""
+    msg = ExecutorCommand()
+    msg.header.stamp = time_to_msg(command.stamp_s)
+    msg.joint_names = list(joint_names)
+    msg.positions = [float(v) for v in command.positions]
+    msg.velocities = [float(v) for v in command.velocities]
+    msg.gripper = float(command.gripper)
+    msg.target_lead_s = float(command.lead_s)
+    msg.chunk_sequence = int(command.chunk_sequence)
+    msg.action_index = float(command.action_index)
+    msg.chunk_delay_s = float(chunk_delay_s)
+    msg.armed, msg.sent, msg.hold = bool(command.armed), bool(sent), bool(command.hold)
+    msg.fault, msg.state = command.fault, command.state
+    msg.interventions = list(command.interventions)
+    msg.sequence = int(sequence)
+    return msg
+
+
+def joint_trajectory_to_msg(now_s: float, joint_names, points) -> JointTrajectory:
+    """Future points [(time [s], positions (6,) [rad], velocities (6,))] as a JointTrajectory.
+
+    header.stamp is now_s and each point's time_from_start is relative to it, as
+    joint_trajectory_controller expects; the last point is at rest.
+    """
+    msg = JointTrajectory()
+    msg.header.stamp = time_to_msg(now_s)
+    msg.joint_names = list(joint_names)
+    for t_s, positions, velocities in points:
+        point = JointTrajectoryPoint()
+        point.positions = [float(v) for v in positions]
+        point.velocities = [float(v) for v in velocities]
+        dt_ns = int(round((t_s - now_s) * 1e9))
+        point.time_from_start.sec, point.time_from_start.nanosec = divmod(dt_ns, 1_000_000_000)
+        msg.points.append(point)
+    return msg
+
+
 # --- stats and diagnostics ----------------------------------------------------------------
 
 def node_stats_to_msg(stats: NodeStatsData) -> NodeStats:
@@ -161,6 +203,8 @@ def diagnostic_status_to_msg(name: str, hardware_id: str, level: str, message: s
 
 
 def _format_value(value) -> str:
+    # 6 significant digits, but at least 3 decimals from 10^4 on: a clock offset of 1234.5 s
+    # reads 1234500.000 ms, not 1.234e+06
     if isinstance(value, float):
-        return f'{value:.4g}'
+        return f'{value:.3f}' if abs(value) >= 1e4 else f'{value:.6g}'
     return str(value)

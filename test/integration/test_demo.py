@@ -6,7 +6,6 @@ import dataclasses
 import json
 from pathlib import Path
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,10 +16,9 @@ from rcl_interfaces.srv import ListParameters
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-import yaml
 
 from vla_insertion.core import config as config_module
-from vla_insertion.core.launch_table import NODES
+from vla_insertion.core.launch_table import NODES, params_on_free_ports
 from vla_insertion.tools import make_untrained_checkpoint, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,24 +59,9 @@ def test_verify_fails_on_contract_mismatch(tiny_vlm_dir, tmp_path, capsys):
     assert 'feature contract' in out and 'differ' in out
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _params_on_free_ports(path: Path) -> Path:
     """Copy the shipped params file with free ports, so no other cell on this host interferes."""
-    doc = yaml.safe_load((ROOT / 'config' / 'vla_insertion.yaml').read_text())
-    camera, robot = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_STREAM)
-    sensor = _free_port(socket.SOCK_DGRAM)
-    doc['camera_bridge']['ros__parameters']['port'] = camera
-    doc['robot_bridge']['ros__parameters']['port'] = robot
-    doc['sensor_bridge']['ros__parameters']['port'] = sensor
-    doc['sim_cell']['ros__parameters'].update(
-        camera_port=camera, robot_port=robot, sensor_port=sensor,
-        command_port=_free_port(socket.SOCK_STREAM), episode_port=_free_port(socket.SOCK_STREAM))
-    path.write_text(yaml.safe_dump(doc))
+    params_on_free_ports(ROOT / 'config' / 'vla_insertion.yaml', path)
     return path
 
 

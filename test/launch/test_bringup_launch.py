@@ -5,7 +5,6 @@ where test/integration/test_demo.py starts the same node table without launch.
 """
 import os
 from pathlib import Path
-import socket
 import tempfile
 import unittest
 
@@ -23,33 +22,18 @@ import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
 from launch_testing_ros import WaitForTopics  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-import yaml  # noqa: E402
 
+from vla_insertion.core.launch_table import params_on_free_ports  # noqa: E402
 from vla_insertion.core.vlm.model import write_tiny_model  # noqa: E402
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures  # noqa: E402
 from vla_insertion.tools import make_untrained_checkpoint  # noqa: E402
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _prepare(folder: Path) -> dict:
     """Write the tiny models and a params file on free ports; return the launch arguments."""
     share = Path(get_package_share_directory('vla_insertion'))
-    doc = yaml.safe_load((share / 'config' / 'vla_insertion.yaml').read_text())
-    camera, robot = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_STREAM)
-    sensor = _free_port(socket.SOCK_DGRAM)
-    doc['camera_bridge']['ros__parameters']['port'] = camera
-    doc['robot_bridge']['ros__parameters']['port'] = robot
-    doc['sensor_bridge']['ros__parameters']['port'] = sensor
-    doc['sim_cell']['ros__parameters'].update(
-        camera_port=camera, robot_port=robot, sensor_port=sensor,
-        command_port=_free_port(socket.SOCK_STREAM), episode_port=_free_port(socket.SOCK_STREAM))
     params = folder / 'params.yaml'
-    params.write_text(yaml.safe_dump(doc))
+    params_on_free_ports(share / 'config' / 'vla_insertion.yaml', params)
     vlm = write_tiny_model(folder / 'vlm', seed=0)
     checkpoint = folder / 'expert'
     make_untrained_checkpoint.main(['--vlm-model', str(vlm), '--params-file', str(params),

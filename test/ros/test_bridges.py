@@ -145,6 +145,9 @@ def listener(rclpy_context, bridges):
 
 
 def test_streams_topics_units_stamps_and_windows(listener, env, ports, spin_until):
+    # the bridges listen before the cell sends: what a sender sends before that is lost, and
+    # counted (its sequence numbers start at 0), so the no-loss checks below need it
+    assert spin_until(listener.executor, lambda: len(listener.diagnostics) == 3, 30.0)
     sim = start_sim(env, ports)
     try:
         def enough():

@@ -208,3 +208,17 @@ def test_truncated_mcap_split_is_salvaged_up_to_the_cut(tmp_path):
         bag.bag_info(path)
     assert bag.recover_bag(path) == 9
     assert [s for _t, s, _m in bag.read_messages(path)] == [T0 + i for i in range(9)]
+
+
+def test_split_by_time_writes_one_bag_per_range(tmp_path):
+    written = write_bag(tmp_path / 'all', 'mcap', n=10)
+    ranges = [('first', T0, T0 + 250_000_000), ('last', T0 + 700_000_000, T0 + 10**12),
+              ('none', T0 - 10**9, T0 - 1)]
+    bags = bag.split_by_time(tmp_path / 'all', ranges, tmp_path / 'split')
+    assert [p.name for p in bags] == ['first', 'last', 'none']
+    for path, (_, start, end) in zip(bags, ranges):
+        want = [(t, n) for t, n, _ in written if start <= n <= end]
+        got = [(t.lstrip('/'), n) for t, _, n, _ in bag.read_raw(path)]
+        assert sorted(got) == sorted((t.lstrip('/'), n) for t, n in want)
+    assert bag.bag_info(bags[0]).message_count == 3 * len(TYPES)      # i = 0, 1, 2
+    assert bag.bag_info(bags[2]).message_count == 0

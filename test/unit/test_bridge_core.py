@@ -1,4 +1,7 @@
-"""The ROS-free receive loop: real loopback sockets, drops by cause, size caps, clean stop."""
+"""The ROS-free receive loop: real loopback sockets, drops by cause, size caps, clean stop.
+
+Also the connection events a ZMQ monitor shows, and what ZMQ's size guard does to a connection.
+"""
 import socket
 import threading
 import time
@@ -7,8 +10,10 @@ import pytest
 import zmq
 
 from vla_insertion.core.bridge import (
-    Drop, ReceiveLoop, SessionTracker, STALE_SESSION, UdpSource, ZmqSource)
+    BRIDGE_CAUSES, BridgeHealth, CONNECTIONS, DISCONNECTS, Drop, HANDSHAKE_FAILURES,
+    ReceiveLoop, SessionTracker, STALE_SESSION, UdpSource, ZmqSource)
 from vla_insertion.core.config import ConfigError
+from vla_insertion.core.stream import StreamTracker
 from vla_insertion.core.wire import make_codec, OVERSIZED, RobotMessage, WireError
 
 
@@ -16,6 +21,10 @@ def free_port(kind=socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def nonzero(counter):
+    return {k: v for k, v in counter.as_dict().items() if v}
 
 
 def wait_for(predicate, timeout_s=5.0):
@@ -51,7 +60,10 @@ def test_udp_loop_counts_by_cause_and_keeps_going():
             for packet in (b'junk' * 40, good[:50], bytes(300), b'late!', good):
                 tx.sendto(packet, ('127.0.0.1', port))
             assert wait_for(lambda: loop.received == 5)
-        assert loop.drops.as_dict() == {'bad_magic': 1, 'truncated': 1, OVERSIZED: 1, 'late': 1}
+        assert nonzero(loop.drops) == {'bad_magic': 1, 'truncated': 1, OVERSIZED: 1, 'late': 1}
+        assert set(BRIDGE_CAUSES) <= set(loop.drops.as_dict()), 'every cause from the start'
+        assert nonzero(loop.link) == {}, 'UDP has no connections'
+
         assert len(handler.got) == 1 and loop.hop_ms.summary()['n'] == 1
         assert loop.error is None and loop.alive
     finally:
@@ -73,7 +85,8 @@ def test_zmq_pull_caps_message_size():
         push.send(bytes(1500))      # over the cap, under ZMQ's hard guard: counted
         push.send(bytes(10))
         assert wait_for(lambda: got == [10])
-        assert loop.drops.as_dict() == {OVERSIZED: 1}
+        assert nonzero(loop.drops) == {OVERSIZED: 1}
+        assert nonzero(loop.link) == {CONNECTIONS: 1}
     finally:
         push.close(linger=0)
         loop.stop()
@@ -102,6 +115,105 @@ def test_unexpected_handler_error_stops_the_loop_and_is_reported():
     assert wait_for(lambda: not loop.alive)
     assert isinstance(loop.error, RuntimeError)
     assert not isinstance(loop.error, WireError)
+
+
+class RobotStream:
+    """Handler: robot_v1 states through a StreamTracker, as robot_bridge does."""
+
+    def __init__(self):
+        self.codec = make_codec('robot_v1')
+        self.stream = StreamTracker(calibration_batches=5)
+        self.sequences = []
+
+    def __call__(self, data, t_recv):
+        msg = self.codec.decode(data)
+        self.stream.admit('', msg.session, msg.sequence, msg.sender_time_s, t_recv)
+        self.sequences.append(msg.sequence)
+
+
+def robot_bytes(sequence):
+    return make_codec('robot_v1').encode(RobotMessage(
+        time.time(), (0.0,) * 6, (0.0,) * 3, (0.0,) * 3, session=5, sequence=sequence))
+
+
+@pytest.mark.parametrize('pattern', ['push_pull', 'pub_sub'])
+def test_a_message_over_the_zmq_guard_costs_a_counted_disconnect_and_gap(pattern):
+    """Over 2 x cap + 64 KiB ZMQ drops the connection: the loss shows as a disconnect and a gap.
+
+    A SUB does not reconnect after such a drop by itself (libzmq takes it for a protocol
+    error); ZmqSource does, so the robot stream resumes.
+    """
+    port = free_port(socket.SOCK_STREAM)
+    endpoint = f'tcp://127.0.0.1:{port}'
+    context = zmq.Context(1)
+    handler = RobotStream()
+    rx_type, tx_type, bind = ((zmq.PULL, zmq.PUSH, True) if pattern == 'push_pull'
+                              else (zmq.SUB, zmq.PUB, False))
+    if not bind:
+        tx = context.socket(tx_type)
+        tx.bind(endpoint)
+    loop = ReceiveLoop('zmq', lambda: ZmqSource(context, rx_type, endpoint, bind, 0.05, 1000),
+                       handler)
+    if bind:
+        tx = context.socket(tx_type)
+        tx.connect(endpoint)
+    loop.start()
+    health = BridgeHealth('test', loop, handler.stream, stale_after_s=1.0)
+    try:
+        sequence = 0
+        while not handler.sequences and sequence < 500:    # until connected (a SUB joins late)
+            tx.send(robot_bytes(sequence))
+            sequence += 1
+            time.sleep(0.01)
+        assert wait_for(lambda: handler.sequences)
+        time.sleep(0.05)
+        before = len(handler.sequences)
+        tx.send(bytes(200_000))                  # over the guard of 2 x 1000 + 65536 bytes
+        resumed = False
+        for _ in range(500):                     # the stream resumes after a reconnect
+            tx.send(robot_bytes(sequence))
+            sequence += 1
+            time.sleep(0.01)
+            if wait_for(lambda: loop.link.as_dict()[DISCONNECTS] == 1, 0.0) and \
+                    len(handler.sequences) > before + 5:
+                resumed = True
+                break
+        assert resumed, f'no data after the disconnect: {loop.link.as_dict()}'
+        assert wait_for(lambda: handler.sequences[-1] == sequence - 1)
+        link = loop.link.as_dict()
+        assert link[DISCONNECTS] == 1 and link[CONNECTIONS] == 2 and link[HANDSHAKE_FAILURES] == 0
+        received = set(handler.sequences)
+        # every state sent and not received is counted (PUB drops while disconnected; PUSH
+        # loses what it had written to the dropped connection)
+        assert handler.stream.gaps[''] == sequence - len(received), 'losses not all counted'
+        report, _ = health.report(time.time(), published=len(received), rate_hz=100.0)
+        assert report.values['disconnects'] == 1 and report.level == 'WARN'
+        assert report.values['gap_messages'] == handler.stream.gaps['']
+        assert 'connections dropped' in report.message
+        assert ('messages lost' in report.message) == (handler.stream.gaps[''] > 0)
+        assert nonzero(loop.drops) == {}, 'the oversized message never reached the socket'
+    finally:
+        tx.close(linger=0)
+        loop.stop()
+        context.destroy(linger=0)
+
+
+def test_a_peer_with_another_security_mechanism_is_counted():
+    port = free_port(socket.SOCK_STREAM)
+    context = zmq.Context(1)
+    loop = ReceiveLoop('zmq', lambda: ZmqSource(context, zmq.PULL, f'tcp://127.0.0.1:{port}',
+                                                True, 0.05, 1000), lambda data, t: None)
+    loop.start()
+    try:
+        # a ZMTP 3.0 greeting asking for CURVE (signature, version, mechanism, as-server, filler)
+        greeting = (b'\xff' + bytes(8) + b'\x7f' + b'\x03\x00' + b'CURVE'.ljust(20, b'\0')
+                    + bytes(32))
+        with socket.create_connection(('127.0.0.1', port)) as raw:
+            raw.sendall(greeting)
+            assert wait_for(lambda: loop.link.as_dict()[HANDSHAKE_FAILURES] == 1)
+    finally:
+        loop.stop()
+        context.destroy(linger=0)
 
 
 def test_session_tracker_counts_restarts_and_drops_old_sessions():

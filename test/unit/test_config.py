@@ -9,7 +9,7 @@ from vla_insertion.core.config import config_from_dict, ConfigError, field_docs
 
 CLASSES = [cfg.VlmConfig, cfg.ExpertConfig, cfg.CameraBridgeConfig, cfg.RobotBridgeConfig,
            cfg.SensorBridgeConfig, cfg.SimCellConfig, cfg.BagRecorderConfig,
-           cfg.BagPlayerConfig]
+           cfg.BagPlayerConfig, cfg.ExecutorConfig]
 
 
 @pytest.mark.parametrize('cls', CLASSES, ids=lambda c: c.__name__)
@@ -50,6 +50,8 @@ BAD = [
     (cfg.SimCellConfig, 'clock_offset_s', math.inf), (cfg.SimCellConfig, 'faults', 'yes'),
     (cfg.BagRecorderConfig, 'storage', 'db3'), (cfg.BagRecorderConfig, 'bag_name', 'a/b'),
     (cfg.BagPlayerConfig, 'rate', 0.0), (cfg.BagPlayerConfig, 'loop', 1),
+    (cfg.ExecutorConfig, 'merge', 'average'), (cfg.ExecutorConfig, 'control_rate_hz', 0.0),
+    (cfg.ExecutorConfig, 'actuator_lead_s', 2.0), (cfg.ExecutorConfig, 'force_hard_n', -1.0),
 ]
 
 

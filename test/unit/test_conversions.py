@@ -141,4 +141,14 @@ def test_node_stats_and_diagnostics():
     assert back.rate_hz == pytest.approx(2.6) and back.published == 10 and back.dropped == 1
     status = conv.diagnostic_status_to_msg('vlm', 'hw', 'WARN', 'slow', {'ms': 412.345, 'n': 3})
     assert status.level == status.WARN
-    assert {kv.key: kv.value for kv in status.values} == {'ms': '412.3', 'n': '3'}
+    assert {kv.key: kv.value for kv in status.values} == {'ms': '412.345', 'n': '3'}
+
+
+@pytest.mark.parametrize('value,text', [
+    (1234500.04, '1234500.040'),        # a 1234.5 s clock offset in ms, to 0.001 ms
+    (-1123456.78912, '-1123456.789'), (1.7e12 + 0.25, '1700000000000.250'),
+    (9999.123456, '9999.12'), (0.000123456789, '0.000123457'), (2.5, '2.5'),
+    (float('nan'), 'nan'), (float('inf'), 'inf'), (True, 'True'), (0, '0')])
+def test_diagnostic_values_keep_their_resolution(value, text):
+    status = conv.diagnostic_status_to_msg('bridge', 'hw', 'OK', 'ok', {'v': value})
+    assert status.values[0].value == text

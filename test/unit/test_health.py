@@ -44,6 +44,14 @@ def test_drop_counter_is_thread_safe():
     assert drops.total() == 4003
 
 
+def test_drop_counter_reports_its_causes_from_the_start():
+    drops = DropCounter(('late', 'future_stamp'))
+    assert drops.as_dict() == {'late': 0, 'future_stamp': 0} and drops.total() == 0
+    drops.count('late')
+    drops.count('socket_error')          # a cause not named up front is still counted
+    assert drops.as_dict() == {'late': 1, 'future_stamp': 0, 'socket_error': 1}
+
+
 def test_health_report_keeps_the_worst_level_and_every_reason():
     report = HealthReport()
     report.escalate('WARN', 'slow')

@@ -408,6 +408,8 @@ def read_raw(path: str | Path, topics: Iterable[str] | None = None
     """Yield (topic, msgtype, log time [ns], CDR bytes) in log-time order."""
     with _open_reader(path) as reader:
         conns = _select(reader, topics)
+        if not conns:                  # rosbags reads every topic for an empty selection
+            return
         for conn, stamp_ns, data in reader.messages(connections=conns):
             yield conn.topic, conn.msgtype, stamp_ns, data
 
@@ -421,15 +423,18 @@ def read_messages(path: str | Path, topics: Iterable[str] | None = None
     """
     with _open_reader(path) as reader:
         conns = _select(reader, topics)
+        if not conns:
+            return
         for conn, stamp_ns, data in reader.messages(connections=conns):
             yield conn.topic, stamp_ns, reader.deserialize(data, conn.msgtype)
 
 
-def _select(reader, topics):
-    if topics is None:
+def _select(reader, wanted):
+    """Return the connections of the wanted topics (relative names match any namespace)."""
+    if wanted is None:
         return reader.connections
-    wanted = set(topics)
-    return [c for c in reader.connections if c.topic in wanted]
+    from vla_insertion.core.topics import matches
+    return [c for c in reader.connections if any(matches(c.topic, w) for w in wanted)]
 
 
 def _open_reader(path: str | Path) -> AnyReader:
@@ -588,3 +593,27 @@ def _scan_sqlite(file: Path) -> _Salvage:
     finally:
         conn.close()
     return _Salvage(topics, messages)
+
+
+def split_by_time(path: str | Path, ranges: list[tuple[str, int, int]], out_dir: str | Path,
+                  storage: str = 'mcap') -> list[Path]:
+    """Write one bag per (name, start_ns, end_ns) range of log times: out_dir/name.
+
+    One pass over the source; every topic's messages in a range go to its bag unchanged (raw
+    CDR, no deserialisation), with the topic's type. Returns the bag folders written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {name: BagWriter(out / name, storage=storage) for name, _, _ in ranges}
+    try:
+        for topic, msgtype, stamp_ns, data in read_raw(path):
+            for name, start_ns, end_ns in ranges:
+                if start_ns <= stamp_ns <= end_ns:
+                    writer = writers[name]
+                    if topic not in writer.topics:
+                        writer.add_topic(topic, msgtype)
+                    writer.write(topic, stamp_ns, data)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return [out / name for name, _, _ in ranges]

@@ -1,7 +1,7 @@
 """The receive side of a bridge, free of ROS.
 
-Sockets with timeouts and size caps, a receive thread with a stop Event, drop counting by cause,
-and the health numbers every bridge reports.
+Sockets with timeouts, size caps and (ZMQ) a connection monitor, a receive thread with a stop
+Event, drop counting by cause, and the health numbers every bridge reports.
 
 A node gives `ReceiveLoop` a socket factory and a handler `(data, t_recv) -> None`; the handler
 decodes and publishes, raising `WireError` (malformed input) or `Drop` (well-formed but unusable,
@@ -19,30 +19,41 @@ import threading
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from vla_insertion.core.clock import ClockOffsetEstimator
+from vla_insertion.core.clock import FUTURE_STAMP, PAST_STAMP
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import DropCounter, HealthReport, LatencyStats, RateMeter
-from vla_insertion.core.wire import OVERSIZED, WireError
+from vla_insertion.core.stream import Drop, LATE, STALE_SESSION, StreamTracker
+from vla_insertion.core.wire import CAUSES, OVERSIZED, WireError
 
 _LOG = logging.getLogger(__name__)
-LATE = 'late'                   # older than what was already published
 UNKNOWN_VIEW = 'unknown_view'   # a camera view that is not configured
 SOCKET_ERROR = 'socket_error'   # the socket failed and was recreated
-STALE_SESSION = 'stale_session'  # sent by a sender instance that has since restarted
+# Every drop cause a bridge can count, reported from the start (camera_bridge adds
+# UNKNOWN_VIEW): the decoders' causes, then the stream's (core/stream.py, core/clock.py).
+BRIDGE_CAUSES = CAUSES + (LATE, STALE_SESSION, FUTURE_STAMP, PAST_STAMP, SOCKET_ERROR)
 
-
-class Drop(Exception):
-    """A well-formed message the bridge cannot use; counted under `cause`."""
-
-    def __init__(self, cause: str, message: str) -> None:
-        super().__init__(message)
-        self.cause = cause
+# What a ZMQ socket monitor shows about the connections (docs/wire.md, "What ZMQ hides").
+CONNECTIONS = 'connections'                # a peer connected (or was accepted)
+DISCONNECTS = 'disconnects'                # a connection closed: peer exit, network, size guard
+HANDSHAKE_FAILURES = 'handshake_failures'  # a peer that does not speak ZMTP
+LINK_EVENTS = (CONNECTIONS, DISCONNECTS, HANDSHAKE_FAILURES)
+_MONITORED = {
+    zmq.EVENT_ACCEPTED: CONNECTIONS, zmq.EVENT_CONNECTED: CONNECTIONS,
+    zmq.EVENT_DISCONNECTED: DISCONNECTS,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: HANDSHAKE_FAILURES,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: HANDSHAKE_FAILURES,
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: HANDSHAKE_FAILURES,
+}
 
 
 class SessionTracker:
     """Follow a sender's session id: a new id is a restart, an id seen before is stale.
+
+    For a stream without clock or sequence checks (sim_cell's command receiver); the bridges
+    use core.stream.StreamTracker, which also serves an older session that is still sending.
 
     ZMQ fair-queues between a restarted sender's old and new connections, so a few messages of
     the old session can arrive after the first of the new one; they must not count as another
@@ -70,11 +81,19 @@ class SessionTracker:
 
 
 class ZmqSource:
-    """A PULL (bind) or SUB (connect) socket returning one message per recv(), or None."""
+    """A PULL (bind) or SUB (connect) socket returning one message per recv(), or None.
+
+    A socket monitor counts connections, disconnects and failed handshakes (`take_events`).
+    A connection that ZMQ drops for a message over ZMQ_MAXMSGSIZE is not re-established by a
+    connecting socket (libzmq treats it as a protocol error), so a SUB reconnects itself once
+    the messages it already holds are read.
+    """
 
     def __init__(self, context: zmq.Context, socket_type: int, endpoint: str, bind: bool,
                  timeout_s: float, max_bytes: int) -> None:
         self._socket = context.socket(socket_type)
+        self._endpoint = endpoint
+        self._bind = bind
         self._max_bytes = max_bytes
         # Hard guard against memory exhaustion: beyond this ZMQ drops the peer's connection (it
         # reconnects). Between max_bytes and the guard the message arrives and is counted.
@@ -86,18 +105,59 @@ class ZmqSource:
             self._socket.setsockopt(zmq.SUBSCRIBE, b'')
             self._socket.setsockopt(zmq.RECONNECT_IVL, 100)       # [ms] pick up a restart
             self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        (self._socket.bind if bind else self._socket.connect)(endpoint)
+        self._monitor = self._socket.get_monitor_socket(
+            sum(_MONITORED) | zmq.EVENT_CONNECT_RETRIED)
+        self._events: list[str] = []
+        self._reconnect = False     # a connect-mode socket lost its connection
+        try:
+            (self._socket.bind if bind else self._socket.connect)(endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
 
     def recv(self) -> bytes | None:
+        self._read_monitor()
         try:
-            data = self._socket.recv()
+            # while a reconnect is due, only drain what the socket already holds
+            data = self._socket.recv(zmq.NOBLOCK if self._reconnect else 0)
         except zmq.Again:
+            if self._reconnect:
+                self._reconnect = False
+                try:
+                    self._socket.disconnect(self._endpoint)
+                except zmq.ZMQError:
+                    pass                # libzmq already dropped the endpoint
+                self._socket.connect(self._endpoint)
             return None
         if len(data) > self._max_bytes:
             raise WireError(OVERSIZED, f'{len(data)} bytes > cap {self._max_bytes}')
         return data
 
+    def _read_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)['event']
+            except zmq.Again:
+                return
+            if event in _MONITORED:
+                self._events.append(_MONITORED[event])
+            if not self._bind:
+                if event == zmq.EVENT_DISCONNECTED:
+                    self._reconnect = True
+                elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECTED):
+                    self._reconnect = False     # libzmq is reconnecting by itself
+
+    def take_events(self) -> list[str]:
+        """Return the connection events (LINK_EVENTS names) seen since the last call."""
+        events, self._events = self._events, []
+        return events
+
     def close(self) -> None:
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)
 
 
@@ -124,6 +184,9 @@ class UdpSource:
             raise WireError(OVERSIZED, f'datagram over the cap of {self._max_bytes} bytes')
         return bytes(self._buffer[:n])
 
+    def take_events(self) -> list[str]:
+        return []               # UDP has no connections
+
     def close(self) -> None:
         self._socket.close()
 
@@ -137,7 +200,7 @@ class ReceiveLoop:
     def __init__(self, name: str, open_source: Callable[[], Source],
                  handler: Callable[[bytes, float], None],
                  on_drop: Callable[[str, str], None] | None = None,
-                 retry_s: float = 0.5) -> None:
+                 retry_s: float = 0.5, causes: tuple[str, ...] = BRIDGE_CAUSES) -> None:
         self.name = name
         self._open = open_source
         self._handler = handler
@@ -145,7 +208,8 @@ class ReceiveLoop:
         self._retry_s = retry_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.drops = DropCounter()
+        self.drops = DropCounter(causes)
+        self.link = DropCounter(LINK_EVENTS)       # connection events (ZMQ sources)
         self.received = 0
         self.rx_rate = RateMeter()
         self.hop_ms = LatencyStats(maxlen=2000)   # receive -> handler done (published)
@@ -184,12 +248,14 @@ class ReceiveLoop:
                 except (WireError, Drop) as exc:     # over the size cap
                     self.received += 1
                     self._drop(exc.cause, str(exc))
-                    continue
+                    data = None
                 except (OSError, zmq.ZMQError) as exc:
                     self._drop(SOCKET_ERROR, f'socket error, reopening: {exc}')
                     source.close()
                     source = None
                     continue
+                for event in source.take_events():
+                    self.link.count(event)
                 if data is not None:
                     self._handle(data)
         except BaseException as exc:
@@ -238,37 +304,65 @@ def close_bridge(loop: ReceiveLoop | None, zmq_context=None) -> None:
         zmq_context.destroy(linger=0)
 
 
-def bridge_health(loop: ReceiveLoop, clock: ClockOffsetEstimator, now_s: float,
-                  stale_after_s: float, node: str, published: int, rate_hz: float,
-                  dropped_before: int) -> tuple[HealthReport, NodeStatsData]:
-    """Return the health every bridge reports; the node adds its stream's own checks.
+class BridgeHealth:
+    """The health every bridge reports; the node adds its stream's own checks.
 
-    `dropped_before` is the drop total at the previous report, to warn about new drops only.
+    Remembers the totals of the previous report, to warn about new drops, gaps, clock steps
+    and disconnects only. `gap_key` names the missed-items counter in the stream's unit
+    (`gap_messages`, or `gap_samples` for the sensor); `link` adds the ZMQ connection counters.
     """
-    health = HealthReport()
-    clock_report = clock.report()
-    age = now_s - loop.last_rx_s
-    hop = loop.hop_ms.summary()
-    drops = loop.drops.as_dict()
-    total_drops = sum(drops.values())
-    health.values.update({
-        'received': loop.received, 'published': published, 'rate_hz': rate_hz,
-        'last_message_age_s': age, 'hop_latency_mean_ms': hop['mean'],
-        'hop_latency_p99_ms': hop['p99'], 'clock_offset_ms': clock_report.offset_s * 1e3,
-        'clock_calibrated': clock_report.calibrated,
-        'clock_recalibrations': clock_report.recalibrations, 'dropped': total_drops,
-        **{f'drops.{cause}': n for cause, n in sorted(drops.items())}})
-    if loop.error is not None or not loop.alive:
-        health.escalate('ERROR', f'receive thread stopped: {loop.error!r}')
-    elif math.isnan(age):
-        health.escalate('WARN', 'no data received yet')
-    elif age > stale_after_s:
-        health.escalate('ERROR', f'no data for {age:.1f} s')
-    if loop.received and not clock_report.calibrated:
-        health.escalate('WARN', 'clock offset not calibrated yet')
-    if total_drops > dropped_before:
-        health.escalate('WARN', f'dropped {total_drops - dropped_before} bad or late messages')
-    stats = NodeStatsData(stamp_s=now_s, node=node, rate_hz=rate_hz,
-                          latency_mean_ms=hop['mean'], latency_p99_ms=hop['p99'],
-                          input_age_s=age, published=published, dropped=total_drops)
-    return health, stats
+
+    def __init__(self, node: str, loop: ReceiveLoop, stream: StreamTracker,
+                 stale_after_s: float, gap_key: str = 'gap_messages', link: bool = True) -> None:
+        self._node = node
+        self._loop = loop
+        self._stream = stream
+        self._stale_after_s = stale_after_s
+        self._gap_key = gap_key
+        self._link = link
+        self._before: dict[str, int] = {}
+
+    def _new(self, name: str, total: int) -> int:
+        new = total - self._before.get(name, 0)
+        self._before[name] = total
+        return new
+
+    def report(self, now_s: float, published: int,
+               rate_hz: float) -> tuple[HealthReport, NodeStatsData]:
+        loop, stream = self._loop, self._stream
+        health = HealthReport()
+        offset_s, calibrated = stream.clock_summary()
+        age = now_s - loop.last_rx_s
+        hop = loop.hop_ms.summary()
+        drops = loop.drops.as_dict()
+        total_drops = sum(drops.values())
+        gaps = sum(stream.gaps.values())
+        link = loop.link.as_dict() if self._link else {}
+        health.values.update({
+            'received': loop.received, 'published': published, 'rate_hz': rate_hz,
+            'last_message_age_s': age, 'hop_latency_mean_ms': hop['mean'],
+            'hop_latency_p99_ms': hop['p99'], 'clock_offset_ms': offset_s * 1e3,
+            'clock_calibrated': calibrated, 'clock_steps': stream.clock_steps,
+            'sender_restarts': stream.restarts, 'session_switches': stream.session_switches,
+            self._gap_key: gaps, **link, 'dropped': total_drops,
+            **{f'drops.{cause}': n for cause, n in sorted(drops.items())}})
+        if loop.error is not None or not loop.alive:
+            health.escalate('ERROR', f'receive thread stopped: {loop.error!r}')
+        elif math.isnan(age):
+            health.escalate('WARN', 'no data received yet')
+        elif age > self._stale_after_s:
+            health.escalate('ERROR', f'no data for {age:.1f} s')
+        if loop.received and not calibrated:
+            health.escalate('WARN', 'clock offset not calibrated yet')
+        for name, total, text in (
+                ('dropped', total_drops, 'dropped {} bad or late messages'),
+                ('gaps', gaps, f'{{}} {self._gap_key.split("_")[-1]} lost in sequence gaps'),
+                ('steps', stream.clock_steps, 'sender clock stepped {} times'),
+                ('disconnects', link.get(DISCONNECTS, 0), '{} connections dropped')):
+            new = self._new(name, total)
+            if new > 0:
+                health.escalate('WARN', text.format(new))
+        stats = NodeStatsData(stamp_s=now_s, node=self._node, rate_hz=rate_hz,
+                              latency_mean_ms=hop['mean'], latency_p99_ms=hop['p99'],
+                              input_age_s=age, published=published, dropped=total_drops)
+        return health, stats

@@ -126,6 +126,9 @@ def config_to_dict(config) -> dict:
 VLM_DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 VLM_ATTENTION = ('sdpa', 'eager', 'flash_attention_2')
 VLM_MODES = ('async', 'sync')
+VLM_PREPROCESSING = ('fast', 'processor')
+VLM_COMPILE = ('auto', 'on', 'off')
+VLM_COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +153,10 @@ class VlmConfig:
     torch_threads: int = 1         # CPU threads for torch [threads], 0 = torch's default
     warmup_runs: int = 1           # inferences on blank views at start-up, unpublished [runs]
     artificial_delay_s: float = 0.0  # added to every inference (stand-in for a heavier VLM) [s]
+    preprocessing: str = 'fast'    # 'fast' (cached ids, torch pixels), 'processor' (stock HF)
+    preprocess_threads: int = 2    # threads decoding and resizing views (fast path) [threads]
+    torch_compile: str = 'auto'    # on, off, auto (on for cuda once measured to help)
+    compile_mode: str = 'default'  # default, reduce-overhead, max-autotune-no-cudagraphs
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, str) and bool(self.model.strip()),
@@ -182,12 +189,17 @@ class VlmConfig:
         require(isinstance(self.warmup_runs, int) and 0 <= self.warmup_runs <= 100,
                 f'warmup_runs must be an integer in 0..100, got {self.warmup_runs!r}')
         require_non_negative('artificial_delay_s', self.artificial_delay_s)
+        require_one_of('preprocessing', self.preprocessing, VLM_PREPROCESSING)
+        require_int_range('preprocess_threads', self.preprocess_threads, 1, 64, ' threads')
+        require_one_of('torch_compile', self.torch_compile, VLM_COMPILE)
+        require_one_of('compile_mode', self.compile_mode, VLM_COMPILE_MODES)
 
 
 # --- action expert ------------------------------------------------------------------------
 
 EXPERT_MODES = ('async', 'sync')
 EXPERT_SCHEDULERS = ('thread', 'timer')
+EXPERT_PRECISIONS = ('fp32', 'int8', 'fp16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +220,7 @@ class ExpertConfig:
     seed: int = 0                  # seed of the flow head's noise, -1 = fresh noise every chunk
     scheduler: str = 'thread'      # 'thread': absolute-deadline loop; 'timer': rclpy timer
     realtime_priority: int = 0     # SCHED_FIFO priority of the loop thread 1..99, 0 = normal
+    precision: str = 'fp32'        # big Linear weights: fp32, int8, fp16 (converted at load, cpu)
 
     def __post_init__(self) -> None:
         require(isinstance(self.checkpoint, str) and bool(self.checkpoint.strip()),
@@ -232,6 +245,9 @@ class ExpertConfig:
         require_one_of('scheduler', self.scheduler, EXPERT_SCHEDULERS)
         require(isinstance(self.realtime_priority, int) and 0 <= self.realtime_priority <= 99,
                 f'realtime_priority must be an integer in 0..99, got {self.realtime_priority!r}')
+        require_one_of('precision', self.precision, EXPERT_PRECISIONS)
+        require(self.precision == 'fp32' or self.device == 'cpu',
+                f'precision {self.precision} is a CPU kernel (fbgemm); use fp32 on {self.device}')
 
 
 # --- cell I/O: bridges and simulated cell -------------------------------------------------
@@ -498,3 +514,138 @@ class BagPlayerConfig:
                     f'{name} must be a bool, got {getattr(self, name)!r}')
         require(isinstance(self.report, str), f'report must be a path or empty, got '
                 f'{self.report!r}')
+
+
+# --- chunk executor -----------------------------------------------------------------------
+
+EXECUTOR_MERGES = ('latest', 'temporal_ensemble', 'blend', 'prefix')
+# Where the commands go: command_v1 over ZMQ to the robot PC, and/or a JointTrajectory for
+# ros2_control's joint_trajectory_controller.
+EXECUTOR_OUTPUTS = ('command_v1', 'joint_trajectory')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorConfig:
+    """chunk_executor: action chunks -> a smooth, safety-gated joint command stream.
+
+    Per-joint limits are not fields here: they come from the `joint_limits.<joint>.<key>`
+    parameters in ros2_control's shape (core/executor/limits.py). docs/executor.md explains
+    every rule; the defaults are for a UR5e-class arm doing a slow insertion.
+    """
+
+    NESTED_PARAMETERS: typing.ClassVar[tuple[str, ...]] = ('joint_limits',)
+
+    control_rate_hz: float = 100.0  # command rate; the limits hold per period at this rate [Hz]
+    joint_names: tuple[str, ...] = (  # arm joints in command order, keys of joint_limits
+        'joint_1', 'joint_2', 'joint_3', 'joint_4', 'joint_5', 'joint_6')
+    # 20 ms = transport (< 1 ms on a cell LAN) + the robot's own interpolation over about one
+    # 8 ms (125 Hz) or 2 ms (500 Hz) servo cycle + margin; measure it on the cell and set it.
+    actuator_lead_s: float = 0.02  # command now the state wanted this long from now [s]
+    merge: str = 'blend'           # latest, temporal_ensemble, blend, prefix (docs/executor.md)
+    ensemble_k: float = 0.01       # temporal_ensemble: weight exp(-k i), i=0 oldest (ACT's m) [1]
+    # A quintic blend over tau of a disagreement d peaks at 5.77 d / tau^2: two chunk periods
+    # keep 10 mrad between chunks at 1.4 rad/s^2, inside the 4 rad/s^2 default limits.
+    blend_s: float = 0.2           # blend/prefix: blend into a new chunk over this long [s]
+    prefix_tolerance: float = 0.01  # prefix: a chunk continues the prefix within this [rad, 1]
+    prefix_quantile: float = 0.9   # prefix: committed steps = this delay quantile / dt [0..1]
+    lookahead_s: float = 0.5       # JointTrajectory: future points this far ahead, at rest [s]
+    trajectory_dt_s: float = 0.05  # JointTrajectory: time between points [s]
+    # Chunks come at 10 Hz: 0.5 s is five missed chunks, before the 0.8 s chunk runs out.
+    chunk_timeout_s: float = 0.5   # watchdog: no accepted chunk for this long -> hold [s]
+    # Longer than a whole chunk (8 x 0.1 s) so the last action of a fresh chunk can run.
+    max_chunk_age_s: float = 1.0   # refuse or stop following actions planned this long ago [s]
+    max_clock_skew_s: float = 0.05  # refuse chunks stamped further than this in the future [s]
+    max_robot_age_s: float = 0.1   # hold when the newest joint state is older (10 at 100 Hz) [s]
+    max_sensor_age_s: float = 0.1  # hold when the newest force window is older than this [s]
+    require_sensor: bool = True    # hold without a fresh sensor window (forces unchecked)
+    position_margin_rad: float = 0.05  # stay this far inside each joint's position limits [rad]
+    # LeRobot's max_relative_target, on by default: above the tracking lag at full speed
+    # (1 rad/s x ~0.1 s), small enough that no single bad target moves a joint far.
+    max_distance_from_measured_rad: float = 0.15  # targets at most this far from measured [rad]
+    # Contact forces of a guided peg insertion are a few N; the UR5e's payload is 50 N.
+    force_soft_n: float = 15.0     # |F| above this scales the motion down [N]
+    force_hard_n: float = 40.0     # |F| at or above this holds and latches a fault [N]
+    torque_soft_nm: float = 1.5    # |tau| above this scales the motion down [N m]
+    torque_hard_nm: float = 4.0    # |tau| at or above this holds and latches a fault [N m]
+    # Never 0, so the policy can still back out of a contact near the hard limit.
+    min_speed_scale: float = 0.1   # speed scale just below the hard limits (1 at the soft) [1]
+    command_timeout_s: float = 0.1  # command_v1 timeout: the robot holds without a newer one [s]
+    start_armed: bool = False      # arm at the first fresh robot state instead of on enable
+    delay_window: int = 100        # chunks in the delay statistics [chunks]
+    outputs: tuple[str, ...] = ('command_v1',)  # command_v1 and/or joint_trajectory
+    robot_ip: str = '127.0.0.1'    # host of the robot PC's command_v1 PULL socket
+    command_port: int = 5557       # TCP port the robot PC binds for command_v1
+
+    def __post_init__(self) -> None:
+        require_positive('control_rate_hz', self.control_rate_hz)
+        require(self.control_rate_hz <= 1000.0,
+                f'control_rate_hz must be <= 1000 Hz, got {self.control_rate_hz!r}')
+        require_unique_names('joint_names', self.joint_names)
+        require(len(self.joint_names) == 6,
+                f'joint_names must name the 6 joints, got {list(self.joint_names)}')
+        require('gripper' not in self.joint_names,
+                "joint_names must not contain 'gripper' (the gripper has its own limits)")
+        require(isinstance(self.actuator_lead_s, (int, float))
+                and 0.0 <= self.actuator_lead_s <= 1.0,  # command_v1 refuses a lead above 1 s
+                f'actuator_lead_s must be in 0..1 s, got {self.actuator_lead_s!r}')
+        require_one_of('merge', self.merge, EXECUTOR_MERGES)
+        require(isinstance(self.ensemble_k, (int, float)) and math.isfinite(self.ensemble_k)
+                and abs(self.ensemble_k) <= 10.0,
+                f'ensemble_k must be a finite number in -10..10, got {self.ensemble_k!r}')
+        for name in ('blend_s', 'prefix_tolerance', 'lookahead_s', 'trajectory_dt_s',
+                     'chunk_timeout_s', 'max_chunk_age_s', 'max_robot_age_s',
+                     'max_sensor_age_s', 'max_distance_from_measured_rad', 'force_soft_n',
+                     'force_hard_n', 'torque_soft_nm', 'torque_hard_nm'):
+            require_positive(name, getattr(self, name))
+        require(isinstance(self.prefix_quantile, (int, float))
+                and 0.0 < self.prefix_quantile <= 1.0,
+                f'prefix_quantile must be in (0, 1], got {self.prefix_quantile!r}')
+        require(self.trajectory_dt_s >= 1.0 / self.control_rate_hz,
+                f'trajectory_dt_s must be at least one control period '
+                f'({1.0 / self.control_rate_hz} s), got {self.trajectory_dt_s!r}')
+        require_non_negative('max_clock_skew_s', self.max_clock_skew_s)
+        require_non_negative('position_margin_rad', self.position_margin_rad)
+        require(self.force_soft_n < self.force_hard_n,
+                f'force_soft_n ({self.force_soft_n}) must be below force_hard_n '
+                f'({self.force_hard_n})')
+        require(self.torque_soft_nm < self.torque_hard_nm,
+                f'torque_soft_nm ({self.torque_soft_nm}) must be below torque_hard_nm '
+                f'({self.torque_hard_nm})')
+        require(isinstance(self.min_speed_scale, (int, float))
+                and 0.0 < self.min_speed_scale <= 1.0,
+                f'min_speed_scale must be in (0, 1], got {self.min_speed_scale!r}')
+        require(isinstance(self.command_timeout_s, (int, float))
+                and 0.0 < self.command_timeout_s <= 10.0,  # command_v1's range
+                f'command_timeout_s must be in (0, 10] s, got {self.command_timeout_s!r}')
+        require(self.command_timeout_s >= 1.0 / self.control_rate_hz,
+                f'command_timeout_s must be at least one control period, got '
+                f'{self.command_timeout_s!r}')
+        for name in ('require_sensor', 'start_armed'):
+            require(isinstance(getattr(self, name), bool),
+                    f'{name} must be a bool, got {getattr(self, name)!r}')
+        require_int_range('delay_window', self.delay_window, 1, 100_000, ' chunks')
+        require(len(self.outputs) > 0 and set(self.outputs) <= set(EXECUTOR_OUTPUTS)
+                and len(set(self.outputs)) == len(self.outputs),
+                f'outputs must be a non-empty subset of {list(EXECUTOR_OUTPUTS)}, got '
+                f'{list(self.outputs)}')
+        require_host('robot_ip', self.robot_ip)
+        require_port('command_port', self.command_port)
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferencePolicyConfig:
+    """reference_policy: the simulated cell's scripted demonstrator as a chunk publisher."""
+
+    rate_hz: float = 10.0          # chunks per second, as the action expert [Hz]
+    episode_host: str = '127.0.0.1'  # where sim_cell publishes its episode reports
+    episode_port: int = 5558       # sim_cell's episode_port
+
+    def __post_init__(self) -> None:
+        require_positive('rate_hz', self.rate_hz)
+        require(self.rate_hz <= 1000.0, f'rate_hz must be <= 1000, got {self.rate_hz!r}')
+        require_host('episode_host', self.episode_host)
+        require_port('episode_port', self.episode_port)

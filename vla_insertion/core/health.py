@@ -60,10 +60,14 @@ class LatencyStats:
 
 
 class DropCounter:
-    """Counts dropped inputs by cause; thread-safe."""
+    """Counts dropped inputs by cause; thread-safe.
 
-    def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
+    The `causes` given are reported from the start with 0, so a monitor sees every key before
+    the first drop; other causes are added when first counted.
+    """
+
+    def __init__(self, causes: tuple[str, ...] = ()) -> None:
+        self._counts: Counter[str] = Counter(dict.fromkeys(causes, 0))
         self._lock = threading.Lock()
 
     def count(self, cause: str, n: int = 1) -> int:

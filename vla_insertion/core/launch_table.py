@@ -24,6 +24,7 @@ class NodeSpec:
     name: str                      # ROS node name, also its section in the params file
     config: str                    # config dataclass in core.config its parameters come from
     enabled_by: str = ''           # boolean launch argument that starts it ('' = always)
+    disabled_by: str = ''          # boolean launch argument that keeps it from starting
     ros_node: bool = True          # False: a plain process (sim_cell) given --params-file
     # launch argument -> parameter it overrides when the argument is not empty
     overrides: dict[str, str] = field(default_factory=dict)
@@ -34,14 +35,19 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    '(default: share/vla_insertion/config/vla_insertion.yaml)'),
     LaunchArgument('namespace', '', 'namespace for every node and relative topic'),
     LaunchArgument('use_sim_time', 'false', 'use /clock (true when replaying a bag)'),
-    LaunchArgument('robot_ip', '', 'address of the robot PC publishing state on port 5556 '
-                   '(empty: the params file value, 127.0.0.1 by default)'),
+    LaunchArgument('robot_ip', '', 'address of the robot PC: its state PUB on port 5556 and '
+                   'its command_v1 PULL on 5557 (empty: the params file value, 127.0.0.1 by '
+                   'default)'),
     LaunchArgument('checkpoint', '', 'action-expert checkpoint folder '
                    '(empty: the params file value)'),
     LaunchArgument('vlm_model', '', 'VLM hub id or local folder (empty: the params file value)'),
     LaunchArgument('instruction', '', 'task instruction given to the VLM '
                    '(empty: the params file value)'),
+    LaunchArgument('execute', 'true', 'also start chunk_executor, which turns chunks into robot '
+                   'commands (disarmed until its ~/enable service is called)'),
     LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback'),
+    LaunchArgument('reference', 'false', 'drive the simulated cell with the scripted '
+                   'demonstrator (reference_policy) instead of the VLM and the action expert'),
     LaunchArgument('record', 'false', 'also record a rosbag2 bag of the documented topic set'),
 )
 
@@ -51,10 +57,14 @@ NODES: tuple[NodeSpec, ...] = (
     NodeSpec('robot_bridge', 'robot_bridge', 'RobotBridgeConfig',
              overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('sensor_bridge', 'sensor_bridge', 'SensorBridgeConfig'),
-    NodeSpec('vlm_node', 'vlm_node', 'VlmConfig',
+    NodeSpec('vlm_node', 'vlm_node', 'VlmConfig', disabled_by='reference',
              overrides={'vlm_model': 'model', 'instruction': 'instruction'}),
-    NodeSpec('action_expert', 'action_expert', 'ExpertConfig',
+    NodeSpec('action_expert', 'action_expert', 'ExpertConfig', disabled_by='reference',
              overrides={'checkpoint': 'checkpoint'}),
+    NodeSpec('reference_policy', 'reference_policy', 'ReferencePolicyConfig',
+             enabled_by='reference'),
+    NodeSpec('chunk_executor', 'chunk_executor', 'ExecutorConfig', enabled_by='execute',
+             overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record'),
 )
 
@@ -71,7 +81,8 @@ def is_true(value: str) -> bool:
 
 def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
     """Return the nodes that run for these launch argument values."""
-    return [n for n in NODES if not n.enabled_by or is_true(arguments.get(n.enabled_by, ''))]
+    return [n for n in NODES if (not n.enabled_by or is_true(arguments.get(n.enabled_by, '')))
+            and not (n.disabled_by and is_true(arguments.get(n.disabled_by, '')))]
 
 
 def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:
@@ -86,6 +97,44 @@ def spec_named(name: str) -> NodeSpec:
         if spec.name == name:
             return spec
     raise KeyError(f'no node {name!r} in the launch table')
+
+
+# Sockets between the programs of the table: (node, parameter) pairs that must agree, per
+# link, and the socket kind of a free port for it.
+CELL_LINKS = {
+    'camera': ('tcp', (('camera_bridge', 'port'), ('sim_cell', 'camera_port'))),
+    'robot': ('tcp', (('robot_bridge', 'port'), ('sim_cell', 'robot_port'))),
+    'sensor': ('udp', (('sensor_bridge', 'port'), ('sim_cell', 'sensor_port'))),
+    'command': ('tcp', (('chunk_executor', 'command_port'), ('sim_cell', 'command_port'))),
+    'episode': ('tcp', (('sim_cell', 'episode_port'), ('reference_policy', 'episode_port'))),
+}
+
+
+def params_on_free_ports(source: Path | str, target: Path | str) -> dict[str, int]:
+    """Copy a params file with every cell link on a free loopback port; return the ports.
+
+    For tests, evaluations and recordings that run a whole simulated cell beside another one
+    (never two stacks on the same ports). Each node's section is found the way rcl matches it.
+    """
+    import socket
+
+    import yaml
+
+    from vla_insertion.core.params import fqn, key_matches, read_params_file
+    doc = read_params_file(source)
+    ports = {}
+    for link, (kind, users) in CELL_LINKS.items():
+        with socket.socket(socket.AF_INET,
+                           socket.SOCK_STREAM if kind == 'tcp' else socket.SOCK_DGRAM) as sock:
+            sock.bind(('127.0.0.1', 0))
+            ports[link] = sock.getsockname()[1]
+        for node, parameter in users:
+            key = next((k for k in doc if key_matches(k, fqn(node)) and k.strip('/') != '**'),
+                       f'/**/{node}')
+            section = doc.setdefault(key, {}).setdefault('ros__parameters', {})
+            section[parameter] = ports[link]
+    Path(target).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return ports
 
 
 def installed_paths() -> tuple[Path, Path]:

@@ -101,7 +101,13 @@ def is_ros_parameter(name: str) -> bool:
 
 
 def unknown_parameters(cls: type, names, extra_prefixes: tuple[str, ...] = ()) -> list[str]:
-    """Return the names that are neither fields of `cls` nor parameters ROS reads itself."""
+    """Return the names that are neither fields of `cls` nor parameters ROS reads itself.
+
+    A config may name groups of nested parameters its component reads itself in a class
+    attribute `NESTED_PARAMETERS` (e.g. ExecutorConfig: `joint_limits.<joint>.<key>`).
+    """
+    extra_prefixes = tuple(extra_prefixes) + tuple(
+        f'{group}.' for group in getattr(cls, 'NESTED_PARAMETERS', ()))
     known = set(field_types(cls))
     return sorted(n for n in names if n not in known and not is_ros_parameter(n)
                   and not (extra_prefixes and n.startswith(extra_prefixes)))

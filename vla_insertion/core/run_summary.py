@@ -33,6 +33,8 @@ class RunRecorder:
     # node -> cause -> count (the newest value reported in /diagnostics)
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
     untrained: bool = False
+    executor: dict[str, str] = field(default_factory=dict)  # chunk_executor's newest values
+    episodes: list[dict] = field(default_factory=list)      # sim episodes' end reports
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_chunk(self, recv_s: float, chunk: ActionChunkData) -> None:
@@ -58,6 +60,15 @@ class RunRecorder:
     def set_drops(self, node: str, causes: dict[str, int]) -> None:
         with self._lock:
             self.drops[node] = dict(causes)
+
+    def set_executor(self, values: dict[str, str]) -> None:
+        with self._lock:
+            self.executor = dict(values)
+
+    def add_episode(self, report: dict) -> None:
+        """Keep an episode's end report (success, reason, time_to_insert_s, peak_force_n)."""
+        with self._lock:
+            self.episodes.append(dict(report))
 
     def snapshot(self) -> tuple[list[_Timed], list[_Timed]]:
         with self._lock:
@@ -116,7 +127,43 @@ def summarize(rec: RunRecorder, since_s: float = -math.inf) -> dict:
         'frames_per_view': dict(sorted(rec.frames.items())),
         'drops': drops,
         'untrained': rec.untrained,
+        'executor': _executor_summary(rec.executor),
+        'episodes': _episode_summary(rec.episodes),
     }
+
+
+def _number(text, default=math.nan) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def _executor_summary(values: dict[str, str]) -> dict:
+    """Return the chunk executor's state, commands, gate interventions and starvation."""
+    if not values:
+        return {}
+    gate = {k[len('gate.'):]: int(_number(v, 0)) for k, v in values.items()
+            if k.startswith('gate.') and _number(v, 0) > 0}
+    return {'commands': int(_number(values.get('steps'), 0)),
+            'sent': int(_number(values.get('commands_sent'), 0)),
+            'armed': values.get('armed') == 'True', 'state': values.get('state', ''),
+            'fault': values.get('fault', ''), 'gate': gate,
+            'starved': int(_number(values.get('starved'), 0)),
+            'chunk_delay_s_p50': _number(values.get('delay_s.p50')),
+            'jerk_rms': _number(values.get('jerk.rms'))}
+
+
+def _episode_summary(episodes: list[dict]) -> dict:
+    """Return the success rate, reasons, time to insert and forces of decided episodes."""
+    if not episodes:
+        return {'count': 0}
+    reasons = Counter(e.get('reason') or 'unjudged' for e in episodes)
+    times = [e['time_to_insert_s'] for e in episodes if e.get('time_to_insert_s') is not None]
+    return {'count': len(episodes), 'succeeded': sum(bool(e.get('success')) for e in episodes),
+            'reasons': dict(reasons),
+            'time_to_insert_s_mean': float(np.mean(times)) if times else math.nan,
+            'peak_force_n_max': max(float(e.get('peak_force_n', 0.0)) for e in episodes)}
 
 
 def status_line(rec: RunRecorder, window_s: float, now_s: float) -> str:
@@ -156,5 +203,22 @@ def format_summary(s: dict, duration_s: float) -> str:
         ('models', 'UNTRAINED (random weights): actions are not meaningful'
          if s['untrained'] else 'trained'),
     ]
+    ex = s.get('executor') or {}
+    if ex:
+        mode = ('ARMED: commands sent to the robot' if ex['armed'] else
+                'DISARMED: commands computed for preview, none sent to the robot')
+        gate = ', '.join(f'{k}={v}' for k, v in sorted(ex['gate'].items())) or 'none'
+        fault = f', fault {ex["fault"]}' if ex['fault'] else ''
+        rows += [('executor', f'{ex["commands"]} commands ({ex["sent"]} sent), {mode}'),
+                 ('executor state', f'{ex["state"]}{fault}, starved {ex["starved"]}, chunk '
+                                    f'delay p50 {ex["chunk_delay_s_p50"] * 1e3:.0f} ms'),
+                 ('gate interventions', gate)]
+    ep = s.get('episodes') or {}
+    if ep.get('count'):
+        rows.append(('episodes', f'{ep["succeeded"]}/{ep["count"]} succeeded '
+                     f'({ep["succeeded"] / ep["count"]:.0%}), outcomes '
+                     + ', '.join(f'{k}={v}' for k, v in sorted(ep['reasons'].items()))
+                     + f', time to insert avg {ep["time_to_insert_s_mean"]:.1f} s, peak force '
+                     f'{ep["peak_force_n_max"]:.1f} N'))
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'  {k.ljust(width)}  {v}' for k, v in rows)

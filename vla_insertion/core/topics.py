@@ -62,6 +62,12 @@ FEATURE_REQUEST = Topic('vla/feature_request', 'std_msgs/msg/Header', 'latest',
                         'sync mode: "compute features now" (action_expert)')
 ACTION_CHUNK = Topic('vla/action_chunk', 'vla_insertion/msg/ActionChunk', 'state',
                      '8 x 7 actions stamped with the observation time (action_expert)')
+COMMAND = Topic('vla/command', 'vla_insertion/msg/ExecutorCommand', 'state',
+                'what the executor commanded each control step, armed or not (chunk_executor)')
+COMMITTED_PREFIX = Topic('vla/committed_prefix', 'vla_insertion/msg/ActionChunk', 'latest',
+                         'merge = prefix: the actions already committed (chunk_executor)')
+JOINT_TRAJECTORY = Topic('robot/joint_trajectory', 'trajectory_msgs/msg/JointTrajectory',
+                         'state', 'future points for ros2_control, when armed (chunk_executor)')
 STATS = Topic('vla/stats', 'vla_insertion/msg/NodeStats', 'latest',
               'plottable health numbers of each node (every node)')
 DIAGNOSTICS = Topic('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 'diagnostics',
@@ -70,7 +76,8 @@ CLOCK = Topic('/clock', 'rosgraph_msgs/msg/Clock', 'clock',
               'bag time while replaying (bag_player)', recorded=False)
 
 TOPICS: tuple[Topic, ...] = (CAMERAS, JOINT_STATES, POSE, SENSOR_WINDOW, FEATURES,
-                             FEATURE_REQUEST, ACTION_CHUNK, STATS, DIAGNOSTICS, CLOCK)
+                             FEATURE_REQUEST, ACTION_CHUNK, COMMAND, COMMITTED_PREFIX,
+                             JOINT_TRAJECTORY, STATS, DIAGNOSTICS, CLOCK)
 
 
 # The documented recorded set (docs/evaluation.md): every camera view the cell publishes (a

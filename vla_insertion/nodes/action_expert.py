@@ -5,6 +5,7 @@ Subscribes (newest kept; QoS from core/topics.py):
     sensor/window        vla_insertion/SensorWindow
     robot/joint_states   sensor_msgs/JointState [rad], with the `gripper` entry [0..1]
     robot/pose           geometry_msgs/PoseStamped
+    vla/committed_prefix vla_insertion/ActionChunk   the executor's committed actions (prefix)
 Publishes:
     vla/action_chunk     vla_insertion/ActionChunk, one per accepted tick, stamped with the tick
     vla/feature_request  std_msgs/Header, sync mode: one per step
@@ -35,6 +36,7 @@ from vla_insertion import conversions as conv
 from vla_insertion.core import topics
 from vla_insertion.core.config import ConfigError, ExpertConfig
 from vla_insertion.core.data import MODE_ASYNC, MODE_SYNC, NodeStatsData
+from vla_insertion.core.executor.merge import align_prefix
 from vla_insertion.core.expert.checkpoint import CheckpointError, load_checkpoint
 from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.runner import expert_health, ExpertRunner, TickResult
@@ -65,7 +67,7 @@ class ActionExpertNode(Node):
         except CheckpointError as exc:
             raise ConfigError(f'checkpoint: {exc}') from None
         policy = ExpertPolicy(checkpoint, device=cfg.device, steps=cfg.flow_steps or None,
-                              seed=None if cfg.seed < 0 else cfg.seed)
+                              seed=None if cfg.seed < 0 else cfg.seed, precision=cfg.precision)
         policy.warm_up()
         self._sync = cfg.mode == 'sync'
         self._runner = ExpertRunner(policy, StalenessLimits.from_config(cfg),
@@ -74,7 +76,7 @@ class ActionExpertNode(Node):
         # the newest input of each stream, written by the subscriptions, read by the tick
         self._lock = threading.Lock()
         self._features_arrived = threading.Condition(self._lock)
-        self._inputs = dict.fromkeys(('features', 'window', 'joints', 'pose'))
+        self._inputs = dict.fromkeys(('features', 'window', 'joints', 'pose', 'prefix'))
         self._feature_arrivals = 0
         self._rate = RateMeter(window_s=5.0)
         self._lateness_ms = LatencyStats(maxlen=600)  # tick start after its deadline
@@ -84,7 +86,8 @@ class ActionExpertNode(Node):
         subscription(self, VLFeatures, topics.FEATURES, self._on_features)
         for name, msg_type, topic in (('window', SensorWindow, topics.SENSOR_WINDOW),
                                       ('joints', JointState, topics.JOINT_STATES),
-                                      ('pose', PoseStamped, topics.POSE)):
+                                      ('pose', PoseStamped, topics.POSE),
+                                      ('prefix', ActionChunk, topics.COMMITTED_PREFIX)):
             subscription(self, msg_type, topic, functools.partial(self._store, name))
         self._chunk_pub = publisher(self, ActionChunk, topics.ACTION_CHUNK)
         self._request_pub = (publisher(self, Header, topics.FEATURE_REQUEST)
@@ -125,23 +128,31 @@ class ActionExpertNode(Node):
         with self._lock:
             self._inputs[name] = msg
 
-    def _newest(self) -> tuple:
-        """Return (features, window, robot) of the newest messages; a bad one counts as None."""
+    def _newest(self, now_s: float) -> tuple:
+        """Return (features, window, robot, prefix) of the newest messages (None when bad).
+
+        The prefix is what the chunk executor has committed (merge = prefix), resampled to
+        actions applying from now_s; a flow head continues it, a regression head ignores it.
+        """
         with self._lock:
             msgs = dict(self._inputs)
         data = []
         for name, read in (('features', conv.vl_features_from_msg),
-                           ('window', conv.sensor_window_from_msg)):
+                           ('window', conv.sensor_window_from_msg),
+                           ('prefix', conv.action_chunk_from_msg)):
             try:
                 data.append(read(msgs[name]) if msgs[name] is not None else None)
             except conv.ConversionError as exc:
                 self._runner.refuse(f'bad_{name}', str(exc))
                 self.get_logger().warning(f'bad {name}: {exc}', throttle_duration_sec=2.0)
                 data.append(None)
+        features, window, committed = data
         joints, pose = msgs['joints'], msgs['pose']
         robot = (conv.robot_state_from_msgs(joints, pose)
                  if joints is not None and pose is not None else None)
-        return (*data, robot)
+        prefix = None if committed is None else align_prefix(
+            committed.stamp_s, committed.actions, committed.dt_s, now_s)
+        return features, window, robot, prefix
 
     # --- ticks ----------------------------------------------------------------------------
 
@@ -163,7 +174,8 @@ class ActionExpertNode(Node):
                 SYNC_TIMEOUT, f'no features within sync_timeout_s {self._config.sync_timeout_s}'
                 ' s of the request'))
         now_s = self._now_s() if now_s is None else now_s
-        result = self._runner.tick(*self._newest(), now_s)
+        features, window, robot, prefix = self._newest(now_s)
+        result = self._runner.tick(features, window, robot, now_s, prefix=prefix)
         if not result.published:
             return self._refused(result)
         self._chunk_pub.publish(conv.action_chunk_to_msg(result.chunk))

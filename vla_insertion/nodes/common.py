@@ -115,6 +115,18 @@ def declare_config(node: Node, cls: type, extra_prefixes: tuple[str, ...] = ()):
     return config_from_dict(cls, values)
 
 
+def log_events(node: Node, admitted) -> None:
+    """Log the events of a core.stream.Admission (restarts, clock steps) on the node's logger."""
+    logger = node.get_logger()
+    for level, text in admitted.events:
+        if level == 'info':
+            logger.info(text)
+        elif level == 'frequent':
+            logger.warning(text, throttle_duration_sec=2.0)
+        else:
+            logger.warning(text)
+
+
 def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Split a command line into (program flags, `--ros-args ...` tail)."""
     if '--ros-args' in argv:

@@ -43,12 +43,12 @@ def drop_counts(values: dict[str, str]) -> dict[str, int]:
 
 
 def frame_counts(values: dict[str, str]) -> dict[str, int]:
-    """Return the camera bridge's frames received per view (keys `frames_<view>`)."""
+    """Return the camera bridge's frames received per view (keys `frames.<view>`)."""
     out = {}
     for key, value in values.items():
-        if key.startswith('frames_'):
+        if key.startswith('frames.'):
             try:
-                out[key[len('frames_'):]] = int(float(value))
+                out[key[len('frames.'):]] = int(float(value))
             except ValueError:
                 continue
     return out
@@ -90,6 +90,8 @@ class MonitorNode(Node):
                 self.recorder.set_drops(status.name, drops)
             for view, count in frame_counts(values).items():
                 self.recorder.set_frames(view, count)
+            if status.name.split('/')[-1] == 'chunk_executor':
+                self.recorder.set_executor(values)
 
     def _print_status(self) -> None:
         self.get_logger().info(status_line(self.recorder, self._period, time.monotonic()))

@@ -4,14 +4,16 @@ Topics out:
   sensor/window        vla_insertion/SensorWindow, WINDOW_QOS, one per received batch;
                        header.stamp is the newest sample's time on the local clock
   /diagnostics, vla/stats   datagram rate, drops by cause, gaps, late samples, window fill,
-                       clock offset, message age
+                       clock offset and steps, restarts, message age
 Parameters: the fields of core.config.SensorBridgeConfig (bind_address, port, wire_format,
 channel_names, sample_rate_hz, window_size, max_datagram_bytes, socket_buffer_bytes,
 receive_timeout_s, calibration_batches, min_fill, stale_after_s).
 
-The clock offset is calibrated from the first calibration_batches datagrams and tracked after.
-Missing sequence numbers are counted as gaps and restart the window's valid run; samples older
-than the newest one taken are late and dropped; a new sender session restarts the window.
+Sessions, sequences and the sender clock are checked by core.stream.StreamTracker (docs/wire.md):
+missing sequence numbers are counted as gaps and restart the window's valid run; samples not
+newer than the newest one taken are late and dropped; a new sender session restarts the window.
+A datagram whose time cannot be right still adds its samples (the sequence places them) but
+publishes no window.
 """
 from __future__ import annotations
 
@@ -20,16 +22,16 @@ import time
 from rclpy.node import Node
 
 from vla_insertion.conversions import sensor_window_to_msg
-from vla_insertion.core.bridge import (
-    bridge_health, close_bridge, Drop, LATE, ReceiveLoop, STALE_SESSION, UdpSource)
-from vla_insertion.core.clock import ClockOffsetEstimator, MonotonicStamp
+from vla_insertion.core.bridge import BridgeHealth, close_bridge, Drop, ReceiveLoop, UdpSource
 from vla_insertion.core.config import SensorBridgeConfig
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import HealthReport, RateMeter
 from vla_insertion.core.sensor_window import SensorWindowBuffer
+from vla_insertion.core.stream import StreamTracker
 from vla_insertion.core.wire import make_codec, SensorBatch
 from vla_insertion.msg import SensorWindow
-from vla_insertion.nodes.common import declare_config, NodeMonitor, run_node, WINDOW_QOS
+from vla_insertion.nodes.common import (
+    declare_config, log_events, NodeMonitor, run_node, WINDOW_QOS)
 
 
 class SensorBridgeNode(Node):
@@ -40,18 +42,17 @@ class SensorBridgeNode(Node):
         self._config = cfg = declare_config(self, SensorBridgeConfig)
         self._codec = make_codec(cfg.wire_format, 'sensor', max_bytes=cfg.max_datagram_bytes,
                                  channels=len(cfg.channel_names))
-        self._sender_clock = ClockOffsetEstimator(cfg.calibration_batches)
-        self._stamp = MonotonicStamp()
+        self._stream = StreamTracker(calibration_batches=cfg.calibration_batches)
         self._window = SensorWindowBuffer(cfg.window_size, cfg.channel_names, cfg.sample_rate_hz)
         self._publisher = self.create_publisher(SensorWindow, 'sensor/window', WINDOW_QOS)
         self._rate = RateMeter()
         self._published = 0
-        self._dropped_reported = 0
-        self._gaps_reported = 0
         self._loop = ReceiveLoop(
             'sensor_rx', lambda: UdpSource(cfg.bind_address, cfg.port, cfg.receive_timeout_s,
                                            cfg.max_datagram_bytes, cfg.socket_buffer_bytes),
             self._on_datagram, on_drop=self._warn_drop)
+        self._health = BridgeHealth('sensor_bridge', self._loop, self._stream, cfg.stale_after_s,
+                                    gap_key='gap_samples', link=False)
         self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
         self._loop.start()
         self.get_logger().info(
@@ -59,22 +60,22 @@ class SensorBridgeNode(Node):
             f'channels at {cfg.sample_rate_hz:g} Hz, window {cfg.window_size} samples')
 
     def _on_datagram(self, data: bytes, t_recv: float) -> None:
-        # receive thread: decode -> window -> map the newest sample's time -> publish
+        # receive thread: decode -> session, sequence, clock -> window -> publish
         batch: SensorBatch = self._codec.decode(data)
-        result = self._window.push(batch)
-        if result.stale:
-            raise Drop(STALE_SESSION, 'batch from a sender session that was replaced')
-        if result.restarted:
-            self.get_logger().warning('sensor sender restarted (new session or sequence reset)')
-        if result.gap:
-            self.get_logger().warning(f'sensor gap: {result.gap} samples missing',
+        newest_s = float(batch.times_s[-1])
+        admitted = self._stream.admit('', batch.session, batch.sequence, newest_s, t_recv,
+                                      count=batch.count)
+        log_events(self, admitted)
+        if admitted.gap:
+            self.get_logger().warning(f'sensor gap: {admitted.gap} samples missing',
                                       throttle_duration_sec=2.0)
-        if result.accepted == 0:
-            raise Drop(LATE, f'batch of {result.late} samples older than the window')
-        offset = self._sender_clock.update(float(batch.times_s[-1]), t_recv)
-        stamp = self._stamp(self._window.newest_time_s - offset)
-        clock = self._sender_clock.report()
-        window = self._window.window(stamp, clock.offset_s, clock.calibrated)
+        self._window.push(batch.samples[admitted.late:], admitted.contiguous)
+        if admitted.drop:
+            raise Drop(admitted.drop, f'sample time {newest_s:.6f} maps to '
+                                      f'{admitted.drop.replace("_", " ")}')
+        offset_s, calibrated = self._stream.clock_summary()
+        window = self._window.window(admitted.stamp_s, offset_s, calibrated,
+                                     self._stream.gaps[''], self._stream.late[''])
         self._publisher.publish(sensor_window_to_msg(window))
         self._published += 1
         self._rate.tick(t_recv)
@@ -87,31 +88,25 @@ class SensorBridgeNode(Node):
         now = time.time()
         cfg, window = self._config, self._window
         rate = self._rate.rate_hz(now)
-        health, stats = bridge_health(
-            self._loop, self._sender_clock, now, cfg.stale_after_s, 'sensor_bridge',
-            published=self._published, rate_hz=rate, dropped_before=self._dropped_reported)
-        self._dropped_reported = stats.dropped
+        health, stats = self._health.report(now, published=self._published, rate_hz=rate)
         fill = window.valid_samples
         health.values.update({
             'window_fill': fill, 'window_size': cfg.window_size,
             'sample_rate_hz': rate * window.accepted_samples / max(1, self._published),
-            'gap_samples': window.gap_samples, 'late_samples': window.late_samples,
-            'sender_restarts': window.restarts})
+            'late_samples': self._stream.late['']})
         stats.extra['window_fill'] = fill
         if self._loop.received and fill < cfg.min_fill:
             health.escalate('WARN', f'window holds {fill}/{cfg.window_size} samples')
-        if window.gap_samples > self._gaps_reported:
-            health.escalate('WARN', f'{window.gap_samples - self._gaps_reported} samples lost')
-        self._gaps_reported = window.gap_samples
         return health, stats
 
     def _status_line(self) -> str:
-        clock, window = self._sender_clock.report(), self._window
+        stream = self._stream
+        offset_s, calibrated = stream.clock_summary()
         return (f'sensor {self._rate.rate_hz(time.time()):.1f} batches/s | window '
-                f'{window.valid_samples}/{self._config.window_size} | gaps {window.gap_samples}'
-                f' late {window.late_samples} restarts {window.restarts} | dropped '
-                f'{self._loop.drops.total()} | clock offset {clock.offset_s * 1e3:+.2f} ms'
-                f'{"" if clock.calibrated else " (calibrating)"}')
+                f'{self._window.valid_samples}/{self._config.window_size} | gaps '
+                f'{stream.gaps[""]} late {stream.late[""]} restarts {stream.restarts} | dropped '
+                f'{self._loop.drops.total()} | clock offset {offset_s * 1e3:+.3f} ms'
+                f'{"" if calibrated else " (calibrating)"}')
 
     def destroy_node(self) -> None:
         # attributes are absent when __init__ failed half-way

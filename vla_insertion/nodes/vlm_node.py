@@ -9,9 +9,13 @@ Topics
 Parameters: the fields of `VlmConfig` (core/config.py): model, device, dtype,
 attn_implementation, view_names, image_width, image_height, instruction, pool_grid_h,
 pool_grid_w, sync_tolerance_s, max_view_age_s, max_rate_hz, mode, torch_threads, warmup_runs,
-artificial_delay_s (wraps the model in DelayedVlm: the comparison experiment's heavier model).
+artificial_delay_s (wraps the model in DelayedVlm: the comparison experiment's heavier model),
+preprocessing, preprocess_threads, torch_compile, compile_mode (docs/vlm.md).
 
-Subscriptions only store the newest frame per view (core.vlm.selection.LatestFrames). One worker
+Subscriptions only store the newest frame per view (core.vlm.selection.LatestFrames): a frame
+stamped in the future of the node's clock is refused, and an older-stamped frame replaces a held
+one stored more than max_view_age_s ago, so a camera sender that restarted or re-based its clock
+is followed again within max_view_age_s (refused frames: `refused_frames.<cause>`). One worker
 thread runs the model: in async mode (default) it waits for a new frame, selects the newest
 complete set whose capture stamps lie within sync_tolerance_s and none older than
 max_view_age_s, runs inference, publishes the features stamped with the newest view's capture
@@ -43,7 +47,8 @@ from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import DropCounter, HealthReport, LatencyStats, RateMeter
 from vla_insertion.core.interfaces import VlmObservation
 from vla_insertion.core.vlm.extractor import DelayedVlm, VlmFeatureExtractor, VlmInputError
-from vla_insertion.core.vlm.selection import LatestFrames, NO_NEW_FRAMES
+from vla_insertion.core.vlm.selection import (
+    LatestFrames, MISSING_VIEWS, NO_NEW_FRAMES, OUT_OF_SYNC, REFUSALS, STALE_VIEWS)
 from vla_insertion.core.vlm.source import VlmLoadError
 from vla_insertion.msg import VLFeatures
 from vla_insertion.nodes.common import (
@@ -81,10 +86,11 @@ class VlmNode(Node):
                  f'({self._extractor.contract.num_tokens} x '
                  f'{self._extractor.contract.feature_dim}), mode {cfg.mode}')
 
-        self._frames = LatestFrames(cfg.view_names)
+        self._frames = LatestFrames(cfg.view_names, cfg.max_view_age_s)
         self._frame_counts: Counter[str] = Counter()
-        self._skipped = DropCounter()       # sets not run, by cause
-        self._refused_frames = DropCounter()  # frames not stored (out of order)
+        # sets not run and frames not stored, by cause (every cause reported from the start)
+        self._skipped = DropCounter((MISSING_VIEWS, STALE_VIEWS, OUT_OF_SYNC, BAD_IMAGE))
+        self._refused_frames = DropCounter(REFUSALS)
         self._rate = RateMeter()
         self._inference_ms = LatencyStats()
         self._feature_age_s = LatencyStats()  # at publication: publish time - newest capture
@@ -113,8 +119,9 @@ class VlmNode(Node):
 
     def _on_image(self, view: str, msg: CompressedImage) -> None:
         self._frame_counts[view] += 1
-        if not self._frames.put(camera_frame_from_msg(msg, view)):
-            self._refused_frames.count('out_of_order')
+        refused = self._frames.put(camera_frame_from_msg(msg, view), self._now_s())
+        if refused:
+            self._refused_frames.count(refused)
 
     def _on_request(self, msg: Header) -> None:
         self._requests += 1
@@ -225,7 +232,7 @@ class VlmNode(Node):
                      f'{age["mean"] * 1e3:.0f}ms')
         line += ' | frames: ' + ' '.join(f'{v}={self._frame_counts[v]}'
                                          for v in self._config.view_names)
-        skipped = self._skipped.as_dict()
+        skipped = {k: v for k, v in self._skipped.as_dict().items() if v}
         if skipped:
             line += ' | skipped ' + ', '.join(f'{k}={v}' for k, v in sorted(skipped.items()))
         if self._extractor.untrained:
@@ -239,6 +246,9 @@ class VlmNode(Node):
             self._request.set()
             if worker.is_alive() and worker is not threading.current_thread():
                 worker.join(timeout=5.0)
+        extractor = getattr(self, '_extractor', None)
+        if extractor is not None:
+            extractor.close()                      # its preprocessing threads
         super().destroy_node()
 
 

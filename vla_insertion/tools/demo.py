@@ -24,8 +24,11 @@ import threading
 import time
 
 from vla_insertion.core import artifacts
+from vla_insertion.core.config import SimCellConfig
+from vla_insertion.core.episodes import EpisodeListener
 from vla_insertion.core.launch_table import (
     command_for, enabled_nodes, installed_paths, LAUNCH_ARGUMENTS)
+from vla_insertion.core.params import load_config
 from vla_insertion.core.processes import ProcessGroup
 from vla_insertion.core.run_summary import format_summary, RunRecorder, status_line, summarize
 
@@ -120,12 +123,16 @@ def run(argv=None) -> int:
     interrupted = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: interrupted.set())
-    monitor = None
+    monitor = episodes = None
     failure = 'setup failed'
     end_s = time.monotonic()
     try:
         for spec in specs:
             group.start(spec.name, command_for(spec, lib_dir, params_file, launch_args))
+        sim = load_config(SimCellConfig, 'sim_cell', params_file)
+        episodes = EpisodeListener(sim.episode_bind, sim.episode_port,
+                                   on_end=recorder.add_episode)
+        episodes.start()
         monitor = _Monitor(recorder)
         failure = _watch(args, group, recorder, interrupted)
     finally:
@@ -134,6 +141,8 @@ def run(argv=None) -> int:
         report = group.stop_all(grace_s=10.0)
         if monitor is not None:
             monitor.close()
+        if episodes is not None:
+            episodes.stop()
     measured_from = recorder.chunks[0].recv_s if recorder.chunks else time.monotonic()
     summary = summarize(recorder, since_s=measured_from)
     duration = max(0.0, end_s - measured_from)

@@ -17,7 +17,8 @@ the gripper command [0..1]).
 Two heads share everything up to the context:
 - regression: one linear map of the context (the default; one pass, cheapest);
 - flow: flow matching. The context is projected ONCE per prediction; each of the `steps` Euler
-  steps of the ODE then runs only the small velocity network on the noisy chunk.
+  steps of the ODE then runs only the small velocity network on the noisy chunk. It can also
+  continue a committed prefix of actions (real-time chunking, see FlowHead.sample).
 
 Where the parameters sit matters for latency at batch 1 on a CPU: a matrix that multiplies a
 single vector is read once per prediction (memory-bound, ~4 bytes per parameter), a matrix applied
@@ -255,12 +256,32 @@ class FlowHead(nn.Module):
             h = h + self.prefix_in(prefix_mask)
         return self.out(self.blocks(F.gelu(h)))                   # (B, H * A)
 
-    def sample(self, context: torch.Tensor, steps: int, noise: torch.Tensor) -> torch.Tensor:
+    def sample(self, context: torch.Tensor, steps: int, noise: torch.Tensor,
+               prefix: torch.Tensor | None = None, weights: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Integrate from `noise` (B, H * A) at t = 0 to normalised actions at t = 1.
+
+        Prefix inpainting (real-time chunking, Black et al. 2025): `prefix` (B, H * A) holds
+        normalised target actions and `weights` (B, H * A) how strongly to hold each to its
+        target (1 committed, 0 free). After every Euler step x is pulled towards the point that
+        the straight path from this noise to the target reaches at the new time, the
+        interpolation the loss trains on: x <- x + w ((1 - t) noise + t prefix - x). Weight 1
+        also applies at the last step (t = 1), so committed actions come out equal to the
+        prefix; weights below 1 guide the intermediate steps only and leave the last to the
+        model. RTC guides through a vector-Jacobian product of the network instead (PiGDM);
+        this replacement needs no backward pass and runs under inference_mode.
+        """
         cond = self.condition(context)                            # once per prediction
         x, dt = noise, 1.0 / steps                                # (B, H * A) at t = 0
+        if prefix is not None:
+            hard = (weights >= 1.0).to(x.dtype)                   # (B, H * A)
         for i in range(steps):
             t = torch.full((x.shape[0],), i * dt, dtype=x.dtype, device=x.device)
             x = x + dt * self.velocity(x, t, cond)
+            if prefix is not None:
+                t_next = (i + 1) * dt
+                w = weights if i < steps - 1 else hard
+                x = x + w * ((1.0 - t_next) * noise + t_next * prefix - x)
         return x
 
     def loss(self, context: torch.Tensor, target: torch.Tensor,
@@ -372,11 +393,14 @@ class ActionExpert(nn.Module):
 
     def forward(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor, *,
                 steps: int | None = None, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
+                prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Predict (B, H, A) actions in physical units.
 
         Flow head only: `steps` Euler steps (default cfg.flow_steps), starting from `noise`
-        (B, H * A) or from Gaussian noise drawn with `generator`.
+        (B, H * A) or from Gaussian noise drawn with `generator`; `prefix` (B, P, A) in
+        physical units, P <= H, with `prefix_weights` (B, P) in [0, 1] (default 1: committed)
+        holds the first P actions to it (see FlowHead.sample and `rtc_prefix`).
         """
         cfg = self.cfg
         context = self.encode(features, window, state)            # (B, D)
@@ -388,11 +412,30 @@ class ActionExpert(nn.Module):
                 noise = torch.randn((context.shape[0], cfg.horizon * cfg.action_dim),
                                     generator=generator, dtype=context.dtype,
                                     device=context.device)
-            flat = self.head.sample(context, steps, noise)        # (B, H * A)
+            target, weights = (None, None) if prefix is None else \
+                self._inpainting(prefix, prefix_weights)
+            flat = self.head.sample(context, steps, noise, target, weights)  # (B, H * A)
         else:
+            if prefix is not None:
+                raise ValueError('the regression head cannot continue a prefix')
             flat = self.head(context)                             # (B, H * A)
         actions = flat.view(-1, cfg.horizon, cfg.action_dim)      # (B, H, A) normalised
         return actions * self.action_std + self.action_mean       # (B, H, A) physical
+
+    def _inpainting(self, prefix: torch.Tensor, weights: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, A) physical prefix and (B, P) weights -> normalised (B, H * A) both."""
+        cfg = self.cfg
+        if prefix.dim() != 3 or prefix.shape[2] != cfg.action_dim or \
+                not 1 <= prefix.shape[1] <= cfg.horizon:
+            raise ValueError(f'prefix must be (B, 1..{cfg.horizon}, {cfg.action_dim}), got '
+                             f'{tuple(prefix.shape)}')
+        batch, length = prefix.shape[:2]
+        target = prefix.new_zeros((batch, cfg.horizon, cfg.action_dim))
+        target[:, :length] = (prefix - self.action_mean) / self.action_std
+        w = prefix.new_zeros((batch, cfg.horizon))
+        w[:, :length] = 1.0 if weights is None else weights.clamp(0.0, 1.0)
+        return target.flatten(1), w.unsqueeze(-1).expand(-1, -1, cfg.action_dim).flatten(1)
 
     def loss(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor,
              actions: torch.Tensor, generator: torch.Generator | None = None, *,
@@ -407,6 +450,32 @@ class ActionExpert(nn.Module):
         if isinstance(self.head, FlowHead):
             return self.head.loss(context, target, generator, noise, t, prefix_len)
         return F.mse_loss(self.head(context), target)
+
+
+PREFIX_SOFT_STEPS = 3           # free actions after a committed prefix that are still guided
+PREFIX_SOFT_DECAY = 1.0         # their weights exp(-decay j), j = 1, 2, ...: 0.37, 0.14, 0.05
+
+
+def rtc_prefix(committed: torch.Tensor, horizon: int, soft_steps: int = PREFIX_SOFT_STEPS,
+               decay: float = PREFIX_SOFT_DECAY) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn committed (B, d, A) actions into (B, P, A) inpainting targets, (B, P) weights.
+
+    Weight 1 on the d committed actions (hard inpainting); the next `soft_steps` actions within
+    the horizon get exponentially decaying weights towards the committed motion continued at
+    its last velocity (the last action itself when d = 1). RTC's soft mask decays over the
+    rest of the previous chunk; the executor commits only d actions, so this constant-velocity
+    continuation stands in for that remainder: it keeps the seam smooth without binding the
+    free actions.
+    """
+    d = committed.shape[1]
+    soft = max(0, min(soft_steps, horizon - d))
+    step = committed[:, -1] - committed[:, -2] if d >= 2 else torch.zeros_like(committed[:, -1])
+    j = torch.arange(1, soft + 1, dtype=committed.dtype, device=committed.device)   # (soft,)
+    extension = committed[:, -1:] + j[None, :, None] * step[:, None]              # (B, soft, A)
+    weights = torch.cat([torch.ones(d, dtype=committed.dtype, device=committed.device),
+                         torch.exp(-decay * j)])                                  # (P,)
+    return (torch.cat([committed, extension], dim=1),
+            weights.expand(committed.shape[0], -1))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -7,18 +7,25 @@ VLFeatureData`, `reset()`), ROS-free. One call:
    are at least twice the target) and resizes it to image_width x image_height (640x360 by
    default) *before* the processor, as the original system did: the resize sets the visual
    token count (299 per 640x360 view) and so the cost of everything after;
-2. builds one chat prompt with every view, in the configured order, and the instruction, and runs
-   the processor (tokenizer + PIL image processor: 14x14 patches, CLIP normalisation);
+2. builds the model inputs for one chat prompt with every view, in the configured order, and the
+   instruction. `preprocessing: fast` (default, preprocess.py): cached token ids, the views
+   decoded and resized on a small thread pool, pixels normalised and patched in torch on the
+   model's device; `preprocessing: processor`: the stock Hugging Face processor (tokenizer + PIL
+   image processor) on every call. Both give the same tensors (a unit test holds them equal);
 3. runs the base model `model.model(...)` (vision tower + language model) without the LM head:
-   the logits over the 151936-token vocabulary are never computed;
+   the logits over the 151936-token vocabulary are never computed. With `torch_compile` on,
+   the vision tower and the language model run through torch.compile (compile.py);
 4. reduces the last hidden states to the contract's (num_tokens, feature_dim) float32 matrix
    (see reduction.py).
 
-Per-stage wall times of the last call are in `last_timings` [ms]. `DelayedVlm` wraps any VLM and
-adds a fixed delay (the comparison experiment's stand-in for a heavier model).
+Per-stage wall times of the last call are in `last_timings` [ms]; with the fast path the
+processor's bicubic resize on the CPU is counted in `resize_ms`, everything else it does in
+`processor_ms`. `DelayedVlm` wraps any VLM and adds a fixed delay (the comparison experiment's
+stand-in for a heavier model).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 import dataclasses
 import io
 import logging
@@ -32,9 +39,11 @@ from vla_insertion.core.config import VlmConfig
 from vla_insertion.core.data import CameraFrame, VLFeatureData
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.interfaces import VlmObservation
+from vla_insertion.core.vlm.compile import compile_model, resolve_compile
 from vla_insertion.core.vlm.contract import feature_contract_for
 from vla_insertion.core.vlm.model import (
     load_model, load_processor, resolve_device, resolve_dtype)
+from vla_insertion.core.vlm.preprocess import FastPreprocessor, UnsupportedProcessor
 from vla_insertion.core.vlm.reduction import reduce_hidden_states
 from vla_insertion.core.vlm.source import ModelSource, resolve_model, VlmLoadError
 
@@ -111,12 +120,29 @@ class VlmFeatureExtractor:
         self._vision_end_id = int(model_config.vision_end_token_id)
         self._merge = int(model_config.vision_config.spatial_merge_size)
         self.last_timings: dict[str, float] = {}
+        # Decode and resize the views in parallel: Pillow releases the GIL while it works.
+        self._pool = (ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix='vlm-pre')
+                      if config.preprocessing == 'fast' and config.preprocess_threads > 1
+                      else None)
+        self._fast: FastPreprocessor | None = None
+        if config.preprocessing == 'fast':
+            try:
+                self._fast = FastPreprocessor(processor, self.contract.prompt, self.device,
+                                              pool=self._pool)
+            except UnsupportedProcessor as exc:
+                logger.warning(f'preprocessing: fast is not possible ({exc}); using the '
+                               'stock processor')
+        self.compiled = resolve_compile(config.torch_compile, self.device)
+        if self.compiled:
+            compile_model(model, config.compile_mode)
         if model_config.text_config.hidden_size != self.contract.feature_dim:
             raise VlmLoadError(f'{source.folder}: config.json hidden size '
                                f'{self.contract.feature_dim} differs from the loaded model '
                                f'({model_config.text_config.hidden_size})')
         logger.info(f'VLM {self.model_id} on {self.device} ({self.dtype}), contract '
-                    f'{self._digest}: {self.contract.num_tokens} x {self.contract.feature_dim}'
+                    f'{self._digest}: {self.contract.num_tokens} x {self.contract.feature_dim}, '
+                    f'preprocessing {self.preprocessing}, compile '
+                    f'{config.compile_mode if self.compiled else "off"}'
                     + (' -- UNTRAINED weights' if self.untrained else ''))
 
     @property
@@ -127,24 +153,31 @@ class VlmFeatureExtractor:
     def untrained(self) -> bool:
         return self.source.untrained
 
+    @property
+    def preprocessing(self) -> str:
+        """'fast' or 'processor': the path actually in use."""
+        return 'fast' if self._fast is not None else 'processor'
+
     def infer(self, obs: VlmObservation) -> VLFeatureData:
         """Compute the features of one set of views, stamped with the newest capture time."""
         start = time.perf_counter()
         timings = dict.fromkeys(STAGES, 0.0)
         cfg = self.config
-        images, stamps = [], []
+        frames = []
         for view in cfg.view_names:
             frame = obs.frames.get(view)
             if frame is None:
                 raise VlmInputError(f'view {view} missing from the observation '
                                     f'(got {sorted(obs.frames)})')
-            t = time.perf_counter()
-            image = decode_image(frame, (cfg.image_width, cfg.image_height))
-            timings['decode'] += time.perf_counter() - t
-            t = time.perf_counter()
-            images.append(resize_image(image, cfg.image_width, cfg.image_height))
-            timings['resize'] += time.perf_counter() - t
-            stamps.append(frame.stamp_s)
+            frames.append(frame)
+        size = (cfg.image_width, cfg.image_height)
+        t = time.perf_counter()
+        images = self._map(lambda frame: decode_image(frame, size), frames)
+        timings['decode'] += time.perf_counter() - t
+        t = time.perf_counter()
+        images = self._map(lambda image: resize_image(image, *size), images)
+        timings['resize'] += time.perf_counter() - t
+        stamps = [frame.stamp_s for frame in frames]
         features = self.features_from_images(images, timings)
         total = time.perf_counter() - start
         self.last_timings = {f'{k}_ms': v * 1e3 for k, v in timings.items()}
@@ -159,9 +192,13 @@ class VlmFeatureExtractor:
                              timings: dict[str, float] | None = None) -> np.ndarray:
         """Run processor, forward and reduction on resized RGB images in view order."""
         timings = timings if timings is not None else dict.fromkeys(STAGES, 0.0)
-        t = time.perf_counter()
-        inputs = self.processor(text=[self.contract.prompt], images=images, return_tensors='pt')
-        timings['processor'] += time.perf_counter() - t
+        if self._fast is not None:
+            inputs = self._fast(images, timings)              # tensors on the model's device
+        else:
+            t = time.perf_counter()
+            inputs = self.processor(text=[self.contract.prompt], images=images,
+                                    return_tensors='pt')
+            timings['processor'] += time.perf_counter() - t
 
         t = time.perf_counter()
         with torch.inference_mode():
@@ -209,6 +246,17 @@ class VlmFeatureExtractor:
     def reset(self) -> None:
         # Qwen2.5-VL caches rotary offsets between generate() steps; features need none.
         self.model.model.rope_deltas = None
+
+    def close(self) -> None:
+        """Stop the preprocessing threads (idle ones also end with the interpreter)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def _map(self, function, items: list) -> list:
+        # In view order; errors (VlmInputError) propagate from the pool as from a loop.
+        if self._pool is None or len(items) < 2:
+            return [function(item) for item in items]
+        return list(self._pool.map(function, items))
 
     def _synchronize(self) -> None:
         if self.device.type == 'cuda':

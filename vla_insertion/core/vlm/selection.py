@@ -1,6 +1,7 @@
 """Which camera frames the VLM runs on: the newest of each view, complete, fresh and in sync.
 
-Subscriptions `put` every received frame; only the newest per view is kept. The inference worker
+Subscriptions `put` every received frame; only the newest per view is kept (see `put` for how
+a view recovers when a sender restarts or its stamps go back). The inference worker
 `select`s: the set of newest frames is run when every view is present, none is older than
 `max_view_age_s`, their capture stamps lie within `sync_tolerance_s` of each other, and at least
 one frame is new since the last set that was run, so an old set is never run twice unless asked
@@ -20,6 +21,16 @@ NO_NEW_FRAMES = 'no_new_frames'      # nothing arrived since the last set (waiti
 MISSING_VIEWS = 'missing_views'      # a view has never been received
 STALE_VIEWS = 'stale_views'          # a view's newest frame is older than max_view_age_s
 OUT_OF_SYNC = 'out_of_sync'          # capture stamps spread wider than sync_tolerance_s
+
+# Why a frame was not stored; the node counts refused frames by these causes.
+KEPT = ''
+UNKNOWN_VIEW = 'unknown_view'        # not one of the configured views
+FUTURE_STAMP = 'future_stamp'        # stamped after now (+ FUTURE_TOLERANCE_S): cannot be right
+OUT_OF_ORDER = 'out_of_order'        # not newer than the frame held, which is still fresh
+REFUSALS = (UNKNOWN_VIEW, FUTURE_STAMP, OUT_OF_ORDER)
+# A stamp this far after the node's clock is refused; covers bridges on another host with a
+# synchronised clock and /clock published at 100 Hz in replay [s]
+FUTURE_TOLERANCE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -55,9 +66,13 @@ class ViewSelection:
 class LatestFrames:
     """The newest frame of each configured view, shared by subscriptions and one worker."""
 
-    def __init__(self, view_names: tuple[str, ...]) -> None:
+    def __init__(self, view_names: tuple[str, ...], max_view_age_s: float = 0.5,
+                 future_tolerance_s: float = FUTURE_TOLERANCE_S) -> None:
         self._views = tuple(view_names)
+        self._max_view_age_s = max_view_age_s
+        self._future_tolerance_s = future_tolerance_s
         self._frames: dict[str, CameraFrame] = {}
+        self._stored_s: dict[str, float] = {}  # local time each held frame was stored [s]
         self._used: dict[str, float] = {}  # capture stamps of the last set handed out
         self._version = 0                  # counts accepted frames
         self._seen_version = 0             # _version at the last select()
@@ -67,22 +82,32 @@ class LatestFrames:
     def view_names(self) -> tuple[str, ...]:
         return self._views
 
-    def put(self, frame: CameraFrame) -> bool:
-        """Keep `frame` if it is the newest of a configured view; return whether it was kept.
+    def put(self, frame: CameraFrame, now_s: float) -> str:
+        """Keep `frame` if it is the newest of a configured view; return KEPT or why not.
 
-        A frame of an unknown view, or one not newer than the stored frame (a duplicate or an
-        out-of-order delivery), is refused.
+        `now_s` is the node's clock. A frame stamped more than the future tolerance after now
+        cannot be right and is refused, so it can never hold a view. A frame not newer than the
+        held one (a duplicate or an out-of-order delivery) is refused while the held frame is
+        fresh; once the held frame was stored more than `max_view_age_s` ago, or lies in the
+        future (the clock went back, e.g. a replay restarted), the newer arrival replaces it:
+        a sender that restarted or re-based its clock publishes stamps older than the last
+        ones, and must not be blocked longer than the view's own staleness limit.
         """
         if frame.view not in self._views:
-            return False
+            return UNKNOWN_VIEW
+        if frame.stamp_s > now_s + self._future_tolerance_s:
+            return FUTURE_STAMP
         with self._cond:
             current = self._frames.get(frame.view)
-            if current is not None and frame.stamp_s <= current.stamp_s:
-                return False
+            if (current is not None and frame.stamp_s <= current.stamp_s
+                    and current.stamp_s <= now_s + self._future_tolerance_s
+                    and now_s - self._stored_s[frame.view] <= self._max_view_age_s):
+                return OUT_OF_ORDER
             self._frames[frame.view] = frame
+            self._stored_s[frame.view] = now_s
             self._version += 1
             self._cond.notify_all()
-        return True
+        return KEPT
 
     def wait_for_new(self, timeout_s: float) -> bool:
         """Block until a frame arrived since the last select(), or the timeout passes."""
@@ -126,6 +151,7 @@ class LatestFrames:
         """Forget every frame and the last used set (new episode)."""
         with self._cond:
             self._frames.clear()
+            self._stored_s.clear()
             self._used = {}
             self._version += 1
             self._seen_version = self._version

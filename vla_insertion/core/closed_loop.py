@@ -1,0 +1,280 @@
+"""The whole policy in closed loop on the simulated cell, in-process, on simulated time.
+
+    cameras (rendered) -> VLM -> features ─┐
+    sensor window (650 Hz) ────────────────┼-> ExpertRunner -> chunk -> ChunkExecutor -> cell
+    robot state (measured) ────────────────┘                  (the node's runner and executor)
+
+The same components the nodes run (the VLM extractor, `ExpertRunner` with its staleness rules,
+`ChunkExecutor` with its merge and safety gate, the sim cell's servo and contact), wired by a
+discrete-event loop on the cell's clock instead of DDS and threads, so closed-loop experiments
+are deterministic and run faster than real time on a machine without ROS. What the wall clock
+would add is modelled by `PipelineTiming`: the VLM and expert latencies, transport, and the
+sync / async schedule:
+
+- async (the deployed design): the VLM runs back to back; an inference started at t on the
+  newest frames (captured at t) delivers its features at t + vlm_latency + vlm_delay. The expert
+  ticks at rate_hz on the newest delivered features, the sensor window and robot state at the
+  tick, and its chunk reaches the executor expert_latency + transport later.
+- sync (the seeds' blocking loop): a step captures the views, waits for the VLM, then ticks the
+  expert on the state at that moment; the next step starts at the first tick after the chunk
+  arrived, so a slow VLM leaves the executor without new chunks.
+
+The executor steps at its control rate on the measured state and the newest window; its
+commands reach the servo command_delay later. `real timing` comes from the ROS pipeline
+(`core/cell_run.py`, `closed_loop --backend ros`); this loop compares designs.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+import math
+
+import numpy as np
+
+from vla_insertion.core.config import (
+    DEFAULT_SENSOR_CHANNELS, require, require_non_negative, require_one_of, require_positive)
+from vla_insertion.core.data import ActionChunkData, CameraFrame, SensorWindowData
+from vla_insertion.core.interfaces import VlmObservation
+from vla_insertion.core.sim.cell import SENSOR_NOISE, SimCell
+from vla_insertion.core.sim.closed_loop import reference_observation
+from vla_insertion.core.sim.episode import EpisodeRecord
+from vla_insertion.core.sim.servo import ServoCommand
+
+MODES = ('async', 'sync')
+
+
+@dataclass(frozen=True)
+class PipelineTiming:
+    """What the wall clock adds between the components (modelled, deterministic)."""
+
+    mode: str = 'async'            # async: VLM in the background; sync: blocking steps
+    rate_hz: float = 10.0          # expert ticks (async) / the step grid (sync) [Hz]
+    vlm_latency_s: float = 0.38    # capture -> features; the seeds' RTX 4090, 5 views [s]
+    vlm_delay_s: float = 0.0       # added to every VLM inference (the 0.8 s experiment) [s]
+    expert_latency_s: float = 0.01  # tick -> chunk computed [s]
+    transport_s: float = 0.002     # chunk computed -> at the executor [s]
+    command_delay_s: float = 0.002  # executor command -> at the robot's servo [s]
+    sensor_rate_hz: float = 650.0  # sensor sample rate of the windows [Hz]
+    window_samples: int = 65       # samples per sensor window [samples]
+
+    def __post_init__(self) -> None:
+        require_one_of('mode', self.mode, MODES)
+        for name in ('rate_hz', 'sensor_rate_hz'):
+            require_positive(name, getattr(self, name))
+        for name in ('vlm_latency_s', 'vlm_delay_s', 'expert_latency_s', 'transport_s',
+                     'command_delay_s'):
+            require_non_negative(name, getattr(self, name))
+        require(isinstance(self.window_samples, int) and self.window_samples >= 1,
+                f'window_samples must be an integer >= 1, got {self.window_samples!r}')
+
+    @property
+    def features_after_s(self) -> float:
+        return self.vlm_latency_s + self.vlm_delay_s
+
+
+@dataclass
+class EpisodeMetrics:
+    """One episode: the cell's outcome and what the pipeline did meanwhile."""
+
+    record: EpisodeRecord
+    chunks: int = 0                # chunks the executor received
+    refused: dict = field(default_factory=dict)     # expert ticks refused, by reason
+    vl_updates: int = 0
+    feature_age_s: list = field(default_factory=list)   # at each published chunk [s]
+    chunk_delay_s: list = field(default_factory=list)   # observation -> at the executor [s]
+    executor: dict = field(default_factory=dict)    # ChunkExecutor.stats() at the episode end
+
+    def as_dict(self) -> dict:
+        ex = self.executor
+        gate = {k[len('gate.'):]: v for k, v in ex.items() if k.startswith('gate.') and v}
+        return {**self.record.as_dict(), 'chunks': self.chunks, 'refused': self.refused,
+                'vl_updates': self.vl_updates,
+                'feature_age_s_mean': _mean(self.feature_age_s),
+                'chunk_delay_s_mean': _mean(self.chunk_delay_s),
+                'starved': ex.get('starved', 0), 'jerk_rms': ex.get('jerk.rms', math.nan),
+                'jerk_peak': ex.get('jerk.peak', math.nan),
+                'velocity_jump_p50': ex.get('boundary.velocity_jump.p50', math.nan),
+                'velocity_jump_max': ex.get('boundary.velocity_jump.max', math.nan),
+                'gate': gate}
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+class PipelineLoop:
+    """Drive `cell` with the VLM, the expert runner and the chunk executor; never sleeps.
+
+    `vlm` implements `infer(VlmObservation) -> VLFeatureData` (None: the policy is not the
+    learned one, e.g. the reference demonstrator through `reference`); `runner` is an
+    ExpertRunner; `executor` a ChunkExecutor (armed at the start of each episode).
+    """
+
+    def __init__(self, cell: SimCell, executor, timing: PipelineTiming = PipelineTiming(), *,
+                 vlm=None, runner=None, renderer=None, views: tuple[str, ...] = (),
+                 reference=None, jpeg_quality: int = 80, seed: int = 0) -> None:
+        require((vlm is not None and runner is not None and renderer is not None)
+                or reference is not None, 'give a vlm, runner and renderer, or a reference')
+        self.cell, self.executor, self.timing = cell, executor, timing
+        self.vlm, self.runner, self.renderer = vlm, runner, renderer
+        self.views, self.reference, self.quality = tuple(views), reference, jpeg_quality
+        self._rng = np.random.default_rng(seed)
+        self._command_period = executor.config.period_s
+        self._tick_period = 1.0 / timing.rate_hz
+
+    # --- the pieces the nodes would do ------------------------------------------------------
+
+    def _window(self, t: float) -> SensorWindowData:
+        p = self.timing
+        times = t - np.arange(p.window_samples - 1, -1, -1) / p.sensor_rate_hz   # oldest first
+        readings = self.cell.history.at(times)
+        noisy = readings + self._rng.normal(0.0, SENSOR_NOISE, readings.shape)
+        noisy[:, 6] = np.maximum(noisy[:, 6], 0.0)
+        valid = int(np.isfinite(noisy).all(axis=1).sum())
+        return SensorWindowData(stamp_s=t, samples=noisy.astype(np.float32), valid_samples=valid,
+                                sample_rate_hz=p.sensor_rate_hz,
+                                channel_names=DEFAULT_SENSOR_CHANNELS)
+
+    def _capture(self, t: float, sequence: int) -> VlmObservation:
+        state = self.cell.state()
+        frames = {view: CameraFrame(view=view, stamp_s=t, data=self.renderer.render_jpeg(
+            i, state, self.quality)) for i, view in enumerate(self.views)}
+        return VlmObservation(frames=frames, sequence=sequence)
+
+    def _tick(self, t: float, features, metrics: EpisodeMetrics) -> ActionChunkData | None:
+        """One expert tick at t: the learned runner, or the reference demonstrator."""
+        if self.reference is not None:
+            return self.reference.infer(reference_observation(self.cell))
+        prefix = None
+        if self.executor.config.merge == 'prefix':
+            from vla_insertion.core.executor.merge import align_prefix
+            committed = self.executor.committed_prefix(t)
+            if committed is not None:
+                prefix = align_prefix(committed[0], committed[1], self.executor.chunk_dt_s, t)
+        result = self.runner.tick(features, self._window(t), self.cell.state().robot_state(t),
+                                  t, prefix=prefix)
+        if not result.published:
+            reason = result.decision.reason
+            metrics.refused[reason] = metrics.refused.get(reason, 0) + 1
+            return None
+        metrics.feature_age_s.append(result.chunk.feature_age_s)
+        return result.chunk
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run_episode(self, max_time_s: float | None = None) -> EpisodeMetrics:
+        """Run the current episode to its outcome (or max_time_s of cell time)."""
+        cell, p = self.cell, self.timing
+        index = cell.spec.index
+        limit = cell.t_s + (max_time_s if max_time_s is not None else
+                            cell.params.episode.timeout_s + 1.0)
+        self.executor.reset()
+        if self.vlm is not None:
+            self.vlm.reset()
+            self.runner.reset()
+        if self.reference is not None:
+            self.reference.reset()
+        metrics = EpisodeMetrics(record=None)
+        chunks: deque[tuple[float, ActionChunkData]] = deque()    # (arrival, chunk)
+        vl_pending: deque[tuple[float, object]] = deque()         # (ready, features)
+        features = None
+        t = cell.t_s
+        next_command, next_tick, vlm_free = t, t, t
+        sync_tick: tuple[float, object] | None = None   # (when, features) of a blocked step
+        sync_busy_until = -math.inf
+        while cell.t_s < limit:
+            t = cell.t_s
+            # the VLM in the background: back to back on the newest frames
+            if self.vlm is not None and p.mode == 'async' and t >= vlm_free - 1e-12:
+                out = self.vlm.infer(self._capture(t, metrics.vl_updates))
+                metrics.vl_updates += 1
+                vlm_free = t + p.features_after_s
+                vl_pending.append((vlm_free, out))
+            while vl_pending and vl_pending[0][0] <= t + 1e-12:
+                features = vl_pending.popleft()[1]
+            # the expert on its grid; sync: a step blocks on the VLM, then ticks
+            if t >= next_tick - 1e-12 and t >= sync_busy_until - 1e-12 and sync_tick is None:
+                next_tick += self._tick_period * max(1, math.ceil(
+                    (t - next_tick) / self._tick_period + 1e-9))
+                if self.vlm is not None and p.mode == 'sync':
+                    out = self.vlm.infer(self._capture(t, metrics.vl_updates))
+                    metrics.vl_updates += 1
+                    sync_tick = (t + p.features_after_s, out)
+                else:
+                    self._deliver(t, features, metrics, chunks)
+            if sync_tick is not None and t >= sync_tick[0] - 1e-12:
+                features = sync_tick[1]
+                sync_tick = None
+                sync_busy_until = self._deliver(t, features, metrics, chunks)
+            while chunks and chunks[0][0] <= t + 1e-12:
+                arrival, chunk = chunks.popleft()
+                if self.executor.on_chunk(chunk, arrival):
+                    metrics.chunks += 1
+                    metrics.chunk_delay_s.append(arrival - chunk.stamp_s)
+            # the executor at its control rate
+            if t >= next_command - 1e-12:
+                next_command += self._command_period
+                self.executor.on_robot_state(cell.state().robot_state(t))
+                self.executor.on_sensor_window(self._window(t))
+                command = self.executor.step(t)
+                if command.valid:
+                    cell.command(ServoCommand.from_any(command), t + p.command_delay_s)
+            record = cell.step()
+            if record is not None and record.index == index:
+                metrics.record = record
+                metrics.executor = self.executor.stats()
+                # let the cell settle into the next episode
+                cell.advance_to(cell.t_s + cell.params.episode.settle_s + cell.dt_s)
+                return metrics
+        raise RuntimeError(f'episode {index} was not decided within {limit:.1f} s of cell time')
+
+    def _deliver(self, t: float, features, metrics: EpisodeMetrics, chunks: deque) -> float:
+        """Tick at t; queue the chunk for its arrival at the executor; return that time."""
+        arrival = t + self.timing.expert_latency_s + self.timing.transport_s
+        chunk = self._tick(t, features, metrics)
+        if chunk is not None:
+            chunks.append((arrival, chunk))
+        return arrival
+
+    def run_episodes(self, count: int, on_episode=None) -> list[EpisodeMetrics]:
+        out = []
+        for _ in range(count):
+            out.append(self.run_episode())
+            if on_episode is not None:
+                on_episode(out[-1])
+        return out
+
+
+def summarize_episodes(episodes: list[EpisodeMetrics]) -> dict:
+    """Success rate, times, forces, smoothness, starvation, refusals and gate interventions."""
+    rows = [e.as_dict() for e in episodes]
+    n = len(rows)
+    successes = [r for r in rows if r['success']]
+    gate: dict[str, int] = {}
+    refused: dict[str, int] = {}
+    for r in rows:
+        for k, v in r['gate'].items():
+            gate[k] = gate.get(k, 0) + int(v)
+        for k, v in r['refused'].items():
+            refused[k] = refused.get(k, 0) + int(v)
+    reasons: dict[str, int] = {}
+    for r in rows:
+        reasons[r['reason']] = reasons.get(r['reason'], 0) + 1
+
+    def mean(key, subset=rows):
+        values = [r[key] for r in subset if r[key] is not None and np.isfinite(r[key])]
+        return float(np.mean(values)) if values else None
+
+    return {'episodes': n, 'successes': len(successes),
+            'success_rate': len(successes) / n if n else None, 'outcomes': reasons,
+            'time_to_insert_s_mean': mean('time_to_insert_s', successes),
+            'peak_force_n_mean': mean('peak_force_n'),
+            'peak_force_n_max': max((r['peak_force_n'] for r in rows), default=None),
+            'mean_force_n_mean': mean('mean_force_n'),
+            'jerk_rms_mean': mean('jerk_rms'), 'velocity_jump_p50_mean': mean('velocity_jump_p50'),
+            'velocity_jump_max': max((r['velocity_jump_max'] for r in rows
+                                      if np.isfinite(r['velocity_jump_max'])), default=None),
+            'starved': sum(int(r['starved']) for r in rows),
+            'feature_age_s_mean': mean('feature_age_s_mean'),
+            'chunk_delay_s_mean': mean('chunk_delay_s_mean'),
+            'refused': refused, 'gate': gate, 'per_episode': rows}

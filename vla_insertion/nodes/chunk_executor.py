@@ -1,0 +1,244 @@
+"""chunk_executor: action chunks -> a smooth, latency-aware, safety-gated command stream.
+
+Subscribes (QoS from core/topics.py):
+    vla/action_chunk     vla_insertion/ActionChunk      chunks of the action expert
+    robot/joint_states   sensor_msgs/JointState          measured joints and gripper
+    sensor/window        vla_insertion/SensorWindow      force/torque for the gate
+Publishes:
+    vla/command          vla_insertion/ExecutorCommand   every control step, armed or not
+    robot/joint_trajectory  trajectory_msgs/JointTrajectory  when armed, at the chunk rate
+                         (outputs contains joint_trajectory; for ros2_control)
+    vla/committed_prefix vla_insertion/ActionChunk      merge = prefix: what is committed
+    /diagnostics, vla/stats: state, gate.<cause>, starvation, delays, jerk, boundary jumps
+Sends: command_v1 (docs/wire.md) over ZMQ PUSH to robot_ip:command_port, only when armed
+    (outputs contains command_v1).
+Services: ~/enable (std_srvs/SetBool: arm / disarm), ~/reset_fault (std_srvs/Trigger).
+Parameters: the fields of core.config.ExecutorConfig and joint_limits.<joint>.<key> in
+    ros2_control's shape (read-only).
+
+Everything that decides lives in core.executor.ChunkExecutor; this shell feeds it under a lock
+and ticks it on absolute deadlines (core.ticker) in its own thread. It starts disarmed: the
+commands are computed and published on vla/command for preview and nothing reaches the robot
+until ~/enable is called (or start_armed is true).
+"""
+from __future__ import annotations
+
+import secrets
+import sys
+import threading
+import time
+
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+import zmq
+
+from vla_insertion import conversions as conv
+from vla_insertion.core import topics
+from vla_insertion.core.config import ExecutorConfig
+from vla_insertion.core.data import ActionChunkData, NodeStatsData
+from vla_insertion.core.executor import ChunkExecutor
+from vla_insertion.core.executor.command import command_message
+from vla_insertion.core.executor.limits import limits_from_params, LimitsTable, PARAM_PREFIX
+from vla_insertion.core.health import DropCounter, HealthReport, RateMeter
+from vla_insertion.core.ticker import DeadlineTicker
+from vla_insertion.core.wire import CommandCodecV1
+from vla_insertion.msg import ActionChunk, ExecutorCommand, SensorWindow
+from vla_insertion.nodes.common import declare_config, NodeMonitor, publisher, run_node, \
+    subscription
+
+# Inputs and sends this shell drops (the executor counts its own chunk rejections).
+DROPS = ('bad_chunk', 'bad_sensor_window', 'send_queue_full')
+
+
+class ChunkExecutorNode(Node):
+    """Execute action chunks on the robot at control_rate_hz, behind the safety gate."""
+
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__('chunk_executor', **node_kwargs)
+        self._config = cfg = declare_config(self, ExecutorConfig)
+        self._executor = ChunkExecutor(cfg, self._declare_limits(cfg.joint_names))
+        self._lock = threading.Lock()
+        self._sequence = 0
+        self._session = secrets.randbits(32)
+        self._drops = DropCounter(DROPS)
+        self._sent = 0
+        self._rate = RateMeter(window_s=5.0)
+        self._last_trajectory_chunk = None
+
+        subscription(self, ActionChunk, topics.ACTION_CHUNK, self._on_chunk)
+        subscription(self, JointState, topics.JOINT_STATES, self._on_joints)
+        subscription(self, SensorWindow, topics.SENSOR_WINDOW, self._on_window)
+        self._command_pub = publisher(self, ExecutorCommand, topics.COMMAND)
+        self._trajectory_pub = (publisher(self, JointTrajectory, topics.JOINT_TRAJECTORY)
+                                if 'joint_trajectory' in cfg.outputs else None)
+        self._prefix_pub = (publisher(self, ActionChunk, topics.COMMITTED_PREFIX)
+                            if cfg.merge == 'prefix' else None)
+        self.create_service(SetBool, '~/enable', self._on_enable)
+        self.create_service(Trigger, '~/reset_fault', self._on_reset_fault)
+        self._zmq = self._push = None
+        if 'command_v1' in cfg.outputs:
+            self._zmq = zmq.Context(1)
+            self._push = self._zmq.socket(zmq.PUSH)
+            self._push.setsockopt(zmq.LINGER, 0)
+            self._push.setsockopt(zmq.SNDHWM, 2)       # a command is stale within a period
+            self._push.setsockopt(zmq.IMMEDIATE, 1)    # queue nothing while no robot listens
+            self._push.connect(f'tcp://{cfg.robot_ip}:{cfg.command_port}')
+        self._codec = CommandCodecV1()
+        self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
+        where = (f'command_v1 -> {cfg.robot_ip}:{cfg.command_port}'
+                 if self._push is not None else 'no command_v1')
+        self.get_logger().info(
+            f'{cfg.merge} merge at {cfg.control_rate_hz:g} Hz, outputs {list(cfg.outputs)} '
+            f'({where}); ' + ('arms at the first fresh robot state' if cfg.start_armed else
+                              'DISARMED: preview only until ~/enable'))
+        self._ticker = DeadlineTicker(cfg.control_rate_hz)
+        self._thread = threading.Thread(target=self._loop, name='executor_loop', daemon=True)
+        self._thread.start()
+
+    def _declare_limits(self, joint_names) -> LimitsTable:
+        """Read joint_limits.* from the overrides (validated), declare them read-only."""
+        given = {name: p.value for name, p in getattr(self, '_parameter_overrides', {}).items()
+                 if name.startswith(PARAM_PREFIX + '.')}
+        table = limits_from_params(given, tuple(joint_names))     # ConfigError: fatal, exit 2
+        for name, value in table.to_params().items():
+            self.declare_parameter(name, value, ParameterDescriptor(
+                description='ros2_control joint_limits (SI units)', read_only=True))
+        return table
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        chunk = self._read(conv.action_chunk_from_msg, msg, 'bad_chunk')
+        if chunk is not None:
+            with self._lock:
+                self._executor.on_chunk(chunk, self._now_s())
+
+    def _on_joints(self, msg: JointState) -> None:
+        with self._lock:
+            self._executor.on_robot_state(conv.robot_state_from_msgs(msg))
+
+    def _on_window(self, msg: SensorWindow) -> None:
+        window = self._read(conv.sensor_window_from_msg, msg, 'bad_sensor_window')
+        if window is not None:
+            with self._lock:
+                self._executor.on_sensor_window(window)
+
+    def _read(self, reader, msg, cause: str):
+        try:
+            return reader(msg)
+        except conv.ConversionError as exc:
+            self._drops.count(cause)
+            self.get_logger().warning(f'{cause}: {exc}', throttle_duration_sec=2.0)
+            return None
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response):
+        with self._lock:
+            ok, message = (self._executor.arm(self._now_s()) if request.data
+                           else self._executor.disarm())
+        response.success, response.message = ok, message
+        self.get_logger().warning(f'{"enable" if request.data else "disable"}: {message}')
+        return response
+
+    def _on_reset_fault(self, request: Trigger.Request, response: Trigger.Response):
+        with self._lock:
+            response.success, response.message = self._executor.reset_fault()
+        self.get_logger().info(f'reset_fault: {response.message}')
+        return response
+
+    # --- the control loop -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while self._ticker.wait():
+            self.step()
+
+    def step(self, now_s: float | None = None) -> None:
+        """One control period: compute, send when armed, publish for preview and plots."""
+        now_s = self._now_s() if now_s is None else now_s
+        with self._lock:
+            command = self._executor.step(now_s)
+            prefix = self._executor.committed_prefix(now_s) if self._prefix_pub else None
+            new_chunk = command.chunk_sequence != self._last_trajectory_chunk
+            points = (self._executor.trajectory(now_s)
+                      if self._trajectory_pub is not None and command.armed and new_chunk
+                      else [])
+            delay = self._executor.last_delay_s
+        self._sequence += 1
+        sent = command.armed and command.valid and self._send_command(command, now_s)
+        self._command_pub.publish(conv.executor_command_to_msg(
+            command, self._config.joint_names, sent, delay, self._sequence))
+        if points:            # at the chunk rate: a trajectory costs a few ms to build
+            self._last_trajectory_chunk = command.chunk_sequence
+            self._trajectory_pub.publish(conv.joint_trajectory_to_msg(
+                now_s, self._config.joint_names, points))
+        if prefix is not None:
+            self._prefix_pub.publish(conv.action_chunk_to_msg(ActionChunkData(
+                stamp_s=prefix[0], actions=prefix[1], dt_s=self._executor.chunk_dt_s)))
+        self._rate.tick(time.monotonic())
+
+    def _send_command(self, command, now_s: float) -> bool:
+        if self._push is None:
+            return False
+        message = command_message(command, self._config, session=self._session,
+                                  sequence=self._sequence, sender_time_s=now_s)
+        try:
+            self._push.send(self._codec.encode(message), zmq.NOBLOCK)
+        except zmq.Again:         # no robot connected, or it is not reading: never queue
+            self._drops.count('send_queue_full')
+            return False
+        self._sent += 1
+        return True
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # --- monitoring -----------------------------------------------------------------------
+
+    def _report(self) -> tuple[HealthReport, NodeStatsData]:
+        with self._lock:
+            stats = self._executor.stats()
+        report = HealthReport()
+        level, message = stats.pop('level'), stats.pop('message')
+        if level != 'OK':
+            report.escalate(level, message)
+        else:
+            report.message = message
+        rate = self._rate.rate_hz(time.monotonic())
+        report.values = {'rate_hz': rate, 'commands_sent': self._sent,
+                         **{f'drops.{k}': v for k, v in self._drops.as_dict().items()}, **stats}
+        return report, NodeStatsData(
+            stamp_s=self._now_s(), node='', rate_hz=rate,
+            latency_mean_ms=stats.get('delay_s.p50', float('nan')) * 1e3,
+            latency_p99_ms=stats.get('delay_s.p99', float('nan')) * 1e3,
+            input_age_s=float('nan'), published=self._sequence,
+            dropped=sum(v for k, v in stats.items() if k.startswith('chunks.rejected.')))
+
+    def _status_line(self) -> str:
+        with self._lock:
+            s = self._executor.stats()
+        acted = ', '.join(f'{k[5:]}={v}' for k, v in s.items() if k.startswith('gate.') and v)
+        return (f'Commands: {self._sequence} ({self._sent} sent) | {s["message"]} | chunks '
+                f'{s["chunks.accepted"]} | starved {s["starved"]} | delay p50 '
+                f'{s.get("delay_s.p50", float("nan")) * 1e3:.0f} ms'
+                + (f' | gate {acted}' if acted else ''))
+
+    def destroy_node(self) -> None:
+        ticker = getattr(self, '_ticker', None)    # absent when __init__ failed half-way
+        if ticker is not None:
+            ticker.stop()
+            self._thread.join(timeout=2.0)
+        if getattr(self, '_push', None) is not None:
+            self._push.close(linger=0)
+            self._zmq.term()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    # subscriptions and services, the monitor; the control loop has its own thread
+    return run_node(ChunkExecutorNode, args, threads=2)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

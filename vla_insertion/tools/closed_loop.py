@@ -1,0 +1,201 @@
+"""closed_loop: run the policy in closed loop on the simulated cell for N episodes and score it.
+
+    closed_loop --episodes 20                              # the learned policy, async, blend
+    closed_loop --policy reference --episodes 20           # the scripted demonstrator (ceiling)
+    closed_loop --compare --episodes 10                    # merges x VLM delay x sync/async
+    closed_loop --backend ros --episodes 5                 # the real nodes on sim_cell
+
+Backends:
+- sim (default): the whole policy in-process on simulated time (core/closed_loop.py): rendered
+  views -> the VLM -> the expert runner -> the chunk executor -> the sim cell, with the VLM and
+  expert latencies modelled (--vlm-latency, --vlm-delay, --mode sync|async). Deterministic.
+- ros: sim_cell, the bridges, vlm_node, action_expert (or reference_policy) and chunk_executor
+  (armed) as processes from the launch table on free loopback ports, for real timing; the
+  outcomes come from sim_cell's episode stream (core/cell_run.py).
+
+Per configuration: success rate, time to insert, peak and mean contact force, RMS jerk and the
+velocity jump at chunk boundaries, starvation, refused ticks and gate interventions by cause,
+chunk delay and feature age. Output in -o: closed_loop.json, closed_loop.md (the table) and
+closed_loop.png (success rate, jerk and boundary jumps per configuration).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+from pathlib import Path
+import sys
+import time
+
+from vla_insertion.core import artifacts
+from vla_insertion.core.config import (
+    ConfigError, EXECUTOR_MERGES, ExecutorConfig, ExpertConfig, VlmConfig)
+from vla_insertion.core.params import load_config
+
+log = logging.getLogger('closed_loop')
+COLUMNS = ('config', 'episodes', 'success_rate', 'time_to_insert_s_mean', 'peak_force_n_max',
+           'mean_force_n_mean', 'jerk_rms_mean', 'velocity_jump_p50_mean', 'velocity_jump_max',
+           'starved', 'feature_age_s_mean', 'chunk_delay_s_mean')
+
+
+def run_sim(args, merge: str, mode: str, delay_s: float) -> dict:
+    """Run the episodes of one configuration in-process; return summarize_episodes()."""
+    import torch
+
+    from vla_insertion.core.closed_loop import PipelineLoop, PipelineTiming, summarize_episodes
+    from vla_insertion.core.executor import ChunkExecutor
+    from vla_insertion.core.executor.limits import limits_from_params
+    from vla_insertion.core.sim.cell import CellParams, SimCell
+    from vla_insertion.core.sim.reference import ReferencePolicy
+    torch.manual_seed(args.seed)
+    executor_cfg = dataclasses.replace(args.executor_cfg, merge=merge, start_armed=True)
+    executor = ChunkExecutor(executor_cfg, limits_from_params(args.limits,
+                                                              executor_cfg.joint_names))
+    timing = PipelineTiming(mode=mode, rate_hz=args.expert_cfg.rate_hz,
+                            vlm_latency_s=args.vlm_latency, vlm_delay_s=delay_s)
+    cell = SimCell(CellParams(), seed=args.seed, first_episode=args.first_episode)
+    if args.policy == 'reference':
+        loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy())
+    else:
+        from vla_insertion.core.expert.policy import ExpertPolicy
+        from vla_insertion.core.expert.runner import ExpertRunner
+        from vla_insertion.core.expert.staleness import StalenessLimits
+        from vla_insertion.core.sim.render import SceneRenderer
+        from vla_insertion.core.vlm.extractor import build_vlm
+        vlm_cfg = args.vlm_cfg
+        limits = dataclasses.replace(StalenessLimits.from_config(args.expert_cfg),
+                                     max_feature_age_s=args.expert_cfg.max_feature_age_s
+                                     + delay_s)
+        runner = ExpertRunner(ExpertPolicy(args.expert_cfg.checkpoint, seed=args.seed,
+                                           precision=args.expert_cfg.precision), limits)
+        loop = PipelineLoop(cell, executor, timing, vlm=args.vlm or build_vlm(
+            vlm_cfg, download=False), runner=runner, renderer=SceneRenderer(
+            vlm_cfg.view_names, vlm_cfg.image_width, vlm_cfg.image_height),
+            views=vlm_cfg.view_names, seed=args.seed)
+        args.vlm = loop.vlm                        # one VLM for every configuration
+
+    def progress(metrics) -> None:
+        r = metrics.record
+        log.info(f'  episode {r.index}: {r.reason} in {r.duration_s:.1f} s, peak '
+                 f'{r.peak_force_n:.1f} N, {metrics.chunks} chunks')
+
+    return summarize_episodes(loop.run_episodes(args.episodes, on_episode=progress))
+
+
+def run_ros(args, merge: str, mode: str, delay_s: float) -> dict:
+    """Run the episodes of one configuration with the real nodes on sim_cell."""
+    from vla_insertion.core.cell_run import run_closed_loop
+    return run_closed_loop(
+        Path(args.output) / f'ros_{merge}_{mode}_{delay_s:g}', episodes=args.episodes,
+        params_file=args.params_file, vlm_model=args.vlm_cfg.model,
+        checkpoint=args.expert_cfg.checkpoint, merge=merge, mode=mode, vlm_delay_s=delay_s,
+        policy=args.policy, seed=args.seed)
+
+
+def markdown(results: dict[str, dict]) -> str:
+    def fmt(value) -> str:
+        if value is None:
+            return '-'
+        return f'{value:.3g}' if isinstance(value, float) else str(value)
+    lines = ['| ' + ' | '.join(COLUMNS) + ' | outcomes | gate |',
+             '|' + '---|' * (len(COLUMNS) + 2)]
+    for name, r in results.items():
+        gate = ', '.join(f'{k}={v}' for k, v in sorted(r.get('gate', {}).items())) or '-'
+        outcomes = ', '.join(f'{k}={v}' for k, v in sorted(r.get('outcomes', {}).items()))
+        lines.append('| ' + ' | '.join(fmt(name if c == 'config' else r.get(c))
+                                       for c in COLUMNS) + f' | {outcomes} | {gate} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(path: Path, results: dict[str, dict]) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.2 * len(names), 3.8))
+    for ax, key, label in zip(axes, ('success_rate', 'jerk_rms_mean', 'velocity_jump_p50_mean'),
+                              ('success rate', 'RMS jerk [rad/s^3]',
+                               'velocity jump at boundaries p50 [rad/s]')):
+        ax.bar(range(len(names)), [results[n].get(key) or 0.0 for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=7)
+        ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='closed_loop', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--backend', choices=('sim', 'ros'), default='sim')
+    parser.add_argument('--policy', choices=('expert', 'reference'), default='expert',
+                        help='the learned policy (VLM + expert) or the scripted demonstrator')
+    parser.add_argument('--episodes', type=int, default=20)
+    parser.add_argument('--seed', type=int, default=1000,
+                        help='seed of the hole positions (training demonstrations use 0..)')
+    parser.add_argument('--first-episode', type=int, default=0)
+    parser.add_argument('--merge', choices=EXECUTOR_MERGES, default=None,
+                        help='executor merge strategy (default: from the params file)')
+    parser.add_argument('--mode', choices=('async', 'sync'), default='async')
+    parser.add_argument('--vlm-delay', type=float, default=0.0,
+                        help='artificial VLM delay [s] (the 0.8 s experiment)')
+    parser.add_argument('--vlm-latency', type=float, default=0.38,
+                        help='sim backend: modelled VLM latency [s] (RTX 4090 figure)')
+    parser.add_argument('--compare', action='store_true',
+                        help='every merge x VLM delay (0, 0.8 s) x sync/async')
+    parser.add_argument('--params-file', default='config/vla_insertion.yaml')
+    parser.add_argument('--vlm-model', help='VLM (default: from the params file, else '
+                        f'{artifacts.TINY_VLM})')
+    parser.add_argument('--checkpoint', help='expert checkpoint (default: from the params file)')
+    parser.add_argument('-o', '--output', default='artifacts/closed_loop')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
+                                   defaults={'model': str(artifacts.TINY_VLM)},
+                                   overrides={'model': args.vlm_model})
+        args.expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file,
+                                      overrides={'checkpoint': args.checkpoint})
+        args.executor_cfg = load_config(ExecutorConfig, 'chunk_executor', args.params_file)
+        from vla_insertion.core.params import node_params
+        args.limits = {n: v for n, (v, _) in node_params(args.params_file,
+                                                         'chunk_executor').items()
+                       if n.startswith('joint_limits.')}
+    except (ConfigError, OSError) as exc:
+        print(f'closed_loop: {exc}', file=sys.stderr)
+        return 2
+    args.vlm = None
+    if args.compare:
+        grid = list(itertools.product(EXECUTOR_MERGES, (0.0, 0.8), ('async', 'sync')))
+    else:
+        grid = [(args.merge or args.executor_cfg.merge, args.vlm_delay, args.mode)]
+    run = run_sim if args.backend == 'sim' else run_ros
+    results = {}
+    for merge, delay, mode in grid:
+        name = f'{args.policy} {merge} {mode} delay {delay:g}s'
+        log.info(f'{name}: {args.episodes} episodes ({args.backend})')
+        t0 = time.perf_counter()
+        try:
+            results[name] = run(args, merge, mode, delay)
+        except (ConfigError, OSError, RuntimeError, ValueError) as exc:   # CellRunError too
+            print(f'closed_loop: {name}: {exc}', file=sys.stderr)
+            return 2
+        results[name]['wall_s'] = time.perf_counter() - t0
+        log.info(f'{name}: {results[name]["successes"]}/{results[name]["episodes"]} succeeded')
+    (out / 'closed_loop.json').write_text(json.dumps(
+        {'backend': args.backend, 'policy': args.policy, 'seed': args.seed,
+         'params_file': args.params_file, 'checkpoint': args.expert_cfg.checkpoint,
+         'vlm': args.vlm_cfg.model, 'results': results}, indent=2, default=float))
+    table = markdown(results)
+    (out / 'closed_loop.md').write_text(table)
+    plot(out / 'closed_loop.png', results)
+    print(table)
+    print(f'wrote {out}/closed_loop.json, closed_loop.md and closed_loop.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""record_demonstrations: episodes of the scripted demonstrator, recorded for training.
+
+    record_demonstrations --episodes 20 --seed 0 -o artifacts/demos
+
+Runs the simulated cell with the reference policy driving the arm through the same command path
+as a learned policy (reference_policy -> chunk_executor -> command_v1 -> sim_cell, every program
+from the launch table on free loopback ports), records the documented topic set with the
+ordinary bag_recorder, and splits the recording into one bag per episode (episode_0007, ...:
+the episode's start to its outcome, from sim_cell's episode stream). Only successful episodes
+are kept unless --keep-failures. `episodes.json` lists each bag with its seed, episode index,
+hole position and outcome: train_expert splits train and validation by these bags.
+
+On a real cell the same is done with teleoperation and `bag_recorder` (docs/training.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+import shutil
+import sys
+
+from vla_insertion.core import bag, topics
+from vla_insertion.core.cell_run import CellRun, CellRunError
+from vla_insertion.core.config import ConfigError
+
+log = logging.getLogger('record_demonstrations')
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='record_demonstrations',
+                                     description=__doc__.split('\n\n')[0])
+    parser.add_argument('--episodes', type=int, default=20, help='episodes to record')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the hole positions')
+    parser.add_argument('--params-file', default='config/vla_insertion.yaml')
+    parser.add_argument('--keep-failures', action='store_true',
+                        help='also keep episodes the demonstrator failed')
+    parser.add_argument('--keep-recording', action='store_true',
+                        help='keep the whole recording beside the episode bags')
+    parser.add_argument('-o', '--output', default='artifacts/demos')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='[demos] %(message)s')
+    out = Path(args.output)
+    work = out / 'recording'
+    if work.exists():
+        shutil.rmtree(work)
+    try:
+        run = CellRun(work, policy='reference', params_file=args.params_file, seed=args.seed,
+                      recorder_topics=topics.RECORDED)
+        with run:
+            if not run.wait_ready():
+                raise CellRunError('the arm never moved: see the logs in ' f'{work / "logs"}')
+            scored = run.wait_episodes(args.episodes, on_episode=lambda e: log.info(
+                f'episode {e["episode"]}: {e["reason"]} in {e["elapsed_s"]:.1f} s'))
+    except (CellRunError, ConfigError, OSError) as exc:
+        print(f'record_demonstrations: {exc}', file=sys.stderr)
+        return 2
+    kept = [e for e in scored if e['success'] or args.keep_failures]
+    # the episode's start to its end on the sender (= local, loopback) clock, as log times
+    ranges = [(f'episode_{e["episode"]:04d}', int((e['sender_time_s'] - e['elapsed_s']) * 1e9),
+               int(e['sender_time_s'] * 1e9)) for e in kept]
+    bags = bag.split_by_time(run.bag_path, ranges, out)
+    manifest = [{'bag': p.name, 'seed': e['seed'], 'episode': e['episode'],
+                 'hole_m': e['hole_m'], 'success': e['success'], 'reason': e['reason'],
+                 'duration_s': e['elapsed_s'], 'messages': bag.bag_info(p).message_count}
+                for p, e in zip(bags, kept)]
+    (out / 'episodes.json').write_text(json.dumps(
+        {'seed': args.seed, 'recorded': len(scored), 'kept': len(kept),
+         'episodes': manifest}, indent=2))
+    if not args.keep_recording:
+        shutil.rmtree(run.bag_path, ignore_errors=True)
+    print(f'{len(kept)} of {len(scored)} episodes kept in {out} (episodes.json)')
+    return 0 if kept else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
