@@ -71,12 +71,12 @@ def vlm_schedule(frames: dict[str, Timeline], views: tuple[str, ...], period_s: 
     """
     events = sorted(((stamp, view, frame) for view in views
                      for stamp, frame in frames[view].items), key=lambda e: e[:2])
-    latest = LatestFrames(views)
+    latest = LatestFrames(views, max_view_age_s)
     updates: list[VlUpdate] = []
     j, now = 0, events[0][0] if events else 0.0
     while j < len(events):
         while j < len(events) and events[j][0] <= now + 1e-9:  # every frame captured by now
-            latest.put(events[j][2])
+            latest.put(events[j][2], now_s=events[j][0])  # arrives at its capture stamp
             j += 1
         selection = latest.select(now, sync_tolerance_s, max_view_age_s)
         if selection.ready:
