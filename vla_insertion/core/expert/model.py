@@ -414,7 +414,12 @@ class ActionExpert(nn.Module):
                                     device=context.device)
             target, weights = (None, None) if prefix is None else \
                 self._inpainting(prefix, prefix_weights)
-            flat = self.head.sample(context, steps, noise, target, weights)  # (B, H * A)
+            if target is not None and self.head.prefix_in is not None:
+                # trained to continue prefixes: the committed (weight 1) actions go in clean
+                given = (weights.view(-1, cfg.horizon, cfg.action_dim)[:, :, 0] >= 1.0).sum(1)
+                flat = self.head.continue_prefix(context, steps, noise, target, given)
+            else:
+                flat = self.head.sample(context, steps, noise, target, weights)  # (B, H * A)
         else:
             if prefix is not None:
                 raise ValueError('the regression head cannot continue a prefix')
