@@ -321,6 +321,7 @@ def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
         'refused': train_rep['refused'], 'feature_age': age_model.describe(),
         'cache': cfg.cache, 'preset': cfg.preset, 'horizon': cfg.horizon, 'rate_hz': cfg.rate_hz,
         'train': asdict(cfg.train), 'base_contract_digest': base_contract.digest,
+        'trained_with_prefix': model.cfg.prefix_conditioning,
         **({'lora': settings.to_dict()} if settings else {}),
         # the names the first train_expert wrote
         'steps': cfg.train.steps, 'lr': cfg.train.lr, 'batch_size': cfg.train.batch_size,
