@@ -135,3 +135,33 @@ def cell_bag_writer():
 def spin_until():
     """Return a function that spins an executor until a predicate holds or a timeout passes."""
     return _spin_until
+
+
+TRAIN_VIEWS = ('zed_1', 'oak')
+
+
+@pytest.fixture(scope='session')
+def cached_bags(tmp_path_factory, tiny_vlm_dir):
+    """Three 4 s recorded sessions, a params file and their VL-feature cache (tiny VLM).
+
+    Returns a dict: bags (folders), params (file), cache (folder), vlm_config. The cache runs
+    the VLM on every new set of views (`vl_period_s` 0).
+    """
+    from vla_insertion.core.config import VlmConfig
+    from vla_insertion.core.feature_cache import build_cache
+    folder = tmp_path_factory.mktemp('cached')
+    bags = []
+    for i in range(3):
+        bags.append(str(folder / f'bag{i}'))
+        write_cell_bag(bags[-1], 4.0, TRAIN_VIEWS, seed=i,
+                       joints=lambda t, i=i: 0.3 * np.sin(np.pi * t + np.arange(6) + i),
+                       gripper=lambda t, i=i: 0.2 + 0.3 * i)
+    params = folder / 'params.yaml'
+    params.write_text(f'/**/vlm_node:\n  ros__parameters:\n    model: {tiny_vlm_dir}\n'
+                      f'    view_names: [{", ".join(TRAIN_VIEWS)}]\n    image_width: 112\n'
+                      '    image_height: 56\n    torch_threads: 1\n')
+    vlm_config = VlmConfig(model=str(tiny_vlm_dir), view_names=TRAIN_VIEWS, image_width=112,
+                           image_height=56, torch_threads=1)
+    cache = folder / 'cache'
+    build_cache(bags, vlm_config, cache, 0.0)
+    return {'bags': bags, 'params': str(params), 'cache': str(cache), 'vlm_config': vlm_config}

@@ -172,8 +172,11 @@ class RecordedInputs:
 
 
 def tick_times(inputs: RecordedInputs, rate_hz: float = 10.0,
-               with_features: bool = False) -> np.ndarray:
-    """Return tick times [s] at `rate_hz` from the first complete input to the recording's end."""
+               with_features: bool = False, not_before_s: float = -np.inf) -> np.ndarray:
+    """Return tick times [s] at `rate_hz` from the first complete input to the recording's end.
+
+    `not_before_s`: start no earlier (training starts at the first VL update's stamp).
+    """
     period = 1.0 / rate_hz
-    start = inputs.first_complete_s(with_features)
+    start = max(inputs.first_complete_s(with_features), not_before_s)
     return start + np.arange(int(np.floor((inputs.rec.end_s - start) / period)) + 1) * period

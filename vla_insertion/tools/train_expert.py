@@ -1,144 +1,166 @@
-r"""train_expert: behaviour-clone the action expert on recorded bags.
+r"""train_expert: behaviour-clone the action expert on recorded bags (stage 1, optional stage 2).
 
-    train_expert artifacts/bags/session_01 --vlm-model artifacts/models/tiny-qwen2.5-vl \
-        --params-file config/vla_insertion.yaml --preset small --steps 2000 \
-        --out artifacts/checkpoints/trained-expert
+    cache_features artifacts/bags/s* --params-file config/vla_insertion.yaml --cache C
+    train_expert artifacts/bags/s* --cache C --params-file config/vla_insertion.yaml \
+        --preset default --steps 20000 --out artifacts/checkpoints/trained-expert
+    torchrun --standalone --nproc_per_node=4 -m vla_insertion.tools.train_expert ...   # DDP
+    train_expert ... --finetune-vl lora --init-checkpoint <stage-1 checkpoint>          # stage 2
 
-Every bag is read and ticked exactly as `evaluate --mode open-loop` does
-(`core.expert.training.collect_samples` over `core.recording`): at each tick of `--rate-hz`
-the expert runner's staleness rules decide whether the robot would have acted, the newest
-recorded frames go through the real VLM (every `--vl-every` ticks, features reused in between,
-kept in memory), and the newest sensor window and robot state are taken. The target is what the
-robot then did: the recorded joints at tick + k * dt and the recorded gripper.
-Normalisation statistics come from the data. The checkpoint is labelled trained, carries the
-VLM's feature contract and, in `extra`, the bags, steps, losses and seed.
+Each bag (or each episode of an `--episode-log`) is an episode; episodes, never samples, are
+held out for validation. Every tick of `--rate-hz` that the expert runner's staleness rules
+accept is a sample: the sensor window and robot state at the tick, the recorded joints and
+gripper after it as the target, and VL features of a VLM update drawn at every use so that the
+feature ages follow `--feature-age` (see core/expert/feature_age.py). With `--cache` the VLM is
+never loaded; without it the VLM runs here over the bags first (every `--vl-period-s`). The
+trainer: AdamW with separate learning rates (action expert, sensor encoder, VL adapters),
+warm-up + cosine, gradient clipping, best checkpoint by validation loss, `--resume`,
+metrics.csv. The whole pipeline is `core.expert.fit.fit`; see docs/training.md.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 import sys
-import time
 
 import torch
-from tqdm import tqdm
 
 from vla_insertion.core import artifacts, bag
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
-from vla_insertion.core.expert.checkpoint import CheckpointMeta, save_checkpoint
-from vla_insertion.core.expert.model import ActionExpert, count_parameters
-from vla_insertion.core.expert.presets import model_config, PRESETS
-from vla_insertion.core.expert.runner import ExpertRunner
+from vla_insertion.core.expert.checkpoint import CheckpointError
+from vla_insertion.core.expert.feature_age import DEFAULT_AGE_SPEC, REFERENCE_VLM_LATENCY_S
+from vla_insertion.core.expert.fit import fit, FitConfig
+from vla_insertion.core.expert.presets import PRESETS
 from vla_insertion.core.expert.staleness import StalenessLimits
-from vla_insertion.core.expert.training import (
-    build_dataset, collect_samples, dataset_loss, fit_normalization, train)
+from vla_insertion.core.expert.trainer import TrainConfig
+from vla_insertion.core.feature_cache import FeatureCacheError
 from vla_insertion.core.params import load_config
-from vla_insertion.core.recording import load_recording
+from vla_insertion.core.vlm.source import VlmLoadError
 
 log = logging.getLogger('train_expert')
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog='train_expert', description=__doc__.split('\n\n')[0])
+    p.add_argument('bags', nargs='+', help='bag folders')
+    p.add_argument('--params-file', '--vlm-params', dest='params_file',
+                   help='ROS params YAML: its vlm_node section configures the VLM (views, image '
+                   'size, prompt), its action_expert section the staleness rules')
+    p.add_argument('--vlm-model', help='VLM folder or hub id (default: the params file, else '
+                   f'{artifacts.TINY_VLM})')
+    p.add_argument('--cache', default='', help='feature cache folder (cache_features); the VLM '
+                   'is then not loaded')
+    p.add_argument('--vl-period-s', type=float, default=None,
+                   help=f'without --cache: recorded time between VLM updates [s] (default '
+                   f'{REFERENCE_VLM_LATENCY_S}, or --vl-every / --rate-hz)')
+    p.add_argument('--vl-every', type=int, default=None,
+                   help='without --cache: a VLM update every N ticks (old name of the period)')
+    p.add_argument('--feature-age', default=DEFAULT_AGE_SPEC,
+                   help='feature-age model: uniform:LOW:WIDTH, json:FILE, bag:FOLDER or newest')
+    p.add_argument('--preset', choices=sorted(PRESETS), default='small',
+                   help='expert size: small or default (~20.7M parameters)')
+    p.add_argument('--head', choices=('regression', 'flow'), default='regression')
+    p.add_argument('--flow-steps', type=int, default=10, help='flow head: ODE steps')
+    p.add_argument('--prefix-conditioning', action='store_true',
+                   help='flow head: train to continue a committed prefix (training-time RTC)')
+    p.add_argument('--max-prefix', type=int, default=None,
+                   help='with --prefix-conditioning: prefixes of 0..N actions (default H / 2)')
+    p.add_argument('--horizon', type=int, default=8, help='actions per chunk')
+    p.add_argument('--dt', type=float, default=0.1, help='time between actions [s]')
+    p.add_argument('--rate-hz', type=float, default=10.0, help='tick rate over the bags')
+    p.add_argument('--val-fraction', type=float, default=0.2,
+                   help='share of episodes held out for validation')
+    p.add_argument('--val-bags', nargs='*', default=[], help='hold out these bags instead')
+    p.add_argument('--episode-log', default='', help='sim_cell episode log cutting bags into '
+                   'episodes')
+    p.add_argument('--steps', type=int, default=2000, help='optimizer steps of the run')
+    p.add_argument('--batch-size', type=int, default=64, help='global batch [samples]')
+    p.add_argument('--lr', type=float, default=1e-3, help='peak learning rate, action expert')
+    p.add_argument('--sensor-lr', type=float, default=0.0,
+                   help='peak learning rate, sensor encoder (0: --lr)')
+    p.add_argument('--vl-lr', type=float, default=1e-5, help='peak learning rate, VL adapters')
+    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--warmup-steps', type=int, default=100)
+    p.add_argument('--min-lr-ratio', type=float, default=0.05,
+                   help='the cosine ends at this fraction of the peak')
+    p.add_argument('--grad-clip', type=float, default=1.0, help='0: no clipping')
+    p.add_argument('--val-every', type=int, default=100, help='validation every N steps')
+    p.add_argument('--save-every', type=int, default=500, help='resumable state every N steps')
+    p.add_argument('--stop-after', type=int, default=0,
+                   help='end this run after N steps (resumable)')
+    p.add_argument('--time-budget-s', type=float, default=0.0,
+                   help='end this run after this long (resumable)')
+    p.add_argument('--resume', action='store_true', help='continue the run saved in --out')
+    p.add_argument('--init-checkpoint', '--stage1-checkpoint', dest='init_checkpoint',
+                   default='', help='start from this checkpoint (stage 2: from stage 1)')
+    p.add_argument('--finetune-vl', choices=('none', 'lora'), default='none',
+                   help='lora: stage 2, LoRA on the VLM trained with the expert (no cache)')
+    p.add_argument('--lora-rank', type=int, default=16)
+    p.add_argument('--lora-alpha', type=float, default=32.0)
+    p.add_argument('--lora-dropout', type=float, default=0.05)
+    p.add_argument('--no-gradient-checkpointing', action='store_true')
+    p.add_argument('--device', choices=('cpu', 'cuda', 'auto'), default='cpu')
+    p.add_argument('--seed', type=int, default=0, help='weights, batches, draws and noise')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: the default)')
+    p.add_argument('--out', '--output', dest='output', default=str(artifacts.TRAINED_CHECKPOINT),
+                   help='output folder: the best checkpoint, last/, metrics.csv')
+    p.add_argument('--no-progress', action='store_true')
+    return p.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='train_expert', description=__doc__.split('\n\n')[0])
-    parser.add_argument('bags', nargs='+', help='bag folders')
-    parser.add_argument('--params-file', '--vlm-params', dest='params_file',
-                        help='ROS params YAML: its vlm_node section configures the VLM (views, '
-                        'image size, prompt), its action_expert section the staleness rules')
-    parser.add_argument('--vlm-model', help='VLM folder or hub id (default: the params '
-                        f'file, else {artifacts.TINY_VLM})')
-    parser.add_argument('--preset', choices=sorted(PRESETS), default='small',
-                        help='expert size: small or default (~20.7M parameters)')
-    parser.add_argument('--steps', type=int, default=2000, help='optimizer steps')
-    parser.add_argument('--lr', type=float, default=1e-3, help='peak learning rate (AdamW)')
-    parser.add_argument('--batch-size', type=int, default=64)
-    parser.add_argument('--seed', type=int, default=0, help='weights, batches and noise')
-    parser.add_argument('--horizon', type=int, default=8, help='actions per chunk')
-    parser.add_argument('--dt', type=float, default=0.1, help='time between actions [s]')
-    parser.add_argument('--rate-hz', type=float, default=10.0, help='tick rate over the bags')
-    parser.add_argument('--vl-every', type=int, default=1,
-                        help='run the VLM every N ticks, reuse features between')
-    parser.add_argument('--threads', type=int, default=0,
-                        help='torch threads (0: leave the default)')
-    parser.add_argument('--out', '--output', dest='output',
-                        default=str(artifacts.TRAINED_CHECKPOINT),
-                        help='checkpoint folder to write')
-    parser.add_argument('--no-progress', action='store_true')
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    progress = not args.no_progress
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.vl_every < 1 or args.steps < 1:
-        print('train_expert: --vl-every and --steps must be >= 1', file=sys.stderr)
-        return 2
+    period = args.vl_period_s if args.vl_period_s is not None else \
+        (args.vl_every / args.rate_hz if args.vl_every else REFERENCE_VLM_LATENCY_S)
     try:
-        from vla_insertion.core.vlm import feature_contract_for
-        from vla_insertion.core.vlm.extractor import build_vlm
-        vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
-                              defaults={'model': str(artifacts.TINY_VLM)},
-                              overrides={'model': args.vlm_model})
-        expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file)
-        contract = feature_contract_for(vlm_cfg)
-        torch.manual_seed(args.seed)
-        vlm = build_vlm(vlm_cfg, download=False)
-        t0 = time.perf_counter()
-        parts = []
-        for path in args.bags:
-            rec = load_recording(path, views=vlm_cfg.view_names, progress=progress)
-            runner = ExpertRunner(None, StalenessLimits.from_config(expert_cfg),
-                                  contract_digest=contract.digest,
-                                  feature_shape=(contract.num_tokens, contract.feature_dim))
-            part = collect_samples(rec, vlm, runner, vlm_cfg.view_names, args.horizon, args.dt,
-                                   args.rate_hz, args.vl_every, progress)
-            if part['refused']:
-                print(f'{path}: {sum(part["refused"].values())} of {part["ticks"]} ticks '
-                      f'refused as the robot would: {part["refused"]}')
-            if part['contract_hash'] != contract.digest:
-                raise ValueError(f'the VLM produced features with contract '
-                                 f'{part["contract_hash"]}, expected {contract.digest}')
-            parts.append(part)
-        dataset = build_dataset(parts)
-        vl_s = time.perf_counter() - t0
-    except (bag.BagError, ConfigError, OSError, ValueError, RuntimeError) as exc:
+        if args.vl_every is not None and args.vl_every < 1:
+            raise ConfigError('--vl-every must be >= 1')
+        train = TrainConfig(
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, sensor_lr=args.sensor_lr,
+            vl_lr=args.vl_lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+            min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip, seed=args.seed,
+            max_prefix=(args.max_prefix if args.max_prefix is not None else args.horizon // 2)
+            if args.prefix_conditioning else 0,
+            val_every=args.val_every, save_every=args.save_every, stop_after=args.stop_after,
+            time_budget_s=args.time_budget_s)
+        cfg = FitConfig(
+            bags=tuple(args.bags), out=args.output, cache=args.cache, preset=args.preset,
+            head=args.head, flow_steps=args.flow_steps,
+            prefix_conditioning=args.prefix_conditioning, horizon=args.horizon, dt_s=args.dt,
+            rate_hz=args.rate_hz, feature_age=args.feature_age, vl_period_s=period,
+            val_fraction=args.val_fraction, val_bags=tuple(args.val_bags),
+            episode_log=args.episode_log, resume=args.resume,
+            init_checkpoint=args.init_checkpoint, finetune_vl=args.finetune_vl,
+            lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            gradient_checkpointing=not args.no_gradient_checkpointing, device=args.device,
+            train=train)
+        limits = StalenessLimits.from_config(
+            load_config(ExpertConfig, 'action_expert', args.params_file))
+        vlm_cfg, expected = None, None
+        if not args.cache or args.finetune_vl == 'lora' or args.params_file or args.vlm_model:
+            vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
+                                  defaults={'model': str(artifacts.TINY_VLM)},
+                                  overrides={'model': args.vlm_model})
+        if args.cache and vlm_cfg is not None and args.finetune_vl == 'none':
+            from vla_insertion.core.vlm import feature_contract_for
+            try:  # the VLM is not needed with a cache: only check it when it is here
+                expected = feature_contract_for(vlm_cfg)
+            except VlmLoadError as exc:
+                print(f'the cache is not checked against the VLM of the params file: {exc}')
+        result = fit(cfg, vlm_config=vlm_cfg, limits=limits, expected_contract=expected,
+                     progress_bar=not args.no_progress, report=print)
+    except (bag.BagError, CheckpointError, ConfigError, FeatureCacheError, VlmLoadError,
+            OSError, ValueError, RuntimeError) as exc:
         print(f'train_expert: {exc}', file=sys.stderr)
         return 2
-    print(f'{len(dataset)} samples from {len(args.bags)} bag(s), {dataset.features.shape[0]} '
-          f'VL feature sets {tuple(dataset.features.shape[1:])} in {vl_s:.1f} s')
-
-    cfg = model_config(args.preset, contract, horizon=args.horizon,
-                       window_samples=int(dataset.windows.shape[1]))
-    torch.manual_seed(args.seed)
-    model = ActionExpert(cfg)
-    fit_normalization(model, dataset)
-    start_loss = dataset_loss(model, dataset, seed=args.seed)
-    print(f'loss at start: {start_loss:.4f} (normalised MSE over the dataset)')
-    bar = tqdm(total=args.steps, desc='training', unit='step', disable=not progress)
-
-    def on_step(step: int, loss: float) -> None:
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f'{loss:.4f}')
-
-    t0 = time.perf_counter()
-    losses = train(model, dataset, args.steps, lr=args.lr, batch_size=args.batch_size,
-                   seed=args.seed, callback=on_step)
-    bar.close()
-    train_s = time.perf_counter() - t0
-    end_loss = dataset_loss(model, dataset, seed=args.seed)
-    print(f'loss at end: {end_loss:.4f} (last step {losses[-1]:.4f}) after {args.steps} steps '
-          f'in {train_s:.1f} s')
-    meta = CheckpointMeta(
-        model=cfg, contract=contract, dt_s=float(args.dt), untrained=False,
-        description=f'behaviour cloning on {len(args.bags)} bag(s), {len(dataset)} samples, '
-                    f'preset {args.preset}, {count_parameters(model)} parameters',
-        extra={'bags': [str(Path(p)) for p in args.bags], 'samples': len(dataset),
-               'steps': args.steps, 'lr': args.lr, 'batch_size': args.batch_size,
-               'seed': args.seed, 'preset': args.preset, 'vl_every': args.vl_every,
-               'rate_hz': args.rate_hz, 'start_loss': start_loss, 'final_loss': end_loss,
-               'final_step_loss': losses[-1], 'train_s': train_s})
-    folder = save_checkpoint(args.output, model, meta)
-    print(f'wrote trained expert checkpoint {folder} (contract {contract.digest})')
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    print(f'wrote trained expert checkpoint {result.checkpoint} ({result.samples} training, '
+          f'{result.val_samples} validation samples)')
     return 0
 
 

@@ -67,6 +67,7 @@ class ExpertModelConfig:
     flow_steps: int = 10           # Euler steps of the flow head's ODE when the caller gives none
     flow_hidden: int = 1024        # width of the flow head's velocity network
     flow_layers: int = 2           # residual blocks in the velocity network
+    prefix_conditioning: bool = False  # flow head trained to continue a committed prefix (RTC)
 
     def __post_init__(self) -> None:
         for name in ('feature_tokens', 'feature_dim', 'window_samples', 'sensor_channels',
@@ -84,6 +85,10 @@ class ExpertModelConfig:
         require(self.sensor_conv % 2 == 0, f'sensor_conv must be even, got {self.sensor_conv}')
         require_one_of('fusion', self.fusion, FUSIONS)
         require_one_of('head', self.head, HEADS)
+        require(isinstance(self.prefix_conditioning, bool) and
+                (self.head == 'flow' or not self.prefix_conditioning),
+                f'prefix_conditioning needs the flow head, got {self.prefix_conditioning!r} '
+                f'with head {self.head!r}')
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,6 +224,10 @@ class FlowHead(nn.Module):
     The context enters the velocity network through one projection computed once per prediction
     (`condition`); every Euler step then costs only the velocity network on the (B, H * A)
     noisy chunk.
+
+    With `prefix_conditioning` (training-time real-time chunking, arXiv 2512.05964) the first d
+    actions of a training chunk are given clean, flagged by a (B, H) mask input, and only the
+    others are learned; `continue_prefix` samples a chunk that continues committed actions.
     """
 
     TIME_DIM = 64
@@ -231,12 +240,20 @@ class FlowHead(nn.Module):
         self.time_in = nn.Linear(self.TIME_DIM, cfg.flow_hidden)
         self.blocks = ResidualMLP(cfg.flow_hidden, cfg.flow_layers)
         self.out = nn.Linear(cfg.flow_hidden, out)
+        self.prefix_in = nn.Linear(cfg.horizon, cfg.flow_hidden) if cfg.prefix_conditioning \
+            else None
+        self.horizon = cfg.horizon
 
     def condition(self, context: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, hidden)
         return self.context_proj(context)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                 prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = cond + self.action_in(x) + self.time_in(time_embedding(t, self.TIME_DIM))
+        if self.prefix_in is not None:  # (B, H): 1 where the action is a given prefix
+            if prefix_mask is None:
+                prefix_mask = x.new_zeros((x.shape[0], self.horizon))
+            h = h + self.prefix_in(prefix_mask)
         return self.out(self.blocks(F.gelu(h)))                   # (B, H * A)
 
     def sample(self, context: torch.Tensor, steps: int, noise: torch.Tensor,
@@ -268,14 +285,51 @@ class FlowHead(nn.Module):
         return x
 
     def loss(self, context: torch.Tensor, target: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Rectified-flow loss: the velocity at x_t = (1 - t) x0 + t x1 should be x1 - x0."""
-        noise = torch.randn(target.shape, generator=generator, dtype=target.dtype,
-                            device=target.device)
-        t = torch.rand(target.shape[0], generator=generator, dtype=target.dtype,
-                       device=target.device)
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+             t: torch.Tensor | None = None, prefix_len: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Rectified-flow loss: the velocity at x_t = (1 - t) x0 + t x1 should be x1 - x0.
+
+        `noise` (B, H * A) and `t` (B,) are drawn with `generator` unless given. `prefix_len`
+        (B,) (prefix-conditioned head): the first d actions of x_t are the clean target, the
+        mask says so, and the loss is the mean over the other actions of each sample.
+        """
+        if noise is None:
+            noise = torch.randn(target.shape, generator=generator, dtype=target.dtype,
+                                device=target.device)
+        if t is None:
+            t = torch.rand(target.shape[0], generator=generator, dtype=target.dtype,
+                           device=target.device)
         x_t = (1 - t[:, None]) * noise + t[:, None] * target
-        return F.mse_loss(self.velocity(x_t, t, self.condition(context)), target - noise)
+        if prefix_len is None or self.prefix_in is None:
+            return F.mse_loss(self.velocity(x_t, t, self.condition(context)), target - noise)
+        steps = torch.arange(self.horizon, device=target.device)
+        mask = (steps[None, :] < prefix_len[:, None]).to(target.dtype)             # (B, H)
+        given = mask.repeat_interleave(target.shape[1] // self.horizon, dim=1)     # (B, H * A)
+        x_t = given * target + (1 - given) * x_t
+        error = (self.velocity(x_t, t, self.condition(context), mask) - (target - noise)) ** 2
+        free = 1 - given
+        return ((error * free).sum(1) / free.sum(1).clamp(min=1)).mean()
+
+    def continue_prefix(self, context: torch.Tensor, steps: int, noise: torch.Tensor,
+                        prefix: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
+        """Sample (B, H * A) normalised actions whose first `prefix_len` are `prefix`'s.
+
+        Prefix-conditioned head only: the given actions are held clean at every Euler step and
+        flagged by the mask, as in training.
+        """
+        if self.prefix_in is None:
+            raise ValueError('this flow head was not trained with prefix_conditioning')
+        steps_h = torch.arange(self.horizon, device=noise.device)
+        mask = (steps_h[None, :] < prefix_len[:, None]).to(noise.dtype)            # (B, H)
+        given = mask.repeat_interleave(noise.shape[1] // self.horizon, dim=1)      # (B, H * A)
+        cond = self.condition(context)
+        x, dt = noise, 1.0 / steps
+        for i in range(steps):
+            x = given * prefix + (1 - given) * x
+            t = torch.full((x.shape[0],), i * dt, dtype=x.dtype, device=x.device)
+            x = x + dt * self.velocity(x, t, cond, mask)
+        return given * prefix + (1 - given) * x
 
 
 class ActionExpert(nn.Module):
@@ -360,7 +414,12 @@ class ActionExpert(nn.Module):
                                     device=context.device)
             target, weights = (None, None) if prefix is None else \
                 self._inpainting(prefix, prefix_weights)
-            flat = self.head.sample(context, steps, noise, target, weights)  # (B, H * A)
+            if target is not None and self.head.prefix_in is not None:
+                # trained to continue prefixes: the committed (weight 1) actions go in clean
+                given = (weights.view(-1, cfg.horizon, cfg.action_dim)[:, :, 0] >= 1.0).sum(1)
+                flat = self.head.continue_prefix(context, steps, noise, target, given)
+            else:
+                flat = self.head.sample(context, steps, noise, target, weights)  # (B, H * A)
         else:
             if prefix is not None:
                 raise ValueError('the regression head cannot continue a prefix')
@@ -384,12 +443,17 @@ class ActionExpert(nn.Module):
         return target.flatten(1), w.unsqueeze(-1).expand(-1, -1, cfg.action_dim).flatten(1)
 
     def loss(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor,
-             actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training loss against (B, H, A) target actions in physical units."""
+             actions: torch.Tensor, generator: torch.Generator | None = None, *,
+             noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
+             prefix_len: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss against (B, H, A) target actions in physical units.
+
+        Flow head: `noise`, `t` and `prefix_len` as in FlowHead.loss (drawn when not given).
+        """
         context = self.encode(features, window, state)
         target = ((actions - self.action_mean) / self.action_std).flatten(1)  # (B, H * A)
         if isinstance(self.head, FlowHead):
-            return self.head.loss(context, target, generator)
+            return self.head.loss(context, target, generator, noise, t, prefix_len)
         return F.mse_loss(self.head(context), target)
 
 

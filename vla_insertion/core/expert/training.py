@@ -8,13 +8,13 @@ One sample is what the expert sees at one tick and what the robot then did:
     actions  (H, A)   the recorded joint positions [rad] at tick + k * dt, k = 0..H-1, and the
                       recorded gripper [0..1] (0 where none was recorded)
 
-`collect_samples` walks a recording tick by tick the way the node runs: at each tick the
-expert runner's staleness rules decide whether the robot would have acted (a refused tick is no
-sample, counted by reason), the newest recorded inputs are taken and the VLM runs every
-`vl_every` ticks. `chunk_targets` builds the actions from a `metrics.Trajectory` (the same
-interpolation the metrics use), `ExpertDataset.normalization()` computes the model's mean/std
-buffers from the data and `train` fits the model with AdamW, deterministically for a seed.
-ROS-free, plain PyTorch; the caller sets `torch.set_num_threads`.
+`chunk_targets` builds the actions from a `metrics.Trajectory` (the same interpolation the
+metrics use) and `tick_targets` from a recording; `ExpertDataset` holds samples with a fixed
+pairing of features in memory (the recorded ticks with drawn feature ages are
+`core.expert.dataset.PairedDataset`); `normalization_stats` computes the model's mean/std
+buffers from the data and `train` fits the model through `core.expert.trainer.Trainer` (the
+one training loop), deterministically for a seed. The whole stage-1 pipeline from bags is
+`core.expert.fit.fit`. ROS-free, plain PyTorch; the caller sets `torch.set_num_threads`.
 """
 from __future__ import annotations
 
@@ -26,11 +26,8 @@ import numpy as np
 import torch
 
 from vla_insertion.core import metrics
-from vla_insertion.core.expert.checkpoint import DEFAULT_SENSOR_CHANNELS
 from vla_insertion.core.expert.model import ActionExpert
-from vla_insertion.core.expert.policy import robot_state_vector
-from vla_insertion.core.expert.runner import ExpertRunner
-from vla_insertion.core.recording import RecordedInputs, Recording, tick_times
+from vla_insertion.core.recording import RecordedInputs
 
 log = logging.getLogger(__name__)
 
@@ -65,58 +62,23 @@ def tick_targets(inputs: RecordedInputs, tick_s: float, horizon: int, dt_s: floa
                          [r.gripper for r in robots])
 
 
-def collect_samples(rec: Recording, vlm, runner: ExpertRunner, views: tuple[str, ...],
-                    horizon: int, dt_s: float, rate_hz: float = 10.0, vl_every: int = 1,
-                    progress: bool = False) -> dict:
-    """Return one recording's samples as lists of arrays, with refused ticks by reason.
+def normalization_stats(windows: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
+                        min_std: float = MIN_STD) -> dict[str, np.ndarray]:
+    """Return per-dimension mean/std of sensor channels, state and actions (stds floored).
 
-    `runner` (policy-free is enough: `ExpertRunner(None, limits, contract_digest=...,
-    feature_shape=...)`) decides each tick as the node would; its statistics keep the refusals.
+    windows (N, W, C) with NaN rows for missing samples (ignored), states (N, S), actions
+    (N, H, A).
     """
-    from tqdm import tqdm
-    inputs = RecordedInputs(rec, views)
-    out = {'features': [], 'feature_index': [], 'windows': [], 'states': [], 'actions': [],
-           'contract_hash': None, 'ticks': 0}
-    vlm.reset()
-    features = None
-    for i, t in enumerate(tqdm(tick_times(inputs, rate_hz), desc=f'VLM {rec.path.name}',
-                               unit='tick', disable=not progress)):
-        out['ticks'] += 1
-        actions = tick_targets(inputs, t, horizon, dt_s)
-        if actions is None:                       # the chunk runs past the recording
-            continue
-        if features is None or i % vl_every == 0:
-            features = vlm.infer(inputs.vlm(t, sequence=len(out['features'])))
-            out['features'].append(np.asarray(features.features, dtype=np.float32))
-            out['contract_hash'] = features.contract_hash
-        window, robot = inputs.window(t), inputs.robot(t)
-        if not runner.decide(features, window, robot, t).publish:
-            continue
-        if window.channel_names and tuple(window.channel_names) != DEFAULT_SENSOR_CHANNELS:
-            raise ValueError(f'{rec.path}: sensor channels {list(window.channel_names)} != '
-                             f'{list(DEFAULT_SENSOR_CHANNELS)}')
-        out['feature_index'].append(len(out['features']) - 1)
-        out['windows'].append(np.asarray(window.samples, dtype=np.float32))
-        out['states'].append(robot_state_vector(robot))
-        out['actions'].append(actions)
-    out['refused'] = runner.stats.refused.as_dict()
-    if not out['actions']:
-        raise ValueError(f'{rec.path}: no tick with a complete chunk of recorded targets '
-                         f'(refused: {out["refused"]})')
-    return out
-
-
-def build_dataset(parts: list[dict]) -> ExpertDataset:
-    """Concatenate the samples of several recordings into one dataset."""
-    features, index, windows, states, actions = [], [], [], [], []
-    for part in parts:
-        index.extend(np.asarray(part['feature_index']) + len(features))
-        features.extend(part['features'])
-        windows.extend(part['windows'])
-        states.extend(part['states'])
-        actions.extend(part['actions'])
-    return ExpertDataset.from_arrays(np.stack(features), np.stack(windows), np.stack(states),
-                                     np.stack(actions), feature_index=index)
+    sensor = windows.reshape(-1, windows.shape[-1]).double()
+    sensor = sensor[torch.isfinite(sensor).all(dim=1)]            # valid rows only
+    if sensor.shape[0] == 0:
+        raise ValueError('no valid sensor samples to compute normalisation from')
+    stats = {}
+    for name, values in (('sensor', sensor), ('state', states.double()),
+                         ('action', actions.reshape(-1, actions.shape[-1]).double())):
+        stats[f'{name}_mean'] = values.mean(dim=0).numpy()
+        stats[f'{name}_std'] = np.maximum(values.std(dim=0, unbiased=False).numpy(), min_std)
+    return stats
 
 
 @dataclass
@@ -160,20 +122,20 @@ class ExpertDataset:
         return (self.features[self.feature_index[index]], self.windows[index],
                 self.states[index], self.actions[index])
 
+    # the interface of core.expert.trainer.Trainer: a fixed pairing, features in memory
+    def pair(self, index: np.ndarray, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (feature rows, ages [s]: NaN, unknown) of the samples in `index`."""
+        return self.feature_index[torch.as_tensor(index)].numpy(), np.full(len(index), np.nan)
+
+    def inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.windows[index], self.states[index], self.actions[index]
+
+    def features_of(self, rows: np.ndarray) -> torch.Tensor:
+        return self.features[torch.as_tensor(rows)]
+
     def normalization(self, min_std: float = MIN_STD) -> dict[str, np.ndarray]:
         """Return per-dimension mean/std of sensor channels, state and actions (stds floored)."""
-        sensor = self.windows.reshape(-1, self.windows.shape[-1]).double()
-        sensor = sensor[torch.isfinite(sensor).all(dim=1)]        # valid rows only
-        if sensor.shape[0] == 0:
-            raise ValueError('no valid sensor samples to compute normalisation from')
-        stats = {}
-        for name, values in (('sensor', sensor), ('state', self.states.double()),
-                             ('action', self.actions.reshape(-1, self.actions.shape[-1])
-                              .double())):
-            stats[f'{name}_mean'] = values.mean(dim=0).numpy()
-            stats[f'{name}_std'] = np.maximum(values.std(dim=0, unbiased=False).numpy(),
-                                              min_std)
-        return stats
+        return normalization_stats(self.windows, self.states, self.actions, min_std)
 
 
 def fit_normalization(model: ActionExpert, dataset: ExpertDataset,
@@ -206,34 +168,14 @@ def train(model: ActionExpert, dataset: ExpertDataset, steps: int, lr: float = 1
           ) -> list[float]:
     """Fit `model` with AdamW for `steps` minibatch steps; return the loss of every step.
 
-    The learning rate decays from `lr` to lr / 20 on a cosine over the steps.
-
+    The learning rate decays from `lr` to lr / 20 on a cosine over the steps (no warm-up).
     Batches are drawn with replacement from a generator seeded with `seed` (the flow head's
     noise too), so equal model, data and seed give equal losses and weights. The normalisation
     buffers are not touched: call `fit_normalization` first. The model is left in eval mode.
     """
-    if steps < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f'steps, batch_size and lr must be > 0, got {steps}, {batch_size}, '
-                         f'{lr}')
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr * 0.05)
-    batch_size = min(batch_size, len(dataset))
-    losses = []
-    model.train()
-    for step in range(steps):
-        index = torch.randint(len(dataset), (batch_size,), generator=generator)
-        loss = model.loss(*dataset.batch(index), generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        if not np.isfinite(losses[-1]):
-            raise FloatingPointError(f'training loss is {losses[-1]} at step {step}')
-        if callback is not None:
-            callback(step, losses[-1])
-    model.eval()
-    return losses
+    from vla_insertion.core.expert.trainer import TrainConfig, Trainer
+    cfg = TrainConfig(steps=steps, lr=lr, sensor_lr=lr, batch_size=min(batch_size, len(dataset)),
+                      seed=seed, weight_decay=weight_decay, grad_clip=grad_clip, warmup_steps=0,
+                      val_every=0, save_every=0)
+    on_step = None if callback is None else (lambda info: callback(info['step'] - 1, info['loss']))
+    return Trainer(model, dataset, cfg, on_step=on_step, progress_bar=False).run().losses

@@ -202,30 +202,39 @@ class VlmFeatureExtractor:
 
         t = time.perf_counter()
         with torch.inference_mode():
-            input_ids = inputs['input_ids'].to(self.device)                    # (1, T)
-            output = self.model.model(  # the base model: no LM head, no logits
-                input_ids=input_ids,
-                attention_mask=inputs['attention_mask'].to(self.device),
-                pixel_values=inputs['pixel_values'].to(self.device, self.dtype),  # (P, 1176)
-                image_grid_thw=inputs['image_grid_thw'].to(self.device),          # (V, 3)
-                mm_token_type_ids=inputs['mm_token_type_ids'].to(self.device),
-                use_cache=False, return_dict=True)
-            hidden = output.last_hidden_state[0]                                  # (T, D)
-            self._synchronize()
-            timings['forward'] += time.perf_counter() - t
-
-            t = time.perf_counter()
-            reduced = reduce_hidden_states(
-                hidden, input_ids[0], inputs['image_grid_thw'].to(self.device),
-                image_token_id=self._image_token_id, vision_end_token_id=self._vision_end_id,
-                merge_size=self._merge, pool_h=self.config.pool_grid_h,
-                pool_w=self.config.pool_grid_w)                                  # (N, D)
-            features = reduced.cpu().numpy()
-        timings['reduction'] += time.perf_counter() - t
+            features = self.forward_features(inputs, timings).cpu().numpy()      # (N, D)
         expected = (self.contract.num_tokens, self.contract.feature_dim)
         if features.shape != expected:
             raise RuntimeError(f'features {features.shape} break the contract {expected}')
         return features
+
+    def forward_features(self, inputs, timings: dict[str, float] | None = None
+                         ) -> torch.Tensor:
+        """Processor outputs -> (num_tokens, feature_dim) float32 features on the device.
+
+        No inference_mode here: stage-2 training calls it with gradients through LoRA adapters.
+        """
+        timings = timings if timings is not None else dict.fromkeys(STAGES, 0.0)
+        t = time.perf_counter()
+        input_ids = inputs['input_ids'].to(self.device)                        # (1, T)
+        output = self.model.model(  # the base model: no LM head, no logits
+            input_ids=input_ids,
+            attention_mask=inputs['attention_mask'].to(self.device),
+            pixel_values=inputs['pixel_values'].to(self.device, self.dtype),      # (P, 1176)
+            image_grid_thw=inputs['image_grid_thw'].to(self.device),              # (V, 3)
+            mm_token_type_ids=inputs['mm_token_type_ids'].to(self.device),
+            use_cache=False, return_dict=True)
+        hidden = output.last_hidden_state[0]                                      # (T, D)
+        self._synchronize()
+        timings['forward'] += time.perf_counter() - t
+        t = time.perf_counter()
+        reduced = reduce_hidden_states(
+            hidden, input_ids[0], inputs['image_grid_thw'].to(self.device),
+            image_token_id=self._image_token_id, vision_end_token_id=self._vision_end_id,
+            merge_size=self._merge, pool_h=self.config.pool_grid_h,
+            pool_w=self.config.pool_grid_w)                                      # (N, D)
+        timings['reduction'] += time.perf_counter() - t
+        return reduced
 
     def warmup(self, runs: int = 1) -> None:
         """Run on mid-grey views so kernels and allocators are ready before the first frame."""

@@ -1,0 +1,194 @@
+"""Training samples over VLM updates: ticks as the robot would act, features of a drawn age.
+
+    bags + VLM updates (feature_cache) ──> collect_ticks: per episode, the ticks the expert
+                                            runner accepts (refusals counted by reason), with
+                                            window, state and target chunk
+                                       ──> PairedDataset: per sample, the candidate updates and
+                                            their draw probabilities (feature_age.pair_weights)
+
+A sample is one tick t of one episode: the sensor window and robot state at t, the recorded
+chunk after t, and VL features drawn at every use from the updates of its episode no older than
+`max_feature_age_s` (so the staleness rules hold for whatever is drawn). The runner decides on
+the youngest update whose VLM run had started by t: a tick is refused when no features exist
+yet or even the youngest is too old, as the node refuses it. Features come from a
+`FeatureBank` of cached (memory-mapped, fp16) or in-memory arrays; a training step reads them
+and nothing else: no image is decoded and no VLM runs.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from vla_insertion.core.data import VLFeatureData
+from vla_insertion.core.expert.checkpoint import DEFAULT_SENSOR_CHANNELS
+from vla_insertion.core.expert.episodes import Episode
+from vla_insertion.core.expert.feature_age import AgeModel, pair_weights
+from vla_insertion.core.expert.policy import robot_state_vector
+from vla_insertion.core.expert.runner import ExpertRunner
+from vla_insertion.core.expert.training import normalization_stats, tick_targets
+from vla_insertion.core.feature_cache import CachedBag
+from vla_insertion.core.feature_contract import FeatureContract
+from vla_insertion.core.recording import RecordedInputs, Recording, tick_times
+
+log = logging.getLogger(__name__)
+
+
+class FeatureBank:
+    """The VL features of several bags behind one global row index."""
+
+    def __init__(self, bags: list[CachedBag]) -> None:
+        self.bags = bags
+        counts = [len(b.updates) for b in bags]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (nb + 1,)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global rows -> (bag index, row within the bag)."""
+        bag = np.searchsorted(self.offsets, rows, side='right') - 1
+        return bag, rows - self.offsets[bag]
+
+    def features(self, rows: np.ndarray) -> torch.Tensor:
+        """Return the (B, T, F) float32 features of global rows (read from the arrays only)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        first = self.bags[0].features
+        out = np.empty((rows.size,) + tuple(first.shape[1:]), dtype=np.float32)  # (B, T, F)
+        bag, local = self.locate(rows)
+        for b in np.unique(bag):
+            sel = bag == b
+            out[sel] = self.bags[b].features[local[sel]]
+        return torch.from_numpy(out)
+
+
+def collect_ticks(rec: Recording, episode: Episode, cached: CachedBag, runner: ExpertRunner,
+                  contract: FeatureContract, horizon: int, dt_s: float, rate_hz: float) -> dict:
+    """Return an episode's accepted ticks: tick_s, windows, states, actions, refused.
+
+    `runner` (policy-free: `ExpertRunner(None, limits, contract_digest=..., feature_shape=...)`)
+    decides each tick as the node would, on the youngest update whose run had started by then.
+    """
+    inputs = RecordedInputs(rec, ())
+    stamps, run_s = cached.stamps_s, cached.run_s
+    blank = np.broadcast_to(np.float32(0), (contract.num_tokens, contract.feature_dim))
+    out = {'tick_s': [], 'windows': [], 'states': [], 'actions': [], 'ticks': 0, 'refused': {}}
+    if stamps.size == 0:                               # the VLM never ran in this bag
+        return out
+    # ticks on the grid open-loop evaluation uses: from the first views on
+    for t in tick_times(inputs, rate_hz, not_before_s=max(stamps[0], episode.start_s)):
+        if not episode.contains(t, t + (horizon - 1) * dt_s):
+            continue
+        actions = tick_targets(inputs, t, horizon, dt_s)
+        if actions is None:                        # the chunk runs past the recording
+            continue
+        out['ticks'] += 1
+        k = int(np.searchsorted(run_s, t + 1e-9, side='right')) - 1
+        features = None
+        if k >= 0 and stamps[k] >= episode.start_s:
+            features = VLFeatureData(stamp_s=float(stamps[k]), features=blank, sequence=k + 1,
+                                     contract_hash=contract.digest, model_id=contract.model_id)
+        window, robot = inputs.window(t), inputs.robot(t)
+        if not runner.decide(features, window, robot, t).publish:
+            continue
+        if window.channel_names and tuple(window.channel_names) != DEFAULT_SENSOR_CHANNELS:
+            raise ValueError(f'{rec.path}: sensor channels {list(window.channel_names)} != '
+                             f'{list(DEFAULT_SENSOR_CHANNELS)}')
+        out['tick_s'].append(t)
+        out['windows'].append(np.asarray(window.samples, dtype=np.float32))
+        out['states'].append(robot_state_vector(robot))
+        out['actions'].append(actions)
+    out['refused'] = runner.stats.refused.as_dict()
+    return out
+
+
+class PairedDataset:
+    """Accepted ticks of some episodes, each with its candidate VLM updates and their weights."""
+
+    def __init__(self, bank: FeatureBank, ticks: list[dict], bag_index: list[int],
+                 episodes: list[Episode], age_model: AgeModel, max_age_s: float) -> None:
+        self.bank = bank
+        self.episodes = episodes
+        parts = [t for t in ticks if t['tick_s']]
+        if not parts:
+            raise ValueError('no accepted tick in these episodes')
+        self.windows = torch.from_numpy(np.concatenate([np.stack(p['windows']) for p in parts]))
+        self.states = torch.from_numpy(np.concatenate([np.stack(p['states']) for p in parts]))
+        self.actions = torch.from_numpy(np.concatenate([np.stack(p['actions']) for p in parts]))
+        self.tick_s = np.concatenate([np.asarray(p['tick_s']) for p in parts])       # (N,)
+        self.episode = np.concatenate([np.full(len(t['tick_s']), i)
+                                       for i, t in enumerate(ticks)]).astype(np.int64)
+        starts, rows, ages, probs = [0], [], [], []
+        self.fallbacks = 0
+        for i, t in enumerate(ticks):
+            bag = self.bank.bags[bag_index[i]]
+            stamps, run_s, offset = bag.stamps_s, bag.run_s, self.bank.offsets[bag_index[i]]
+            for tick in t['tick_s']:
+                lo = np.searchsorted(stamps, max(tick - max_age_s, episodes[i].start_s) - 1e-9)
+                hi = np.searchsorted(stamps, tick + 1e-9, side='right')
+                local = np.arange(hi - 1, lo - 1, -1)          # youngest first: ages ascending
+                age = tick - stamps[local]
+                weights, fell_back = pair_weights(age_model, age, run_s[local] <= tick + 1e-9)
+                self.fallbacks += int(fell_back)
+                rows.append(local + offset)
+                ages.append(age)
+                probs.append(weights)
+                starts.append(starts[-1] + local.size)
+        self.cand_start = np.asarray(starts, dtype=np.int64)                         # (N + 1,)
+        self.cand_rows = np.concatenate(rows).astype(np.int64)                       # (M,)
+        self.cand_ages = np.concatenate(ages)                                        # (M,)
+        # per-sample cumulative probabilities shifted by the sample index: one searchsorted
+        # over the whole array finds every sample's draw
+        cum = np.concatenate([np.cumsum(p) for p in probs])
+        owner = np.repeat(np.arange(len(self)), np.diff(self.cand_start))
+        self._cum = cum + owner                                                      # (M,)
+
+    def __len__(self) -> int:
+        return int(self.tick_s.shape[0])
+
+    def pair(self, index: np.ndarray, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Draw each sample's update with uniforms in [0, 1); return (global rows, ages [s])."""
+        index = np.asarray(index, dtype=np.int64)
+        pos = np.searchsorted(self._cum, index + np.asarray(uniforms), side='right')
+        pos = np.clip(pos, self.cand_start[index], self.cand_start[index + 1] - 1)
+        return self.cand_rows[pos], self.cand_ages[pos]
+
+    def inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return (windows, states, actions) of the samples in `index`."""
+        return self.windows[index], self.states[index], self.actions[index]
+
+    def features_of(self, rows: np.ndarray) -> torch.Tensor:
+        return self.bank.features(rows)
+
+    def normalization(self) -> dict[str, np.ndarray]:
+        return normalization_stats(self.windows, self.states, self.actions)
+
+
+def build_split(recordings: dict[str, Recording], bank: FeatureBank, episodes: list[Episode],
+                runner_factory, contract: FeatureContract, age_model: AgeModel,
+                max_age_s: float, horizon: int, dt_s: float, rate_hz: float
+                ) -> tuple[PairedDataset | None, dict]:
+    """Collect the ticks of some episodes into a PairedDataset; return it and a report.
+
+    `recordings` and `bank` are keyed and ordered by bag path; `runner_factory()` returns a new
+    policy-free runner per episode (its counters are the episode's refusals).
+    """
+    paths = [b.path for b in bank.bags]
+    ticks, bag_index, refused, total = [], [], {}, 0
+    for episode in episodes:
+        i = paths.index(episode.bag)
+        part = collect_ticks(recordings[episode.bag], episode, bank.bags[i], runner_factory(),
+                             contract, horizon, dt_s, rate_hz)
+        total += part['ticks']
+        for k, v in part['refused'].items():
+            refused[k] = refused.get(k, 0) + v
+        ticks.append(part)
+        bag_index.append(i)
+    report = {'episodes': len(episodes), 'ticks': total, 'refused': refused, 'samples': 0}
+    if not any(t['tick_s'] for t in ticks):
+        return None, report
+    data = PairedDataset(bank, ticks, bag_index, episodes, age_model, max_age_s)
+    report['samples'] = len(data)
+    report['fallbacks'] = data.fallbacks   # samples with no update in the age model's support
+    return data, report
