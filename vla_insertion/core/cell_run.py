@@ -60,13 +60,18 @@ class ArmWatcher:
 
 
 class CellRun:
-    """Start the cell's programs on free ports; follow the episodes; stop everything."""
+    """Start the cell's programs on free ports; follow the episodes; stop everything.
+
+    `on_episode_start(report)` runs when sim_cell starts an episode: the tools reset a latched
+    executor fault there (`nodes/executor_operator.py`), as an operator would between episodes.
+    """
 
     def __init__(self, out_dir: str | Path, *, policy: str = 'expert',
                  params_file: str | Path | None = None, vlm_model: str = '',
                  checkpoint: str = '', merge: str = '', mode: str = 'async',
                  vlm_delay_s: float = 0.0, seed: int = 0,
-                 recorder_topics: tuple[str, ...] = (), env: dict | None = None) -> None:
+                 recorder_topics: tuple[str, ...] = (), env: dict | None = None,
+                 on_episode_start=None) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         lib_dir, shipped = installed_paths()
@@ -95,6 +100,7 @@ class CellRun:
         self._group = ProcessGroup(log_dir=self.out / 'logs',
                                    env=dict(os.environ if env is None else env))
         self.episodes: EpisodeListener | None = None
+        self._on_episode_start = on_episode_start
         self._watcher: ArmWatcher | None = None
         self.first_scored = 0
         self.stop_report: StopReport | None = None
@@ -102,7 +108,8 @@ class CellRun:
     def __enter__(self) -> CellRun:
         for name, cmd in self._commands:
             self._group.start(name, cmd)
-        self.episodes = EpisodeListener('127.0.0.1', self.sim.episode_port)
+        self.episodes = EpisodeListener('127.0.0.1', self.sim.episode_port,
+                                        on_start=self._on_episode_start)
         self.episodes.start()
         self._watcher = ArmWatcher('127.0.0.1', self.sim.robot_port)
         return self

@@ -24,11 +24,13 @@ from vla_insertion.core.wire import EpisodeCodecV1, EpisodeMessage
 class EpisodeListener:
     """Collect sim_cell's episode reports; `ends` holds one dict per decided episode."""
 
-    def __init__(self, host: str, port: int, on_end=None, timeout_s: float = 0.1) -> None:
+    def __init__(self, host: str, port: int, on_end=None, on_start=None,
+                 timeout_s: float = 0.1) -> None:
         self._codec = EpisodeCodecV1()
         self._context = zmq.Context(1)
         self._lock = threading.Lock()
         self._on_end = on_end
+        self._on_start = on_start
         self.latest: EpisodeMessage | None = None
         self.ends: list[dict] = []
         endpoint = f'tcp://{host}:{port}'
@@ -55,6 +57,8 @@ class EpisodeListener:
                 self.ends.append(dataclasses.asdict(msg))
         if msg.event == 'end' and self._on_end is not None:
             self._on_end(dataclasses.asdict(msg))
+        if msg.event == 'start' and self._on_start is not None:
+            self._on_start(dataclasses.asdict(msg))
 
     def outcomes(self) -> list[dict]:
         with self._lock:

@@ -87,11 +87,14 @@ def run_sim(args, merge: str, mode: str, delay_s: float) -> dict:
 def run_ros(args, merge: str, mode: str, delay_s: float) -> dict:
     """Run the episodes of one configuration with the real nodes on sim_cell."""
     from vla_insertion.core.cell_run import run_closed_loop
-    return run_closed_loop(
-        Path(args.output) / f'ros_{merge}_{mode}_{delay_s:g}', episodes=args.episodes,
-        params_file=args.params_file, vlm_model=args.vlm_cfg.model,
-        checkpoint=args.expert_cfg.checkpoint, merge=merge, mode=mode, vlm_delay_s=delay_s,
-        policy=args.policy, seed=args.seed)
+    from vla_insertion.nodes.executor_operator import ExecutorOperator
+    with ExecutorOperator() as operator:   # clears a latched fault before each episode
+        return run_closed_loop(
+            Path(args.output) / f'ros_{merge}_{mode}_{delay_s:g}', episodes=args.episodes,
+            params_file=args.params_file, vlm_model=args.vlm_cfg.model,
+            checkpoint=args.expert_cfg.checkpoint, merge=merge, mode=mode,
+            vlm_delay_s=delay_s, policy=args.policy, seed=args.seed,
+            on_episode_start=lambda report: operator.reset_fault())
 
 
 def markdown(results: dict[str, dict]) -> str:

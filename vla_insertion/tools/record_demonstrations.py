@@ -24,8 +24,16 @@ import sys
 from vla_insertion.core import bag, topics
 from vla_insertion.core.cell_run import CellRun, CellRunError
 from vla_insertion.core.config import ConfigError
+from vla_insertion.nodes.executor_operator import ExecutorOperator
 
 log = logging.getLogger('record_demonstrations')
+
+
+def reset_fault(operator: ExecutorOperator, report: dict) -> None:
+    """Clear a fault the last episode latched, as the operator would before the next one."""
+    ok, message = operator.reset_fault()
+    if message != 'no fault latched':
+        log.info(f'episode {report["episode"]} starts: reset_fault: {message}')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if work.exists():
         shutil.rmtree(work)
     try:
+        operator = ExecutorOperator()
         run = CellRun(work, policy='reference', params_file=args.params_file, seed=args.seed,
-                      recorder_topics=topics.RECORDED)
-        with run:
+                      recorder_topics=topics.RECORDED,
+                      on_episode_start=lambda report: reset_fault(operator, report))
+        with run, operator:
             if not run.wait_ready():
                 raise CellRunError('the arm never moved: see the logs in ' f'{work / "logs"}')
             scored = run.wait_episodes(args.episodes, on_episode=lambda e: log.info(
