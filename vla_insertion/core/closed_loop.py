@@ -121,10 +121,13 @@ class PipelineLoop:
         self._rng = np.random.default_rng(seed)
         self._command_period = executor.config.period_s
         self._tick_period = 1.0 / timing.rate_hz
+        self.observer = None          # observer(t): every physics step (e.g. a bag recorder)
+        self.on_chunk = None          # on_chunk(t, chunk): every chunk reaching the executor
 
     # --- the pieces the nodes would do ------------------------------------------------------
 
-    def _window(self, t: float) -> SensorWindowData:
+    def window(self, t: float) -> SensorWindowData:
+        """Return the sensor window at t: the newest window_samples at sensor_rate_hz."""
         p = self.timing
         times = t - np.arange(p.window_samples - 1, -1, -1) / p.sensor_rate_hz   # oldest first
         readings = self.cell.history.at(times)
@@ -151,7 +154,7 @@ class PipelineLoop:
             committed = self.executor.committed_prefix(t)
             if committed is not None:
                 prefix = align_prefix(committed[0], committed[1], self.executor.chunk_dt_s, t)
-        result = self.runner.tick(features, self._window(t), self.cell.state().robot_state(t),
+        result = self.runner.tick(features, self.window(t), self.cell.state().robot_state(t),
                                   t, prefix=prefix)
         if not result.published:
             reason = result.decision.reason
@@ -208,6 +211,8 @@ class PipelineLoop:
                 sync_busy_until = self._deliver(t, features, metrics, chunks)
             while chunks and chunks[0][0] <= t + 1e-12:
                 arrival, chunk = chunks.popleft()
+                if self.on_chunk is not None:
+                    self.on_chunk(arrival, chunk)
                 if self.executor.on_chunk(chunk, arrival):
                     metrics.chunks += 1
                     metrics.chunk_delay_s.append(arrival - chunk.stamp_s)
@@ -215,10 +220,12 @@ class PipelineLoop:
             if t >= next_command - 1e-12:
                 next_command += self._command_period
                 self.executor.on_robot_state(cell.state().robot_state(t))
-                self.executor.on_sensor_window(self._window(t))
+                self.executor.on_sensor_window(self.window(t))
                 command = self.executor.step(t)
                 if command.valid:
                     cell.command(ServoCommand.from_any(command), t + p.command_delay_s)
+            if self.observer is not None:
+                self.observer(t)
             record = cell.step()
             if record is not None and record.index == index:
                 metrics.record = record

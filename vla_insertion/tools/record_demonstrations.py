@@ -1,14 +1,20 @@
 """record_demonstrations: episodes of the scripted demonstrator, recorded for training.
 
     record_demonstrations --episodes 20 --seed 0 -o artifacts/demos
+    record_demonstrations --backend sim --episodes 200 -o artifacts/demos_sim
 
-Runs the simulated cell with the reference policy driving the arm through the same command path
-as a learned policy (reference_policy -> chunk_executor -> command_v1 -> sim_cell, every program
-from the launch table on free loopback ports), records the documented topic set with the
-ordinary bag_recorder, and splits the recording into one bag per episode (episode_0007, ...:
-the episode's start to its outcome, from sim_cell's episode stream). Only successful episodes
-are kept unless --keep-failures. `episodes.json` lists each bag with its seed, episode index,
-hole position and outcome: train_expert splits train and validation by these bags.
+--backend ros (default) runs the simulated cell with the reference policy driving the arm
+through the same command path as a learned policy (reference_policy -> chunk_executor ->
+command_v1 -> sim_cell, every program from the launch table on free loopback ports), records
+the documented topic set with the ordinary bag_recorder, and splits the recording into one
+bag per episode (episode_0007, ...: the episode's start to its outcome, from sim_cell's
+episode stream). Only successful episodes are kept unless --keep-failures. `episodes.json`
+lists each bag with its seed, episode index, hole position and outcome: train_expert splits
+train and validation by these bags.
+
+--backend sim writes the same topics from the in-process closed loop (core/demonstrations.py:
+the demonstrator through the real executor on the sim cell, cameras at 10 FPS), faster than
+real time, for the hundreds of episodes a policy needs.
 
 On a real cell the same is done with teleoperation and `bag_recorder` (docs/training.md).
 """
@@ -36,9 +42,30 @@ def reset_fault(operator: ExecutorOperator, report: dict) -> None:
         log.info(f'episode {report["episode"]} starts: reset_fault: {message}')
 
 
+def record_in_process(args, out: Path) -> int:
+    from vla_insertion.core.config import VlmConfig
+    from vla_insertion.core.demonstrations import DemoStreams, record_episodes
+    from vla_insertion.core.params import load_config
+    try:
+        vlm = load_config(VlmConfig, 'vlm_node', args.params_file)
+    except (ConfigError, OSError) as exc:
+        print(f'record_demonstrations: {exc}', file=sys.stderr)
+        return 2
+    manifest = record_episodes(
+        out, args.episodes, DemoStreams(vlm.view_names, vlm.image_width, vlm.image_height),
+        seed=args.seed, keep_failures=args.keep_failures, on_episode=lambda e: log.info(
+            f'episode {e["episode"]}: {e["reason"]} in {e["duration_s"]:.1f} s'))
+    (out / 'episodes.json').write_text(json.dumps(
+        {'seed': args.seed, 'backend': 'sim', 'recorded': args.episodes, 'kept': len(manifest),
+         'episodes': manifest}, indent=2))
+    print(f'{len(manifest)} of {args.episodes} episodes kept in {out} (episodes.json)')
+    return 0 if manifest else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='record_demonstrations',
                                      description=__doc__.split('\n\n')[0])
+    parser.add_argument('--backend', choices=('ros', 'sim'), default='ros')
     parser.add_argument('--episodes', type=int, default=20, help='episodes to record')
     parser.add_argument('--seed', type=int, default=0, help='seed of the hole positions')
     parser.add_argument('--params-file', default='config/vla_insertion.yaml')
@@ -50,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='[demos] %(message)s')
     out = Path(args.output)
+    if args.backend == 'sim':
+        return record_in_process(args, out)
     work = out / 'recording'
     if work.exists():
         shutil.rmtree(work)

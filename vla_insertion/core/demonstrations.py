@@ -1,0 +1,175 @@
+"""Demonstrations recorded in-process, as the bags a live recording gives, faster.
+
+The reference policy drives the sim cell through the real chunk executor in the in-process
+loop.
+`record_demonstrations --backend ros` records the real nodes in real time (about 8 s of wall
+time per episode, the cameras at 30 FPS); this writes the same topics with the same message
+contents from the in-process closed loop (core/closed_loop.py: the demonstrator's chunks, the
+real ChunkExecutor, the sim cell), one bag per episode, so data for training costs about a
+second per episode and the feature cache and train_expert read it unchanged:
+
+    cameras/<view>/image/compressed   rendered JPEGs at camera_fps, stamped with the capture
+    robot/joint_states, robot/pose    the measured arm at 100 Hz (joints, gripper, tool pose)
+    sensor/window                     the newest 65 samples at 650 Hz, one window per batch
+    vla/action_chunk                  the demonstrator's chunks (what the expert imitates)
+
+Times are the cell's clock shifted to a fixed epoch; the log time of every message is its
+stamp (what the live recorder sees within milliseconds). ROS-free.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vla_insertion.core import bag, topics
+from vla_insertion.core.closed_loop import PipelineLoop, PipelineTiming
+from vla_insertion.core.config import DEFAULT_SENSOR_CHANNELS, ExecutorConfig
+from vla_insertion.core.executor import ChunkExecutor
+from vla_insertion.core.messages import GRIPPER_JOINT
+from vla_insertion.core.sim.cell import CellParams, SimCell
+from vla_insertion.core.sim.reference import ReferencePolicy
+from vla_insertion.core.sim.render import SceneRenderer
+
+EPOCH_NS = 1_700_000_000 * 10**9        # the cell's t = 0 in the bags' time
+JOINT_NAMES = tuple(f'joint_{i}' for i in range(1, 7))
+
+
+@dataclass(frozen=True)
+class DemoStreams:
+    """What goes into each bag, at which rates."""
+
+    views: tuple[str, ...]
+    width: int = 640                # rendered image size [px]
+    height: int = 360
+    camera_fps: float = 10.0        # frames per view per second (the VLM runs at ~2.6 Hz) [Hz]
+    robot_rate_hz: float = 100.0    # joint states and poses [Hz]
+    window_rate_hz: float = 65.0    # sensor windows (batches of 10 samples at 650 Hz) [Hz]
+    jpeg_quality: int = 80
+
+
+class _BagSink:
+    """Write one episode's messages as the bridges and the expert would publish them."""
+
+    def __init__(self, path: Path, streams: DemoStreams) -> None:
+        self.writer = bag.BagWriter(path)
+        self.streams = streams
+        for view in streams.views:
+            self.writer.add_topic('/' + topics.camera_topic(view), topics.CAMERAS.msgtype)
+        for entry in (topics.JOINT_STATES, topics.POSE, topics.SENSOR_WINDOW,
+                      topics.ACTION_CHUNK):
+            self.writer.add_topic('/' + entry.name, entry.msgtype)
+
+    def write(self, topic: str, t_s: float, msg) -> None:
+        self.writer.write_msg('/' + topic, EPOCH_NS + int(round(t_s * 1e9)), msg)
+
+    def frame(self, view: str, t_s: float, jpeg: bytes) -> None:
+        self.write(topics.camera_topic(view), t_s, bag.make_message(
+            topics.CAMERAS.msgtype, header=self._header(t_s, view), format='jpeg',
+            data=np.frombuffer(jpeg, dtype=np.uint8)))
+
+    def robot(self, t_s: float, state) -> None:
+        robot = state.robot_state(t_s)
+        self.write(topics.JOINT_STATES.name, t_s, bag.make_message(
+            topics.JOINT_STATES.msgtype, header=self._header(t_s),
+            name=list(JOINT_NAMES) + [GRIPPER_JOINT],
+            position=np.r_[robot.joint_positions_rad, robot.gripper].astype(np.float64)))
+        pose = bag.make_message('geometry_msgs/msg/Pose')
+        (pose.position.x, pose.position.y, pose.position.z) = map(float, robot.tool_position_m)
+        (pose.orientation.x, pose.orientation.y, pose.orientation.z,
+         pose.orientation.w) = map(float, robot.tool_orientation_xyzw)
+        self.write(topics.POSE.name, t_s, bag.make_message(
+            topics.POSE.msgtype, header=self._header(t_s, 'base_link'), pose=pose))
+
+    def window(self, window) -> None:
+        rows, cols = window.samples.shape
+        self.write(topics.SENSOR_WINDOW.name, window.stamp_s, bag.make_message(
+            topics.SENSOR_WINDOW.msgtype, header=self._header(window.stamp_s),
+            sample_rate_hz=float(window.sample_rate_hz), num_samples=rows, num_channels=cols,
+            channel_names=list(DEFAULT_SENSOR_CHANNELS),
+            data=np.ascontiguousarray(window.samples, dtype=np.float32).ravel(),
+            valid_samples=int(window.valid_samples), clock_calibrated=True))
+
+    def chunk(self, t_s: float, chunk) -> None:
+        horizon, dim = chunk.actions.shape
+        self.write(topics.ACTION_CHUNK.name, t_s, bag.make_message(
+            topics.ACTION_CHUNK.msgtype, header=self._header(chunk.stamp_s),
+            dt_s=float(chunk.dt_s), horizon=horizon, action_dim=dim,
+            actions=np.ascontiguousarray(chunk.actions, dtype=np.float32).ravel(),
+            sequence=int(chunk.sequence)))
+
+    @staticmethod
+    def _header(t_s: float, frame_id: str = ''):
+        return bag.header(EPOCH_NS + int(round(t_s * 1e9)), frame_id)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Recorder:
+    """Observe the in-process loop every physics step and write at the streams' rates."""
+
+    def __init__(self, loop: PipelineLoop, sink: _BagSink, renderer: SceneRenderer) -> None:
+        self.loop, self.sink, self.renderer = loop, sink, renderer
+        s = sink.streams
+        self._next = {'camera': 0.0, 'robot': 0.0, 'window': 0.0}
+        self._period = {'camera': 1.0 / s.camera_fps, 'robot': 1.0 / s.robot_rate_hz,
+                        'window': 1.0 / s.window_rate_hz}
+
+    def __call__(self, t_s: float) -> None:
+        for stream in ('camera', 'robot', 'window'):
+            if t_s < self._next[stream] - 1e-12:
+                continue
+            self._next[stream] = t_s + self._period[stream] - 1e-9
+            state = self.loop.cell.state()
+            if stream == 'camera':
+                for i, view in enumerate(self.sink.streams.views):
+                    self.sink.frame(view, t_s, self.renderer.render_jpeg(
+                        i, state, self.sink.streams.jpeg_quality))
+            elif stream == 'robot':
+                self.sink.robot(t_s, state)
+            else:
+                self.sink.window(self.loop.window(t_s))
+
+
+def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *, seed: int = 0,
+                    first_episode: int = 0, executor: ExecutorConfig | None = None,
+                    timing: PipelineTiming = PipelineTiming(), keep_failures: bool = False,
+                    on_episode=None) -> list[dict]:
+    """Record `episodes` demonstration episodes, one bag each (episode_<index>); the manifest.
+
+    Failed episodes (rare for the demonstrator) are deleted unless keep_failures.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cell = SimCell(CellParams(), seed=seed, first_episode=first_episode)
+    config = executor if executor is not None else ExecutorConfig(start_armed=True)
+    loop = PipelineLoop(cell, ChunkExecutor(config), timing, reference=ReferencePolicy(),
+                        seed=seed)
+    renderer = SceneRenderer(streams.views, streams.width, streams.height)
+    manifest = []
+    for _ in range(episodes):
+        index = cell.spec.index
+        path = out / f'episode_{index:04d}'
+        sink = _BagSink(path, streams)
+        loop.observer = _Recorder(loop, sink, renderer)
+        loop.on_chunk = sink.chunk
+        try:
+            metrics = loop.run_episode()
+        finally:
+            sink.close()
+            loop.observer = loop.on_chunk = None
+        record = metrics.record
+        entry = {'bag': path.name, 'seed': seed, 'episode': index,
+                 'hole_m': list(record.hole_top_m), 'success': record.success,
+                 'reason': record.reason, 'duration_s': record.duration_s,
+                 'messages': bag.bag_info(path).message_count}
+        if record.success or keep_failures:
+            manifest.append(entry)
+        else:
+            import shutil
+            shutil.rmtree(path)
+        if on_episode is not None:
+            on_episode(entry)
+    return manifest
