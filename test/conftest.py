@@ -135,3 +135,28 @@ def cell_bag_writer():
 def spin_until():
     """Return a function that spins an executor until a predicate holds or a timeout passes."""
     return _spin_until
+
+
+def _call_service(node, srv_type, name: str, request, timeout_s: float = 30.0):
+    """Call a service from `node` (spun by a background executor); None if it did not answer.
+
+    For the ROS interfaces a person uses from ros2cli (parameters, lifecycle), which is not
+    installed here: the tests call the same services.
+    """
+    client = node.create_client(srv_type, name)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            return None
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout_s
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return future.result() if future.done() else None
+    finally:
+        node.destroy_client(client)
+
+
+@pytest.fixture
+def call_service():
+    """Return `call(node, srv_type, name, request, timeout_s=30)` -> response or None."""
+    return _call_service

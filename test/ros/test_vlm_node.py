@@ -88,6 +88,7 @@ def cell(rclpy_context, tiny_vlm_dir, request):
                  **getattr(request, 'param', {})}
     vlm = VlmNode(context=rclpy_context,
                   parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    assert vlm.start() == 0, vlm.exit_code     # configure + activate, as autostart does
     cameras = FakeCameras(rclpy_context)
     executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
     executor.add_node(vlm)
