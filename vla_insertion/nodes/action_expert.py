@@ -115,6 +115,8 @@ class ActionExpertNode(ManagedNode):
         self._sync = cfg.mode == 'sync'
         self._runner = ExpertRunner(policy, StalenessLimits.from_config(cfg),
                                     MODE_SYNC if self._sync else MODE_ASYNC)
+        self._rate = RateMeter(window_s=5.0)     # statistics of this checkpoint only
+        self._published_at_report = 0
         self._mismatch = self._describe_mismatch()
         self._topics = [subscription(self, VLFeatures, topics.FEATURES, self._on_features),
                         subscription(self, String, topics.FEATURE_CONTRACT, self._on_contract)]
@@ -317,7 +319,7 @@ class ActionExpertNode(ManagedNode):
         if state == 'active':
             report = expert_health(stats, self._published_at_report, rate, cfg.rate_hz,
                                    self._failed)
-            if self._mismatch and stats.last_refusal_reason == CONTRACT_MISMATCH:
+            if self._mismatch and CONTRACT_MISMATCH in report.message:
                 report.message += f' ({self._mismatch})'
         else:
             report = HealthReport()

@@ -392,7 +392,8 @@ class ManagedNode(LifecycleNode):
             self.get_logger().error(f'{name} failed unexpectedly: {type(exc).__name__}: {exc}'
                                     f'\n{traceback.format_exc()}')
             return TransitionCallbackReturn.ERROR
-        self.get_logger().info(f'{name}d: now {_STATE_AFTER[name]}')
+        done, now = _DONE[name]
+        self.get_logger().info(f'{done}: now {now}')
         return TransitionCallbackReturn.SUCCESS
 
     def _quietly(self, step: Callable[[], None]) -> None:
@@ -414,8 +415,8 @@ class ManagedNode(LifecycleNode):
         raise NotImplementedError
 
 
-_STATE_AFTER = {'configure': 'inactive', 'activate': 'active', 'deactivate': 'inactive',
-                'cleanup': 'unconfigured'}
+_DONE = {'configure': ('configured', 'inactive'), 'activate': ('activated', 'active'),
+         'deactivate': ('deactivated', 'inactive'), 'cleanup': ('cleaned up', 'unconfigured')}
 
 
 def free_memory() -> None:
