@@ -21,6 +21,7 @@ import yaml
 
 from vla_insertion.core import config as config_module
 from vla_insertion.core.launch_table import NODES
+from vla_insertion.core.params import node_section
 from vla_insertion.tools import make_untrained_checkpoint, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,10 +73,10 @@ def _params_on_free_ports(path: Path) -> Path:
     doc = yaml.safe_load((ROOT / 'config' / 'vla_insertion.yaml').read_text())
     camera, robot = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_STREAM)
     sensor = _free_port(socket.SOCK_DGRAM)
-    doc['camera_bridge']['ros__parameters']['port'] = camera
-    doc['robot_bridge']['ros__parameters']['port'] = robot
-    doc['sensor_bridge']['ros__parameters']['port'] = sensor
-    doc['sim_cell']['ros__parameters'].update(
+    node_section(doc, 'camera_bridge')['port'] = camera
+    node_section(doc, 'robot_bridge')['port'] = robot
+    node_section(doc, 'sensor_bridge')['port'] = sensor
+    node_section(doc, 'sim_cell').update(
         camera_port=camera, robot_port=robot, sensor_port=sensor,
         command_port=_free_port(socket.SOCK_STREAM), episode_port=_free_port(socket.SOCK_STREAM))
     path.write_text(yaml.safe_dump(doc))

@@ -25,6 +25,7 @@ from launch_testing_ros import WaitForTopics  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 import yaml  # noqa: E402
 
+from vla_insertion.core.params import node_section  # noqa: E402
 from vla_insertion.core.vlm.model import write_tiny_model  # noqa: E402
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures  # noqa: E402
 from vla_insertion.tools import make_untrained_checkpoint  # noqa: E402
@@ -42,10 +43,10 @@ def _prepare(folder: Path) -> dict:
     doc = yaml.safe_load((share / 'config' / 'vla_insertion.yaml').read_text())
     camera, robot = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_STREAM)
     sensor = _free_port(socket.SOCK_DGRAM)
-    doc['camera_bridge']['ros__parameters']['port'] = camera
-    doc['robot_bridge']['ros__parameters']['port'] = robot
-    doc['sensor_bridge']['ros__parameters']['port'] = sensor
-    doc['sim_cell']['ros__parameters'].update(
+    node_section(doc, 'camera_bridge')['port'] = camera
+    node_section(doc, 'robot_bridge')['port'] = robot
+    node_section(doc, 'sensor_bridge')['port'] = sensor
+    node_section(doc, 'sim_cell').update(
         camera_port=camera, robot_port=robot, sensor_port=sensor,
         command_port=_free_port(socket.SOCK_STREAM), episode_port=_free_port(socket.SOCK_STREAM))
     params = folder / 'params.yaml'
