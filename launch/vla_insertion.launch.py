@@ -6,9 +6,13 @@
 
 The nodes and their parameters come from vla_insertion.core.launch_table, the same table the
 demo uses. The VLM and the action expert are separate processes (no shared GIL) and managed
-nodes: with autostart:=true (default) this file configures them, then activates each once it is
-inactive; a failed configure or activate, or the exit of any required program, stops the
-launch with the reason instead of leaving a half graph.
+nodes (launch_ros LifecycleNode): with autostart:=true (default) each configures and activates
+itself at start, as it does under the demo and the tests; with autostart:=false both wait
+unconfigured for `ros2 lifecycle set`. The transitions are not sent from here with ChangeState
+events on purpose: launch_ros waits for a starting node's change_state service in a thread, and
+a Ctrl-C in that window (the VLM takes seconds to import) raises in launch_ros (0.28) and fails
+the launch. A node that cannot configure exits (2: configuration, 3: VLM load), and the exit of
+any required program stops the launch with the reason instead of leaving a half graph.
 """
 import functools
 import os
@@ -16,15 +20,11 @@ import os
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import (
-    DeclareLaunchArgument, EmitEvent, ExecuteProcess, LogInfo, OpaqueFunction,
-    RegisterEventHandler, Shutdown)
+    DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction, RegisterEventHandler,
+    Shutdown)
 from launch.event_handlers import OnProcessExit
-from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
-from lifecycle_msgs.msg import Transition
 
 from vla_insertion.core.artifacts import ArtifactError
 from vla_insertion.core.launch_table import (
@@ -42,7 +42,7 @@ def _launch_setup(context):
     try:
         args, notes = prepare_arguments(args, params_file, lib_dir)
     except ArtifactError as exc:
-        return [Shutdown(reason=f'sim:=true: {exc}; or pass checkpoint:= and vlm_model:=')]
+        return _stop(f'sim:=true: {exc}; or pass checkpoint:= and vlm_model:=')
     actions = [LogInfo(msg=note) for note in notes]
     for spec in enabled_nodes(args):
         if not spec.ros_node:
@@ -52,8 +52,6 @@ def _launch_setup(context):
         else:
             parameters = [params_file, {'use_sim_time': is_true(args['use_sim_time'])}]
             overrides = parameter_overrides(spec, args)
-            if spec.lifecycle:
-                overrides['autostart'] = False     # this file drives the transitions
             if overrides:
                 parameters.append(overrides)
             kind = LifecycleNode if spec.lifecycle else Node
@@ -65,41 +63,19 @@ def _launch_setup(context):
         if spec.required:
             actions.append(RegisterEventHandler(OnProcessExit(
                 target_action=action, on_exit=functools.partial(_exited, spec.name))))
-        if spec.lifecycle and is_true(args['autostart']):
-            actions += _autostart(action, spec.name)
     return actions
 
 
 def _exited(name, event, context):
     if context.is_shutdown:
         return None
-    return [Shutdown(reason=f'{name} exited with status {event.returncode} (its log above says '
-                            'why); stopping the launch, a half graph publishes no actions')]
+    return _stop(f'{name} exited with status {event.returncode} (its log above says why); '
+                 'stopping the launch, a half graph publishes no actions')
 
 
-def _autostart(node, name):
-    """Configure now; once inactive, activate; a failure of either stops the launch."""
-    def change(transition_id):
-        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
-                                           transition_id=transition_id))
-
-    def outcome(step, done, next_actions, context):
-        goal = context.locals.event.goal_state
-        if goal == done:
-            return next_actions
-        return [Shutdown(reason=f'{name} failed to {step} (now {goal}; its log above says '
-                                'why)')]
-
-    def on_first(start_state, step, done, next_actions):
-        return RegisterEventHandler(OnStateTransition(
-            target_lifecycle_node=node, start_state=start_state, handle_once=True,
-            entities=[OpaqueFunction(function=functools.partial(
-                outcome, step, done, next_actions))]))
-
-    return [on_first('configuring', 'configure', 'inactive',
-                     [change(Transition.TRANSITION_ACTIVATE)]),
-            on_first('activating', 'activate', 'active', []),
-            change(Transition.TRANSITION_CONFIGURE)]
+def _stop(reason):
+    # launch does not print a Shutdown's reason: say it first
+    return [LogInfo(msg=reason), Shutdown(reason=reason)]
 
 
 def generate_launch_description():

@@ -57,12 +57,12 @@ def test_a_mismatch_names_the_differing_field_with_both_values(change, field, sh
 
 
 def test_an_instruction_change_reads_as_the_two_instructions():
-    views = '<zed_1><zed_2><zed_3><zed_4><oak> Task: '
-    checkpoint = dataclasses.replace(CONTRACT, prompt=views + 'Insert the needle.')
-    vlm = dataclasses.replace(CONTRACT, prompt=views + 'Insert the peg into the hole.')
+    views, end = '<zed_1><zed_2><zed_3><zed_4><oak> Task: ', '<|im_end|><|assistant|>'
+    checkpoint = dataclasses.replace(CONTRACT, prompt=views + 'Insert the needle.' + end)
+    vlm = dataclasses.replace(CONTRACT, prompt=views + 'Insert the peg into the hole.' + end)
     (line,) = differences(checkpoint, vlm)
-    assert "VLM '... Insert the peg into the hole.'" in line, line
-    assert "checkpoint '... Insert the needle.'" in line, line
+    assert "VLM '... Insert the peg into the hole...'" in line, line
+    assert "checkpoint '... Insert the needle...'" in line, line
     assert 'instruction:=' in line
     assert differences(CONTRACT, CONTRACT) == []
 

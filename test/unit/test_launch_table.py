@@ -116,7 +116,12 @@ def test_managed_and_required_programs():
     assert {n.name for n in lt.NODES if n.lifecycle} == {'vlm_node', 'action_expert'}
     assert not by_name['bag_recorder'].required        # a full disk must not stop the cell
     assert all(n.required for n in lt.NODES if n.name != 'bag_recorder')
-    assert {a.name: a.default for a in lt.LAUNCH_ARGUMENTS}['autostart'] == 'true'
+    args = {a.name: a.default for a in lt.LAUNCH_ARGUMENTS}
+    assert args['autostart'] == 'true'
+    assert lt.parameter_overrides(by_name['vlm_node'], args) == {'autostart': True}
+    assert 'autostart' not in lt.parameter_overrides(by_name['camera_bridge'], args)
+    cmd = lt.command_for(by_name['action_expert'], '/lib', PARAMS, {**args, 'autostart': 'no'})
+    assert 'autostart:=false' in cmd        # the same parameter launch_ros gets
 
 
 def test_record_dir_is_absolute_and_reaches_the_recorder(tmp_path, monkeypatch):

@@ -91,8 +91,8 @@ def differences(expected: FeatureContract, actual: FeatureContract,
                 expected_name: str = 'checkpoint', actual_name: str = 'VLM') -> list[str]:
     """Describe each field in which `actual` differs from `expected`, with both values.
 
-    Long strings are shown from a little before their first difference, so an instruction
-    change reads as the two instructions rather than two copies of the shared view list.
+    Long strings are cut to their differing middle (with a little context before it), so an
+    instruction change reads as the two instructions rather than two copies of the prompt.
     """
     out = []
     for name in expected.to_dict():
@@ -118,6 +118,16 @@ def describe_mismatch(expected: FeatureContract, actual: FeatureContract,
 
 def _from_first_difference(a: str, b: str, context: int = 12) -> tuple[str, str]:
     start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    if start <= context:
-        return a, b
-    return '...' + a[start - context:], '...' + b[start - context:]
+    shortest = min(len(a), len(b)) - start
+    common_end = next((k for k in range(shortest) if a[-1 - k] != b[-1 - k]), shortest)
+    if common_end > 3:       # cut the shared end, after the word the difference is in
+        a, b = _cut_after_word(a, len(a) - common_end), _cut_after_word(b, len(b) - common_end)
+    if start > context:
+        a, b = '...' + a[start - context:], '...' + b[start - context:]
+    return a, b
+
+
+def _cut_after_word(text: str, end: int) -> str:
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return text[:end] + '...' if end < len(text) else text

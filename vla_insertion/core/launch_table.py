@@ -8,8 +8,8 @@ every executable, parameter file entry and parameter named here exists and is de
 Adding a program is one NodeSpec line (and, if it is optional, one LaunchArgument enabling it).
 Every program is `required` unless said otherwise: when it exits, the launch stops with the
 reason instead of leaving a half graph that publishes no actions. `lifecycle` marks managed
-nodes, which the launch file configures and activates (`autostart:=true`) and which run_node
-drives to active itself when they are started as plain processes.
+nodes: launch_ros starts them as LifecycleNodes with their `autostart` parameter set from the
+launch argument (run_node then configures and activates them, as under the demo and tests).
 """
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('record_dir', '', 'folder the bag is recorded into (empty: the params file '
                    'value, artifacts/bags under the working directory); logged as an absolute '
                    'path'),
-    LaunchArgument('autostart', 'true', 'configure and activate the managed nodes (vlm_node, '
-                   'action_expert); false: they wait unconfigured for `ros2 lifecycle set`'),
+    LaunchArgument('autostart', 'true', 'the managed nodes (vlm_node, action_expert) configure '
+                   'and activate themselves at start; false: they wait unconfigured for '
+                   '`ros2 lifecycle set`'),
 )
 
 NODES: tuple[NodeSpec, ...] = (
@@ -91,10 +92,16 @@ def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
     return [n for n in NODES if not n.enabled_by or is_true(arguments.get(n.enabled_by, ''))]
 
 
-def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:
-    """Return the parameters a node gets from non-empty launch arguments."""
-    return {param: arguments[arg] for arg, param in spec.overrides.items()
-            if arguments.get(arg, '')}
+def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, object]:
+    """Return the parameters a node gets from launch arguments.
+
+    Non-empty arguments that override a config field, and a managed node's `autostart`.
+    """
+    params: dict[str, object] = {param: arguments[arg] for arg, param in spec.overrides.items()
+                                 if arguments.get(arg, '')}
+    if spec.lifecycle:
+        params['autostart'] = is_true(arguments.get('autostart', 'true'))
+    return params
 
 
 def prepare_arguments(arguments: dict[str, str], params_file: Path | str,
