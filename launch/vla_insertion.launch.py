@@ -32,6 +32,9 @@ from vla_insertion.core.launch_table import (
     prepare_arguments)
 
 PACKAGE = 'vla_insertion'
+# SIGINT -> SIGTERM after this long: a node stops in well under a second, but the interpreter's
+# exit with torch loaded takes ~3 s on the 2-core development machine and more under load
+SIGTERM_TIMEOUT_S = '10'
 
 
 def _launch_setup(context):
@@ -48,7 +51,7 @@ def _launch_setup(context):
         if not spec.ros_node:
             action = ExecuteProcess(
                 cmd=command_for(spec, lib_dir, params_file, args), name=spec.name,
-                output='screen', sigterm_timeout='5')
+                output='screen', sigterm_timeout=SIGTERM_TIMEOUT_S)
         else:
             parameters = [params_file, {'use_sim_time': is_true(args['use_sim_time'])}]
             overrides = parameter_overrides(spec, args)
@@ -58,7 +61,7 @@ def _launch_setup(context):
             action = kind(
                 package=PACKAGE, executable=spec.executable, name=spec.name,
                 namespace=args['namespace'], parameters=parameters, output='screen',
-                emulate_tty=True, sigterm_timeout='5')
+                emulate_tty=True, sigterm_timeout=SIGTERM_TIMEOUT_S)
         actions.append(action)
         if spec.required:
             actions.append(RegisterEventHandler(OnProcessExit(

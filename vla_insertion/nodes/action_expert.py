@@ -54,7 +54,7 @@ from vla_insertion.core.processes import set_fifo_priority
 from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures
 from vla_insertion.nodes.common import (
-    declare_config, free_memory, lifecycle_publisher, ManagedNode, NodeMonitor, run_node,
+    declare_config, lifecycle_publisher, ManagedNode, NodeMonitor, run_node,
     subscription)
 
 # Every torch op releases the GIL and takes it back; with the default 5 ms switch interval a busy
@@ -175,7 +175,6 @@ class ActionExpertNode(ManagedNode):
         with self._lock:
             self._inputs = dict.fromkeys(self._inputs)
         self._runner = None
-        free_memory()
 
     def _apply(self, config: ExpertConfig) -> None:
         """Take a parameter change: live ones at once, the others at the next configure."""

@@ -359,7 +359,9 @@ class ManagedNode(LifecycleNode):
         return result
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition('cleanup', self._cleanup)
+        result = self._transition('cleanup', self._cleanup)
+        free_memory()                          # the process lives on: return the memory now
+        return result
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release(state.label)

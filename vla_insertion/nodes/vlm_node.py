@@ -57,7 +57,7 @@ from vla_insertion.core.vlm.selection import LatestFrames, NO_NEW_FRAMES
 from vla_insertion.core.vlm.source import VlmLoadError
 from vla_insertion.msg import VLFeatures
 from vla_insertion.nodes.common import (
-    declare_config, EXIT_CONFIG, free_memory, LATEST_QOS, lifecycle_publisher, ManagedNode,
+    declare_config, EXIT_CONFIG, LATEST_QOS, lifecycle_publisher, ManagedNode,
     NodeMonitor, run_node, SENSOR_QOS)
 
 EXIT_LOAD_ERROR = 3
@@ -156,7 +156,6 @@ class VlmNode(ManagedNode):
                 self.destroy_lifecycle_publisher(pub)
         self._entities, self._pub, self._contract_pub = [], None, None
         self._extractor = self._model = self._frames = None
-        free_memory()
 
     def _apply(self, config: VlmConfig) -> None:
         """Take a parameter change: the worker reads the live limits at every set."""
