@@ -213,6 +213,12 @@ def test_lifecycle_stops_frees_and_swaps_the_instruction(cell, tiny_vlm_dir):
     # the instruction is part of the contract: not live
     result = vlm.set_parameters([Parameter('instruction', value='Insert the peg.')])[0]
     assert not result.successful and 'unconfigured' in result.reason
+    # the scheduling limits are live, validated as at start-up
+    assert vlm.set_parameters([Parameter('max_view_age_s', value=2.0)])[0].successful
+    assert vlm._config.max_view_age_s == 2.0
+    result = vlm.set_parameters([Parameter('sync_tolerance_s', value=-0.1)])[0]
+    assert not result.successful and 'sync_tolerance_s must be' in result.reason
+    assert vlm._config.sync_tolerance_s == 0.05
     _publish_until(cameras, lambda: cameras.snapshot()[0], 30.0)
     assert cameras.snapshot()[0], 'no features while active'
 
