@@ -53,7 +53,8 @@ def test_global_section_keys_are_optional_and_ros_parameters_known(tmp_path):
     path.write_text('/**:\n  ros__parameters:\n    rate_hz: 7.0\n    use_sim_time: false\n')
     assert load_config(VlmConfig, 'vlm_node', path).model  # rate_hz is not a VLM parameter
     assert load_config(ExpertConfig, 'action_expert', path).rate_hz == 7.0
-    assert unknown_parameters(ExpertConfig, ['qos_overrides./x.depth', 'use_sim_time']) == []
+    assert unknown_parameters(ExpertConfig, ['qos_overrides./x.depth', 'use_sim_time',
+                                             'autostart']) == []
     assert unknown_parameters(ExpertConfig, ['joint_limits.j1.max_velocity'],
                               extra_prefixes=('joint_limits.',)) == []
 

@@ -20,8 +20,9 @@ import yaml
 
 from vla_insertion.core.config import config_from_dict, ConfigError, field_types
 
-# Parameters that ROS or rclpy declare themselves: never "unknown".
-ROS_PARAMETERS = ('use_sim_time', 'start_type_description_service')
+# Parameters that ROS or rclpy declare themselves, and `autostart`, which the node shell of a
+# managed node declares (nodes/common.py ManagedNode): never "unknown", never config fields.
+ROS_PARAMETERS = ('use_sim_time', 'start_type_description_service', 'autostart')
 ROS_PARAMETER_PREFIXES = ('qos_overrides.',)
 
 

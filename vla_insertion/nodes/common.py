@@ -135,7 +135,7 @@ def declare_config(node: Node, cls: type, extra_prefixes: tuple[str, ...] = (), 
         raise TypeError(f'{cls.__name__} has live parameters {live}: pass on_change')
     types = field_types(cls)
     given = getattr(node, '_parameter_overrides', {})   # params file and -p, not yet declared
-    unknown = unknown_parameters(cls, given, extra_prefixes + (AUTOSTART,))
+    unknown = unknown_parameters(cls, given, extra_prefixes)     # autostart is known too
     if unknown:
         raise ConfigError(f'unknown parameter(s) {unknown} for node {node.get_name()} '
                           f'({cls.__name__}); known: {sorted(types)}')
