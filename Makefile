@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONUNBUFFERED := 1
-ENV := source .venv/bin/activate && source install/setup.bash &&
+ENV := source scripts/env.sh &&
 DURATION ?= 30
 PYTEST_ARGS ?=
 

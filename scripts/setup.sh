@@ -64,4 +64,4 @@ colcon --log-base log build --base-paths "$root" --build-base build --install-ba
   --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$venv/bin/python" \
   --event-handlers console_cohesion- summary- status- >log/colcon_build.log 2>&1 \
   || { tail -50 log/colcon_build.log; echo "[setup] colcon build failed (log/colcon_build.log)"; exit 1; }
-echo "[setup] ready: source .venv/bin/activate && source install/setup.bash"
+echo "[setup] ready: source scripts/env.sh   (venv + install/setup.bash + the venv on AMENT_PREFIX_PATH)"

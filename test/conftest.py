@@ -165,3 +165,28 @@ def cached_bags(tmp_path_factory, tiny_vlm_dir):
     cache = folder / 'cache'
     build_cache(bags, vlm_config, cache, 0.0)
     return {'bags': bags, 'params': str(params), 'cache': str(cache), 'vlm_config': vlm_config}
+
+
+def _call_service(node, srv_type, name: str, request, timeout_s: float = 30.0):
+    """Call a service from `node` (spun by a background executor); None if it did not answer.
+
+    For the ROS interfaces a person uses from ros2cli (parameters, lifecycle), which is not
+    installed here: the tests call the same services.
+    """
+    client = node.create_client(srv_type, name)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            return None
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout_s
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return future.result() if future.done() else None
+    finally:
+        node.destroy_client(client)
+
+
+@pytest.fixture
+def call_service():
+    """Return `call(node, srv_type, name, request, timeout_s=30)` -> response or None."""
+    return _call_service

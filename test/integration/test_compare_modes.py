@@ -17,7 +17,7 @@ def models(tmp_path_factory):
     """Write a tiny untrained VLM on 2 small views and an untrained expert matching it."""
     folder = tmp_path_factory.mktemp('models')
     params = folder / 'params.yaml'
-    params.write_text(f"""vlm_node:
+    params.write_text(f"""/**/vlm_node:
   ros__parameters:
     model: {folder / 'vlm'}
     view_names: [{', '.join(VIEWS)}]
@@ -26,7 +26,7 @@ def models(tmp_path_factory):
     torch_threads: 1
     warmup_runs: 0
     max_view_age_s: 1.0
-action_expert:
+/**/action_expert:
   ros__parameters:
     checkpoint: {folder / 'expert'}
     max_sensor_age_s: 0.5

@@ -57,6 +57,7 @@ def test_verify_fails_on_contract_mismatch(tiny_vlm_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert 'feature contract' in out and 'differ' in out
+    assert "prompt: VLM '" in out and "vs checkpoint 'x'" in out      # names what differs
 
 
 def _params_on_free_ports(path: Path) -> Path:

@@ -189,11 +189,15 @@ def spin(rclpy_context):
         executor.shutdown(timeout_sec=5.0)
 
 
-def expert_node(context, checkpoint, **params) -> ActionExpertNode:
+def expert_node(context, checkpoint, start: bool = True, **params) -> ActionExpertNode:
+    """Build the node; `start`: configure and activate it, as run_node's autostart does."""
     overrides = [Parameter('checkpoint', value=str(checkpoint)),
                  Parameter('torch_threads', value=1)]
     overrides += [Parameter(k, value=v) for k, v in params.items()]
-    return ActionExpertNode(context=context, parameter_overrides=overrides)
+    node = ActionExpertNode(context=context, parameter_overrides=overrides)
+    if start:
+        assert node.start() == 0, node.exit_code
+    return node
 
 
 @pytest.fixture

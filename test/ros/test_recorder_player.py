@@ -14,13 +14,14 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, JointState
+import yaml
 
 from vla_insertion import conversions as conv
-from vla_insertion.core import bag
+from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagPlayerConfig, BagRecorderConfig
 from vla_insertion.core.data import ActionChunkData, SensorWindowData
 from vla_insertion.msg import ActionChunk, SensorWindow
-from vla_insertion.nodes.common import SENSOR_QOS, STATE_QOS, WINDOW_QOS
+from vla_insertion.nodes.common import publisher, SENSOR_QOS, STATE_QOS, WINDOW_QOS
 from vla_insertion.tools.bag_player import BagPlayerNode, CLOCK_QOS
 from vla_insertion.tools.bag_recorder import BagRecorderNode
 
@@ -224,3 +225,39 @@ def test_sigkilled_recorder_leaves_a_readable_bag(rclpy_context, ros_env, tmp_pa
 @pytest.fixture(autouse=True)
 def _limit_threads(monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
+
+
+def test_the_bag_is_as_rosbag2_writes_it(rclpy_context, tmp_path, monkeypatch):
+    """Log times are DDS receive times, every publisher's profile is offered, paths absolute.
+
+    Messages are published before the recorder's executor spins: their log times are earlier
+    than any of its callbacks (the callback time would bunch them up after it), and in order.
+    """
+    monkeypatch.chdir(tmp_path)
+    config = BagRecorderConfig(output_dir='bags', bag_name='rx', topics=('vla/action_chunk',),
+                               split_duration_s=0.0)
+    recorder = BagRecorderNode(config, context=rclpy_context)
+    assert recorder.path == tmp_path / 'bags' / 'rx'          # relative: logged absolute
+    source = Node('rx_source', context=rclpy_context)
+    pubs = [publisher(source, ActionChunk, topics.ACTION_CHUNK) for _ in range(2)]
+    assert wait_for(lambda: all(p.get_subscription_count() for p in pubs), 10)
+    for i in range(10):
+        pubs[i % 2].publish(make('vla/action_chunk', i))
+        time.sleep(0.02)                 # pacing like a live source, not synchronisation
+    spin_started_ns = time.time_ns()
+    spinner = Spinner(rclpy_context, recorder, source)
+    try:
+        assert wait_for(lambda: recorder.received['/vla/action_chunk'] >= 10, 10)
+    finally:
+        spinner.stop()
+        recorder.destroy_node()
+        source.destroy_node()
+    log_times = [t for _topic, _type, t, _data in bag.read_raw(tmp_path / 'bags' / 'rx')]
+    assert len(log_times) == 10 and log_times == sorted(log_times)
+    assert log_times[-1] < spin_started_ns, 'log times are callback times'
+    info = yaml.safe_load((tmp_path / 'bags' / 'rx' / 'metadata.yaml').read_text())[
+        'rosbag2_bagfile_information']
+    assert info['ros_distro'] == (os.environ.get('ROS_DISTRO') or 'kilted')
+    (entry,) = info['topics_with_message_count']
+    offered = entry['topic_metadata']['offered_qos_profiles']
+    assert [(q['depth'], q['reliability']) for q in offered] == [(2, 'reliable')] * 2

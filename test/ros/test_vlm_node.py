@@ -19,17 +19,19 @@ import numpy as np
 from PIL import Image
 import pytest
 from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 
 from vla_insertion import conversions as conv
 from vla_insertion.core.config import VlmConfig
 from vla_insertion.core.data import CameraFrame
+from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.vlm import feature_contract_for
 from vla_insertion.msg import VLFeatures
-from vla_insertion.nodes.common import DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS
+from vla_insertion.nodes.common import DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS, STATIC_QOS
 from vla_insertion.nodes.vlm_node import EXIT_LOAD_ERROR, VlmNode
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -55,7 +57,9 @@ class FakeCameras(Node):
         self.pubs = {v: self.create_publisher(CompressedImage, f'cameras/{v}/image/compressed',
                                               SENSOR_QOS) for v in VIEWS}
         self.request_pub = self.create_publisher(Header, 'vla/feature_request', LATEST_QOS)
+        self.contracts: list[FeatureContract] = []
         self.create_subscription(VLFeatures, 'vla/features', self._on_features, LATEST_QOS)
+        self.create_subscription(String, 'vla/feature_contract', self._on_contract, STATIC_QOS)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, DIAGNOSTICS_QOS)
 
     def now_s(self) -> float:
@@ -69,6 +73,10 @@ class FakeCameras(Node):
     def _on_features(self, msg: VLFeatures) -> None:
         with self.lock:
             self.features.append(msg)
+
+    def _on_contract(self, msg: String) -> None:
+        with self.lock:
+            self.contracts.append(FeatureContract.from_json(msg.data))
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         with self.lock:
@@ -88,6 +96,7 @@ def cell(rclpy_context, tiny_vlm_dir, request):
                  **getattr(request, 'param', {})}
     vlm = VlmNode(context=rclpy_context,
                   parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    assert vlm.start() == 0, vlm.exit_code     # configure + activate, as autostart does
     cameras = FakeCameras(rclpy_context)
     executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
     executor.add_node(vlm)
@@ -194,3 +203,44 @@ def test_a_failed_load_exits_3_naming_the_missing_folder(ros_env, tmp_path):
         env={**ros_env, 'HF_HUB_OFFLINE': '1'}, capture_output=True, text=True, timeout=120)
     assert result.returncode == EXIT_LOAD_ERROR, result.stderr[-2000:]
     assert 'model folder not found' in result.stderr and str(missing) in result.stderr
+
+
+def test_lifecycle_stops_frees_and_swaps_the_instruction(cell, tiny_vlm_dir):
+    vlm, cameras = cell
+    assert _wait(lambda: cameras.contracts, 10.0), 'no contract on vla/feature_contract'
+    assert cameras.contracts[0] == feature_contract_for(
+        VlmConfig(model=str(tiny_vlm_dir), view_names=VIEWS))
+    # the instruction is part of the contract: not live
+    result = vlm.set_parameters([Parameter('instruction', value='Insert the peg.')])[0]
+    assert not result.successful and 'unconfigured' in result.reason
+    # the scheduling limits are live, validated as at start-up
+    assert vlm.set_parameters([Parameter('max_view_age_s', value=2.0)])[0].successful
+    assert vlm._config.max_view_age_s == 2.0
+    result = vlm.set_parameters([Parameter('sync_tolerance_s', value=-0.1)])[0]
+    assert not result.successful and 'sync_tolerance_s must be' in result.reason
+    assert vlm._config.sync_tolerance_s == 0.05
+    _publish_until(cameras, lambda: cameras.snapshot()[0], 30.0)
+    assert cameras.snapshot()[0], 'no features while active'
+
+    assert vlm.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    # the worker has stopped: once a report says inactive (features in flight have landed),
+    # nothing more comes across two further reports, while fresh views keep arriving
+
+    def inactive_reports() -> int:
+        return sum(d.get('lifecycle_state') == 'inactive' for d in cameras.snapshot()[1])
+    _publish_until(cameras, lambda: inactive_reports() >= 1, 10.0)
+    published = len(cameras.snapshot()[0])
+    _publish_until(cameras, lambda: inactive_reports() >= 3, 10.0)
+    assert inactive_reports() >= 3
+    assert len(cameras.snapshot()[0]) == published
+    assert vlm.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert vlm._extractor is None and vlm._model is None   # the model is freed
+
+    result = vlm.set_parameters([Parameter('instruction', value='Insert the peg.')])[0]
+    assert result.successful, result.reason
+    assert vlm.start() == 0
+    assert _wait(lambda: len(cameras.contracts) >= 2, 10.0)
+    new = cameras.contracts[-1]
+    assert 'Task: Insert the peg.' in new.prompt and new.digest != cameras.contracts[0].digest
+    _publish_until(cameras, lambda: len(cameras.snapshot()[0]) > published, 30.0)
+    assert cameras.snapshot()[0][-1].contract_hash == new.digest

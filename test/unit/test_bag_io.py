@@ -3,11 +3,14 @@ import json
 import os
 from pathlib import Path
 import signal
+import sqlite3
+import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from vla_insertion.core import bag
 from vla_insertion.core.bag import header, make_message, stamp
@@ -201,7 +204,7 @@ def test_truncated_mcap_split_is_salvaged_up_to_the_cut(tmp_path):
         writer.write_msg('vla/action_chunk', T0 + i, sample('vla/action_chunk', i, T0 + i))
         writer.flush()                    # one chunk per message
     writer._writer.storage.bio.flush()
-    active = path / '.active_0' / '.active_0.mcap'
+    active = next((path / '.active_0').rglob('*.mcap'))
     data = active.read_bytes()
     active.write_bytes(data[:len(data) - 100])   # cut inside the last chunk
     with pytest.raises(bag.BagError, match='recover'):
@@ -222,3 +225,54 @@ def test_split_by_time_writes_one_bag_per_range(tmp_path):
         assert sorted(got) == sorted((t.lstrip('/'), n) for t, n in want)
     assert bag.bag_info(bags[0]).message_count == 3 * len(TYPES)      # i = 0, 1, 2
     assert bag.bag_info(bags[2]).message_count == 0
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_metadata_is_rosbag2s(tmp_path, monkeypatch, storage):
+    """ros_distro, one offered profile per publisher, each file's own metadata naming it."""
+    monkeypatch.setenv('ROS_DISTRO', 'jazzy')
+    path = tmp_path / 'meta'
+    with bag.BagWriter(path, storage=storage, split_duration_s=1e-6) as writer:
+        writer.add_topic('/vla/action_chunk', TYPES['vla/action_chunk'],
+                         [bag.qos(depth=2), bag.qos(depth=2)])      # two publishers
+        for i, t in enumerate((T0, T0 + 10**6)):           # 1 ms apart: two splits
+            writer.write_msg('/vla/action_chunk', t, sample('vla/action_chunk', i, t))
+    info = yaml.safe_load((path / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    assert info['ros_distro'] == 'jazzy'
+    (topic,) = info['topics_with_message_count']
+    offered = topic['topic_metadata']['offered_qos_profiles']
+    assert [(q['history'], q['depth']) for q in offered] == [('keep_last', 2)] * 2
+    names = info['relative_file_paths']
+    assert names == [f'meta_0.{STORAGE_EXT[storage]}', f'meta_1.{STORAGE_EXT[storage]}']
+    for name in names:                # the metadata stored inside each file
+        inner = _embedded_metadata(path / name, storage)
+        assert inner['relative_file_paths'] == [name] and inner['ros_distro'] == 'jazzy'
+    assert bag.qos(depth=0).history.name == 'UNKNOWN'     # what discovery reports
+    assert len(list(bag.read_raw(path))) == 2      # readers match files and metadata
+
+
+STORAGE_EXT = {'mcap': 'mcap', 'sqlite3': 'db3'}
+
+
+def _embedded_metadata(file, storage: str) -> dict:
+    """Return the rosbag2 metadata stored inside one bag file (sqlite3 table, MCAP record)."""
+    if storage == 'sqlite3':
+        conn = sqlite3.connect(file)
+        try:
+            ((text,),) = conn.execute('SELECT metadata FROM metadata').fetchall()
+        finally:
+            conn.close()
+        return yaml.safe_load(text)
+    data, pos = file.read_bytes(), 8                       # after the magic
+    while pos + 9 <= len(data):
+        op, length = data[pos], struct.unpack_from('<Q', data, pos + 1)[0]
+        body = data[pos + 9:pos + 9 + length]
+        if op == 0x0C:                                     # Metadata: name, map<str, str>
+            name_len, = struct.unpack_from('<I', body, 0)
+            p = 4 + name_len + 4                           # skip the map's byte length
+            key_len, = struct.unpack_from('<I', body, p)
+            value_len, = struct.unpack_from('<I', body, p + 4 + key_len)
+            value = body[p + 8 + key_len:p + 8 + key_len + value_len].decode()
+            return yaml.safe_load(value)
+        pos += 9 + length
+    raise AssertionError(f'{file}: no metadata record')

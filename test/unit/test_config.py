@@ -72,3 +72,34 @@ def test_config_from_dict_coerces_and_refuses_unknown_keys():
         config_from_dict(cfg.ExpertConfig, {'rate_hzz': 5.0})
     with pytest.raises(ConfigError, match='expected a list'):
         config_from_dict(cfg.VlmConfig, {'view_names': 'a'})
+
+
+@pytest.mark.parametrize('cls', CLASSES, ids=lambda c: c.__name__)
+def test_live_and_ranged_parameters_are_fields(cls):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(getattr(cls, 'LIVE', ())) <= fields
+    assert set(getattr(cls, 'RANGES', {})) <= fields
+    assert not {'LIVE', 'RANGES'} & fields        # class attributes, never parameters
+
+
+RANGED = [(cls, name) for cls in CLASSES for name in getattr(cls, 'RANGES', {})]
+
+
+@pytest.mark.parametrize('cls,name', RANGED, ids=[f'{c.__name__}.{n}' for c, n in RANGED])
+def test_a_descriptor_range_never_admits_what_the_config_refuses(cls, name):
+    # ROS refuses values outside the range before the config sees them: the range must hold
+    # every valid value (its bounds are the config's), the default included
+    low, high = cls.RANGES[name]
+    kind = type(getattr(cls(), name))
+    assert kind in (int, float) and type(low) is type(high) is kind
+    assert low <= getattr(cls(), name) <= high
+    step = 1 if kind is int else 1e-6 * max(1.0, abs(high))
+    for outside in (low - step, high + step):
+        with pytest.raises(ConfigError):
+            config_from_dict(cls, {name: outside})
+    if kind is int:      # integer bounds are the config's own, inclusive
+        for bound in (low, high):
+            try:
+                config_from_dict(cls, {name: bound})
+            except ConfigError as exc:
+                assert 'min_fill' in str(exc), exc   # a cross-field rule, not this range

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from vla_insertion.core.config import ConfigError
-from vla_insertion.core.feature_contract import FeatureContract
+from vla_insertion.core.feature_contract import describe_mismatch, differences, FeatureContract
 
 CONTRACT = FeatureContract(model_id='Qwen/Qwen2.5-VL-3B-Instruct', reduction='grid2x4+text',
                            num_tokens=41, feature_dim=2048, image_width=640, image_height=360,
@@ -36,3 +36,39 @@ def test_invalid_contract_is_refused(bad):
 def test_from_dict_names_the_problem():
     with pytest.raises(ConfigError, match='invalid feature contract'):
         FeatureContract.from_dict({'model_id': 'm'})
+
+
+@pytest.mark.parametrize('change,field,shown', [
+    ({'prompt': 'Insert the peg into the hole.'}, 'prompt', 'Insert the peg into the hole'),
+    ({'model_id': 'vla_insertion/tiny'}, 'model_id', 'vla_insertion/tiny'),
+    ({'view_names': ('zed_1', 'oak')}, 'view_names', "('zed_1', 'oak')"),
+    ({'image_width': 320}, 'image_width', '320'),
+    ({'reduction': 'mean'}, 'reduction', 'mean'),
+    ({'num_tokens': 9, 'feature_dim': 64}, 'num_tokens', '9'),
+], ids=['instruction', 'model', 'views', 'image_size', 'reduction', 'shape'])
+def test_a_mismatch_names_the_differing_field_with_both_values(change, field, shown):
+    vlm = dataclasses.replace(CONTRACT, **change)
+    found = differences(CONTRACT, vlm)
+    assert len(found) == len(change)
+    line = next(d for d in found if d.startswith(f'{field}:'))
+    assert shown in line and 'checkpoint' in line and 'VLM' in line, line
+    message = describe_mismatch(CONTRACT, vlm)
+    assert vlm.digest in message and CONTRACT.digest in message
+
+
+def test_an_instruction_change_reads_as_the_two_instructions():
+    views, end = '<zed_1><zed_2><zed_3><zed_4><oak> Task: ', '<|im_end|><|assistant|>'
+    checkpoint = dataclasses.replace(CONTRACT, prompt=views + 'Insert the needle.' + end)
+    vlm = dataclasses.replace(CONTRACT, prompt=views + 'Insert the peg into the hole.' + end)
+    (line,) = differences(checkpoint, vlm)
+    assert "VLM '... Insert the peg into the hole...'" in line, line
+    assert "checkpoint '... Insert the needle...'" in line, line
+    assert 'instruction:=' in line
+    assert differences(CONTRACT, CONTRACT) == []
+
+
+def test_the_published_json_round_trips_and_junk_is_refused():
+    assert FeatureContract.from_json(CONTRACT.to_json()) == CONTRACT
+    for junk in ('not json', '[1, 2]', '{"model_id": "m"}'):
+        with pytest.raises(ConfigError):
+            FeatureContract.from_json(junk)

@@ -109,3 +109,46 @@ def test_tool_shortcuts_become_ros_parameters():
     assert out == ['--ros-args', '-p', 'rate:=2.0', '-p', 'loop:=true',
                    '-p', "topics:=['/a','b']"]
     assert common.with_parameters(['--ros-args'], {'bag': None}) == ['--ros-args']
+
+
+def test_managed_and_required_programs():
+    by_name = {n.name: n for n in lt.NODES}
+    assert {n.name for n in lt.NODES if n.lifecycle} == {'vlm_node', 'action_expert'}
+    assert not by_name['bag_recorder'].required        # a full disk must not stop the cell
+    assert all(n.required for n in lt.NODES if n.name != 'bag_recorder')
+    args = {a.name: a.default for a in lt.LAUNCH_ARGUMENTS}
+    assert args['autostart'] == 'true'
+    assert lt.parameter_overrides(by_name['vlm_node'], args) == {'autostart': True}
+    assert 'autostart' not in lt.parameter_overrides(by_name['camera_bridge'], args)
+    cmd = lt.command_for(by_name['action_expert'], '/lib', PARAMS, {**args, 'autostart': 'no'})
+    assert 'autostart:=false' in cmd        # the same parameter launch_ros gets
+
+
+def test_record_dir_is_absolute_and_reaches_the_recorder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = {a.name: a.default for a in lt.LAUNCH_ARGUMENTS}
+    args.update(record='true', record_dir='bags/today')
+    prepared, notes = lt.prepare_arguments(args, PARAMS)
+    assert prepared['record_dir'] == str(tmp_path / 'bags' / 'today')
+    assert any(str(tmp_path / 'bags' / 'today') in note for note in notes)
+    recorder = next(n for n in lt.enabled_nodes(prepared) if n.name == 'bag_recorder')
+    cmd = lt.command_for(recorder, tmp_path, PARAMS, prepared)
+    assert f'output_dir:={tmp_path / "bags" / "today"}' in cmd
+    args.update(record_dir='')                          # the params file's folder, said where
+    assert any(str(tmp_path) in note for note in lt.prepare_arguments(args, PARAMS)[1])
+
+
+def test_demo_models_have_an_absolute_home(tmp_path, monkeypatch):
+    from vla_insertion.core import artifacts
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    vlm, checkpoint = artifacts.demo_models()         # no ./artifacts here: the cache
+    assert vlm == tmp_path / 'cache' / 'vla_insertion' / 'models' / 'tiny-qwen2.5-vl'
+    assert checkpoint.parent == tmp_path / 'cache' / 'vla_insertion' / 'checkpoints'
+    (tmp_path / artifacts.TINY_VLM).mkdir(parents=True)
+    (tmp_path / artifacts.UNTRAINED_CHECKPOINT).mkdir(parents=True)
+    assert artifacts.demo_models() == (tmp_path / artifacts.TINY_VLM,
+                                       tmp_path / artifacts.UNTRAINED_CHECKPOINT)
+    monkeypatch.delenv('XDG_CACHE_HOME')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert artifacts.cache_root() == tmp_path / 'home' / '.cache' / 'vla_insertion'

@@ -2,7 +2,9 @@
 import pytest
 
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
-from vla_insertion.core.params import key_matches, load_config, node_params, unknown_parameters
+from vla_insertion.core.params import (
+    key_matches, load_config, node_params, node_section, params_files, sections_not_applying,
+    unknown_parameters)
 
 
 @pytest.mark.parametrize('key,fqn,matches', [
@@ -51,7 +53,8 @@ def test_global_section_keys_are_optional_and_ros_parameters_known(tmp_path):
     path.write_text('/**:\n  ros__parameters:\n    rate_hz: 7.0\n    use_sim_time: false\n')
     assert load_config(VlmConfig, 'vlm_node', path).model  # rate_hz is not a VLM parameter
     assert load_config(ExpertConfig, 'action_expert', path).rate_hz == 7.0
-    assert unknown_parameters(ExpertConfig, ['qos_overrides./x.depth', 'use_sim_time']) == []
+    assert unknown_parameters(ExpertConfig, ['qos_overrides./x.depth', 'use_sim_time',
+                                             'autostart']) == []
     assert unknown_parameters(ExpertConfig, ['joint_limits.j1.max_velocity'],
                               extra_prefixes=('joint_limits.',)) == []
 
@@ -74,3 +77,32 @@ def test_malformed_files_are_config_errors(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(VlmConfig, 'vlm_node', path)
+
+
+def test_sections_that_name_a_node_but_miss_its_namespace_are_found(tmp_path):
+    path = tmp_path / 'p.yaml'
+    path.write_text('robot_bridge:\n  ros__parameters:\n    port: 1\n'
+                    '/cell_b/robot_bridge:\n  ros__parameters:\n    port: 2\n'
+                    '/**/robot_bridge:\n  ros__parameters:\n    port: 3\n'
+                    '/**:\n  ros__parameters:\n    use_sim_time: false\n')
+    assert sections_not_applying(path, 'robot_bridge', 'cell_a') == [
+        'robot_bridge', '/cell_b/robot_bridge']
+    assert sections_not_applying(path, 'robot_bridge') == ['/cell_b/robot_bridge']
+    assert sections_not_applying(path, 'vlm_node', 'cell_a') == []
+
+
+def test_a_section_of_a_parsed_file_is_found_by_node_name():
+    doc = {'/**/camera_bridge': {'ros__parameters': {'port': 5555}},
+           'sim_cell': {'ros__parameters': None}}
+    node_section(doc, 'camera_bridge')['port'] = 6000
+    node_section(doc, 'sim_cell')['seed'] = 3
+    assert doc == {'/**/camera_bridge': {'ros__parameters': {'port': 6000}},
+                   'sim_cell': {'ros__parameters': {'seed': 3}}}
+    with pytest.raises(KeyError, match='vlm_node'):
+        node_section(doc, 'vlm_node')
+
+
+def test_params_files_are_read_from_the_ros_arguments_only():
+    argv = ['node', '--params-file', 'not_ros.yaml', '--ros-args', '-r', '__ns:=/a',
+            '--params-file', 'a.yaml', '-p', 'x:=1', '--params-file', 'b.yaml', '--', 'c']
+    assert params_files(argv) == ['a.yaml', 'b.yaml']

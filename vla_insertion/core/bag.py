@@ -7,11 +7,19 @@ message definitions and type hashes (RIHS01) of its topics, our own `vla_inserti
 types included, so no build of this package is needed to read them.
 
 Crash tolerance (see docs/evaluation.md): a bag is written as a sequence of split files. The
-split being written lives in a hidden folder `.active_<i>/`; when it is complete it is moved
-beside metadata.yaml, and metadata.yaml is rewritten atomically (temporary file + rename). A
+split being written lives in a hidden folder `.active_<i>/`, already under its final name
+(`.active_<i>/<bag>_<i>/<bag>_<i>.mcap`, so the metadata record inside the file names the file
+it ends up as); when it is complete it is moved beside metadata.yaml, and metadata.yaml is
+rewritten atomically (temporary file + rename). A
 recorder that is killed or hits a full disk therefore leaves a bag that opens with everything up
 to the last completed split. The active split is flushed every `flush_period_s` (MCAP chunk
 closed, sqlite3 transaction committed), and `recover_bag` salvages its flushed part.
+
+As rosbag2 writes them: `ros_distro` is the running distribution ($ROS_DISTRO, else
+kilted), inside metadata.yaml and inside each file; a topic's offered QoS profiles are the
+caller's (bag_recorder: one per publisher) and the same in every file, since readers match a
+file's channels to metadata.yaml by them; log times are what the caller passes (bag_recorder:
+the time DDS received the message, as rosbag2 records it).
 
 ROS-free: imports rosbags and numpy, never rclpy or generated messages.
 """
@@ -46,6 +54,12 @@ STORAGES = {'mcap': (StoragePlugin.MCAP, '.mcap'), 'sqlite3': (StoragePlugin.SQL
 ACTIVE_PREFIX = '.active_'
 METADATA = 'metadata.yaml'
 _MCAP_MAGIC = b'\x89MCAP0\r\n'
+DEFAULT_DISTRO = 'kilted'             # the distribution the wheels are
+
+
+def ros_distro() -> str:
+    """Return the ROS distribution bags are stamped with: $ROS_DISTRO, else kilted."""
+    return os.environ.get('ROS_DISTRO') or DEFAULT_DISTRO
 
 
 class BagError(RuntimeError):
@@ -85,9 +99,12 @@ def get_typestore(msg_dir: str | None = None):
 
 
 def qos(reliable: bool = True, depth: int = 10, transient_local: bool = False) -> Qos:
-    """Describe an offered QoS profile as stored in the bag (what `ros2 bag play` offers)."""
+    """Describe an offered QoS profile as stored in the bag (what `ros2 bag play` offers).
+
+    Depth 0 is a history discovery did not report (DDS does not send it): stored as unknown.
+    """
     zero = QosTime(0, 0)
-    return Qos(history=QosHistory.KEEP_LAST, depth=depth,
+    return Qos(history=QosHistory.KEEP_LAST if depth else QosHistory.UNKNOWN, depth=depth,
                reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
                durability=(QosDurability.TRANSIENT_LOCAL if transient_local
                            else QosDurability.VOLATILE),
@@ -304,10 +321,17 @@ class BagWriter:
     def _active_dir(self, index: int) -> Path:
         return self.path / f'{ACTIVE_PREFIX}{index}'
 
+    def _split_name(self, index: int) -> str:
+        return f'{self.path.name}_{index}'
+
     def _open_split(self) -> None:
-        self._writer = Writer(self._active_dir(self._split_index), version=BAG_VERSION,
+        active = self._active_dir(self._split_index)
+        active.mkdir()
+        # the split is written under its final name: the file's own metadata record names it
+        self._writer = Writer(active / self._split_name(self._split_index), version=BAG_VERSION,
                               storage_plugin=self._plugin)
         self._writer.open()
+        _stamp_distro(self._writer.storage)
         self._conns = {}
         for topic in self._topics:
             self._connect(topic)
@@ -315,17 +339,28 @@ class BagWriter:
     def _close_split(self) -> None:
         writer, self._writer = self._writer, None
         active = self._active_dir(self._split_index)
+        inner = active / self._split_name(self._split_index)
         writer.close()
-        info = yaml.safe_load((active / METADATA).read_text())['rosbag2_bagfile_information']
-        name = f'{self.path.name}_{self._split_index}{self._ext}'
-        (active / f'{active.name}{self._ext}').replace(self.path / name)
+        info = yaml.safe_load((inner / METADATA).read_text())['rosbag2_bagfile_information']
+        name = f'{inner.name}{self._ext}'
+        (inner / name).replace(self.path / name)
         shutil.rmtree(active)
-        info['relative_file_paths'] = [name]
-        info['files'][0]['path'] = name
         self._files.append(info)
         write_metadata(self.path, self._files, self.storage, self._custom)
         self._split_index += 1
         self._split_first_ns = None
+
+
+def _stamp_distro(storage) -> None:
+    """Make a split's own metadata record (MCAP record, sqlite3 table) name the real distro.
+
+    rosbags writes `ros_distro: rosbags` into it; rosbag2 writes the distribution.
+    """
+    close = storage.close
+
+    def close_with_distro(version: int, metadata: str) -> None:
+        close(version, metadata.replace('ros_distro: rosbags', f'ros_distro: {ros_distro()}'))
+    storage.close = close_with_distro
 
 
 def write_metadata(path: Path, splits: list[dict], storage: str,
@@ -366,7 +401,7 @@ def write_metadata(path: Path, splits: list[dict], storage: str,
         'compression_mode': '',
         'files': files,
         'custom_data': dict(custom_data) if custom_data else None,
-        'ros_distro': 'rosbags',
+        'ros_distro': ros_distro(),
     }}
     tmp = path / f'{METADATA}.tmp'
     tmp.write_text(yaml.safe_dump(meta, sort_keys=False), encoding='utf-8')
@@ -470,11 +505,11 @@ def recover_bag(path: str | Path) -> int:
     storage, splits = _existing_splits(path)
     salvaged = 0
     for active in actives:
-        mcap = active / f'{active.name}.mcap'
-        db3 = active / f'{active.name}.db3'
-        if mcap.exists():
+        mcap = next(active.rglob('*.mcap'), None)
+        db3 = next(active.rglob('*.db3'), None)
+        if mcap is not None:
             found, storage = _scan_mcap(mcap), storage or 'mcap'
-        elif db3.exists():
+        elif db3 is not None:
             found, storage = _scan_sqlite(db3), storage or 'sqlite3'
         else:
             found = _Salvage({}, [])
@@ -500,22 +535,24 @@ def _existing_splits(path: Path) -> tuple[str | None, list[dict]]:
 
 def _rewrite_split(path: Path, active: Path, found: _Salvage, storage: str) -> dict:
     index = int(active.name.split('_')[-1])
-    tmp = path / f'.recover_{index}'
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    staging = path / f'.recover_{index}'
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    tmp = staging / f'{path.name}_{index}'        # the final name, inside the file too
     plugin, ext = STORAGES[storage]
     writer = Writer(tmp, version=BAG_VERSION, storage_plugin=plugin)
     writer.open()
+    _stamp_distro(writer.storage)
     conns = {topic: writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=rihs01)
              for topic, (msgtype, msgdef, rihs01) in found.topics.items()}
     for topic, stamp_ns, data in found.messages:
         writer.write(conns[topic], stamp_ns, data)
     writer.close()
     info = yaml.safe_load((tmp / METADATA).read_text())['rosbag2_bagfile_information']
-    name = f'{path.name}_{index}{ext}'
-    (tmp / f'{tmp.name}{ext}').replace(path / name)
-    shutil.rmtree(tmp)
-    info['files'][0]['path'] = name
+    name = f'{tmp.name}{ext}'
+    (tmp / name).replace(path / name)
+    shutil.rmtree(staging)
     return info
 
 

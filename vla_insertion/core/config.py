@@ -4,6 +4,15 @@ Each component's config is a frozen dataclass whose fields carry one comment wit
 `__post_init__` raises ConfigError with the offending value. Nodes declare one ROS parameter per
 field (the comment becomes the parameter description, see `field_docs`) and tools load the same
 fields from the ROS params YAML in config/ with `core.params.load_config`.
+
+Two class attributes (not fields) tell nodes/common.py `declare_config` how a running node
+treats its parameters:
+- `LIVE`: the fields a running node applies at once when set (`ros2 param set`), validated
+  like at start-up; every other field is read-only, or for a managed node (VLM, expert)
+  changeable while it is unconfigured and used at its next configure.
+- `RANGES`: {field: (low, high)}, the hard bounds `__post_init__` enforces, inclusive as ROS
+  parameter ranges are (`ros2 param describe` shows them); a bound the config itself refuses
+  (`> 0`) is still refused with the reason. A test checks each range against the validation.
 """
 from __future__ import annotations
 
@@ -135,6 +144,15 @@ VLM_COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs')
 class VlmConfig:
     """The VLM node: model, views, prompt, feature reduction and scheduling."""
 
+    # Scheduling limits apply at once. The instruction is not live: it is part of the feature
+    # contract, so a change must be deliberate (deactivate, cleanup, set, configure, activate)
+    # and the expert then names the prompt as what differs from its checkpoint.
+    LIVE: typing.ClassVar[tuple[str, ...]] = ('sync_tolerance_s', 'max_view_age_s',
+                                              'max_rate_hz')
+    RANGES: typing.ClassVar[dict] = {
+        'image_width': (28, 4096), 'image_height': (28, 4096), 'pool_grid_h': (1, 64),
+        'pool_grid_w': (1, 64), 'torch_threads': (0, 256), 'warmup_runs': (0, 100)}
+
     model: str = 'Qwen/Qwen2.5-VL-3B-Instruct'  # hub id or local folder (make_tiny_vlm writes one)
     device: str = 'auto'           # 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'
     dtype: str = 'auto'            # 'auto' (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16
@@ -205,6 +223,15 @@ EXPERT_PRECISIONS = ('fp32', 'int8', 'fp16')
 @dataclasses.dataclass(frozen=True)
 class ExpertConfig:
     """The action expert node: checkpoint, rate, staleness rules and scheduling."""
+
+    # The loop's rate, the staleness rules and the flow steps apply at the next tick; the
+    # checkpoint, device, mode and scheduler change through the lifecycle (cleanup, configure).
+    LIVE: typing.ClassVar[tuple[str, ...]] = (
+        'rate_hz', 'max_feature_age_s', 'max_sensor_age_s', 'max_robot_age_s',
+        'require_complete_window', 'sync_timeout_s', 'flow_steps')
+    RANGES: typing.ClassVar[dict] = {
+        'rate_hz': (0.0, 1000.0), 'torch_threads': (0, 256), 'flow_steps': (0, 1000),
+        'realtime_priority': (0, 99)}
 
     checkpoint: str = 'artifacts/checkpoints/untrained-expert'  # checkpoint folder path
     rate_hz: float = 10.0          # chunk rate [Hz]
@@ -277,6 +304,10 @@ def require_int_range(name: str, value: int, low: int, high: int, unit: str = ''
 class CameraBridgeConfig:
     """camera_bridge: ZMQ PULL of JPEG frames -> cameras/<view>/image/compressed."""
 
+    RANGES: typing.ClassVar[dict] = {
+        'port': (1, 65535), 'max_message_bytes': (1024, 1 << 30),
+        'calibration_batches': (1, 100_000)}
+
     bind_address: str = '127.0.0.1'  # interface the PULL socket binds; 0.0.0.0 on a cell
     port: int = 5555               # TCP port the camera sender pushes to
     view_names: tuple[str, ...] = DEFAULT_VIEWS  # view ids accepted; one topic each
@@ -302,6 +333,10 @@ class CameraBridgeConfig:
 @dataclasses.dataclass(frozen=True)
 class RobotBridgeConfig:
     """robot_bridge: ZMQ SUB of robot state -> robot/joint_states, robot/pose."""
+
+    RANGES: typing.ClassVar[dict] = {
+        'port': (1, 65535), 'max_message_bytes': (128, 1 << 24),
+        'calibration_batches': (1, 100_000)}
 
     robot_ip: str = '127.0.0.1'    # host of the robot PC's PUB socket
     port: int = 5556               # TCP port the robot PC publishes on
@@ -334,6 +369,10 @@ class RobotBridgeConfig:
 @dataclasses.dataclass(frozen=True)
 class SensorBridgeConfig:
     """sensor_bridge: UDP sensor batches -> sensor/window (the newest window_size samples)."""
+
+    RANGES: typing.ClassVar[dict] = {
+        'port': (1, 65535), 'window_size': (1, 100_000), 'max_datagram_bytes': (64, 65507),
+        'socket_buffer_bytes': (4096, 1 << 28), 'calibration_batches': (1, 100_000)}
 
     bind_address: str = '127.0.0.1'  # interface the UDP socket binds; 0.0.0.0 on a cell
     port: int = 9999               # UDP port the sensor sender sends to
@@ -452,6 +491,9 @@ BAG_STORAGES = ('mcap', 'sqlite3')
 @dataclasses.dataclass(frozen=True)
 class BagRecorderConfig:
     """bag_recorder: which topics go into which rosbag2 bag, and how it is kept safe."""
+
+    RANGES: typing.ClassVar[dict] = {'reliable_depth': (1, 100_000),
+                                     'best_effort_depth': (1, 100_000)}
 
     output_dir: str = 'artifacts/bags'  # folder in which the bag folder is created
     bag_name: str = ''             # bag folder name, '' = vla_<YYYYmmdd_HHMMSS>

@@ -4,6 +4,11 @@ An action expert is trained on VL features computed in one precise way. Everythi
 those numbers (model, reduction of hidden states, image size, view order, prompt) is part of the
 contract; its digest travels in every VLFeatures message and is stored in expert checkpoints, and
 the expert refuses features whose hash differs from its checkpoint's.
+
+The digest says only *that* two contracts differ. To say *what* differs, the VLM node also
+publishes its whole contract as JSON on `vla/feature_contract` (transient local, so a late
+expert still gets it), and `differences` names each field that differs with both values: a
+new `instruction:=` shows up as the prompt, a VLM folder swap as the model, and so on.
 """
 from __future__ import annotations
 
@@ -47,8 +52,82 @@ class FeatureContract:
         except (KeyError, TypeError) as exc:
             raise ConfigError(f'invalid feature contract {d!r}: {exc}') from None
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureContract:
+        """Parse `to_json` output; raise ConfigError for anything else."""
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f'feature contract is not JSON: {exc}') from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f'feature contract must be a JSON object, got {text[:80]!r}')
+        return cls.from_dict(doc)
+
     @property
     def digest(self) -> str:
         """Return the first 16 hex digits of the SHA-256 of the canonical JSON form."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(',', ':'))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# What changes a field, for the person reading the message.
+_CAUSES = {
+    'prompt': 'the task instruction (instruction:=) and the view names are part of it',
+    'model_id': 'another VLM (vlm_model:=)',
+    'reduction': 'another pooling grid (pool_grid_h, pool_grid_w)',
+    'num_tokens': 'views times the pooling grid, plus one',
+    'feature_dim': 'the VLM hidden size',
+    'image_width': 'the size views are resized to',
+    'image_height': 'the size views are resized to',
+    'view_names': 'which views, in which order',
+    'version': 'the contract format',
+}
+
+
+def differences(expected: FeatureContract, actual: FeatureContract,
+                expected_name: str = 'checkpoint', actual_name: str = 'VLM') -> list[str]:
+    """Describe each field in which `actual` differs from `expected`, with both values.
+
+    Long strings are cut to their differing middle (with a little context before it), so an
+    instruction change reads as the two instructions rather than two copies of the prompt.
+    """
+    out = []
+    for name in expected.to_dict():
+        want, got = getattr(expected, name), getattr(actual, name)
+        if want == got:
+            continue
+        if isinstance(want, str) and isinstance(got, str):
+            got, want = _from_first_difference(got, want)
+        out.append(f'{name}: {actual_name} {got!r} vs {expected_name} {want!r} '
+                   f'({_CAUSES.get(name, name)})')
+    return out
+
+
+def describe_mismatch(expected: FeatureContract, actual: FeatureContract,
+                      expected_name: str = 'checkpoint', actual_name: str = 'VLM') -> str:
+    """Return one line naming every field in which `actual` differs from `expected`."""
+    found = differences(expected, actual, expected_name, actual_name)
+    if not found:
+        return f'the {actual_name} and {expected_name} contracts are equal ({expected.digest})'
+    return (f'the {actual_name} contract {actual.digest} differs from the {expected_name} '
+            f'contract {expected.digest} in ' + '; '.join(found))
+
+
+def _from_first_difference(a: str, b: str, context: int = 12) -> tuple[str, str]:
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    shortest = min(len(a), len(b)) - start
+    common_end = next((k for k in range(shortest) if a[-1 - k] != b[-1 - k]), shortest)
+    if common_end > 3:       # cut the shared end, after the word the difference is in
+        a, b = _cut_after_word(a, len(a) - common_end), _cut_after_word(b, len(b) - common_end)
+    if start > context:
+        a, b = '...' + a[start - context:], '...' + b[start - context:]
+    return a, b
+
+
+def _cut_after_word(text: str, end: int) -> str:
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return text[:end] + '...' if end < len(text) else text

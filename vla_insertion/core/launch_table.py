@@ -4,10 +4,17 @@
 demo (`tools/demo.py`) and the tests start the same programs with the same arguments as plain
 processes, because launch_ros is not installable on the development machine. A test checks that
 every executable, parameter file entry and parameter named here exists and is declared.
+
+Adding a program is one NodeSpec line (and, if it is optional, one LaunchArgument enabling it).
+Every program is `required` unless said otherwise: when it exits, the launch stops with the
+reason instead of leaving a half graph that publishes no actions. `lifecycle` marks managed
+nodes: launch_ros starts them as LifecycleNodes with their `autostart` parameter set from the
+launch argument (run_node then configures and activates them, as under the demo and tests).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 
@@ -28,6 +35,8 @@ class NodeSpec:
     ros_node: bool = True          # False: a plain process (sim_cell) given --params-file
     # launch argument -> parameter it overrides when the argument is not empty
     overrides: dict[str, str] = field(default_factory=dict)
+    lifecycle: bool = False        # a managed node (rclpy LifecycleNode)
+    required: bool = True          # its exit ends the launch, with the reason
 
 
 LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
@@ -45,10 +54,18 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    '(empty: the params file value)'),
     LaunchArgument('execute', 'true', 'also start chunk_executor, which turns chunks into robot '
                    'commands (disarmed until its ~/enable service is called)'),
-    LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback'),
+    LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback; with '
+                   'checkpoint and vlm_model empty, the tiny untrained demo models are used '
+                   '(found in ./artifacts or ~/.cache/vla_insertion, written there if missing)'),
     LaunchArgument('reference', 'false', 'drive the simulated cell with the scripted '
                    'demonstrator (reference_policy) instead of the VLM and the action expert'),
     LaunchArgument('record', 'false', 'also record a rosbag2 bag of the documented topic set'),
+    LaunchArgument('record_dir', '', 'folder the bag is recorded into (empty: the params file '
+                   'value, artifacts/bags under the working directory); logged as an absolute '
+                   'path'),
+    LaunchArgument('autostart', 'true', 'the managed nodes (vlm_node, action_expert) configure '
+                   'and activate themselves at start; false: they wait unconfigured for '
+                   '`ros2 lifecycle set`'),
 )
 
 NODES: tuple[NodeSpec, ...] = (
@@ -57,15 +74,16 @@ NODES: tuple[NodeSpec, ...] = (
     NodeSpec('robot_bridge', 'robot_bridge', 'RobotBridgeConfig',
              overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('sensor_bridge', 'sensor_bridge', 'SensorBridgeConfig'),
-    NodeSpec('vlm_node', 'vlm_node', 'VlmConfig', disabled_by='reference',
+    NodeSpec('vlm_node', 'vlm_node', 'VlmConfig', lifecycle=True, disabled_by='reference',
              overrides={'vlm_model': 'model', 'instruction': 'instruction'}),
-    NodeSpec('action_expert', 'action_expert', 'ExpertConfig', disabled_by='reference',
-             overrides={'checkpoint': 'checkpoint'}),
+    NodeSpec('action_expert', 'action_expert', 'ExpertConfig', lifecycle=True,
+             disabled_by='reference', overrides={'checkpoint': 'checkpoint'}),
     NodeSpec('reference_policy', 'reference_policy', 'ReferencePolicyConfig',
              enabled_by='reference'),
     NodeSpec('chunk_executor', 'chunk_executor', 'ExecutorConfig', enabled_by='execute',
              overrides={'robot_ip': 'robot_ip'}),
-    NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record'),
+    NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record',
+             required=False, overrides={'record_dir': 'output_dir'}),
 )
 
 # Programs that tools start next to the table's nodes, never the launch file: the player of a
@@ -85,10 +103,44 @@ def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
             and not (n.disabled_by and is_true(arguments.get(n.disabled_by, '')))]
 
 
-def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:
-    """Return the parameters a node gets from non-empty launch arguments."""
-    return {param: arguments[arg] for arg, param in spec.overrides.items()
-            if arguments.get(arg, '')}
+def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, object]:
+    """Return the parameters a node gets from launch arguments.
+
+    Non-empty arguments that override a config field, and a managed node's `autostart`.
+    """
+    params: dict[str, object] = {param: arguments[arg] for arg, param in spec.overrides.items()
+                                 if arguments.get(arg, '')}
+    if spec.lifecycle:
+        params['autostart'] = is_true(arguments.get('autostart', 'true'))
+    return params
+
+
+def prepare_arguments(arguments: dict[str, str], params_file: Path | str,
+                      bin_dir: Path | str | None = None) -> tuple[dict[str, str], list[str]]:
+    """Return (arguments, what was done) with everything a run from any folder needs.
+
+    `record_dir` becomes absolute (the recorder and the log show where the bag goes). With
+    `sim` true and `checkpoint` and `vlm_model` empty, both point at the demo's tiny untrained
+    models (core.artifacts.demo_models), written first if missing or made for another
+    instruction. Raises core.artifacts.ArtifactError when they cannot be written.
+    """
+    from vla_insertion.core import artifacts
+    args = dict(arguments)
+    notes = []
+    if args.get('record_dir'):
+        args['record_dir'] = os.path.abspath(os.path.expanduser(args['record_dir']))
+    if is_true(args.get('record', '')):
+        where = args.get('record_dir') or 'the params file output_dir, under ' + os.getcwd()
+        notes.append(f'recording bags into {where}')
+    if is_true(args.get('sim', '')) and not (args.get('checkpoint') or args.get('vlm_model')):
+        vlm, checkpoint = artifacts.demo_models()
+        steps = artifacts.prepare_demo_models(
+            vlm, checkpoint, params_file, bin_dir=Path(bin_dir) if bin_dir else None,
+            overrides={'instruction': args['instruction']} if args.get('instruction') else None)
+        args.update(vlm_model=str(vlm), checkpoint=str(checkpoint))
+        notes.append(f'sim: the UNTRAINED demo models {vlm} and {checkpoint}'
+                     + (f' (written now: {", ".join(steps)})' if steps else ''))
+    return args, notes
 
 
 def spec_named(name: str) -> NodeSpec:

@@ -58,6 +58,10 @@ SENSOR_WINDOW = Topic('sensor/window', 'vla_insertion/msg/SensorWindow', 'window
                       'the newest 65 x 7 samples of the 650 Hz sensor (sensor_bridge)')
 FEATURES = Topic('vla/features', 'vla_insertion/msg/VLFeatures', 'latest',
                  'VL features of one set of views (vlm_node)')
+FEATURE_CONTRACT = Topic('vla/feature_contract', 'std_msgs/msg/String', 'static',
+                         'the feature contract of vla/features as JSON, once per activation '
+                         '(vlm_node); the expert names the fields that differ from its '
+                         "checkpoint's")
 FEATURE_REQUEST = Topic('vla/feature_request', 'std_msgs/msg/Header', 'latest',
                         'sync mode: "compute features now" (action_expert)')
 ACTION_CHUNK = Topic('vla/action_chunk', 'vla_insertion/msg/ActionChunk', 'state',
@@ -76,8 +80,8 @@ CLOCK = Topic('/clock', 'rosgraph_msgs/msg/Clock', 'clock',
               'bag time while replaying (bag_player)', recorded=False)
 
 TOPICS: tuple[Topic, ...] = (CAMERAS, JOINT_STATES, POSE, SENSOR_WINDOW, FEATURES,
-                             FEATURE_REQUEST, ACTION_CHUNK, COMMAND, COMMITTED_PREFIX,
-                             JOINT_TRAJECTORY, STATS, DIAGNOSTICS, CLOCK)
+                             FEATURE_CONTRACT, FEATURE_REQUEST, ACTION_CHUNK, COMMAND,
+                             COMMITTED_PREFIX, JOINT_TRAJECTORY, STATS, DIAGNOSTICS, CLOCK)
 
 
 # The documented recorded set (docs/evaluation.md): every camera view the cell publishes (a

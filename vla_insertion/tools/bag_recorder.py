@@ -11,6 +11,17 @@ error) and reported in /diagnostics.
 Topics in: every topic in `topics` (default: core.topics.RECORDED), with the QoS that
     matches its publishers (best effort for cameras or any best-effort publisher, else
     reliable, both with a deep queue).
+
+As rosbag2 records (docs/evaluation.md): a message's log time is the time DDS received it
+(MessageInfo.received_timestamp, system clock), not the time the callback ran, so messages
+queued while the recorder starts keep their spacing; with use_sim_time the node's clock is
+used. One difference: a sample that DDS repaired (resent after a loss) arrives after later
+ones that were held back for it; it is logged at the receive time of the one before it, so a
+topic's messages keep the order in which a subscriber takes them (rosbag2 would log the repair
+after them). A topic enters the bag with its first message, its offered_qos_profiles one per
+publisher known then (as rosbag2 lists those of the publishers it subscribed to), with the
+history depth of the topic table where discovery does not report one; a subscribed topic that
+never received a message is listed at the end with no messages.
 Topics out: /diagnostics, vla/stats.
 Parameters: the fields of core.config.BagRecorderConfig.
 
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+import functools
 from pathlib import Path
 import queue
 import shutil
@@ -44,11 +56,22 @@ from vla_insertion.nodes.common import (
 _STOP = object()
 
 
-def bag_qos(profile: QoSProfile) -> bag.Qos:
+def bag_qos(profile: QoSProfile, depth: int | None = None) -> bag.Qos:
     """Describe an rclpy QoS profile for the bag's offered_qos_profiles."""
     return bag.qos(reliable=profile.reliability == ReliabilityPolicy.RELIABLE,
-                   depth=profile.depth,
+                   depth=profile.depth if depth is None else depth,
                    transient_local=profile.durability == DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def offered_profiles(publishers, topic: str) -> list[bag.Qos]:
+    """Return one profile per publisher, as rosbag2 stores them.
+
+    DDS discovery carries no history depth (rmw reports 0 and history unknown); for a topic of
+    the table the publishers' depth is the table's, since every node builds its QoS from it.
+    """
+    known = topics.find(topic)
+    table_depth = topics.QOS[known.qos].depth if known is not None else 0
+    return [bag_qos(p.qos_profile, p.qos_profile.depth or table_depth) for p in publishers]
 
 
 class BagRecorderNode(Node):
@@ -59,7 +82,7 @@ class BagRecorderNode(Node):
         self._config = config if config is not None else declare_config(self, BagRecorderConfig)
         c = self._config
         name = c.bag_name or time.strftime('vla_%Y%m%d_%H%M%S')
-        self.path = Path(c.output_dir) / name
+        self.path = Path(c.output_dir).expanduser().resolve() / name   # logged: absolute
         self._writer = bag.BagWriter(
             self.path, storage=c.storage, split_duration_s=c.split_duration_s,
             flush_period_s=c.flush_period_s,
@@ -72,6 +95,10 @@ class BagRecorderNode(Node):
         self.received: Counter[str] = Counter()
         self._rate = RateMeter()
         self._subs: dict[str, object] = {}
+        self._types: dict[str, str] = {}      # subscribed topic -> message type
+        self._in_bag: set[str] = set()        # topics added to the writer
+        self._last_log_ns: dict[str, int] = {}  # per topic, log times never go back
+        self._sim_time = self.get_parameter('use_sim_time').value
         self._pending = list(c.topics)
         self._accepting = True
         self._state = 'recording'
@@ -129,11 +156,21 @@ class BagRecorderNode(Node):
             history=HistoryPolicy.KEEP_LAST,
             depth=c.best_effort_depth if best_effort else c.reliable_depth,
             durability=durability)
-        offered = [bag_qos(p.qos_profile) for p in publishers[:1]] or [bag_qos(profile)]
-        self._writer_call(lambda: self._writer.add_topic(topic, msgtype, offered))
+        self._types[topic] = msgtype
         self._subs[topic] = self.create_subscription(
-            message_class(msgtype), topic, lambda data, t=topic: self._enqueue(t, data),
+            message_class(msgtype), topic, functools.partial(self._enqueue, topic),
             profile, raw=True)
+
+    def _add_to_bag(self, topic: str) -> None:
+        """Declare a topic to the writer with the profiles of the publishers known now.
+
+        Fixed for the whole bag: each file's channel and metadata.yaml must list the same
+        profiles (readers match them).
+        """
+        self._in_bag.add(topic)
+        offered = offered_profiles(self.get_publishers_info_by_topic(topic), topic)
+        self._writer_call(functools.partial(self._writer.add_topic, topic, self._types[topic],
+                                            offered))
 
     def _writer_call(self, fn) -> None:
         # add_topic runs on the writer thread's BagWriter; the queue keeps the order
@@ -141,9 +178,16 @@ class BagRecorderNode(Node):
 
     # hot path: runs in the executor, only enqueues
 
-    def _enqueue(self, topic: str, data: bytes) -> None:
-        stamp_ns = self.get_clock().now().nanoseconds
+    def _enqueue(self, topic: str, data: bytes, info: dict) -> None:
+        # the time DDS received it (rosbag2's log time); not the callback time, which bunches
+        # up the messages queued while the executor was busy
+        received = info.get('received_timestamp') if not self._sim_time else None
+        stamp_ns = max(received or self.get_clock().now().nanoseconds,
+                       self._last_log_ns.get(topic, 0))     # a repaired sample keeps its place
+        self._last_log_ns[topic] = stamp_ns
         self.received[topic] += 1
+        if topic not in self._in_bag:         # once per topic: its first message is here
+            self._add_to_bag(topic)
         if not self._accepting:
             self._drops.count(self._state)
             return
@@ -221,6 +265,9 @@ class BagRecorderNode(Node):
     def stop(self, timeout_s: float = 60.0) -> None:
         """Stop recording, write everything queued and close the bag."""
         self._accepting = False
+        for topic in self._subs:
+            if topic not in self._in_bag:     # listed, with no messages, as rosbag2 does
+                self._add_to_bag(topic)
         for sub in self._subs.values():
             self.destroy_subscription(sub)
         self._subs = {}

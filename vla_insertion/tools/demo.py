@@ -18,7 +18,6 @@ import math
 import os
 from pathlib import Path
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,18 +37,6 @@ DEFAULT_OUT = Path('artifacts/demo')
 DEFAULT_VLM = artifacts.TINY_VLM
 DEFAULT_CHECKPOINT = artifacts.UNTRAINED_CHECKPOINT
 DEMO_DOMAIN_ID = '77'  # away from the default 0, so a demo does not mix with another graph
-
-
-def _prepare_models(vlm: Path, checkpoint: Path, params_file: Path) -> None:
-    """Build the tiny untrained VLM and a matching untrained expert checkpoint if missing."""
-    steps = [
-        [sys.executable, '-m', 'vla_insertion.tools.make_tiny_vlm', '--out', str(vlm)],
-        [sys.executable, '-m', 'vla_insertion.tools.make_untrained_checkpoint',
-         '--vlm-model', str(vlm), '--params-file', str(params_file), '--out', str(checkpoint)],
-    ]
-    for cmd in steps:
-        log.info('preparing: %s', ' '.join(cmd[2:]))
-        subprocess.run(cmd, check=True)
 
 
 class _Monitor:
@@ -107,7 +94,12 @@ def run(argv=None) -> int:
     os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')  # live node logs in logs/
     lib_dir, installed_params = installed_paths()
     params_file = args.params_file or installed_params
-    _prepare_models(args.vlm_model, args.checkpoint, params_file)
+    try:
+        artifacts.prepare_demo_models(args.vlm_model, args.checkpoint, params_file,
+                                      bin_dir=lib_dir)
+    except artifacts.ArtifactError as exc:
+        print(f'FAILED: {exc}')
+        return 1
 
     launch_args = {a.name: a.default for a in LAUNCH_ARGUMENTS}
     launch_args.update(sim='true', params_file=str(params_file),

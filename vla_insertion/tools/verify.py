@@ -59,6 +59,7 @@ def check_params(params_file: Path) -> tuple[list[CheckResult], dict]:
 def check_models(vlm_config, expert_config) -> list[CheckResult]:
     """Check the VLM files and the checkpoint, and that their feature contracts agree."""
     from vla_insertion.core.expert.checkpoint import CheckpointError, load_checkpoint
+    from vla_insertion.core.feature_contract import differences
     from vla_insertion.core.vlm.contract import feature_contract_for
     from vla_insertion.core.vlm.source import resolve_model, VlmLoadError
     rows = []
@@ -88,7 +89,8 @@ def check_models(vlm_config, expert_config) -> list[CheckResult]:
             'feature contract', PASS if same else FAIL,
             f'VLM {contract.digest} == checkpoint {meta.contract_digest}' if same else
             f'VLM features {contract.digest} (model {contract.model_id}) differ from the '
-            f"checkpoint's {meta.contract_digest} (model {meta.contract.model_id})"))
+            f"checkpoint's {meta.contract_digest}: "
+            + '; '.join(differences(meta.contract, contract))))
     return rows
 
 

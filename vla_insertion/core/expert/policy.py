@@ -109,6 +109,13 @@ class ExpertPolicy:
         """ODE steps per prediction (flow head); 1 for the regression head."""
         return self._steps if self._is_flow else 1
 
+    def set_steps(self, steps: int | None) -> None:
+        """Use `steps` ODE steps from the next prediction on (None or 0: the checkpoint's)."""
+        steps = steps or self._meta.model.flow_steps
+        if steps < 1:
+            raise ValueError(f'steps must be >= 1, got {steps}')
+        self._steps = steps
+
     def describe(self) -> str:
         """Return a one-line description for the start-up log."""
         meta = self._meta
