@@ -73,6 +73,7 @@ def test_cached_features_equal_the_live_node_on_the_same_frames(rclpy_context, c
                  'max_view_age_s': 1e10}             # recorded stamps are old on this clock
     vlm = VlmNode(context=rclpy_context,
                   parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    assert vlm.start() == 0, vlm.exit_code      # configure + activate, as autostart does
     cameras = Cameras(rclpy_context, views)
     executor = MultiThreadedExecutor(num_threads=3, context=rclpy_context)
     executor.add_node(vlm)

@@ -42,6 +42,7 @@ import threading
 import time
 
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -168,7 +169,11 @@ class BagRecorderNode(Node):
         profiles (readers match them).
         """
         self._in_bag.add(topic)
-        offered = offered_profiles(self.get_publishers_info_by_topic(topic), topic)
+        try:
+            publishers = self.get_publishers_info_by_topic(topic)
+        except RCLError:    # shutting down (the context is gone): close the bag all the same
+            publishers = []
+        offered = offered_profiles(publishers, topic)
         self._writer_call(functools.partial(self._writer.add_topic, topic, self._types[topic],
                                             offered))
 
