@@ -18,7 +18,7 @@ stamp (what the live recorder sees within milliseconds). ROS-free.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from vla_insertion.core.config import DEFAULT_SENSOR_CHANNELS, ExecutorConfig
 from vla_insertion.core.executor import ChunkExecutor
 from vla_insertion.core.messages import GRIPPER_JOINT
 from vla_insertion.core.sim.cell import CellParams, SimCell
-from vla_insertion.core.sim.reference import ReferencePolicy
+from vla_insertion.core.sim.reference import APPROACH, ReferencePolicy
 from vla_insertion.core.sim.render import SceneRenderer
 
 EPOCH_NS = 1_700_000_000 * 10**9        # the cell's t = 0 in the bags' time
@@ -47,6 +47,43 @@ class DemoStreams:
     robot_rate_hz: float = 100.0    # joint states and poses [Hz]
     window_rate_hz: float = 65.0    # sensor windows (batches of 10 samples at 650 Hz) [Hz]
     jpeg_quality: int = 80
+
+
+class PerturbedReference:
+    """The demonstrator with a smooth random joint offset added to what it commands (DART).
+
+    Demonstrations that only ever show the nominal path teach a policy to continue whatever
+    path it is on (the current pose alone predicts the next one there), so it cannot recover
+    once off it. An Ornstein-Uhlenbeck offset of `sigma_rad` per joint (correlation time
+    `tau_s`) pushes the arm off the path; the demonstrator replans from the measured state at
+    every tick, so the recordings show the corrections back to the hole. The offset fades out
+    within `fade_m` of the point above the hole the approach heads for, so the demonstrator
+    arrives there and shows the descent, contact and insertion clean.
+    """
+
+    def __init__(self, reference: ReferencePolicy, sigma_rad: float, tau_s: float = 0.5,
+                 fade_m: float = 0.04, seed: int = 0) -> None:
+        self.reference, self.sigma, self.tau, self.fade_m = reference, sigma_rad, tau_s, fade_m
+        self._rng = np.random.default_rng(seed)
+        self._offset = np.zeros(6)
+
+    def reset(self) -> None:
+        self.reference.reset()
+        self._offset = np.zeros(6)
+
+    def infer(self, obs):
+        chunk = self.reference.infer(obs)
+        decay = np.exp(-chunk.dt_s / self.tau)
+        self._offset = decay * self._offset + self.sigma * np.sqrt(1.0 - decay ** 2) * \
+            self._rng.standard_normal(6)
+        above = obs.hole_top_m + np.r_[obs.approach_offset_m, self.reference.params.above_m]
+        distance = float(np.linalg.norm(obs.robot.tool_position_m - above))
+        scale = float(np.clip((distance - 0.01) / self.fade_m, 0.0, 1.0))
+        if self.reference.phase != APPROACH:
+            scale = 0.0
+        actions = np.array(chunk.actions, dtype=np.float32)
+        actions[:, :6] += (scale * self._offset).astype(np.float32)
+        return replace(chunk, actions=actions)
 
 
 class _BagSink:
@@ -136,17 +173,24 @@ class _Recorder:
 def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *, seed: int = 0,
                     first_episode: int = 0, executor: ExecutorConfig | None = None,
                     timing: PipelineTiming = PipelineTiming(), keep_failures: bool = False,
+                    start_range_rad: float = 0.0, noise_rad: float = 0.0,
                     on_episode=None) -> list[dict]:
     """Record `episodes` demonstration episodes, one bag each (episode_<index>); the manifest.
 
+    `start_range_rad`: each episode starts from home + U(+- this) per joint; `noise_rad`: the
+    demonstrator's commands carry a smooth random offset of this size (PerturbedReference).
     Failed episodes (rare for the demonstrator) are deleted unless keep_failures.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cell = SimCell(CellParams(), seed=seed, first_episode=first_episode)
+    params = replace(CellParams(), episode=replace(CellParams().episode,
+                                                   start_range_rad=start_range_rad))
+    cell = SimCell(params, seed=seed, first_episode=first_episode)
     config = executor if executor is not None else ExecutorConfig(start_armed=True)
-    loop = PipelineLoop(cell, ChunkExecutor(config), timing, reference=ReferencePolicy(),
-                        seed=seed)
+    reference = ReferencePolicy()
+    if noise_rad > 0:
+        reference = PerturbedReference(reference, noise_rad, seed=seed)
+    loop = PipelineLoop(cell, ChunkExecutor(config), timing, reference=reference, seed=seed)
     renderer = SceneRenderer(streams.views, streams.width, streams.height)
     manifest = []
     for _ in range(episodes):

@@ -27,7 +27,7 @@ from vla_insertion.core.sim.contact import ContactModel, ContactParams, FREE
 from vla_insertion.core.sim.episode import (
     episode_spec, EpisodeJudge, EpisodeParams, EpisodeRecord, EpisodeSpec)
 from vla_insertion.core.sim.kinematics import (
-    euler_xyz_deg, forward_kinematics, HOME_RAD, jacobian)
+    euler_xyz_deg, forward_kinematics, jacobian)
 from vla_insertion.core.sim.servo import JointServo, ServoCommand, ServoParams
 from vla_insertion.core.wire.robot import quaternion_from_euler_xyz
 
@@ -152,7 +152,7 @@ class SimCell:
 
     def _start_episode(self, index: int) -> None:
         self.spec: EpisodeSpec = episode_spec(self.seed, index, self.params.episode)
-        self.servo.reset(HOME_RAD, gripper=1.0)
+        self.servo.reset(self.spec.start_rad, gripper=1.0)
         self.servo.force_hold(False)
         self._pending.clear()
         self.phase = RUNNING

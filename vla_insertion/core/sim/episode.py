@@ -14,13 +14,14 @@ next episode.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import math
 
 import numpy as np
 
 from vla_insertion.core.config import require, require_non_negative, require_positive
 from vla_insertion.core.sim.geometry import BLOCK_SIZE_M, HOLE_CENTRE_M, INSERT_DEPTH_M
+from vla_insertion.core.sim.kinematics import HOME_RAD
 
 SUCCESS = 'success'
 TIMEOUT = 'timeout'
@@ -39,6 +40,7 @@ class EpisodeParams:
     settle_s: float = 0.5          # arm held after the outcome before the next episode [s]
     hole_range_m: float = 0.03     # hole x y within +- this of HOLE_CENTRE_M [m]
     approach_offset_m: float = 0.0015  # demonstrator's approach offset, +- per axis [m]
+    start_range_rad: float = 0.0   # start joints = home + U(+- this) per joint (0: home) [rad]
 
     def __post_init__(self) -> None:
         require_positive('timeout_s', self.timeout_s)
@@ -51,6 +53,8 @@ class EpisodeParams:
                 f'hole_range_m must be in 0..0.1 m, got {self.hole_range_m!r}')
         require(0.0 <= self.approach_offset_m <= 0.005,
                 f'approach_offset_m must be in 0..0.005 m, got {self.approach_offset_m!r}')
+        require(0.0 <= self.start_range_rad <= 0.5,
+                f'start_range_rad must be in 0..0.5 rad, got {self.start_range_rad!r}')
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class EpisodeSpec:
     seed: int                      # the run's seed
     hole_top_m: np.ndarray         # (3,) centre of the hole's opening [m]
     approach_offset_m: np.ndarray  # (2,) demonstrator's approach offset in x y [m]
+    start_rad: np.ndarray = field(default_factory=lambda: HOME_RAD.copy())  # (6,) start joints
 
 
 def episode_spec(seed: int, index: int, params: EpisodeParams = EpisodeParams()) -> EpisodeSpec:
@@ -68,8 +73,10 @@ def episode_spec(seed: int, index: int, params: EpisodeParams = EpisodeParams())
     rng = np.random.default_rng([seed, index])
     xy = HOLE_CENTRE_M + rng.uniform(-params.hole_range_m, params.hole_range_m, 2)
     offset = rng.uniform(-params.approach_offset_m, params.approach_offset_m, 2)
+    # drawn after the hole and offset, so a run's holes do not depend on start_range_rad
+    start = HOME_RAD + rng.uniform(-1.0, 1.0, 6) * params.start_range_rad
     return EpisodeSpec(index=index, seed=seed, hole_top_m=np.r_[xy, BLOCK_SIZE_M[2]],
-                       approach_offset_m=offset)
+                       approach_offset_m=offset, start_rad=start)
 
 
 @dataclass(frozen=True)

@@ -169,8 +169,9 @@ class SceneRenderer:
                                     fingers - side + z_axis * 0.04]))[0]
         for a, b in ((0, 2), (1, 3)):
             draw.line([tuple(fuv[a]), tuple(fuv[b])], fill=(30, 30, 30), width=3)
-        draw.text((8, 6), f'{self.views[view]}  t={state.t_s:7.2f}s  ep {state.episode}',
-                  fill=(255, 255, 255))
+        # the view's name only: a time or episode counter in the image would let a policy
+        # trained on these pictures tell episodes apart by it (and memorise their holes)
+        draw.text((8, 6), self.views[view], fill=(255, 255, 255))
         return image
 
     def render_jpeg(self, view: int, state: DrawableState, quality: int = 80) -> bytes:
