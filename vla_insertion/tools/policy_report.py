@@ -1,0 +1,254 @@
+"""policy_report: how good trained experts are, in one table (docs/evaluation.md).
+
+    policy_report --demos artifacts/demos_sim --cache artifacts/cache/demos_sim \
+        --checkpoint untrained=artifacts/checkpoints/untrained-expert \
+        --checkpoint no_age_aug=artifacts/checkpoints/no_aug \
+        --checkpoint age_aug=artifacts/checkpoints/aug --episodes 20 -o artifacts/report
+
+For every checkpoint:
+1. open-loop MAE / RMSE per joint [deg] on its training episodes and on held-out ones (the
+   checkpoint's validation bags), with the cached features as they would arrive live;
+2. the held-out loss against feature age (how fast the expert degrades with stale features);
+3. closed-loop success on held-out seeds (`--seed`, never used for demonstrations) through the
+   executor, async and sync, with a VLM delay of 0 and 0.8 s (core/closed_loop.py);
+and the scripted reference as the ceiling. Output in -o: report.json, report.md and
+report_age.png / report_success.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+import sys
+import time
+
+import numpy as np
+
+from vla_insertion.core import artifacts
+from vla_insertion.core.config import ConfigError, ExecutorConfig, ExpertConfig, VlmConfig
+from vla_insertion.core.params import load_config, node_params
+
+log = logging.getLogger('policy_report')
+AGE_EDGES_S = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.6])
+
+
+def checkpoint_bags(path: Path) -> tuple[list[str], list[str]]:
+    """Return the (training, validation) bags a checkpoint was trained on (its config extra).
+
+    `extra.bags` lists the bag folders, `extra.train_episodes` / `val_episodes` the episodes
+    as `<bag name>#<segment>`; an untrained checkpoint has none.
+    """
+    extra = json.loads((path / 'config.json').read_text()).get('extra', {})
+    by_name = {Path(b).name: b for b in extra.get('bags', [])}
+
+    def bags(episodes) -> list[str]:
+        names = dict.fromkeys(e.split('#')[0] for e in episodes)
+        return [by_name[n] for n in names if n in by_name]
+    return bags(extra.get('train_episodes', [])), bags(extra.get('val_episodes', []))
+
+
+def open_loop(name: str, checkpoint: Path, bags: list[str], cache, args) -> dict | None:
+    from vla_insertion.core.expert.policy import ExpertPolicy
+    from vla_insertion.core.expert.runner import ExpertRunner
+    from vla_insertion.core.expert.staleness import StalenessLimits
+    from vla_insertion.core.policy_report import joint_errors, open_loop_cached
+    from vla_insertion.core.recording import load_recording
+    if not bags:
+        return None
+    runner = ExpertRunner(ExpertPolicy(checkpoint), StalenessLimits.from_config(args.expert))
+    scores = [open_loop_cached(load_recording(b, views=()), cache.bag(b), runner,
+                               args.vlm_latency) for b in bags[:args.open_loop_bags]]
+    return joint_errors(scores)
+
+
+def age_losses(checkpoint: Path, val_bags: list[str], args) -> list[dict] | None:
+    from vla_insertion.core.expert.checkpoint import load_checkpoint
+    from vla_insertion.core.expert.fit import FitConfig, prepare_data
+    from vla_insertion.core.expert.staleness import StalenessLimits
+    from vla_insertion.core.policy_report import loss_by_age
+    if not val_bags:
+        return None
+    limits = dataclasses.replace(StalenessLimits.from_config(args.expert),
+                                 max_feature_age_s=float(AGE_EDGES_S[-1]))
+    data = prepare_data(FitConfig(bags=tuple(val_bags), cache=str(args.cache), val_fraction=0.0),
+                        None, limits, say=lambda text: None)
+    return loss_by_age(load_checkpoint(checkpoint).model, data.train, AGE_EDGES_S)
+
+
+def closed_loop(checkpoint: Path | None, mode: str, delay_s: float, args) -> dict:
+    import torch
+
+    from vla_insertion.core.closed_loop import PipelineLoop, PipelineTiming, summarize_episodes
+    from vla_insertion.core.executor import ChunkExecutor
+    from vla_insertion.core.executor.limits import limits_from_params
+    from vla_insertion.core.sim.cell import CellParams, SimCell
+    torch.manual_seed(0)
+    executor = ChunkExecutor(dataclasses.replace(args.executor, start_armed=True),
+                             limits_from_params(args.limits, args.executor.joint_names))
+    timing = PipelineTiming(mode=mode, vlm_latency_s=args.vlm_latency, vlm_delay_s=delay_s)
+    cell = SimCell(CellParams(), seed=args.seed)
+    if checkpoint is None:
+        from vla_insertion.core.sim.reference import ReferencePolicy
+        loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy())
+    else:
+        from vla_insertion.core.expert.policy import ExpertPolicy
+        from vla_insertion.core.expert.runner import ExpertRunner
+        from vla_insertion.core.expert.staleness import StalenessLimits
+        from vla_insertion.core.sim.render import SceneRenderer
+        from vla_insertion.core.vlm.extractor import build_vlm
+        if args.vlm_model is None:
+            args.vlm_model = build_vlm(args.vlm, download=False)
+        limits = dataclasses.replace(StalenessLimits.from_config(args.expert),
+                                     max_feature_age_s=args.expert.max_feature_age_s + delay_s)
+        loop = PipelineLoop(cell, executor, timing, vlm=args.vlm_model,
+                            runner=ExpertRunner(ExpertPolicy(checkpoint), limits),
+                            renderer=SceneRenderer(args.vlm.view_names, args.vlm.image_width,
+                                                   args.vlm.image_height),
+                            views=args.vlm.view_names)
+    summary = summarize_episodes(loop.run_episodes(args.episodes))
+    summary.pop('per_episode')
+    return summary
+
+
+def markdown(report: dict) -> str:
+    def fmt(v, digits=3):
+        return '-' if v is None else (f'{v:.{digits}g}' if isinstance(v, float) else str(v))
+    lines = ['Open loop, executed-action error per joint [deg], MAE / RMSE (cached features '
+             f'arriving {report["vlm_latency_s"]} s after capture):', '']
+    rows = [(name, split, r['open_loop'][split]) for name, r in report['checkpoints'].items()
+            for split in ('train', 'held_out') if r['open_loop'].get(split)]
+    if rows:
+        joints = [j for j in rows[0][2] if j != 'mean']
+        lines += ['| checkpoint | episodes | ' + ' | '.join(joints) + ' | mean |',
+                  '|' + '---|' * (len(joints) + 3)]
+        for name, split, errors in rows:
+            cells = [f'{fmt(errors[j]["mae_deg"])} / {fmt(errors[j]["rmse_deg"])}'
+                     for j in joints + ['mean']]
+            lines.append(f'| {name} | {split} | ' + ' | '.join(cells) + ' |')
+    lines += ['', 'Held-out loss (normalised MSE) against the age of the features [s]:', '']
+    edges = [f'{lo:g}-{hi:g}' for lo, hi in zip(AGE_EDGES_S[:-1], AGE_EDGES_S[1:])]
+    lines += ['| checkpoint | ' + ' | '.join(edges) + ' |', '|' + '---|' * (len(edges) + 1)]
+    for name, r in report['checkpoints'].items():
+        if r.get('loss_by_age'):
+            lines.append(f'| {name} | ' + ' | '.join(fmt(b['loss']) for b in r['loss_by_age'])
+                         + ' |')
+    lines += ['', f'Closed loop on held-out seed {report["seed"]}, {report["episodes"]} '
+              'episodes each, through the executor (success rate; mean time to insert [s]):',
+              '']
+    configs = list(next(iter(report['closed_loop'].values())))
+    lines += ['| policy | ' + ' | '.join(configs) + ' |', '|' + '---|' * (len(configs) + 1)]
+    for name, results in report['closed_loop'].items():
+        lines.append(f'| {name} | ' + ' | '.join(
+            f'{fmt(results[c]["success_rate"], 2)}; {fmt(results[c]["time_to_insert_s_mean"])}'
+            for c in configs) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def plots(out: Path, report: dict) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    mids = (AGE_EDGES_S[:-1] + AGE_EDGES_S[1:]) / 2
+    for name, r in report['checkpoints'].items():
+        if r.get('loss_by_age'):
+            ax.plot(mids, [b['loss'] if b['loss'] is not None else np.nan
+                           for b in r['loss_by_age']], 'o-', label=name)
+    ax.set_xlabel('feature age [s]')
+    ax.set_ylabel('held-out loss')
+    ax.set_yscale('log')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / 'report_age.png', dpi=90)
+    plt.close(fig)
+    names = list(report['closed_loop'])
+    configs = list(next(iter(report['closed_loop'].values())))
+    fig, ax = plt.subplots(figsize=(2 + 1.5 * len(configs), 3.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar(np.arange(len(configs)) + i * width,
+               [report['closed_loop'][name][c]['success_rate'] for c in configs], width,
+               label=name)
+    ax.set_xticks(np.arange(len(configs)) + width * (len(names) - 1) / 2, configs,
+                  fontsize=8)
+    ax.set_ylabel('success rate')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / 'report_success.png', dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='policy_report', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--checkpoint', action='append', default=[], metavar='NAME=FOLDER',
+                        help='a checkpoint to report on (repeat); its bags come from it')
+    parser.add_argument('--cache', required=True, help='feature cache of the bags')
+    parser.add_argument('--params-file', default='config/vla_insertion.yaml')
+    parser.add_argument('--vlm-model', dest='vlm_path', default=str(artifacts.TINY_VLM))
+    parser.add_argument('--episodes', type=int, default=20, help='closed-loop episodes each')
+    parser.add_argument('--seed', type=int, default=1000, help='held-out seed of the holes')
+    parser.add_argument('--open-loop-bags', type=int, default=10,
+                        help='episodes per split scored open loop')
+    parser.add_argument('--vlm-latency', type=float, default=0.385,
+                        help='VLM latency [s], open and closed loop')
+    parser.add_argument('--configs', nargs='+', default=['async:0', 'sync:0', 'async:0.8',
+                                                         'sync:0.8'],
+                        help='closed-loop MODE:DELAY pairs')
+    parser.add_argument('-o', '--output', default='artifacts/report')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        from vla_insertion.core.feature_cache import FeatureCache
+        args.vlm = load_config(VlmConfig, 'vlm_node', args.params_file,
+                               overrides={'model': args.vlm_path})
+        args.expert = load_config(ExpertConfig, 'action_expert', args.params_file)
+        args.executor = load_config(ExecutorConfig, 'chunk_executor', args.params_file)
+        args.limits = {n: v for n, (v, _) in node_params(args.params_file,
+                                                         'chunk_executor').items()
+                       if n.startswith('joint_limits.')}
+        cache = FeatureCache.load(args.cache)
+        checkpoints = dict(c.split('=', 1) for c in args.checkpoint)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f'policy_report: {exc}', file=sys.stderr)
+        return 2
+    args.vlm_model = None
+    configs = [(c.split(':')[0], float(c.split(':')[1])) for c in args.configs]
+    report = {'seed': args.seed, 'episodes': args.episodes, 'vlm_latency_s': args.vlm_latency,
+              'cache': str(args.cache), 'checkpoints': {}, 'closed_loop': {}}
+    t0 = time.perf_counter()
+    for name, folder in checkpoints.items():
+        path = Path(folder)
+        train, val = checkpoint_bags(path)
+        log.info(f'{name}: {len(train)} training and {len(val)} held-out episodes')
+        report['checkpoints'][name] = {
+            'folder': str(path), 'train_episodes': len(train), 'held_out_episodes': len(val),
+            'open_loop': {'train': open_loop(name, path, train, cache, args),
+                          'held_out': open_loop(name, path, val, cache, args)},
+            'loss_by_age': age_losses(path, val, args)}
+    for name, folder in [*checkpoints.items(), ('reference', None)]:
+        report['closed_loop'][name] = {}
+        for mode, delay in configs:
+            if folder is None and (mode, delay) != configs[0]:
+                continue              # the demonstrator has no VLM: one configuration
+            log.info(f'{name}: closed loop, {mode}, VLM delay {delay:g} s')
+            result = closed_loop(Path(folder) if folder else None, mode, delay, args)
+            report['closed_loop'][name][f'{mode} {delay:g}s'] = result
+    reference = report['closed_loop']['reference']     # the same in every column
+    for mode, delay in configs:
+        reference.setdefault(f'{mode} {delay:g}s', next(iter(reference.values())))
+    report['wall_s'] = time.perf_counter() - t0
+    (out / 'report.json').write_text(json.dumps(report, indent=2, default=float))
+    text = markdown(report)
+    (out / 'report.md').write_text(text)
+    plots(out, report)
+    print(text)
+    print(f'wrote {out}/report.json, report.md, report_age.png, report_success.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
