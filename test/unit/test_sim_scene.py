@@ -1,4 +1,5 @@
 """The scripted cell: kinematics, trajectory, contact forces, rendering, config, faults."""
+import dataclasses
 import io
 
 import numpy as np
@@ -9,7 +10,7 @@ from vla_insertion.core import wire
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.sim import SimCell
 from vla_insertion.core.sim.geometry import INSERT_DEPTH_M
-from vla_insertion.core.sim.kinematics import DOWN, forward_kinematics
+from vla_insertion.core.sim.kinematics import DOWN, forward_kinematics, HOME_RAD, solve_ik
 from vla_insertion.core.sim.render import SceneRenderer
 from vla_insertion.core.sim.scripted import RELEASE_AT, ScriptedCell, SimScene
 from vla_insertion.tools import sim_cell
@@ -72,6 +73,41 @@ def test_renderer_draws_the_live_cell_and_its_hole():
     assert np.abs(a - b).mean() > 0.2                                # the block moved
 
 
+def _tip_over_hole(state, dx_m, dy_m, height_m):
+    """The cell's state with the arm moved so the tip is at the hole + (dx, dy, height)."""
+    tip = state.hole_top_m + np.array([dx_m, dy_m, height_m])
+    return dataclasses.replace(state, joints_rad=solve_ik(tip[None], HOME_RAD)[0], tip_m=tip)
+
+
+def _hole_pixels(image: Image.Image) -> np.ndarray:
+    """(N, 2) x y of the pixels in the hole's colour."""
+    rgb = np.asarray(image, np.int16)
+    ys, xs = np.nonzero(np.abs(rgb - [25, 25, 30]).max(axis=2) <= 6)
+    return np.stack([xs, ys], axis=1)
+
+
+def test_wrist_view_follows_the_arm_and_resolves_millimetres():
+    renderer = SceneRenderer(('ring', 'wrist'), 640, 360, wrist_views=('wrist',))
+    home = SimCell(seed=0).state()
+    above = _tip_over_hole(home, 0.0, 0.0, 0.02)
+    moved = np.abs(np.asarray(renderer.render(1, home), np.int16)
+                   - np.asarray(renderer.render(1, above), np.int16)).mean()
+    assert moved > 10                                      # the whole picture moved with the arm
+    # 2 mm of tip-to-hole offset moves the hole in the wrist view by pixels, in a ring view not
+    shifts = {}
+    for view in (0, 1):
+        left = _hole_pixels(renderer.render(view, _tip_over_hole(home, -0.002, 0.0, 0.02)))
+        right = _hole_pixels(renderer.render(view, _tip_over_hole(home, 0.002, 0.0, 0.02)))
+        assert len(left) > 10 and len(right) > 10           # the hole is in sight
+        shifts[view] = float(np.linalg.norm(left.mean(0) - right.mean(0)))
+    assert shifts[1] > 8.0 and shifts[0] < 1.0
+
+
+def test_wrist_views_must_be_views():
+    with pytest.raises(ConfigError, match='wrist_views'):
+        sim_cell.SimCellConfig(view_names=('a', 'b'), wrist_views=('oak',))
+
+
 def test_scripted_cell_reports_episodes(scene):
     cell = ScriptedCell(scene, seed=3)
     first = cell.episode_reports(0.5, status=True)
@@ -89,10 +125,10 @@ def test_scripted_cell_reports_episodes(scene):
 def test_sim_cell_config_layers(tmp_path):
     params = tmp_path / 'p.yaml'
     params.write_text('sim_cell:\n  ros__parameters:\n    camera_fps: 5\n    seed: 9\n'
-                      '    view_names: [left, right]\n')
+                      '    view_names: [left, right]\n    wrist_views: []\n')
     config, _ = sim_cell.load_config(['--params-file', str(params), '--seed', '4', '--faults'])
-    assert (config.camera_fps, config.seed, config.view_names, config.faults) == (
-        5.0, 4, ('left', 'right'), True)
+    assert (config.camera_fps, config.seed, config.view_names, config.wrist_views,
+            config.faults) == (5.0, 4, ('left', 'right'), (), True)
     with pytest.raises(ConfigError):
         sim_cell.load_config(['--jpeg-quality', '0'])
 

@@ -280,6 +280,7 @@ class ExpertConfig:
 # --- cell I/O: bridges and simulated cell -------------------------------------------------
 
 DEFAULT_VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
+DEFAULT_WRIST_VIEWS = ('oak',)   # the simulated cell's hand-eye camera (core/sim/render.py)
 DEFAULT_SENSOR_CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 SIM_STREAMS = ('cameras', 'robot', 'sensor')
 SIM_CONTROLS = ('commands', 'reference', 'scripted')
@@ -415,6 +416,8 @@ class SimCellConfig:
     sensor_port: int = 9999        # UDP port of sensor_bridge
     streams: tuple[str, ...] = SIM_STREAMS  # which senders run: cameras, robot, sensor
     view_names: tuple[str, ...] = DEFAULT_VIEWS  # camera view ids, each a different viewpoint
+    wrist_views: tuple[str, ...] = DEFAULT_WRIST_VIEWS  # of view_names: on the flange, the rest
+    #                                                    on a ring around the cell
     width: int = 640               # rendered image width [px]
     height: int = 360              # rendered image height [px]
     camera_fps: float = 30.0       # frames per second per view [Hz]
@@ -451,6 +454,9 @@ class SimCellConfig:
                 f'streams must be a non-empty subset of {list(SIM_STREAMS)}, '
                 f'got {list(self.streams)}')
         require_unique_names('view_names', self.view_names)
+        require(set(self.wrist_views) <= set(self.view_names),
+                f'wrist_views must name views of view_names {list(self.view_names)}, '
+                f'got {list(self.wrist_views)}')
         require_int_range('width', self.width, 32, 4096, ' px')
         require_int_range('height', self.height, 32, 4096, ' px')
         require_positive('camera_fps', self.camera_fps)

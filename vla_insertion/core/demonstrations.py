@@ -25,7 +25,7 @@ import numpy as np
 
 from vla_insertion.core import bag, topics
 from vla_insertion.core.closed_loop import PipelineLoop, PipelineTiming
-from vla_insertion.core.config import DEFAULT_SENSOR_CHANNELS, ExecutorConfig
+from vla_insertion.core.config import DEFAULT_SENSOR_CHANNELS, DEFAULT_WRIST_VIEWS, ExecutorConfig
 from vla_insertion.core.executor import ChunkExecutor
 from vla_insertion.core.messages import GRIPPER_JOINT
 from vla_insertion.core.sim.cell import CellParams, SimCell
@@ -41,6 +41,7 @@ class DemoStreams:
     """What goes into each bag, at which rates."""
 
     views: tuple[str, ...]
+    wrist_views: tuple[str, ...] = DEFAULT_WRIST_VIEWS   # of views: the hand-eye cameras
     width: int = 640                # rendered image size [px]
     height: int = 360
     camera_fps: float = 10.0        # frames per view per second (the VLM runs at ~2.6 Hz) [Hz]
@@ -191,7 +192,7 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
     if noise_rad > 0:
         reference = PerturbedReference(reference, noise_rad, seed=seed)
     loop = PipelineLoop(cell, ChunkExecutor(config), timing, reference=reference, seed=seed)
-    renderer = SceneRenderer(streams.views, streams.width, streams.height)
+    renderer = SceneRenderer(streams.views, streams.width, streams.height, streams.wrist_views)
     manifest = []
     for _ in range(episodes):
         index = cell.spec.index

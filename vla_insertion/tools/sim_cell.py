@@ -191,7 +191,7 @@ class CameraSender(Sender):
 
     def loop(self) -> None:
         cfg = self.config
-        renderer = SceneRenderer(cfg.view_names, cfg.width, cfg.height)
+        renderer = SceneRenderer(cfg.view_names, cfg.width, cfg.height, cfg.wrist_views)
         codec = CameraCodecV1()
         cap = CameraBridgeConfig().max_message_bytes
         old: deque[tuple[int, bytes]] = deque(maxlen=len(cfg.view_names) * 5)

@@ -1,8 +1,17 @@
 """Camera images of the simulated cell: a pinhole projection of the scene drawn with Pillow.
 
-Each view looks at the workspace from its own viewpoint on a ring around it; the static part
-(table, block with the hole, robot base) is drawn once per view and hole position, the arm and
-the peg on top of a copy for every frame, so one 640x360 JPEG costs a few milliseconds.
+Two kinds of view. A ring view looks at the workspace from its own fixed viewpoint on a ring
+around it; its static part (table, block with the hole, robot base) is drawn once per view and
+hole position, the arm and the peg on top of a copy for every frame. A wrist view (`oak` by
+default, SimCellConfig.wrist_views) is a hand-eye camera on the flange, beside the peg and looking past its
+tip: it moves with the arm, so the whole scene is drawn for each of its frames. One 640x360 JPEG
+costs a few milliseconds either way.
+
+Why a wrist camera: the peg enters only within ~1.2 mm of the hole's axis, and a ring camera
+1.1 m away sees a millimetre as half a pixel. From the wrist the hole and the peg tip are a few
+pixels per millimetre apart in the same image, so the offset still to correct is visible (a
+linear probe on the tiny VLM's pooled features of the wrist view recovers it to ~0.5 mm, of the
+four ring views to no better than its spread; docs/sim.md).
 
 It draws any state with the attributes of `DrawableState`: the scripted scene's `SceneState`
 and the simulated cell's `CellState` both have them.
@@ -18,14 +27,18 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vla_insertion.core.config import DEFAULT_WRIST_VIEWS
 from vla_insertion.core.sim.geometry import (
     BLOCK_SIZE_M, HOLE_RADIUS_M, INSERT_DEPTH_M, PEG_LENGTH_M)
-from vla_insertion.core.sim.kinematics import forward_kinematics
+from vla_insertion.core.sim.kinematics import forward_kinematics, TOOL_LENGTH_M
 
+_WRIST_MOUNT_M = (-0.07, 0.02)  # the wrist camera on the flange: along its x, along its z [m]
+_WRIST_LOOK_M = TOOL_LENGTH_M + 0.04   # it looks at the tool axis 4 cm past the peg tip [m]
 _LOOK_AT = np.array([-0.30, -0.18, 0.10])   # between the robot base and the hole [m]
 _FOV_DEG = 60.0                             # horizontal field of view
 _FLANGE_TO_FINGERS_M = 0.12                 # where the peg leaves the gripper
 _BACKGROUNDS_PER_VIEW = 4                   # hole positions whose static image is kept
+_NEAR_M = 0.03                              # parts of the arm closer to a camera are not drawn
 
 
 class DrawableState(Protocol):
@@ -82,6 +95,25 @@ def view_cameras(count: int, width: int, height: int) -> list[PinholeCamera]:
     return cameras
 
 
+def wrist_camera(joints_rad: np.ndarray, width: int, height: int) -> PinholeCamera:
+    """The hand-eye camera of the arm at `joints_rad` (6,): on the flange, looking past the tip.
+
+    Its image is fixed to the flange (image right = the flange's x axis, from the camera
+    toward the peg), as a camera screwed to a real wrist: turning the wrist turns the picture.
+    The wide image axis along the mount's offset keeps the block in sight from home.
+    """
+    frame = forward_kinematics(joints_rad)[6]
+    flange, x_axis, z_axis = frame[:3, 3], frame[:3, 0], frame[:3, 2]
+    position = flange + _WRIST_MOUNT_M[0] * x_axis + _WRIST_MOUNT_M[1] * z_axis
+    forward = flange + _WRIST_LOOK_M * z_axis - position
+    forward /= np.linalg.norm(forward)
+    right = x_axis - (x_axis @ forward) * forward
+    right /= np.linalg.norm(right)
+    focal = width / (2.0 * math.tan(math.radians(_FOV_DEG) / 2.0))
+    return PinholeCamera(position, np.stack([right, np.cross(forward, right), forward]), focal,
+                         width, height)
+
+
 def _circle(centre: np.ndarray, radius: float, n: int = 20) -> np.ndarray:
     a = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
     return centre + radius * np.stack([np.cos(a), np.sin(a), np.zeros(n)], axis=1)
@@ -90,9 +122,14 @@ def _circle(centre: np.ndarray, radius: float, n: int = 20) -> np.ndarray:
 class SceneRenderer:
     """Draws the cell as seen by each view; thread-safe per view index."""
 
-    def __init__(self, views: tuple[str, ...], width: int, height: int) -> None:
+    def __init__(self, views: tuple[str, ...], width: int, height: int,
+                 wrist_views: tuple[str, ...] = DEFAULT_WRIST_VIEWS) -> None:
         self.views = tuple(views)
-        self.cameras = view_cameras(len(views), width, height)
+        self.width, self.height = width, height
+        self.wrist = tuple(v in wrist_views for v in self.views)
+        ring = iter(view_cameras(self.wrist.count(False), width, height))
+        # per view: its fixed camera, None for a wrist view (its camera follows the arm)
+        self.cameras = [None if wrist else next(ring) for wrist in self.wrist]
         # per view: hole position (rounded to 0.1 mm) -> static image, least recent first
         self._backgrounds: list[OrderedDict[tuple, Image.Image]] = [
             OrderedDict() for _ in self.views]
@@ -103,13 +140,13 @@ class SceneRenderer:
         if key in cache:
             cache.move_to_end(key)
         else:
-            cache[key] = self._draw_static(view, np.asarray(hole, dtype=np.float64))
+            cache[key] = self._draw_static(view, self.cameras[view],
+                                           np.asarray(hole, dtype=np.float64))
             if len(cache) > _BACKGROUNDS_PER_VIEW:
                 cache.popitem(last=False)
         return cache[key]
 
-    def _draw_static(self, view: int, hole: np.ndarray) -> Image.Image:
-        cam = self.cameras[view]
+    def _draw_static(self, view: int, cam: PinholeCamera, hole: np.ndarray) -> Image.Image:
         tint = 18 * (view % 4)                 # each view a slightly different wall colour
         image = Image.new('RGB', (cam.width, cam.height), (70 + tint, 80, 95 - tint // 2))
         draw = ImageDraw.Draw(image)
@@ -138,8 +175,12 @@ class SceneRenderer:
 
     def render(self, view: int, state: DrawableState) -> Image.Image:
         """Return the view's image of the cell in `state`."""
-        cam = self.cameras[view]
-        image = self._background(view, state.hole_top_m).copy()
+        if self.wrist[view]:
+            cam = wrist_camera(state.joints_rad, self.width, self.height)
+            image = self._draw_static(view, cam, np.asarray(state.hole_top_m, dtype=np.float64))
+        else:
+            cam = self.cameras[view]
+            image = self._background(view, state.hole_top_m).copy()
         draw = ImageDraw.Draw(image)
         frames = forward_kinematics(state.joints_rad)               # (8, 4, 4)
         joints = frames[:7, :3, 3]
@@ -150,10 +191,16 @@ class SceneRenderer:
         def width_px(metres: float, d: float) -> int:
             return max(1, int(cam.focal_px * metres / max(d, 0.05)))
 
+        def visible(*points: int) -> bool:   # in front of the camera (a wrist view's links)
+            return bool(np.all(depth[list(points)] > _NEAR_M))
+
         for i in range(len(joints) - 1):
-            draw.line([tuple(uv[i]), tuple(uv[i + 1])], fill=(215, 215, 225),
-                      width=width_px(0.07, depth[i]))
-        draw.line([tuple(uv[6]), tuple(uv[7])], fill=(40, 40, 45), width=width_px(0.04, depth[6]))
+            if visible(i, i + 1):
+                draw.line([tuple(uv[i]), tuple(uv[i + 1])], fill=(215, 215, 225),
+                          width=width_px(0.07, depth[i]))
+        if visible(6, 7):
+            draw.line([tuple(uv[6]), tuple(uv[7])], fill=(40, 40, 45),
+                      width=width_px(0.04, depth[6]))
         if state.peg_in_hole:
             bottom = state.hole_top_m - [0.0, 0.0, INSERT_DEPTH_M]
         else:
