@@ -190,7 +190,9 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
     config = executor if executor is not None else ExecutorConfig(start_armed=True)
     reference = ReferencePolicy()
     if noise_rad > 0:
-        reference = PerturbedReference(reference, noise_rad, seed=seed)
+        # seeded by the first episode too: recorders of disjoint episode ranges (workers)
+        # must not all draw the same noise
+        reference = PerturbedReference(reference, noise_rad, seed=seed * 100_003 + first_episode)
     loop = PipelineLoop(cell, ChunkExecutor(config), timing, reference=reference, seed=seed)
     renderer = SceneRenderer(streams.views, streams.width, streams.height, streams.wrist_views)
     manifest = []

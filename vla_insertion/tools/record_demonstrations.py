@@ -13,8 +13,11 @@ lists each bag with its seed, episode index, hole position and outcome: train_ex
 train and validation by these bags.
 
 --backend sim writes the same topics from the in-process closed loop (core/demonstrations.py:
-the demonstrator through the real executor on the sim cell, cameras at 10 FPS), faster than
-real time, for the hundreds of episodes a policy needs.
+the demonstrator through the real executor on the sim cell), faster than real time, for the
+hundreds of episodes a policy needs: episodes start from a randomised pose
+(--start-range-rad) and the demonstrator's commands carry smooth noise it has to recover from
+(--noise-rad, DART), so the recordings show corrections and not only the nominal path;
+--workers N records disjoint episode ranges in N processes.
 
 On a real cell the same is done with teleoperation and `bag_recorder` (docs/training.md).
 """
@@ -42,22 +45,45 @@ def reset_fault(operator: ExecutorOperator, report: dict) -> None:
         log.info(f'episode {report["episode"]} starts: reset_fault: {message}')
 
 
+def _record_range(job: tuple) -> list[dict]:
+    """One worker: episodes first..first+count-1 into `out` (a picklable top-level function)."""
+    from vla_insertion.core.demonstrations import record_episodes
+    out, first, count, streams, args = job
+    total = args.first_episode + args.episodes
+    return record_episodes(
+        out, count, streams, seed=args.seed, first_episode=first,
+        keep_failures=args.keep_failures, start_range_rad=args.start_range_rad,
+        noise_rad=args.noise_rad, on_episode=lambda e: log.info(
+            f'episode {e["episode"]} (of {args.first_episode}..{total - 1}): {e["reason"]} '
+            f'in {e["duration_s"]:.1f} s'))
+
+
 def record_in_process(args, out: Path) -> int:
+    from concurrent.futures import ProcessPoolExecutor
+
     from vla_insertion.core.config import VlmConfig
-    from vla_insertion.core.demonstrations import DemoStreams, record_episodes
+    from vla_insertion.core.demonstrations import DemoStreams
     from vla_insertion.core.params import load_config
     try:
         vlm = load_config(VlmConfig, 'vlm_node', args.params_file)
     except (ConfigError, OSError) as exc:
         print(f'record_demonstrations: {exc}', file=sys.stderr)
         return 2
-    manifest = record_episodes(
-        out, args.episodes, DemoStreams(vlm.view_names, vlm.image_width, vlm.image_height),
-        seed=args.seed, keep_failures=args.keep_failures, on_episode=lambda e: log.info(
-            f'episode {e["episode"]}: {e["reason"]} in {e["duration_s"]:.1f} s'))
+    streams = DemoStreams(vlm.view_names, width=vlm.image_width, height=vlm.image_height,
+                          camera_fps=args.camera_fps)
+    workers = max(1, min(args.workers, args.episodes))
+    bounds = [args.first_episode + args.episodes * k // workers for k in range(workers + 1)]
+    jobs = [(out, lo, hi - lo, streams, args) for lo, hi in zip(bounds, bounds[1:])]
+    if workers == 1:
+        manifest = _record_range(jobs[0])
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            manifest = [e for part in pool.map(_record_range, jobs) for e in part]
     (out / 'episodes.json').write_text(json.dumps(
         {'seed': args.seed, 'backend': 'sim', 'recorded': args.episodes, 'kept': len(manifest),
-         'episodes': manifest}, indent=2))
+         'first_episode': args.first_episode, 'start_range_rad': args.start_range_rad,
+         'noise_rad': args.noise_rad, 'camera_fps': args.camera_fps, 'episodes': manifest},
+        indent=2))
     print(f'{len(manifest)} of {args.episodes} episodes kept in {out} (episodes.json)')
     return 0 if manifest else 1
 
@@ -74,7 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--keep-recording', action='store_true',
                         help='keep the whole recording beside the episode bags')
     parser.add_argument('-o', '--output', default='artifacts/demos')
+    sim = parser.add_argument_group('--backend sim')
+    sim.add_argument('--first-episode', type=int, default=0,
+                     help='index of the first episode (another range, same seed: more holes)')
+    sim.add_argument('--start-range-rad', type=float, default=0.15,
+                     help='start joints = home + U(+- this) per joint [rad]')
+    sim.add_argument('--noise-rad', type=float, default=0.03,
+                     help="size of the smooth noise on the demonstrator's commands [rad]")
+    sim.add_argument('--camera-fps', type=float, default=5.0,
+                     help='frames per view per second (the VLM uses ~2.6 of them) [Hz]')
+    sim.add_argument('--workers', type=int, default=1, help='processes recording in parallel')
     args = parser.parse_args(argv)
+    if args.episodes < 1 or args.first_episode < 0 or args.workers < 1:
+        parser.error('--episodes and --workers must be >= 1, --first-episode >= 0')
+    if not (0.0 <= args.start_range_rad <= 0.5 and 0.0 <= args.noise_rad <= 0.2
+            and args.camera_fps > 0.0):
+        parser.error('--start-range-rad must be in 0..0.5, --noise-rad in 0..0.2, '
+                     '--camera-fps > 0')
     logging.basicConfig(level=logging.INFO, format='[demos] %(message)s')
     out = Path(args.output)
     if args.backend == 'sim':

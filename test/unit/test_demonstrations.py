@@ -1,0 +1,84 @@
+"""Demonstrations in-process: one bag per episode, randomised starts, the demonstrator's noise.
+
+Mirrors core/demonstrations.py and the --backend sim path of tools/record_demonstrations.py.
+Each episode runs the reference through the real executor on the sim cell in simulated time
+(a few seconds of CPU each).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+import json
+
+import numpy as np
+import pytest
+
+from vla_insertion.core import bag, topics
+from vla_insertion.core.demonstrations import DemoStreams, PerturbedReference, record_episodes
+from vla_insertion.core.data import RobotState
+from vla_insertion.core.recording import load_recording
+from vla_insertion.core.sim.kinematics import forward_kinematics, HOME_RAD
+from vla_insertion.core.sim.reference import ReferenceObservation, ReferencePolicy
+from vla_insertion.tools import record_demonstrations
+
+VIEWS = ('zed_1', 'oak')
+STREAMS = DemoStreams(VIEWS, width=160, height=90, camera_fps=2.0)
+
+
+def test_each_episode_is_a_bag_with_the_documented_topics(tmp_path):
+    manifest = record_episodes(tmp_path, 2, STREAMS, seed=3, start_range_rad=0.1,
+                               keep_failures=True)
+    assert [e['episode'] for e in manifest] == [0, 1]
+    assert all(e['seed'] == 3 and e['reason'] == 'success' for e in manifest)
+    starts = []
+    for entry in manifest:
+        info = bag.bag_info(tmp_path / entry['bag'])
+        assert {'/' + topics.camera_topic(v) for v in VIEWS} | {
+            '/' + topics.JOINT_STATES.name, '/' + topics.POSE.name,
+            '/' + topics.SENSOR_WINDOW.name, '/' + topics.ACTION_CHUNK.name} <= set(info.topics)
+        rec = load_recording(tmp_path / entry['bag'], views=VIEWS)
+        assert abs(rec.end_s - rec.start_s - entry['duration_s']) < 0.5
+        starts.append(rec.trajectory.positions[0, :6])
+    # randomised starts: off home, and not the same twice
+    assert all(np.abs(q - HOME_RAD).max() > 0.01 for q in starts)
+    assert np.abs(starts[0] - starts[1]).max() > 0.01
+
+
+def test_perturbed_reference_is_off_the_path_far_from_the_hole_and_clean_near_it():
+    tip = forward_kinematics(HOME_RAD)[7, :3, 3]
+    robot = RobotState(stamp_s=0.0, joint_positions_rad=HOME_RAD.copy(), tool_position_m=tip,
+                       tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0]), gripper=1.0)
+
+    def largest_offset(hole_top_m: np.ndarray) -> float:
+        clean, noisy = ReferencePolicy(), PerturbedReference(ReferencePolicy(), 0.05, seed=1)
+        worst = 0.0
+        for k in range(20):
+            obs = ReferenceObservation(robot=replace(robot, stamp_s=0.1 * k), hole_top_m=hole_top_m)
+            worst = max(worst, float(np.abs(noisy.infer(obs).actions
+                                            - clean.infer(obs).actions).max()))
+        return worst
+
+    assert largest_offset(np.array([-0.42, -0.27, 0.05])) > 0.01     # far: pushed off the path
+    # the tip already where the approach heads (above_m over the hole): no noise there
+    above_m = ReferencePolicy().params.above_m
+    assert largest_offset(tip - np.array([0.0, 0.0, above_m])) == 0.0
+
+
+def test_tool_records_disjoint_ranges_in_workers(tmp_path):
+    out = tmp_path / 'demos'
+    code = record_demonstrations.main([
+        '--backend', 'sim', '--episodes', '2', '--workers', '2', '--first-episode', '4',
+        '--seed', '2', '--camera-fps', '2', '--params-file', 'config/vla_insertion.yaml',
+        '-o', str(out)])
+    assert code == 0
+    manifest = json.loads((out / 'episodes.json').read_text())
+    assert sorted(e['episode'] for e in manifest['episodes']) == [4, 5]
+    assert manifest['noise_rad'] == pytest.approx(0.03)
+    assert all((out / e['bag']).is_dir() for e in manifest['episodes'])
+
+
+@pytest.mark.parametrize('flag,value', [('--episodes', '0'), ('--workers', '0'),
+                                        ('--noise-rad', '-1'), ('--start-range-rad', '2')])
+def test_tool_refuses_bad_settings(flag, value, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        record_demonstrations.main(['--backend', 'sim', flag, value, '-o', str(tmp_path)])
+    assert exc.value.code == 2
