@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from vla_insertion.core import bag, topics
-from vla_insertion.core.demonstrations import DemoStreams, PerturbedReference, record_episodes
 from vla_insertion.core.data import RobotState
+from vla_insertion.core.demonstrations import DemoStreams, PerturbedReference, record_episodes
 from vla_insertion.core.recording import load_recording
 from vla_insertion.core.sim.kinematics import forward_kinematics, HOME_RAD
 from vla_insertion.core.sim.reference import ReferenceObservation, ReferencePolicy
@@ -52,7 +52,8 @@ def test_perturbed_reference_is_off_the_path_far_from_the_hole_and_clean_near_it
         clean, noisy = ReferencePolicy(), PerturbedReference(ReferencePolicy(), 0.05, seed=1)
         worst = 0.0
         for k in range(20):
-            obs = ReferenceObservation(robot=replace(robot, stamp_s=0.1 * k), hole_top_m=hole_top_m)
+            obs = ReferenceObservation(robot=replace(robot, stamp_s=0.1 * k),
+                                       hole_top_m=hole_top_m)
             worst = max(worst, float(np.abs(noisy.infer(obs).actions
                                             - clean.infer(obs).actions).max()))
         return worst

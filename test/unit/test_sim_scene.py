@@ -74,7 +74,7 @@ def test_renderer_draws_the_live_cell_and_its_hole():
 
 
 def _tip_over_hole(state, dx_m, dy_m, height_m):
-    """The cell's state with the arm moved so the tip is at the hole + (dx, dy, height)."""
+    """Return the cell's state with the arm moved to put the tip at hole + (dx, dy, height)."""
     tip = state.hole_top_m + np.array([dx_m, dy_m, height_m])
     return dataclasses.replace(state, joints_rad=solve_ik(tip[None], HOME_RAD)[0], tip_m=tip)
 

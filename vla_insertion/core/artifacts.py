@@ -67,23 +67,31 @@ def prepare_demo_models(vlm: Path, checkpoint: Path, params_file: Path | None, *
     or else `python -m`. Returns the steps run (empty when both were ready); raises
     ArtifactError naming the failed step and the end of its output.
     """
-    from vla_insertion.core.params import load_config
-    from vla_insertion.core.vlm.contract import feature_contract_for
     from vla_insertion.core.vlm.source import MARKER_FILE
 
     steps = []
     if not (Path(vlm) / MARKER_FILE).is_file():
-        steps.append(_run(bin_dir, 'make_tiny_vlm', ['--out', str(vlm)]))
+        steps.append(run_program(bin_dir, 'make_tiny_vlm', ['--out', str(vlm)]))
+    contract = demo_contract(vlm, params_file, overrides)
+    if _contract_digest(checkpoint) != contract.digest:
+        steps.append(run_program(bin_dir, 'make_untrained_checkpoint', [
+            '--contract-json', contract.to_json(), '--out', str(checkpoint)]))
+    return steps
+
+
+def demo_contract(vlm: Path, params_file: Path | None, overrides: dict | None = None):
+    """Return the feature contract the VLM node has with `vlm`, `params_file` and `overrides`.
+
+    Raises ArtifactError when the params file or the model's config cannot be read.
+    """
+    from vla_insertion.core.params import load_config
+    from vla_insertion.core.vlm.contract import feature_contract_for
     try:
         config = load_config(VlmConfig, 'vlm_node', params_file,
                              overrides={**(overrides or {}), 'model': str(vlm)})
-        contract = feature_contract_for(config)
+        return feature_contract_for(config)
     except (ConfigError, OSError) as exc:
         raise ArtifactError(f'the demo VLM {vlm} with {params_file}: {exc}') from None
-    if _contract_digest(checkpoint) != contract.digest:
-        steps.append(_run(bin_dir, 'make_untrained_checkpoint', [
-            '--contract-json', contract.to_json(), '--out', str(checkpoint)]))
-    return steps
 
 
 def _contract_digest(checkpoint: Path) -> str:
@@ -93,13 +101,25 @@ def _contract_digest(checkpoint: Path) -> str:
         return ''
 
 
-def _run(bin_dir: Path | None, program: str, args: list[str]) -> str:
+def run_program(bin_dir: Path | None, program: str, args: list[str], echo=None) -> str:
+    """Run one of the package's programs as a child; return its name, raise ArtifactError.
+
+    From `bin_dir` (the installed lib/vla_insertion, the nodes' interpreter) or else
+    `python -m vla_insertion.tools.<program>`; offline (HF_HUB_OFFLINE). With `echo`, each
+    output line is passed to it as it comes (long steps show their progress); the error names
+    the program and the end of its output.
+    """
     cmd = ([str(Path(bin_dir) / program)] if bin_dir is not None
            else [sys.executable, '-m', f'vla_insertion.tools.{program}'])
-    logger.info(f'preparing the demo models: {program} {" ".join(args)}')
-    result = subprocess.run(cmd + args, capture_output=True, text=True,
-                            env={**os.environ, 'HF_HUB_OFFLINE': '1'})
-    if result.returncode != 0:
-        raise ArtifactError(f'{program} failed (exit {result.returncode}): '
-                            f'{(result.stderr or result.stdout).strip()[-1500:]}')
+    logger.info(f'running {program} {" ".join(args[:12])}{" ..." if len(args) > 12 else ""}')
+    tail: list[str] = []
+    with subprocess.Popen(cmd + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env={**os.environ, 'HF_HUB_OFFLINE': '1'}) as child:
+        for line in child.stdout:
+            tail = (tail + [line.rstrip()])[-30:]
+            if echo is not None:
+                echo(f'  {program}: {line.rstrip()}')
+    if child.returncode != 0:
+        raise ArtifactError(f'{program} failed (exit {child.returncode}): '
+                            f'{chr(10).join(tail).strip()[-1500:]}')
     return program

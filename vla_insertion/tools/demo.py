@@ -1,13 +1,22 @@
-"""The demo: the whole pipeline on the simulated cell with untrained tiny models.
+"""The demo: the whole pipeline inserting pegs on the simulated cell with a trained policy.
 
-    make demo                      # 30 s
+    make demo                      # 30 s of insertions (first run: ~10 min to train the policy)
     make demo DURATION=60
+    python -m vla_insertion.tools.demo --policy untrained   # random expert, executor disarmed
 
 Starts sim_cell and every node of the launch table as separate processes (the same commands
-`ros2 launch vla_insertion vla_insertion.launch.py sim:=true` runs), watches the topics from a
-small monitor node, prints a status line every few seconds, stops everything with SIGINT after
-the given time and prints a summary. Exits non-zero if a program died, the shutdown needed force,
-or no action chunk was published.
+`ros2 launch vla_insertion vla_insertion.launch.py sim:=true execute:=true` runs), watches the
+topics from a small monitor node, prints a status line every few seconds, stops everything with
+SIGINT after the given time and prints a summary.
+
+--policy trained (default): the action expert runs a policy trained on this machine
+(core/demo_policy.py: demonstrations, feature cache, stage-1 training, built on the first run
+and reused after), and once the first chunk arrives the demo arms the chunk executor through
+its ~/enable service, as an operator would, and clears a latched fault at each episode start;
+the summary gives the success rate of the episodes that started armed. --policy untrained: the
+tiny untrained expert, the executor previewing disarmed (nothing moves the arm).
+
+Exits non-zero if a program died, the shutdown needed force, or no action chunk was published.
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ import sys
 import threading
 import time
 
-from vla_insertion.core import artifacts
+from vla_insertion.core import artifacts, demo_policy
 from vla_insertion.core.config import SimCellConfig
 from vla_insertion.core.episodes import EpisodeListener
 from vla_insertion.core.launch_table import (
@@ -78,8 +87,12 @@ def _parse_args(argv):
                         help='seconds between status lines')
     parser.add_argument('--out', type=Path, default=DEFAULT_OUT,
                         help='folder for logs/ and summary.json')
+    parser.add_argument('--policy', choices=('trained', 'untrained'), default='trained',
+                        help='trained: built on the first run, the executor armed; untrained: '
+                        'the random expert, the executor disarmed')
     parser.add_argument('--vlm-model', type=Path, default=DEFAULT_VLM)
-    parser.add_argument('--checkpoint', type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument('--checkpoint', type=Path, default=None,
+                        help='expert checkpoint (default: the demo policy of --policy)')
     parser.add_argument('--params-file', type=Path, default=None,
                         help='ROS params file (default: the installed vla_insertion.yaml)')
     parser.add_argument('--record', action='store_true', help='also record a bag')
@@ -94,9 +107,17 @@ def run(argv=None) -> int:
     os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')  # live node logs in logs/
     lib_dir, installed_params = installed_paths()
     params_file = args.params_file or installed_params
+    trained = args.policy == 'trained'
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
     try:
-        artifacts.prepare_demo_models(args.vlm_model, args.checkpoint, params_file,
+        artifacts.prepare_demo_models(args.vlm_model, DEFAULT_CHECKPOINT, params_file,
                                       bin_dir=lib_dir)
+        if trained and args.checkpoint is None:
+            checkpoint = demo_policy.demo_policy_checkpoint()
+            demo_policy.prepare_demo_policy(
+                args.vlm_model, params_file,
+                artifacts.demo_contract(args.vlm_model, params_file).digest, bin_dir=lib_dir,
+                echo=lambda line: print(line, flush=True))
     except artifacts.ArtifactError as exc:
         print(f'FAILED: {exc}')
         return 1
@@ -104,8 +125,8 @@ def run(argv=None) -> int:
     launch_args = {a.name: a.default for a in LAUNCH_ARGUMENTS}
     launch_args.update(sim='true', params_file=str(params_file),
                        vlm_model=str(args.vlm_model.resolve()),
-                       checkpoint=str(args.checkpoint.resolve()),
-                       record='true' if args.record else 'false')
+                       checkpoint=str(Path(checkpoint).resolve()),
+                       execute='true', record='true' if args.record else 'false')
     specs = enabled_nodes(launch_args)
 
     recorder = RunRecorder()
@@ -115,18 +136,21 @@ def run(argv=None) -> int:
     interrupted = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: interrupted.set())
-    monitor = episodes = None
+    monitor = episodes = operator = None
     failure = 'setup failed'
     end_s = time.monotonic()
     try:
         for spec in specs:
             group.start(spec.name, command_for(spec, lib_dir, params_file, launch_args))
+        operator = _Operator(recorder) if trained else None
         sim = load_config(SimCellConfig, 'sim_cell', params_file)
-        episodes = EpisodeListener(sim.episode_bind, sim.episode_port,
-                                   on_end=recorder.add_episode)
+        episodes = EpisodeListener(
+            sim.episode_bind, sim.episode_port,
+            on_end=operator.episode_ended if operator else recorder.add_episode,
+            on_start=operator.episode_started if operator else None)
         episodes.start()
         monitor = _Monitor(recorder)
-        failure = _watch(args, group, recorder, interrupted)
+        failure = _watch(args, group, recorder, interrupted, operator)
     finally:
         end_s = time.monotonic()
         log.info('stopping: SIGINT to every process')
@@ -135,11 +159,19 @@ def run(argv=None) -> int:
             monitor.close()
         if episodes is not None:
             episodes.stop()
+        if operator is not None:
+            operator.close()
     measured_from = recorder.chunks[0].recv_s if recorder.chunks else time.monotonic()
     summary = summarize(recorder, since_s=measured_from)
     duration = max(0.0, end_s - measured_from)
     print('\n=== vla_insertion demo summary ===')
+    print(f'  {"policy".ljust(18)}  {args.policy} ({checkpoint})')
     print(format_summary(summary, duration))
+    if trained:
+        ep = summary.get('episodes') or {}
+        rate = (f'{ep["succeeded"]}/{ep["count"]} = {ep["succeeded"] / ep["count"]:.0%}'
+                if ep.get('count') else 'no episode decided while armed (try DURATION=60)')
+        print(f'  {"success rate".ljust(18)}  {rate}')
     print(f'  {"shutdown".ljust(18)}  '
           f'{"clean" if report.clean else f"forced: {report.forced}, orphans: {report.orphans}"}')
     args.out.mkdir(parents=True, exist_ok=True)
@@ -154,8 +186,43 @@ def run(argv=None) -> int:
     return 1 if failure or not report.clean or summary['actions'] == 0 else 0
 
 
-def _watch(args, group: ProcessGroup, recorder: RunRecorder,
-           interrupted: threading.Event) -> str:
+class _Operator:
+    """Arm the executor once chunks flow, clear latched faults, score the armed episodes."""
+
+    def __init__(self, recorder: RunRecorder) -> None:
+        from vla_insertion.nodes.executor_operator import ExecutorOperator
+        self._client = ExecutorOperator()
+        self._recorder = recorder
+        self.first_scored: int | None = None    # the first episode that starts armed
+        self._current = -1
+
+    def arm(self) -> bool:
+        ok, message = self._client.enable(True)
+        log.info('arming the chunk executor: %s', message or ('armed' if ok else 'refused'))
+        if ok:
+            self.first_scored = self._current + 1
+        return ok
+
+    def episode_started(self, report: dict) -> None:
+        self._current = int(report['episode'])
+        if self.first_scored is not None:
+            _ok, message = self._client.reset_fault()
+            if message != 'no fault latched':
+                log.info('episode %d starts: reset_fault: %s', self._current, message)
+
+    def episode_ended(self, report: dict) -> None:
+        if self.first_scored is None or report['episode'] < self.first_scored:
+            return                               # it started before the policy drove the arm
+        self._recorder.add_episode(report)
+        log.info('episode %d: %s%s', report['episode'], report['reason'],
+                 f' in {report["time_to_insert_s"]:.1f} s' if report['success'] else '')
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _watch(args, group: ProcessGroup, recorder: RunRecorder, interrupted: threading.Event,
+           operator: _Operator | None) -> str:
     """Wait for the first chunk, then measure for the duration; return a failure or ''."""
     start = time.monotonic()
     first_chunk_s = None
@@ -171,6 +238,8 @@ def _watch(args, group: ProcessGroup, recorder: RunRecorder,
             first_chunk_s = recorder.chunks[0].recv_s
             log.info('first action chunk after %.1f s; measuring for %.0f s',
                      first_chunk_s - start, args.duration)
+            if operator is not None and not operator.arm():
+                return 'the chunk executor refused to arm'
         if first_chunk_s is None and now - start > args.startup_timeout:
             return f'no action chunk within {args.startup_timeout:.0f} s'
         if first_chunk_s is not None and now - first_chunk_s >= args.duration:

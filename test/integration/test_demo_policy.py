@@ -1,0 +1,54 @@
+"""The demo's trained policy: built once, reused, rebuilt when its recipe or contract changes.
+
+A tiny recipe (2 episodes, a few steps) runs the same programs
+the real one does (record_demonstrations, cache_features, train_expert) in about a minute.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+import json
+from pathlib import Path
+
+import pytest
+
+from vla_insertion.core import artifacts, demo_policy
+from vla_insertion.core.artifacts import ArtifactError
+from vla_insertion.core.demo_policy import DemoRecipe, prepare_demo_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / 'config' / 'vla_insertion.yaml'
+TINY = DemoRecipe(episodes=2, steps=4, batch_size=8, workers=1, threads=1, camera_fps=3.0)
+
+
+def test_built_once_reused_and_rebuilt_on_a_new_recipe(tiny_vlm_dir, tmp_path):
+    digest = artifacts.demo_contract(tiny_vlm_dir, PARAMS).digest
+    lines: list[str] = []
+    steps = prepare_demo_policy(tiny_vlm_dir, PARAMS, digest, root=tmp_path, recipe=TINY,
+                                echo=lines.append)
+    assert steps == ['record_demonstrations', 'cache_features', 'train_expert']
+    checkpoint = demo_policy.demo_policy_checkpoint(tmp_path)
+    config = json.loads((checkpoint / 'config.json').read_text())
+    assert config['contract_digest'] == digest
+    assert any('train_expert:' in line for line in lines)           # the children's output
+    assert demo_policy.ready(tmp_path, TINY, digest)
+    # reused: nothing runs
+    assert prepare_demo_policy(tiny_vlm_dir, PARAMS, digest, root=tmp_path, recipe=TINY,
+                               echo=lines.append) == []
+    # another contract (another VLM or prompt): not ready
+    assert not demo_policy.ready(tmp_path, TINY, 'another digest')
+    # another recipe: built again from the demonstrations on
+    more = replace(TINY, steps=6)
+    lines.clear()
+    assert prepare_demo_policy(tiny_vlm_dir, PARAMS, digest, root=tmp_path, recipe=more,
+                               echo=lines.append) == [
+        'record_demonstrations', 'cache_features', 'train_expert']
+    assert any('another recipe' in line for line in lines)
+
+
+def test_a_failed_step_is_named(tiny_vlm_dir, tmp_path):
+    bad_params = tmp_path / 'bad.yaml'
+    bad_params.write_text('vlm_node:\n  ros__parameters:\n    image_width: 1\n')
+    with pytest.raises(ArtifactError, match='record_demonstrations failed'):
+        prepare_demo_policy(tiny_vlm_dir, bad_params, 'x', root=tmp_path / 'p', recipe=TINY,
+                            echo=lambda line: None)
+    assert not demo_policy.ready(tmp_path / 'p', TINY, 'x')
