@@ -48,6 +48,16 @@ def checkpoint_dir(request, tmp_path_factory):
                                      flow_steps=3, seed=1)
 
 
+def test_checkpoints_from_before_action_frame_load_as_absolute(checkpoint_dir, tmp_path):
+    import shutil
+    old = tmp_path / 'old'
+    shutil.copytree(checkpoint_dir, old)
+    doc = json.loads((old / 'config.json').read_text())
+    assert doc['model'].pop('action_frame') == 'delta'            # written by this version
+    (old / 'config.json').write_text(json.dumps(doc))
+    assert load_checkpoint(old).meta.model.action_frame == 'absolute'
+
+
 def test_round_trip_is_bit_exact(checkpoint_dir):
     ckpt = load_checkpoint(checkpoint_dir)
     assert ckpt.meta.untrained and ckpt.meta.contract == CONTRACT

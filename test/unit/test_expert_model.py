@@ -86,7 +86,7 @@ def test_incomplete_window_nan_rows_are_masked_not_propagated():
 
 
 def test_normalisation_buffers_apply_to_actions():
-    cfg = ExpertModelConfig(**SMALL)
+    cfg = ExpertModelConfig(**SMALL, action_frame='absolute')
     model = ActionExpert(cfg).eval()
     x = _inputs(cfg, batch=1)
     with torch.inference_mode():
@@ -98,6 +98,30 @@ def test_normalisation_buffers_apply_to_actions():
     with pytest.raises(ValueError, match='action_std'):
         model.set_normalization({'action_std': [0.0] * 7})
     assert 'action_mean' in dict(model.named_buffers())
+
+
+def test_delta_frame_predicts_relative_to_the_measured_joints():
+    torch.manual_seed(0)
+    delta = ActionExpert(ExpertModelConfig(**SMALL)).eval()
+    absolute = ActionExpert(ExpertModelConfig(**SMALL, action_frame='absolute')).eval()
+    absolute.load_state_dict(delta.state_dict())
+    features, window, state = _inputs(delta.cfg, batch=3)
+    with torch.inference_mode():
+        moved, fixed = delta(features, window, state), absolute(features, window, state)
+    torch.testing.assert_close(moved[..., :6], fixed[..., :6] + state[:, None, :6])
+    torch.testing.assert_close(moved[..., 6:], fixed[..., 6:])      # the gripper stays absolute
+    # the loss is the absolute model's on targets minus the measured joints
+    targets = torch.randn(3, delta.cfg.horizon, delta.cfg.action_dim)
+    relative = targets.clone()
+    relative[..., :6] -= state[:, None, :6]
+    torch.testing.assert_close(delta.loss(features, window, state, targets),
+                               absolute.loss(features, window, state, relative))
+
+
+def test_action_frame_is_validated():
+    assert ExpertModelConfig().action_frame == 'delta'
+    with pytest.raises(ConfigError, match='action_frame'):
+        ExpertModelConfig(action_frame='polar')
 
 
 @pytest.mark.parametrize('head', ['regression', 'flow'])

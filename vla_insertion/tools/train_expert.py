@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='flow head: train to continue a committed prefix (training-time RTC)')
     p.add_argument('--max-prefix', type=int, default=None,
                    help='with --prefix-conditioning: prefixes of 0..N actions (default H / 2)')
+    p.add_argument('--action-frame', choices=('delta', 'absolute'), default='delta',
+                   help='the network predicts joint targets relative to the measured joints '
+                   '(delta) or the targets themselves')
     p.add_argument('--horizon', type=int, default=8, help='actions per chunk')
     p.add_argument('--dt', type=float, default=0.1, help='time between actions [s]')
     p.add_argument('--rate-hz', type=float, default=10.0, help='tick rate over the bags')
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = FitConfig(
             bags=tuple(args.bags), out=args.output, cache=args.cache, preset=args.preset,
             head=args.head, flow_steps=args.flow_steps,
-            prefix_conditioning=args.prefix_conditioning, horizon=args.horizon, dt_s=args.dt,
+            prefix_conditioning=args.prefix_conditioning, action_frame=args.action_frame,
+            horizon=args.horizon, dt_s=args.dt,
             rate_hz=args.rate_hz, feature_age=args.feature_age, vl_period_s=period,
             val_fraction=args.val_fraction, val_bags=tuple(args.val_bags),
             episode_log=args.episode_log, resume=args.resume,

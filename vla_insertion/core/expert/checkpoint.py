@@ -211,7 +211,8 @@ def meta_from_dict(doc: dict, where: str = 'config.json') -> CheckpointMeta:
         raise CheckpointError(f'{where}: version {doc.get("version")!r} is not supported '
                               f'(this code reads version {VERSION})')
     try:
-        model = ExpertModelConfig(**doc['model'])
+        # checkpoints written before action_frame existed predicted absolute targets
+        model = ExpertModelConfig(**{'action_frame': 'absolute', **doc['model']})
         contract = FeatureContract.from_dict(doc['feature_contract'])
         sensor, state, action = doc['sensor'], doc['state'], doc['action']
         meta = CheckpointMeta(

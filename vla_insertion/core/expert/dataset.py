@@ -161,8 +161,9 @@ class PairedDataset:
     def features_of(self, rows: np.ndarray) -> torch.Tensor:
         return self.bank.features(rows)
 
-    def normalization(self) -> dict[str, np.ndarray]:
-        return normalization_stats(self.windows, self.states, self.actions)
+    def normalization(self, action_frame: str = 'delta') -> dict[str, np.ndarray]:
+        return normalization_stats(self.windows, self.states, self.actions,
+                                   action_frame=action_frame)
 
 
 def build_split(recordings: dict[str, Recording], bank: FeatureBank, episodes: list[Episode],

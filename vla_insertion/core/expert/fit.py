@@ -63,6 +63,7 @@ class FitConfig:
     head: str = 'regression'       # 'regression' or 'flow'
     flow_steps: int = 10           # Euler steps of the flow head at inference [steps]
     prefix_conditioning: bool = False  # flow head learns to continue committed prefixes (RTC)
+    action_frame: str = 'delta'    # joint targets relative to the measured joints, or absolute
     horizon: int = 8               # actions per chunk
     dt_s: float = 0.1              # time between actions [s]
     rate_hz: float = 10.0          # tick rate over the bags: one sample per accepted tick [Hz]
@@ -295,10 +296,11 @@ def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
         model_cfg = model_config(cfg.preset, contract, head=cfg.head, flow_steps=cfg.flow_steps,
                                  horizon=cfg.horizon,
                                  window_samples=int(train_data.windows.shape[1]),
-                                 prefix_conditioning=cfg.prefix_conditioning)
+                                 prefix_conditioning=cfg.prefix_conditioning,
+                                 action_frame=cfg.action_frame)
         torch.manual_seed(cfg.train.seed)
         model = ActionExpert(model_cfg)
-        model.set_normalization(train_data.normalization())
+        model.set_normalization(train_data.normalization(action_frame=model_cfg.action_frame))
     for p in model.parameters():
         p.requires_grad_(True)
     say(f'model: preset {cfg.preset}, head {model.cfg.head}, {count_parameters(model)} '

@@ -10,6 +10,13 @@ Inputs at one tick (raw, physical units; the model normalises them itself):
 Output: actions (B, H, A) in physical units (8 x 7 by default: 6 absolute joint targets [rad] and
 the gripper command [0..1]).
 
+Inside, the network predicts the joint targets relative to the measured joints in `state`
+(`action_frame: delta`, the default) and adds them back: the same motion from anywhere is the
+same output, so the network spends its precision on where to go next rather than on where the
+arm already is, and it cannot reproduce a target by recalling the pose it came from. A peg needs
+~1 mm (~0.002 rad) where absolute targets spread over ~0.3 rad. `absolute` predicts the targets
+themselves (checkpoints from before the field load as absolute).
+
     window -> SensorEncoder --(B, sensor_dim)--.
     features -> VLPooling --(B, vl_dim)---------+-> Fusion -> Trunk --(B, D) context--> head
     state -> StateEncoder --(B, state_hidden)--'
@@ -39,6 +46,28 @@ from vla_insertion.core.config import require, require_one_of, require_positive
 
 FUSIONS = ('concat', 'sum')
 HEADS = ('regression', 'flow')
+ACTION_FRAMES = ('delta', 'absolute')
+JOINTS = 6                      # state[:, :6] are the measured joints, actions[..., :6] targets
+
+
+def to_action_frame(actions: torch.Tensor, states: torch.Tensor, frame: str) -> torch.Tensor:
+    """Return physical (B, H, A) actions in the network frame: joints minus measured joints."""
+    if frame == 'absolute':
+        return actions
+    n = min(JOINTS, actions.shape[-1], states.shape[-1])   # fewer in small test models
+    out = actions.clone()
+    out[..., :n] -= states[:, None, :n]
+    return out
+
+
+def from_action_frame(actions: torch.Tensor, states: torch.Tensor, frame: str) -> torch.Tensor:
+    """Return physical (B, H, A) actions from the network frame (inverse of to_action_frame)."""
+    if frame == 'absolute':
+        return actions
+    n = min(JOINTS, actions.shape[-1], states.shape[-1])
+    out = actions.clone()
+    out[..., :n] += states[:, None, :n]
+    return out
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,7 @@ class ExpertModelConfig:
     flow_hidden: int = 1024        # width of the flow head's velocity network
     flow_layers: int = 2           # residual blocks in the velocity network
     prefix_conditioning: bool = False  # flow head trained to continue a committed prefix (RTC)
+    action_frame: str = 'delta'    # joint targets predicted relative to the measured joints
 
     def __post_init__(self) -> None:
         for name in ('feature_tokens', 'feature_dim', 'window_samples', 'sensor_channels',
@@ -85,6 +115,7 @@ class ExpertModelConfig:
         require(self.sensor_conv % 2 == 0, f'sensor_conv must be even, got {self.sensor_conv}')
         require_one_of('fusion', self.fusion, FUSIONS)
         require_one_of('head', self.head, HEADS)
+        require_one_of('action_frame', self.action_frame, ACTION_FRAMES)
         require(isinstance(self.prefix_conditioning, bool) and
                 (self.head == 'flow' or not self.prefix_conditioning),
                 f'prefix_conditioning needs the flow head, got {self.prefix_conditioning!r} '
@@ -413,7 +444,7 @@ class ActionExpert(nn.Module):
                                     generator=generator, dtype=context.dtype,
                                     device=context.device)
             target, weights = (None, None) if prefix is None else \
-                self._inpainting(prefix, prefix_weights)
+                self._inpainting(prefix, prefix_weights, state)
             if target is not None and self.head.prefix_in is not None:
                 # trained to continue prefixes: the committed (weight 1) actions go in clean
                 given = (weights.view(-1, cfg.horizon, cfg.action_dim)[:, :, 0] >= 1.0).sum(1)
@@ -425,10 +456,11 @@ class ActionExpert(nn.Module):
                 raise ValueError('the regression head cannot continue a prefix')
             flat = self.head(context)                             # (B, H * A)
         actions = flat.view(-1, cfg.horizon, cfg.action_dim)      # (B, H, A) normalised
-        return actions * self.action_std + self.action_mean       # (B, H, A) physical
+        return from_action_frame(actions * self.action_std + self.action_mean, state,
+                                 cfg.action_frame)                # (B, H, A) physical
 
-    def _inpainting(self, prefix: torch.Tensor, weights: torch.Tensor | None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inpainting(self, prefix: torch.Tensor, weights: torch.Tensor | None,
+                    state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P, A) physical prefix and (B, P) weights -> normalised (B, H * A) both."""
         cfg = self.cfg
         if prefix.dim() != 3 or prefix.shape[2] != cfg.action_dim or \
@@ -437,7 +469,8 @@ class ActionExpert(nn.Module):
                              f'{tuple(prefix.shape)}')
         batch, length = prefix.shape[:2]
         target = prefix.new_zeros((batch, cfg.horizon, cfg.action_dim))
-        target[:, :length] = (prefix - self.action_mean) / self.action_std
+        target[:, :length] = (to_action_frame(prefix, state, cfg.action_frame)
+                              - self.action_mean) / self.action_std
         w = prefix.new_zeros((batch, cfg.horizon))
         w[:, :length] = 1.0 if weights is None else weights.clamp(0.0, 1.0)
         return target.flatten(1), w.unsqueeze(-1).expand(-1, -1, cfg.action_dim).flatten(1)
@@ -451,7 +484,8 @@ class ActionExpert(nn.Module):
         Flow head: `noise`, `t` and `prefix_len` as in FlowHead.loss (drawn when not given).
         """
         context = self.encode(features, window, state)
-        target = ((actions - self.action_mean) / self.action_std).flatten(1)  # (B, H * A)
+        target = ((to_action_frame(actions, state, self.cfg.action_frame) - self.action_mean)
+                  / self.action_std).flatten(1)                  # (B, H * A)
         if isinstance(self.head, FlowHead):
             return self.head.loss(context, target, generator, noise, t, prefix_len)
         return F.mse_loss(self.head(context), target)

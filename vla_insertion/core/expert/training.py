@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vla_insertion.core import metrics
-from vla_insertion.core.expert.model import ActionExpert
+from vla_insertion.core.expert.model import ActionExpert, to_action_frame
 from vla_insertion.core.recording import RecordedInputs
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,15 @@ def tick_targets(inputs: RecordedInputs, tick_s: float, horizon: int, dt_s: floa
 
 
 def normalization_stats(windows: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
-                        min_std: float = MIN_STD) -> dict[str, np.ndarray]:
+                        min_std: float = MIN_STD, action_frame: str = 'delta'
+                        ) -> dict[str, np.ndarray]:
     """Return per-dimension mean/std of sensor channels, state and actions (stds floored).
 
     windows (N, W, C) with NaN rows for missing samples (ignored), states (N, S), actions
-    (N, H, A).
+    (N, H, A) physical; the action statistics are of the actions in the model's
+    `action_frame` (delta: joint targets minus the measured joints).
     """
+    actions = to_action_frame(actions, states, action_frame)
     sensor = windows.reshape(-1, windows.shape[-1]).double()
     sensor = sensor[torch.isfinite(sensor).all(dim=1)]            # valid rows only
     if sensor.shape[0] == 0:
@@ -133,15 +136,17 @@ class ExpertDataset:
     def features_of(self, rows: np.ndarray) -> torch.Tensor:
         return self.features[torch.as_tensor(rows)]
 
-    def normalization(self, min_std: float = MIN_STD) -> dict[str, np.ndarray]:
+    def normalization(self, min_std: float = MIN_STD, action_frame: str = 'delta'
+                      ) -> dict[str, np.ndarray]:
         """Return per-dimension mean/std of sensor channels, state and actions (stds floored)."""
-        return normalization_stats(self.windows, self.states, self.actions, min_std)
+        return normalization_stats(self.windows, self.states, self.actions, min_std,
+                                   action_frame)
 
 
 def fit_normalization(model: ActionExpert, dataset: ExpertDataset,
                       min_std: float = MIN_STD) -> dict[str, np.ndarray]:
     """Set the model's normalisation buffers from the dataset; return the statistics."""
-    stats = dataset.normalization(min_std)
+    stats = dataset.normalization(min_std, model.cfg.action_frame)
     model.set_normalization(stats)
     return stats
 
