@@ -35,10 +35,12 @@ def vlm_config(tiny_vlm_dir) -> VlmConfig:
 
 @pytest.fixture(scope='module')
 def constant_expert(vlm_config, tmp_path_factory):
-    """Write a real checkpoint whose head outputs 0 (normalised): the action mean, ACTION."""
+    """Write a real checkpoint whose head outputs 0 (normalised): the action mean, ACTION.
+
+    Absolute frame: in the delta frame the mean would be added to the measured joints."""
     contract = feature_contract_for(vlm_config)
     torch.manual_seed(0)
-    model = ActionExpert(model_config('small', contract))
+    model = ActionExpert(model_config('small', contract, action_frame='absolute'))
     torch.nn.init.zeros_(model.head.out.weight)
     torch.nn.init.zeros_(model.head.out.bias)
     model.set_normalization({'action_mean': ACTION})

@@ -23,7 +23,10 @@ def model(prefix: bool = True, seed: int = 0) -> ActionExpert:
     torch.manual_seed(seed)
     return ActionExpert(ExpertModelConfig(**PRESETS['small'], feature_tokens=6, feature_dim=32,
                                           head='flow', flow_steps=8,
-                                          prefix_conditioning=prefix))
+                                          prefix_conditioning=prefix,
+                                          # the lines are the targets themselves, not offsets
+                                          # from the (random) measured joints
+                                          action_frame='absolute'))
 
 
 def lines() -> ExpertDataset:

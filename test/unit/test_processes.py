@@ -6,7 +6,8 @@ import time
 
 from vla_insertion.core.processes import ProcessGroup
 
-CLEAN = 'import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass\n'
+CLEAN = ('import time\ntry:\n    print("ready", flush=True)\n    time.sleep(60)\n'
+         'except KeyboardInterrupt:\n    pass\n')
 STUBBORN = ('import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n'
             'print("ready", flush=True)\ntime.sleep(60)\n')
 # A parent that starts a grandchild in its own group and exits on SIGINT; the grandchild
@@ -29,6 +30,7 @@ def _wait_ready(path, timeout_s=10.0):
 def test_clean_shutdown_on_sigint(tmp_path):
     group = ProcessGroup(log_dir=tmp_path)
     group.start('clean', [sys.executable, '-c', CLEAN])
+    _wait_ready(tmp_path / 'clean.log')   # a SIGINT before Python's handler exists kills it
     report = group.stop_all(grace_s=5.0)
     assert report.clean
     assert report.exit_codes['clean'] == 0
