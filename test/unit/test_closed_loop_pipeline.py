@@ -40,6 +40,33 @@ def test_the_reference_inserts_through_the_executor_in_both_schedules(mode):
     assert 0.0 < summary['chunk_delay_s_mean'] < 0.05
 
 
+class _PressBesideTheHole:
+    """A policy that pushes the peg into the block top 2 cm beside the hole: over-force."""
+
+    def __init__(self) -> None:
+        self.reference = ReferencePolicy()
+
+    def reset(self) -> None:
+        self.reference.reset()
+
+    def infer(self, obs):
+        return self.reference.infer(dataclasses.replace(
+            obs, hole_top_m=obs.hole_top_m + np.array([0.02, 0.0, -0.02])))
+
+
+def test_an_over_force_end_does_not_trip_the_next_episode():
+    # the first episode ends pressed into the block; the cell then puts the arm at the next
+    # start, and the next window must not carry the old contact force into the new episode
+    loop = PipelineLoop(SimCell(CellParams(), seed=21), executor(), PipelineTiming(),
+                        reference=_PressBesideTheHole())
+    first = loop.run_episode()
+    assert first.record.reason in ('over_force', 'timeout') and first.record.peak_force_n > 30
+    loop.reference = ReferencePolicy()
+    second = loop.run_episode()
+    assert second.record.success, second.record.reason
+    assert second.executor['faults_latched'] == 0
+
+
 @pytest.fixture(scope='module')
 def learned(tiny_vlm_dir, tmp_path_factory):
     config = VlmConfig(model=str(tiny_vlm_dir), view_names=VIEWS, image_width=112,

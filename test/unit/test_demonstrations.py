@@ -62,6 +62,8 @@ def test_perturbed_reference_is_off_the_path_far_from_the_hole_and_clean_near_it
     # the tip already where the approach heads (above_m over the hole): no noise there
     above_m = ReferencePolicy().params.above_m
     assert largest_offset(tip - np.array([0.0, 0.0, above_m])) == 0.0
+    # low over the block, 3 cm beside the hole: no noise either (it would push into the block)
+    assert largest_offset(tip - np.array([0.03, 0.0, 0.005])) == 0.0
 
 
 def test_tool_records_disjoint_ranges_in_workers(tmp_path):

@@ -9,7 +9,7 @@ from vla_insertion.core.sim.closed_loop import (
 from vla_insertion.core.sim.episode import EpisodeParams, SUCCESS, TIMEOUT
 from vla_insertion.core.sim.geometry import INSERT_DEPTH_M
 from vla_insertion.core.sim.kinematics import forward_kinematics, HOME_RAD
-from vla_insertion.core.sim.reference import HOLD, INSERT, ReferencePolicy
+from vla_insertion.core.sim.reference import APPROACH, DESCEND, HOLD, INSERT, ReferencePolicy
 from vla_insertion.core.sim.servo import HOLD_UNARMED
 
 
@@ -56,20 +56,48 @@ def test_chunks_have_the_action_expert_form():
     assert (np.diff(distances) < 0).all()
 
 
-def test_the_demonstrator_waits_for_the_measured_arm():
+def test_the_demonstrator_is_a_function_of_what_it_sees():
     cell = SimCell(seed=0)
     policy = ReferencePolicy()
     obs = reference_observation(cell)
-    policy.infer(obs)
-    # 10 s later the arm has not moved (held): the plan does not run away from it
+    first = policy.infer(obs)
+    # 10 s later with the arm held where it was: the same chunk (no plan ran away meanwhile)
     late = RobotState(stamp_s=10.0, joint_positions_rad=obs.robot.joint_positions_rad,
                       tool_position_m=obs.robot.tool_position_m,
                       tool_orientation_xyzw=obs.robot.tool_orientation_xyzw, gripper=1.0)
-    chunk = policy.infer(type(obs)(late, obs.hole_top_m, obs.approach_offset_m))
-    tips = forward_kinematics(chunk.actions[:, :6].astype(np.float64))[:, 7, :3, 3]
-    step = np.linalg.norm(tips[1] - tips[0])
-    assert step < 0.25 * 0.1 * 1.2                                   # at most its peak speed
-    assert np.linalg.norm(tips[0] - obs.robot.tool_position_m) > 0.01   # but leading it
+    again = policy.infer(type(obs)(late, obs.hole_top_m, obs.approach_offset_m))
+    np.testing.assert_array_equal(first.actions, again.actions)
+    assert again.stamp_s == 10.0
+    tips = forward_kinematics(again.actions[:, :6].astype(np.float64))[:, 7, :3, 3]
+    steps = np.linalg.norm(np.diff(tips, axis=0), axis=1)
+    assert steps.max() < 0.25 * 0.1 * 1.01                           # at most its peak speed
+    assert steps.min() > 0.01                                        # and moving at once
+
+
+def test_the_funnel_decides_from_the_geometry():
+    policy = ReferencePolicy()
+    p = policy.params
+    hole = np.array([-0.42, -0.27, 0.05])
+    offset = np.array([0.001, -0.001])
+    # far and high: approach the funnel's top, aiming off by the approach offset
+    phase, goal = policy.goal(hole + [0.05, 0.0, 0.2], hole, offset)
+    assert phase == APPROACH
+    np.testing.assert_allclose(goal, hole + np.r_[offset, p.above_m])
+    # 1 mm off the axis at 10 mm: the allowed height is 3 mm per mm of lateral error
+    phase, goal = policy.goal(hole + [0.001, 0.0, 0.010], hole, np.zeros(2))
+    assert phase == DESCEND
+    np.testing.assert_allclose(goal, hole + [0.0, 0.0, p.pre_contact_m + 3.0 * 0.001])
+    # on the axis at the funnel's bottom: insert, down the axis
+    phase, goal = policy.goal(hole + [0.0002, 0.0, p.pre_contact_m], hole, offset)
+    assert phase == INSERT
+    np.testing.assert_allclose(goal, hole - [0.0, 0.0, INSERT_DEPTH_M])
+    # in the hole, and inserted
+    assert policy.goal(hole - [0.0, 0.0, 0.01], hole, offset)[0] == INSERT
+    assert policy.goal(hole - [0.0, 0.0, INSERT_DEPTH_M], hole, offset)[0] == HOLD
+    # below the rim beside the hole (the block's side): straight up first
+    phase, goal = policy.goal(hole + [0.07, 0.0, -0.01], hole, offset)
+    assert phase == APPROACH
+    np.testing.assert_allclose(goal, np.r_[hole[:2] + [0.07, 0.0], hole[2] + p.above_m])
 
 
 def test_phases_advance_on_the_measured_state():

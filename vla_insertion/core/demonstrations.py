@@ -59,7 +59,8 @@ class PerturbedReference:
     `tau_s`) pushes the arm off the path; the demonstrator replans from the measured state at
     every tick, so the recordings show the corrections back to the hole. The offset fades out
     within `fade_m` of the point above the hole the approach heads for, so the demonstrator
-    arrives there and shows the descent, contact and insertion clean.
+    arrives there and shows the descent, contact and insertion clean, and within `fade_m` of
+    1 cm over the block top.
     """
 
     def __init__(self, reference: ReferencePolicy, sigma_rad: float, tau_s: float = 0.5,
@@ -80,6 +81,10 @@ class PerturbedReference:
         above = obs.hole_top_m + np.r_[obs.approach_offset_m, self.reference.params.above_m]
         distance = float(np.linalg.norm(obs.robot.tool_position_m - above))
         scale = float(np.clip((distance - 0.01) / self.fade_m, 0.0, 1.0))
+        # and near the block: an offset of a few centimetres at the tip pushes a peg that is
+        # low beside the hole into the block top (over-force), which shows nothing to learn
+        height = float(obs.robot.tool_position_m[2] - obs.hole_top_m[2])
+        scale *= float(np.clip((height - 0.01) / self.fade_m, 0.0, 1.0))
         if self.reference.phase != APPROACH:
             scale = 0.0
         actions = np.array(chunk.actions, dtype=np.float32)

@@ -159,6 +159,9 @@ class SimCell:
         self._settle_until = math.inf
         self.judge = EpisodeJudge(self.spec, self.params.episode, self.t_s)
         self._measure(first=True)
+        # the reading at the start time is the new pose's (a reader asking for the start
+        # must not get the previous episode's last contact force)
+        self.history.append(self.t_s, self._state.sensor_reading())
         self.events.append(('start', self.spec))
 
     def command(self, cmd: ServoCommand, arrival_s: float) -> None:

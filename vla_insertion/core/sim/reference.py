@@ -1,21 +1,30 @@
 """The scripted demonstrator, closed loop: action chunks toward the hole it is told about.
 
 It knows the episode's hole position (privileged: it is the demonstrator) and sees the measured
-robot state. It moves the peg tip through four phases, each a minimum-jerk straight line in
-Cartesian space with the tool pointing down:
+robot state. It is a function of what it sees and nothing else (no plan, no clock, no phase
+memory): the same observation always gives the same chunk. A policy trained to imitate it sees
+the same observation and can therefore learn the same answer; a demonstrator with hidden state
+(how far along a planned line it is, which phase it has reached) shows different answers for
+the same picture, and a policy cloning it averages them, e.g. "start a slow minimum-jerk
+descent" from rest, every tick again, and never gets going.
 
-    approach   from wherever the tip is to `above_m` over the hole, off by the approach offset
-    descend    down to `pre_contact_m` over the block top, off by half the approach offset
-    insert     down to INSERT_DEPTH_M in the hole, the offset corrected on the way
-    hold       stay at the inserted pose
+Where the tip should go next is a goal chosen from the geometry, reached along a velocity field
+v = (goal - tip) / `time_constant_s`, capped at the phase's speed:
 
-Closed loop: each phase's line starts from the measured tip when the phase begins, a phase ends
-only when the measured tip is within `tolerance_m` of its goal, and the plan's clock never runs
-more than `max_plan_lead_s` ahead of the measured progress along the line (an arm that is held
-back, by latency or by a hold, is not left behind by its plan). Every call returns a chunk of
-`horizon` absolute joint targets `dt_s` apart from the observation time on, solved by IK from the
-measured joints, plus the gripper (closed), the same form as the action expert's
-(core/data.py ActionChunkData).
+    approach   far from the hole or high over it: toward a funnel over the hole, whose allowed
+               height grows with the lateral error (`funnel_slope` mm per mm, between
+               `pre_contact_m` and `above_m` over the rim), aiming off by the approach offset
+               while high and on the hole at the rim, at up to `approach_speed_m_s`
+    descend    within `descend_radius_m` of the aim: the same funnel, at up to `descend_speed_m_s`
+    insert     within `align_m` of the hole's axis at the rim's height, or already in the hole:
+               down the axis to INSERT_DEPTH_M at up to `insert_speed_m_s`
+    hold       inserted: stay
+    (a tip below the rim beside the hole first rises straight up: `approach`.)
+
+Every call rolls the field out from the measured tip: `horizon` Cartesian targets `dt_s` apart
+from the observation time on, the first one the measured tip, solved by IK from the measured
+joints, plus the gripper (closed): the same form as the action expert's chunks
+(core/data.py ActionChunkData). `phase` tells which rule the last call used.
 """
 from __future__ import annotations
 
@@ -26,36 +35,38 @@ import numpy as np
 from vla_insertion.core.config import require, require_positive
 from vla_insertion.core.data import ActionChunkData, RobotState
 from vla_insertion.core.sim.geometry import INSERT_DEPTH_M
-from vla_insertion.core.sim.kinematics import min_jerk, solve_ik
+from vla_insertion.core.sim.kinematics import solve_ik
 
 APPROACH, DESCEND, INSERT, HOLD = 'approach', 'descend', 'insert', 'hold'
 PHASES = (APPROACH, DESCEND, INSERT, HOLD)
-_S_TABLE = np.linspace(0.0, 1.0, 401)
-_MIN_JERK_TABLE = min_jerk(_S_TABLE)    # to invert the profile: progress -> time
 
 
 @dataclass(frozen=True)
 class ReferenceParams:
-    """Waypoints, speeds and tolerances of the demonstrator."""
+    """Funnel, speeds and tolerances of the demonstrator."""
 
     horizon: int = 8               # actions per chunk
     dt_s: float = 0.1              # time between actions [s]
-    above_m: float = 0.06          # approach height over the hole's opening [m]
-    pre_contact_m: float = 0.002   # end of the descent over the block top [m]
-    approach_speed_m_s: float = 0.25   # peak tip speed of the approach [m/s]
-    descend_speed_m_s: float = 0.05    # peak tip speed of the descent [m/s]
-    insert_speed_m_s: float = 0.02     # peak tip speed of the insertion [m/s]
-    min_segment_s: float = 0.5     # shortest phase [s]
-    tolerance_m: float = 0.001     # a phase ends with the measured tip this close to its goal [m]
-    max_plan_lead_s: float = 0.5   # the plan runs at most this far ahead of the measured tip [s]
+    above_m: float = 0.06          # top of the funnel over the hole's opening [m]
+    pre_contact_m: float = 0.002   # bottom of the funnel over the block top [m]
+    funnel_slope: float = 3.0      # allowed height over the bottom per lateral error [m/m]
+    descend_radius_m: float = 0.005  # lateral error under which the descent speed applies [m]
+    align_m: float = 0.0005        # at the funnel's bottom this close to the axis: insert [m]
+    insert_tolerance_m: float = 0.0005  # inserted once this close to INSERT_DEPTH_M [m]
+    approach_speed_m_s: float = 0.25   # fastest tip speed of the approach [m/s]
+    descend_speed_m_s: float = 0.05    # ... of the descent [m/s]
+    insert_speed_m_s: float = 0.02     # ... of the insertion [m/s]
+    time_constant_s: float = 0.3   # the field's speed per distance to the goal: 1 / this [1/s]
 
     def __post_init__(self) -> None:
         require(isinstance(self.horizon, int) and self.horizon >= 1,
                 f'horizon must be an integer >= 1, got {self.horizon!r}')
-        for name in ('dt_s', 'above_m', 'pre_contact_m', 'approach_speed_m_s',
-                     'descend_speed_m_s', 'insert_speed_m_s', 'min_segment_s', 'tolerance_m',
-                     'max_plan_lead_s'):
+        for name in ('dt_s', 'above_m', 'pre_contact_m', 'funnel_slope', 'descend_radius_m',
+                     'align_m', 'insert_tolerance_m', 'approach_speed_m_s',
+                     'descend_speed_m_s', 'insert_speed_m_s', 'time_constant_s'):
             require_positive(name, getattr(self, name))
+        require(self.pre_contact_m < self.above_m,
+                f'pre_contact_m ({self.pre_contact_m}) must be below above_m ({self.above_m})')
 
 
 @dataclass(frozen=True)
@@ -67,30 +78,6 @@ class ReferenceObservation:
     approach_offset_m: np.ndarray = field(default_factory=lambda: np.zeros(2))  # (2,) [m]
 
 
-@dataclass
-class _Segment:
-    """A minimum-jerk line from start to goal, starting at start_s and lasting duration_s."""
-
-    start: np.ndarray              # (3,) [m]
-    goal: np.ndarray               # (3,) [m]
-    start_s: float
-    duration_s: float
-
-    def progress_time(self, tip: np.ndarray) -> float:
-        """Plan time [s] at which the line passes closest to `tip` (3,)."""
-        line = self.goal - self.start
-        length2 = float(line @ line)
-        if length2 < 1e-12:
-            return self.duration_s
-        s = float(np.clip((tip - self.start) @ line / length2, 0.0, 1.0))
-        return float(np.interp(s, _MIN_JERK_TABLE, _S_TABLE)) * self.duration_s
-
-    def at(self, plan_s: np.ndarray) -> np.ndarray:
-        """Positions (N, 3) at plan times (N,) [s] after start_s."""
-        s = min_jerk(np.asarray(plan_s) / self.duration_s)[:, None]
-        return self.start + s * (self.goal - self.start)
-
-
 class ReferencePolicy:
     """`infer(ReferenceObservation) -> ActionChunkData`, `reset()`: the shared model interface."""
 
@@ -100,49 +87,55 @@ class ReferencePolicy:
 
     def reset(self) -> None:
         self.phase = APPROACH
-        self._segment: _Segment | None = None
         self._sequence = 0
 
-    def _goal(self, phase: str, hole: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    def goal(self, tip: np.ndarray, hole: np.ndarray, offset: np.ndarray
+             ) -> tuple[str, np.ndarray]:
+        """Return (phase, goal (3,)) for the tip at `tip` (3,) and the hole at `hole` (3,)."""
         p = self.params
-        if phase == APPROACH:
-            return hole + np.r_[offset, p.above_m]
-        if phase == DESCEND:
-            return hole + np.r_[0.5 * offset, p.pre_contact_m]
-        return hole - np.array([0.0, 0.0, INSERT_DEPTH_M])
+        height = tip[2] - hole[2]                                  # over the rim [m]
+        to_axis = float(np.hypot(*(tip[:2] - hole[:2])))           # off the hole's axis [m]
+        bottom = hole - np.array([0.0, 0.0, INSERT_DEPTH_M])
+        if height <= -(INSERT_DEPTH_M - p.insert_tolerance_m):
+            return HOLD, bottom
+        entered = height < 0.0 and to_axis <= p.align_m * 3.0
+        at_rim = height <= p.pre_contact_m + p.funnel_slope * p.align_m and to_axis <= p.align_m
+        if entered or at_rim:
+            return INSERT, bottom
+        if height < 0.0:                                           # beside the hole, below it
+            return APPROACH, np.r_[tip[:2], hole[2] + p.above_m]
+        # the aim moves from the approach offset (at the funnel's top) onto the axis (bottom)
+        share = np.clip((height - p.pre_contact_m) / (p.above_m - p.pre_contact_m), 0.0, 1.0)
+        aim = hole[:2] + share * offset
+        error = float(np.hypot(*(aim - tip[:2])))
+        allowed = np.clip(p.pre_contact_m + p.funnel_slope * error, p.pre_contact_m, p.above_m)
+        phase = DESCEND if error <= p.descend_radius_m and height <= p.above_m + 0.005 \
+            else APPROACH
+        return phase, np.r_[aim, hole[2] + allowed]
 
     def _speed(self, phase: str) -> float:
         p = self.params
         return {APPROACH: p.approach_speed_m_s, DESCEND: p.descend_speed_m_s}.get(
             phase, p.insert_speed_m_s)
 
-    def _begin(self, phase: str, tip: np.ndarray, now_s: float, hole: np.ndarray,
-               offset: np.ndarray) -> None:
-        self.phase = phase
-        goal = self._goal(phase, hole, offset)
-        # a minimum-jerk line peaks at 1.875 times its mean speed
-        duration = max(self.params.min_segment_s,
-                       1.875 * float(np.linalg.norm(goal - tip)) / self._speed(phase))
-        self._segment = _Segment(tip.copy(), goal, now_s, duration)
-
     def infer(self, obs: ReferenceObservation) -> ActionChunkData:
         p = self.params
-        now = obs.robot.stamp_s
-        tip = np.asarray(obs.robot.tool_position_m, dtype=np.float64)
         hole = np.asarray(obs.hole_top_m, dtype=np.float64)
         offset = np.asarray(obs.approach_offset_m, dtype=np.float64)
-        if self._segment is None:
-            self._begin(APPROACH, tip, now, hole, offset)
-        seg = self._segment
-        elapsed = now - seg.start_s
-        arrived = float(np.linalg.norm(tip - seg.goal)) <= p.tolerance_m
-        if self.phase != HOLD and elapsed >= seg.duration_s and arrived:
-            self._begin(PHASES[PHASES.index(self.phase) + 1], tip, now, hole, offset)
-            seg, elapsed = self._segment, 0.0
-        plan_s = min(elapsed, seg.progress_time(tip) + p.max_plan_lead_s)
-        targets = seg.at(plan_s + p.dt_s * np.arange(p.horizon))               # (H, 3)
-        joints = solve_ik(targets, obs.robot.joint_positions_rad)              # (H, 6)
+        tip = np.asarray(obs.robot.tool_position_m, dtype=np.float64)
+        targets = [tip.copy()]
+        for k in range(p.horizon - 1):
+            phase, goal = self.goal(targets[-1], hole, offset)
+            if k == 0:
+                self.phase = phase
+            step = (goal - targets[-1]) * min(1.0, p.dt_s / p.time_constant_s)
+            limit = self._speed(phase) * p.dt_s
+            norm = float(np.linalg.norm(step))
+            targets.append(targets[-1] + (step * (limit / norm) if norm > limit else step))
+        if p.horizon == 1:
+            self.phase = self.goal(tip, hole, offset)[0]
+        joints = solve_ik(np.array(targets), obs.robot.joint_positions_rad)    # (H, 6)
         actions = np.concatenate([joints, np.ones((p.horizon, 1))], axis=1)    # (H, 7)
         self._sequence += 1
-        return ActionChunkData(stamp_s=now, actions=actions.astype(np.float32), dt_s=p.dt_s,
-                               sequence=self._sequence)
+        return ActionChunkData(stamp_s=obs.robot.stamp_s, actions=actions.astype(np.float32),
+                               dt_s=p.dt_s, sequence=self._sequence)
