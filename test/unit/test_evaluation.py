@@ -37,7 +37,8 @@ def vlm_config(tiny_vlm_dir) -> VlmConfig:
 def constant_expert(vlm_config, tmp_path_factory):
     """Write a real checkpoint whose head outputs 0 (normalised): the action mean, ACTION.
 
-    Absolute frame: in the delta frame the mean would be added to the measured joints."""
+    Absolute frame: in the delta frame the mean would be added to the measured joints.
+    """
     contract = feature_contract_for(vlm_config)
     torch.manual_seed(0)
     model = ActionExpert(model_config('small', contract, action_frame='absolute'))
