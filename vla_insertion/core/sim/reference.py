@@ -91,7 +91,7 @@ class ReferencePolicy:
 
     def goal(self, tip: np.ndarray, hole: np.ndarray, offset: np.ndarray
              ) -> tuple[str, np.ndarray]:
-        """Pick the phase and the goal (3,) for the tip at `tip` (3,) and the hole at `hole` (3,)."""
+        """Return (phase, where the tip should head (3,)) for the tip (3,) and the hole (3,)."""
         p = self.params
         height = tip[2] - hole[2]                                  # over the rim [m]
         to_axis = float(np.hypot(*(tip[:2] - hole[:2])))           # off the hole's axis [m]
