@@ -140,5 +140,7 @@ def test_demo_runs_declares_parameters_and_shuts_down_cleanly(
     assert summary['forced'] == [] and summary['orphans'] == []
     assert all(c == 0 for c in summary['exit_codes'].values()), summary['exit_codes']
     assert 'demo summary' in text and 'shutdown            clean' in text
+    # a given checkpoint is the trained path: the executor is armed once chunks flow
+    assert 'arming the chunk executor: ' in text and 'success rate' in text
     for log in (out / 'logs').glob('*.log'):
         assert 'Traceback' not in log.read_text(), f'{log.name} has a traceback'
