@@ -55,6 +55,16 @@ def test_summary_window_and_text():
     assert '100 at 10.00 Hz' in text and 'UNTRAINED' in text
 
 
+def test_a_trained_expert_on_the_untrained_vlm_is_labelled_as_such():
+    rec = _synthetic_run()
+    rec.set_expert({'untrained': 'False', 'rate_hz': '10.0'})    # its /diagnostics values
+    text = format_summary(summarize(rec), duration_s=10.0)
+    assert 'not meaningful' not in text and "expert trained on the UNTRAINED tiny VLM" in text
+    assert '(untrained VLM, trained expert)' in status_line(rec, window_s=5.0, now_s=9.9)
+    rec.set_expert({'untrained': 'True'})
+    assert 'not meaningful' in format_summary(summarize(rec), duration_s=10.0)
+
+
 def test_empty_run_does_not_divide_by_zero():
     s = summarize(RunRecorder())
     assert s['actions'] == 0 and s['action_rate_hz'] == 0.0

@@ -32,7 +32,8 @@ class RunRecorder:
     last_joints_rad: np.ndarray | None = None
     # node -> cause -> count (the newest value reported in /diagnostics)
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
-    untrained: bool = False
+    untrained: bool = False        # the VLM's features say its weights are random
+    expert_untrained: bool | None = None   # from the action expert's /diagnostics; None: unknown
     executor: dict[str, str] = field(default_factory=dict)  # chunk_executor's newest values
     episodes: list[dict] = field(default_factory=list)      # sim episodes' end reports
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -60,6 +61,13 @@ class RunRecorder:
     def set_drops(self, node: str, causes: dict[str, int]) -> None:
         with self._lock:
             self.drops[node] = dict(causes)
+
+    def set_expert(self, values: dict[str, str]) -> None:
+        """Take the action expert's /diagnostics values (`untrained`)."""
+        flag = values.get('untrained')
+        if flag is not None:
+            with self._lock:
+                self.expert_untrained = flag.strip().lower() == 'true'
 
     def set_executor(self, values: dict[str, str]) -> None:
         with self._lock:
@@ -127,6 +135,7 @@ def summarize(rec: RunRecorder, since_s: float = -math.inf) -> dict:
         'frames_per_view': dict(sorted(rec.frames.items())),
         'drops': drops,
         'untrained': rec.untrained,
+        'expert_untrained': rec.expert_untrained,
         'executor': _executor_summary(rec.executor),
         'episodes': _episode_summary(rec.episodes),
     }
@@ -176,11 +185,29 @@ def status_line(rec: RunRecorder, window_s: float, now_s: float) -> str:
     joints = rec.last_joints_rad
     robot = (f'J1={math.degrees(joints[0]):.2f} deg' if joints is not None and len(joints)
              else 'none')
-    label = ' (untrained models)' if rec.untrained else ''
+    label = _models_label(rec.untrained, rec.expert_untrained)
+    label = f' ({label})' if label else ''
     return (f'VL updates: {s["vl_updates"]} | VL avg: {s["vl_ms_mean"]:.0f} ms | '
             f'Actions: {s["actions"]} ({s["action_rate_hz"]:.2f} Hz) | '
             f'Action avg: {s["action_ms_mean"]:.1f} ms | Images recv: {views} | '
             f'Sensor: {fill} | Robot: {robot}{label}')
+
+
+def _models_label(vlm_untrained: bool, expert_untrained: bool | None) -> str:
+    # a trained expert on the random tiny VLM's features is the demo's trained policy: its
+    # actions mean something (it learned them on those features), so say which part is random
+    if expert_untrained is False:
+        return 'untrained VLM, trained expert' if vlm_untrained else ''
+    return 'untrained models' if vlm_untrained or expert_untrained else ''
+
+
+def _models_row(vlm_untrained: bool, expert_untrained: bool | None) -> str:
+    if expert_untrained is False:
+        return ('expert trained on the UNTRAINED tiny VLM\'s features (random weights)'
+                if vlm_untrained else 'trained')
+    if vlm_untrained or expert_untrained:
+        return 'UNTRAINED (random weights): actions are not meaningful'
+    return 'trained'
 
 
 def format_summary(s: dict, duration_s: float) -> str:
@@ -200,8 +227,7 @@ def format_summary(s: dict, duration_s: float) -> str:
                                f'p99 {s["feature_age_s_p99"]:.3f} s'),
         ('frames per view', ', '.join(f'{v}={n}' for v, n in s['frames_per_view'].items())),
         ('drops by cause', drops),
-        ('models', 'UNTRAINED (random weights): actions are not meaningful'
-         if s['untrained'] else 'trained'),
+        ('models', _models_row(s['untrained'], s.get('expert_untrained'))),
     ]
     ex = s.get('executor') or {}
     if ex:

@@ -90,8 +90,11 @@ class MonitorNode(Node):
                 self.recorder.set_drops(status.name, drops)
             for view, count in frame_counts(values).items():
                 self.recorder.set_frames(view, count)
-            if status.name.split('/')[-1] == 'chunk_executor':
+            node = status.name.split('/')[-1]
+            if node == 'chunk_executor':
                 self.recorder.set_executor(values)
+            elif node == 'action_expert':
+                self.recorder.set_expert(values)
 
     def _print_status(self) -> None:
         self.get_logger().info(status_line(self.recorder, self._period, time.monotonic()))
