@@ -203,7 +203,7 @@ def _models_label(vlm_untrained: bool, expert_untrained: bool | None) -> str:
 
 def _models_row(vlm_untrained: bool, expert_untrained: bool | None) -> str:
     if expert_untrained is False:
-        return ('expert trained on the UNTRAINED tiny VLM\'s features (random weights)'
+        return ('expert trained on the features of the UNTRAINED tiny VLM (random weights)'
                 if vlm_untrained else 'trained')
     if vlm_untrained or expert_untrained:
         return 'UNTRAINED (random weights): actions are not meaningful'

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--params-file', default='config/vla_insertion.yaml')
     parser.add_argument('--vlm-model', dest='vlm_path', default=str(artifacts.TINY_VLM))
     parser.add_argument('--episodes', type=int, default=20, help='closed-loop episodes each')
-    parser.add_argument('--seed', type=int, default=1000, help='held-out seed of the holes')
+    parser.add_argument('--seed', type=int, default=7, help='held-out seed of the holes')
     parser.add_argument('--open-loop-bags', type=int, default=10,
                         help='episodes per split scored open loop')
     parser.add_argument('--vlm-latency', type=float, default=0.385,
