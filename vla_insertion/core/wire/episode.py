@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import msgpack
 
 from vla_insertion.core.wire.base import (
-    BAD_COUNT, BAD_MAGIC, BAD_VALUE, BAD_VERSION, Codec, OVERSIZED, register, require_finite,
-    TRUNCATED, WireError)
+    BAD_COUNT, BAD_VALUE, Codec, register, require_finite, WireError)
+from vla_insertion.core.wire.msgpack_map import (
+    number, numbers, optional_bool, text, uint32, unpack_map)
 
 EVENTS = ('start', 'status', 'end')
 STATES = ('running', 'settling')
@@ -91,61 +92,21 @@ class EpisodeCodecV1(Codec[EpisodeMessage]):
 
     def decode(self, data: bytes | bytearray | memoryview) -> EpisodeMessage:
         self.check_size(data, 1)
-        try:
-            doc = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True,
-                                  max_bin_len=0, max_ext_len=0)
-        except msgpack.ExtraData:
-            raise WireError(OVERSIZED, 'bytes after the msgpack map') from None
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise WireError(TRUNCATED, f'not a complete msgpack message: {exc}') from None
-        if not isinstance(doc, dict) or doc.get('magic') != self.MAGIC:
-            raise WireError(BAD_MAGIC, 'not an episode map')
-        if doc.get('v') != self.VERSION:
-            raise WireError(BAD_VERSION, f'version {doc.get("v")!r}, this decoder speaks 1')
+        doc = unpack_map(data, self.MAGIC, self.VERSION, 'an episode map')
         try:
             msg = EpisodeMessage(
-                sender_time_s=_number(doc['t']), event=_text(doc['event']),
-                episode=_uint32(doc['episode']), seed=_uint32(doc['seed']),
-                hole_m=_numbers(doc['hole_m'], 3), control=_text(doc['control']),
-                state=_text(doc['state']), elapsed_s=_number(doc['elapsed_s']),
-                depth_m=_number(doc['depth_m']), force_n=_number(doc['force_n']),
-                peak_force_n=_number(doc['peak_force_n']),
-                mean_force_n=_number(doc['mean_force_n']),
-                max_depth_m=_number(doc['max_depth_m']), success=_optional_bool(doc['success']),
-                reason=None if doc['reason'] is None else _text(doc['reason']),
+                sender_time_s=number(doc['t']), event=text(doc['event']),
+                episode=uint32(doc['episode']), seed=uint32(doc['seed']),
+                hole_m=numbers(doc['hole_m'], 3), control=text(doc['control']),
+                state=text(doc['state']), elapsed_s=number(doc['elapsed_s']),
+                depth_m=number(doc['depth_m']), force_n=number(doc['force_n']),
+                peak_force_n=number(doc['peak_force_n']),
+                mean_force_n=number(doc['mean_force_n']),
+                max_depth_m=number(doc['max_depth_m']), success=optional_bool(doc['success']),
+                reason=None if doc['reason'] is None else text(doc['reason']),
                 time_to_insert_s=None if doc['time_to_insert_s'] is None
-                else _number(doc['time_to_insert_s']),
-                session=_uint32(doc['session']), sequence=_uint32(doc['seq']))
+                else number(doc['time_to_insert_s']),
+                session=uint32(doc['session']), sequence=uint32(doc['seq']))
         except KeyError as exc:
             raise WireError(BAD_COUNT, f'missing field {exc}') from None
         return _validate(msg)
-
-
-def _number(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WireError(BAD_VALUE, f'expected a number, got {type(value).__name__}')
-    return float(value)
-
-
-def _numbers(value, n: int) -> tuple[float, ...]:
-    if not isinstance(value, list) or len(value) != n:
-        raise WireError(BAD_COUNT, f'expected a list of {n} numbers, got {value!r:.60}')
-    return tuple(_number(v) for v in value)
-
-
-def _text(value) -> str:
-    if not isinstance(value, str) or len(value) > 32:
-        raise WireError(BAD_VALUE, f'expected a short string, got {value!r:.40}')
-    return value
-
-
-def _optional_bool(value) -> bool | None:
-    if value is not None and not isinstance(value, bool):
-        raise WireError(BAD_VALUE, f'expected a bool or nil, got {value!r:.40}')
-    return value
-
-
-def _uint32(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
-        raise WireError(BAD_VALUE, f'expected a uint32, got {value!r:.40}')
-    return value

@@ -17,6 +17,7 @@ from vla_insertion.core.data import RobotState
 from vla_insertion.core.wire.base import (
     BAD_COUNT, BAD_MAGIC, BAD_VALUE, BAD_VERSION, Codec, OVERSIZED, register, require_finite,
     TRUNCATED, WireError)
+from vla_insertion.core.wire.msgpack_map import number, numbers, uint32, unpack_map
 
 NUM_JOINTS = 6
 
@@ -98,45 +99,16 @@ class RobotCodecMsgpackV1(Codec[RobotMessage]):
 
     def decode(self, data: bytes | bytearray | memoryview) -> RobotMessage:
         self.check_size(data, 1)
-        try:
-            doc = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True,
-                                  max_bin_len=0, max_ext_len=0)
-        except msgpack.ExtraData:
-            raise WireError(OVERSIZED, 'bytes after the msgpack map') from None
-        except (ValueError, msgpack.UnpackException) as exc:
-            # msgpack raises ValueError subclasses for short and corrupt input alike
-            raise WireError(TRUNCATED, f'not a complete msgpack message: {exc}') from None
-        if not isinstance(doc, dict) or doc.get('magic') != self.MAGIC:
-            raise WireError(BAD_MAGIC, 'not a robot_msgpack map')
-        if doc.get('v') != self.VERSION:
-            raise WireError(BAD_VERSION, f'version {doc.get("v")!r}, this decoder speaks 1')
+        doc = unpack_map(data, self.MAGIC, self.VERSION, 'a robot_msgpack map')
         try:
             msg = RobotMessage(
-                sender_time_s=_number(doc['t']), joints_deg=_numbers(doc['joints_deg']),
-                position_mm=_numbers(doc['pos_mm'], 3), rotation_deg=_numbers(doc['rot_deg'], 3),
-                gripper=_number(doc['gripper']), session=_uint32(doc['session']),
-                sequence=_uint32(doc['seq']))
+                sender_time_s=number(doc['t']), joints_deg=numbers(doc['joints_deg']),
+                position_mm=numbers(doc['pos_mm'], 3), rotation_deg=numbers(doc['rot_deg'], 3),
+                gripper=number(doc['gripper']), session=uint32(doc['session']),
+                sequence=uint32(doc['seq']))
         except KeyError as exc:
             raise WireError(BAD_COUNT, f'missing field {exc}') from None
         return _validate(msg)
-
-
-def _number(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WireError(BAD_VALUE, f'expected a number, got {type(value).__name__}')
-    return float(value)
-
-
-def _numbers(value, n: int | None = None) -> tuple[float, ...]:
-    if not isinstance(value, list) or (n is not None and len(value) != n):
-        raise WireError(BAD_COUNT, f'expected a list of {n or "some"} numbers, got {value!r:.60}')
-    return tuple(_number(v) for v in value)
-
-
-def _uint32(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
-        raise WireError(BAD_VALUE, f'expected a uint32, got {value!r:.40}')
-    return value
 
 
 # --- SI conversion ------------------------------------------------------------------------
