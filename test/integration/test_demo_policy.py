@@ -9,6 +9,7 @@ from dataclasses import replace
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vla_insertion.core import artifacts, demo_policy
@@ -52,3 +53,35 @@ def test_a_failed_step_is_named(tiny_vlm_dir, tmp_path):
         prepare_demo_policy(tiny_vlm_dir, bad_params, 'x', root=tmp_path / 'p', recipe=TINY,
                             echo=lambda line: None)
     assert not demo_policy.ready(tmp_path / 'p', TINY, 'x')
+
+
+def test_policy_report_on_the_tiny_build(tiny_vlm_dir, tmp_path):
+    """The evaluation command on a tiny recorded set: the table's shape, finite numbers."""
+    from vla_insertion.tools import policy_report
+    digest = artifacts.demo_contract(tiny_vlm_dir, PARAMS).digest
+    root = tmp_path / 'build'
+    prepare_demo_policy(tiny_vlm_dir, PARAMS, digest, root=root, recipe=TINY,
+                        echo=lambda line: None)
+    out = tmp_path / 'report'
+    assert policy_report.main([
+        '--checkpoint', f'trained={demo_policy.demo_policy_checkpoint(root)}',
+        '--cache', str(root / 'cache'), '--params-file', str(PARAMS),
+        '--vlm-model', str(tiny_vlm_dir), '--episodes', '1', '--configs', 'async:0',
+        '--open-loop-bags', '1', '-o', str(out)]) == 0
+    report = json.loads((out / 'report.json').read_text())
+    trained = report['checkpoints']['trained']
+    for split in ('train', 'held_out'):          # 2 episodes: one on each side
+        errors = trained['open_loop'][split]
+        assert set(errors) == {f'joint_{i}' for i in range(1, 7)} | {'mean'}
+        assert all(np.isfinite([e['mae_deg'], e['rmse_deg']]).all() for e in errors.values())
+    bins = trained['loss_by_age']
+    assert len(bins) == 7 and any(b['pairs'] for b in bins)
+    assert all(np.isfinite([b['loss'], b['excess']]).all() for b in bins if b['pairs'])
+    assert set(report['closed_loop']) == {'trained', 'reference'}
+    for results in report['closed_loop'].values():
+        (only,) = results.values()
+        assert only['episodes'] == 1 and 0.0 <= only['success_rate'] <= 1.0
+    assert report['closed_loop']['reference']['async 0s']['success_rate'] == 1.0
+    text = (out / 'report.md').read_text()
+    assert '| trained | held_out |' in text and '| trained excess |' in text
+    assert (out / 'report_age.png').is_file() and (out / 'report_success.png').is_file()

@@ -67,18 +67,26 @@ def joint_errors(results: list[dict]) -> dict:
 @torch.no_grad()
 def loss_by_age(model, dataset, edges_s: np.ndarray, max_pairs: int = 20000,
                 seed: int = 0) -> list[dict]:
-    """Return the mean normalised loss of `model` on (sample, candidate features) pairs by age.
+    """Return the normalised loss of `model` by feature age, and its excess over fresh features.
 
     Every held-out sample is paired with each VLM update it could have used (the dataset's
-    candidates, any age up to max_feature_age_s), deterministically subsampled to max_pairs.
-    The regression head's loss is deterministic; a flow head's is evaluated with seeded noise.
+    candidates, any age up to max_feature_age_s, youngest first); samples are drawn
+    deterministically until max_pairs pairs. `loss` is the mean over the pairs in an age bin.
+    It mixes what a bin holds: only ticks late in an episode have old candidates, and those
+    ticks (holding, inserted) are easy. `excess` is what staleness costs: each pair's loss minus
+    the same sample's loss with its youngest candidate, averaged in the bin. The regression
+    head's loss is deterministic; a flow head's is evaluated with seeded noise.
     """
     model.eval()
-    owner = np.repeat(np.arange(len(dataset)), np.diff(dataset.cand_start))
-    rows, ages = dataset.cand_rows, dataset.cand_ages
-    if rows.size > max_pairs:
-        pick = np.sort(np.random.default_rng(seed).choice(rows.size, max_pairs, replace=False))
-        owner, rows, ages = owner[pick], rows[pick], ages[pick]
+    counts = np.diff(dataset.cand_start)
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    fits = int(np.searchsorted(np.cumsum(counts[order]), max_pairs, side='right'))
+    chosen = np.sort(order[:max(1, fits)])
+    owner = np.repeat(chosen, counts[chosen])
+    rows = np.concatenate([dataset.cand_rows[dataset.cand_start[i]:dataset.cand_start[i + 1]]
+                           for i in chosen])
+    ages = np.concatenate([dataset.cand_ages[dataset.cand_start[i]:dataset.cand_start[i + 1]]
+                           for i in chosen])
     losses = np.empty(rows.size)
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, rows.size, 256):
@@ -90,11 +98,14 @@ def loss_by_age(model, dataset, edges_s: np.ndarray, max_pairs: int = 20000,
             losses[start + k] = float(model.loss(features[k:k + 1], windows[k:k + 1],
                                                  states[k:k + 1], actions[k:k + 1],
                                                  generator=generator))
+    first = np.r_[0, np.cumsum(counts[chosen])[:-1]]       # each sample's youngest pair
+    excess = losses - np.repeat(losses[first], counts[chosen])
     out = []
     for lo, hi in zip(edges_s[:-1], edges_s[1:]):
         mask = (ages >= lo) & (ages < hi)
         out.append({'age_lo_s': float(lo), 'age_hi_s': float(hi), 'pairs': int(mask.sum()),
-                    'loss': float(losses[mask].mean()) if mask.any() else None})
+                    'loss': float(losses[mask].mean()) if mask.any() else None,
+                    'excess': float(excess[mask].mean()) if mask.any() else None})
     return out
 
 
