@@ -111,6 +111,7 @@ def test_the_policy_continues_the_executors_prefix_with_a_conditioned_head(tmp_p
                              CheckpointMeta(model=m.cfg, contract=contract, untrained=False))
     rng = np.random.default_rng(2)
     committed = rng.normal(size=(3, A)).astype(np.float32)
+    committed[:, -1] = rng.uniform(0.0, 1.0, 3)        # a gripper command is 0..1
     obs = ExpertObservation(
         features=VLFeatureData(stamp_s=9.8, features=rng.normal(size=(6, 32)).astype(np.float32),
                                sequence=1, contract_hash=contract.digest, model_id='test'),

@@ -90,6 +90,8 @@ class ExpertPolicy:
         if seed is not None:
             self._generator.manual_seed(seed)
         self._joints = self._meta.model.state_dim - 8
+        names = self._meta.action_names
+        self._gripper = names.index('gripper') if 'gripper' in names else None
 
     @property
     def meta(self) -> CheckpointMeta:
@@ -191,7 +193,13 @@ class ExpertPolicy:
         with torch.inference_mode():
             actions = self._model(features, window, state, steps=self._steps, noise=noise,
                                   prefix=prefix, prefix_weights=weights)
-        return actions[0].to('cpu', torch.float32).numpy()
+        out = actions[0].to('cpu', torch.float32).numpy()
+        if self._gripper is not None:
+            # the gripper command is 0 (open) .. 1 (closed) by definition; a regression head
+            # says 1.003 for "closed", which the executor would clip and count as a
+            # position-limit intervention at every control step
+            out[:, self._gripper] = np.clip(out[:, self._gripper], 0.0, 1.0)
+        return out
 
     def infer(self, obs: ExpertObservation) -> ActionChunkData:
         """Predict one chunk; raise ContractMismatch or ObservationError on unusable input."""
