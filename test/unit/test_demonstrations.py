@@ -85,3 +85,48 @@ def test_tool_refuses_bad_settings(flag, value, tmp_path):
     with pytest.raises(SystemExit) as exc:
         record_demonstrations.main(['--backend', 'sim', flag, value, '-o', str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_recorded_chunks_are_the_clean_labels_and_the_chunk_targets(tmp_path):
+    """The bag's chunks are the demonstrator's before the noise; they are the chunk targets.
+
+    With noise on, each recorded chunk is what the clean demonstrator says to the recorded
+    observation; training with targets 'chunks' makes one sample per recorded chunk, that chunk
+    its target.
+    """
+    from vla_insertion.core.expert.dataset import collect_ticks
+    from vla_insertion.core.expert.episodes import bag_episodes
+    from vla_insertion.core.expert.runner import ExpertRunner
+    from vla_insertion.core.expert.staleness import StalenessLimits
+    from vla_insertion.core.feature_cache import CachedBag, VlUpdate
+    from vla_insertion.core.feature_contract import FeatureContract
+    from vla_insertion.core.sim.episode import episode_spec
+    manifest = record_episodes(tmp_path, 1, STREAMS, seed=5, noise_rad=0.05, keep_failures=True)
+    path = tmp_path / manifest[0]['bag']
+    rec = load_recording(path, views=())
+    assert len(rec.chunks) > 20
+    spec = episode_spec(5, manifest[0]['episode'])
+    clean, noisy = ReferencePolicy(), PerturbedReference(ReferencePolicy(), 0.05, seed=5)
+    gap_clean, gap_noisy = 0.0, 0.0
+    for chunk in rec.chunks:
+        obs = ReferenceObservation(robot=rec.robot(chunk.stamp_s), hole_top_m=spec.hole_top_m,
+                                   approach_offset_m=spec.approach_offset_m)
+        gap_clean = max(gap_clean, np.abs(clean.infer(obs).actions - chunk.actions).max())
+        gap_noisy = max(gap_noisy, np.abs(noisy.infer(obs).actions - chunk.actions).max())
+    assert gap_clean < 1e-4 and gap_noisy > 0.01, (gap_clean, gap_noisy)
+
+    contract = FeatureContract(model_id='t', reduction='r', num_tokens=2, feature_dim=4,
+                               image_width=160, image_height=90, view_names=VIEWS, prompt='p')
+    stamps = np.arange(rec.start_s + 0.2, rec.end_s, 0.4)                 # a VLM every 0.4 s
+    cached = CachedBag(str(path), [VlUpdate(float(t), float(t), (float(t),) * 2) for t in stamps],
+                       np.zeros((stamps.size, 2, 4), np.float32))
+    runner = ExpertRunner(None, StalenessLimits(max_feature_age_s=1.0),
+                          contract_digest=contract.digest, feature_shape=(2, 4))
+    episode = bag_episodes(str(path))[0]
+    out = collect_ticks(rec, episode, cached, runner, contract, 8, 0.1, 10.0, targets='chunks')
+    by_stamp = {round(c.stamp_s, 6): c.actions for c in rec.chunks}
+    assert len(out['tick_s']) > 10
+    for t, actions in zip(out['tick_s'], out['actions']):
+        np.testing.assert_array_equal(actions, by_stamp[round(t, 6)])
+    with pytest.raises(ValueError, match='training wants 4'):
+        collect_ticks(rec, episode, cached, runner, contract, 4, 0.1, 10.0, targets='chunks')

@@ -11,7 +11,8 @@ second per episode and the feature cache and train_expert read it unchanged:
     cameras/<view>/image/compressed   rendered JPEGs at camera_fps, stamped with the capture
     robot/joint_states, robot/pose    the measured arm at 100 Hz (joints, gripper, tool pose)
     sensor/window                     the newest 65 samples at 650 Hz, one window per batch
-    vla/action_chunk                  the demonstrator's chunks (what the expert imitates)
+    vla/action_chunk                  the demonstrator's chunks (what the expert imitates), before
+                                      the DART offset the executed commands carry
 
 Times are the cell's clock shifted to a fixed epoch; the log time of every message is its
 stamp (what the live recorder sees within milliseconds). ROS-free.
@@ -68,10 +69,16 @@ class PerturbedReference:
         self.reference, self.sigma, self.tau, self.fade_m = reference, sigma_rad, tau_s, fade_m
         self._rng = np.random.default_rng(seed)
         self._offset = np.zeros(6)
+        self._clean: dict[int, object] = {}     # sequence -> the chunk before the offset
 
     def reset(self) -> None:
         self.reference.reset()
         self._offset = np.zeros(6)
+        self._clean.clear()
+
+    def clean(self, chunk):
+        """Return the demonstrator's chunk before the offset for a chunk `infer` returned."""
+        return self._clean.get(chunk.sequence, chunk)
 
     def infer(self, obs):
         chunk = self.reference.infer(obs)
@@ -89,6 +96,8 @@ class PerturbedReference:
             scale = 0.0
         actions = np.array(chunk.actions, dtype=np.float32)
         actions[:, :6] += (scale * self._offset).astype(np.float32)
+        self._clean = {k: v for k, v in self._clean.items() if k > chunk.sequence - 16}
+        self._clean[chunk.sequence] = chunk
         return replace(chunk, actions=actions)
 
 
@@ -206,7 +215,10 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
         path = out / f'episode_{index:04d}'
         sink = _BagSink(path, streams)
         loop.observer = _Recorder(loop, sink, renderer)
-        loop.on_chunk = sink.chunk
+        # the label is what the demonstrator meant, the executed command carries the noise
+        # (the recorded joints show it)
+        loop.on_chunk = (sink.chunk if not isinstance(reference, PerturbedReference) else
+                         lambda t, chunk: sink.chunk(t, reference.clean(chunk)))
         try:
             metrics = loop.run_episode()
         finally:

@@ -27,6 +27,7 @@ import torch
 from vla_insertion.core import artifacts, bag
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
 from vla_insertion.core.expert.checkpoint import CheckpointError
+from vla_insertion.core.expert.dataset import TARGETS
 from vla_insertion.core.expert.feature_age import DEFAULT_AGE_SPEC, REFERENCE_VLM_LATENCY_S
 from vla_insertion.core.expert.fit import fit, FitConfig
 from vla_insertion.core.expert.presets import PRESETS
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--horizon', type=int, default=8, help='actions per chunk')
     p.add_argument('--dt', type=float, default=0.1, help='time between actions [s]')
     p.add_argument('--rate-hz', type=float, default=10.0, help='tick rate over the bags')
+    p.add_argument('--targets', choices=TARGETS, default='measured',
+                   help='measured: what the robot did after each tick; chunks: a sample at '
+                   "each recorded vla/action_chunk (a demonstrator's), that chunk the target")
     p.add_argument('--val-fraction', type=float, default=0.2,
                    help='share of episodes held out for validation')
     p.add_argument('--val-bags', nargs='*', default=[], help='hold out these bags instead')
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             head=args.head, flow_steps=args.flow_steps,
             prefix_conditioning=args.prefix_conditioning, action_frame=args.action_frame,
             horizon=args.horizon, dt_s=args.dt,
-            rate_hz=args.rate_hz, feature_age=args.feature_age, vl_period_s=period,
+            rate_hz=args.rate_hz, targets=args.targets, feature_age=args.feature_age,
+            vl_period_s=period,
             val_fraction=args.val_fraction, val_bags=tuple(args.val_bags),
             episode_log=args.episode_log, resume=args.resume,
             init_checkpoint=args.init_checkpoint, finetune_vl=args.finetune_vl,

@@ -63,12 +63,32 @@ class FeatureBank:
         return torch.from_numpy(out)
 
 
+TARGETS = ('measured', 'chunks')
+
+
+def _chunk_ticks(rec: Recording, horizon: int, dt_s: float) -> list[tuple[float, np.ndarray]]:
+    """Return (stamp, actions (H, A)) of every recorded chunk, refusing another shape."""
+    out = []
+    for chunk in rec.chunks:
+        actions = np.asarray(chunk.actions, dtype=np.float32)
+        if actions.shape[0] != horizon or abs(chunk.dt_s - dt_s) > 1e-6:
+            raise ValueError(f'{rec.path}: a recorded chunk of {actions.shape[0]} actions '
+                             f'{chunk.dt_s} s apart; training wants {horizon} x {dt_s} s')
+        out.append((float(chunk.stamp_s), actions))
+    return out
+
+
 def collect_ticks(rec: Recording, episode: Episode, cached: CachedBag, runner: ExpertRunner,
-                  contract: FeatureContract, horizon: int, dt_s: float, rate_hz: float) -> dict:
+                  contract: FeatureContract, horizon: int, dt_s: float, rate_hz: float,
+                  targets: str = 'measured') -> dict:
     """Return an episode's accepted ticks: tick_s, windows, states, actions, refused.
 
     `runner` (policy-free: `ExpertRunner(None, limits, contract_digest=..., feature_shape=...)`)
     decides each tick as the node would, on the youngest update whose run had started by then.
+    `targets`: 'measured', ticks at `rate_hz` and what the robot then did (the recorded joints
+    at tick + k dt); 'chunks', a tick at each recorded `vla/action_chunk` stamp and that chunk
+    (the demonstrator's answer to what it saw then: no executor lag or unobserved velocity
+    in the target).
     """
     inputs = RecordedInputs(rec, ())
     stamps, run_s = cached.stamps_s, cached.run_s
@@ -76,11 +96,15 @@ def collect_ticks(rec: Recording, episode: Episode, cached: CachedBag, runner: E
     out = {'tick_s': [], 'windows': [], 'states': [], 'actions': [], 'ticks': 0, 'refused': {}}
     if stamps.size == 0:                               # the VLM never ran in this bag
         return out
-    # ticks on the grid open-loop evaluation uses: from the first views on
-    for t in tick_times(inputs, rate_hz, not_before_s=max(stamps[0], episode.start_s)):
+    first = max(stamps[0], episode.start_s)
+    if targets == 'chunks':
+        pairs = [(t, a) for t, a in _chunk_ticks(rec, horizon, dt_s) if t >= first]
+    else:   # ticks on the grid open-loop evaluation uses: from the first views on
+        pairs = [(t, tick_targets(inputs, t, horizon, dt_s))
+                 for t in tick_times(inputs, rate_hz, not_before_s=first)]
+    for t, actions in pairs:
         if not episode.contains(t, t + (horizon - 1) * dt_s):
             continue
-        actions = tick_targets(inputs, t, horizon, dt_s)
         if actions is None:                        # the chunk runs past the recording
             continue
         out['ticks'] += 1
@@ -168,8 +192,8 @@ class PairedDataset:
 
 def build_split(recordings: dict[str, Recording], bank: FeatureBank, episodes: list[Episode],
                 runner_factory, contract: FeatureContract, age_model: AgeModel,
-                max_age_s: float, horizon: int, dt_s: float, rate_hz: float
-                ) -> tuple[PairedDataset | None, dict]:
+                max_age_s: float, horizon: int, dt_s: float, rate_hz: float,
+                targets: str = 'measured') -> tuple[PairedDataset | None, dict]:
     """Collect the ticks of some episodes into a PairedDataset; return it and a report.
 
     `recordings` and `bank` are keyed and ordered by bag path; `runner_factory()` returns a new
@@ -180,7 +204,7 @@ def build_split(recordings: dict[str, Recording], bank: FeatureBank, episodes: l
     for episode in episodes:
         i = paths.index(episode.bag)
         part = collect_ticks(recordings[episode.bag], episode, bank.bags[i], runner_factory(),
-                             contract, horizon, dt_s, rate_hz)
+                             contract, horizon, dt_s, rate_hz, targets)
         total += part['ticks']
         for k, v in part['refused'].items():
             refused[k] = refused.get(k, 0) + v

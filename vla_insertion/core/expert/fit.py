@@ -29,7 +29,7 @@ from vla_insertion.core import artifacts
 from vla_insertion.core.config import (
     ConfigError, require, require_one_of, require_positive, VlmConfig)
 from vla_insertion.core.expert.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from vla_insertion.core.expert.dataset import build_split, FeatureBank
+from vla_insertion.core.expert.dataset import build_split, FeatureBank, TARGETS
 from vla_insertion.core.expert.episodes import (
     bag_episodes, intervals_from_episode_log, split_episodes)
 from vla_insertion.core.expert.feature_age import (
@@ -67,6 +67,7 @@ class FitConfig:
     horizon: int = 8               # actions per chunk
     dt_s: float = 0.1              # time between actions [s]
     rate_hz: float = 10.0          # tick rate over the bags: one sample per accepted tick [Hz]
+    targets: str = 'measured'      # 'measured' (what the robot did) or 'chunks' (recorded ones)
     feature_age: str = DEFAULT_AGE_SPEC  # feature-age model (core/expert/feature_age.py)
     vl_period_s: float = REFERENCE_VLM_LATENCY_S  # without a cache: emulated VLM period [s]
     val_fraction: float = 0.2      # share of episodes held out for validation [1]
@@ -90,6 +91,7 @@ class FitConfig:
                 f'{self.preset!r}')
         require_one_of('head', self.head, HEADS)
         require_one_of('finetune_vl', self.finetune_vl, FINETUNE)
+        require_one_of('targets', self.targets, TARGETS)
         require(self.device in ('cpu', 'cuda', 'auto'),
                 f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         for name in ('dt_s', 'rate_hz', 'lora_alpha'):
@@ -225,7 +227,7 @@ def prepare_data(cfg: FitConfig, vlm_config: VlmConfig | None, limits: Staleness
     def runner() -> ExpertRunner:
         return ExpertRunner(None, limits, contract_digest=contract.digest, feature_shape=shape)
     split_args = (runner, contract, age_model, limits.max_feature_age_s, cfg.horizon, cfg.dt_s,
-                  cfg.rate_hz)
+                  cfg.rate_hz, cfg.targets)
     train_data, train_rep = build_split(recordings, bank, train_eps, *split_args)
     val_data, val_rep = build_split(recordings, bank, val_eps, *split_args) if val_eps \
         else (None, {'episodes': 0, 'samples': 0})
@@ -321,8 +323,9 @@ def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
         'train_episodes': [e.name for e in train_eps], 'val_episodes': [e.name for e in val_eps],
         'samples': len(train_data), 'val_samples': len(val_data) if val_data else 0,
         'refused': train_rep['refused'], 'feature_age': age_model.describe(),
-        'cache': cfg.cache, 'preset': cfg.preset, 'horizon': cfg.horizon, 'rate_hz': cfg.rate_hz,
-        'train': asdict(cfg.train), 'base_contract_digest': base_contract.digest,
+        'cache': cfg.cache, 'preset': cfg.preset, 'horizon': cfg.horizon,
+        'rate_hz': cfg.rate_hz, 'targets': cfg.targets, 'train': asdict(cfg.train),
+        'base_contract_digest': base_contract.digest,
         'trained_with_prefix': model.cfg.prefix_conditioning,
         **({'lora': settings.to_dict()} if settings else {}),
         # the names the first train_expert wrote
