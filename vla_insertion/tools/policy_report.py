@@ -72,9 +72,12 @@ def age_losses(checkpoint: Path, val_bags: list[str], args) -> list[dict] | None
         return None
     limits = dataclasses.replace(StalenessLimits.from_config(args.expert),
                                  max_feature_age_s=float(AGE_EDGES_S[-1]))
-    data = prepare_data(FitConfig(bags=tuple(val_bags), cache=str(args.cache), val_fraction=0.0),
-                        None, limits, say=lambda text: None)
-    return loss_by_age(load_checkpoint(checkpoint).model, data.train, AGE_EDGES_S)
+    loaded = load_checkpoint(checkpoint)
+    # the targets it was trained on (train_expert --targets; checkpoints before: measured)
+    targets = loaded.meta.extra.get('targets', 'measured')
+    data = prepare_data(FitConfig(bags=tuple(val_bags), cache=str(args.cache), val_fraction=0.0,
+                                  targets=targets), None, limits, say=lambda text: None)
+    return loss_by_age(loaded.model, data.train, AGE_EDGES_S)
 
 
 def closed_loop(checkpoint: Path | None, mode: str, delay_s: float, args) -> dict:
