@@ -5,7 +5,8 @@
     1. record_demonstrations --backend sim   the scripted demonstrator, randomised holes,
                                              starts and noise, one bag per episode
     2. cache_features                        the tiny VLM once over every bag
-    3. train_expert --cache                  stage 1 with feature-age augmentation
+    3. train_expert --cache --targets chunks stage 1 with feature-age augmentation, on the
+                                             demonstrator's clean chunks
 
 each step one of the package's own programs run as a child process (as `prepare_demo_models`
 does), its output shown as it comes, under `<root>/` (`artifacts/demo_policy/` of the working
@@ -41,6 +42,7 @@ class DemoRecipe:
     camera_fps: float = 5.0        # recorded frames per view per second [Hz]
     preset: str = 'small'          # expert size
     steps: int = 6000              # optimizer steps
+    targets: str = 'chunks'        # the demonstrator's clean chunks (train_expert --targets)
     batch_size: int = 64
     workers: int = 2               # recording processes
     threads: int = 2               # torch threads of the cache and the training
@@ -108,6 +110,7 @@ def prepare_demo_policy(vlm: Path, params_file: Path, contract_digest: str, *,
     steps.append(_run(bin_dir, 'train_expert', [
         *bags, '--cache', str(cache), '--params-file', str(params_file),
         '--vlm-model', str(vlm), '--preset', recipe.preset, '--steps', str(recipe.steps),
+        '--targets', recipe.targets,
         '--batch-size', str(recipe.batch_size), '--threads', str(recipe.threads),
         '--seed', str(recipe.seed), '--no-progress', '--out', str(checkpoint), *resume], echo))
     (root / 'recipe.json').write_text(json.dumps(
