@@ -129,14 +129,11 @@ class PipelineLoop:
     def window(self, t: float) -> SensorWindowData:
         """Return the sensor window at t: the newest window_samples at sensor_rate_hz.
 
-        Samples from before the episode's start repeat its first one: the cell put the arm
-        at the start pose in no time, so the readings before are the previous episode's (a
-        peg held against the block after an over-force end would trip the next episode's
-        force limit at once).
+        The cell's history starts at the episode's start (SimCell._start_episode): earlier
+        samples repeat its first reading.
         """
         p = self.timing
         times = t - np.arange(p.window_samples - 1, -1, -1) / p.sensor_rate_hz   # oldest first
-        times = np.maximum(times, self.cell.judge.start_s)
         readings = self.cell.history.at(times)
         noisy = readings + self._rng.normal(0.0, SENSOR_NOISE, readings.shape)
         noisy[:, 6] = np.maximum(noisy[:, 6], 0.0)

@@ -51,6 +51,13 @@ class SensorHistory:
         self._head = (self._head + 1) % len(self._times)
         self.count = min(self.count + 1, len(self._times))
 
+    def clear(self) -> None:
+        """Forget every reading (readers then see only what is appended after)."""
+        self._times[:] = -np.inf
+        self._readings[:] = np.nan
+        self._head = 0
+        self.count = 0
+
     def latest(self, n: int) -> np.ndarray:
         """Return the newest n readings (n, 7), oldest first; NaN rows where there are none yet."""
         order = (self._head - n + np.arange(n)) % len(self._times)
@@ -159,8 +166,12 @@ class SimCell:
         self._settle_until = math.inf
         self.judge = EpisodeJudge(self.spec, self.params.episode, self.t_s)
         self._measure(first=True)
-        # the reading at the start time is the new pose's (a reader asking for the start
-        # must not get the previous episode's last contact force)
+        # the arm was put at the start pose in no time, so the readings before belong to the
+        # previous episode: a peg held against the block after an over-force end would reach
+        # the new episode's first sensor windows and trip the executor's force limit at once.
+        # Readers see the start pose's reading from the start on (at() repeats the oldest one
+        # for earlier times; latest() pads with NaN rows, counted as not valid).
+        self.history.clear()
         self.history.append(self.t_s, self._state.sensor_reading())
         self.events.append(('start', self.spec))
 
