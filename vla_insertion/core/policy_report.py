@@ -28,22 +28,21 @@ def open_loop_cached(rec: Recording, cached, runner: ExpertRunner, latency_s: fl
     `cached` is a feature_cache.CachedBag of this recording; features become usable
     `latency_s` after the capture stamp of their views (the VLM's inference).
     """
-    from dataclasses import replace
-
     from vla_insertion.core.data import VLFeatureData
     inputs = RecordedInputs(rec)
     stamps = cached.stamps_s
+    ticks = tick_times(inputs, rate_hz)
     runner.reset()
     chunks = []
-    for t in tick_times(inputs, rate_hz):
+    for t in ticks:
         i = int(np.searchsorted(stamps + latency_s, t + 1e-9, side='right')) - 1
         features = None if i < 0 else VLFeatureData(
             stamp_s=float(stamps[i]), features=np.asarray(cached.features[i], np.float32),
             sequence=i, contract_hash=runner.contract_digest, model_id='cache')
         result = runner.tick(features, inputs.window(t), inputs.robot(t), float(t))
         if result.published:
-            chunks.append(replace(result.chunk, stamp_s=float(t)))
-    run = RunResult('open-loop', chunks, [0.0] * len(chunks), ticks=len(tick_times(inputs)),
+            chunks.append(result.chunk)                     # stamped with the tick t
+    run = RunResult('open-loop', chunks, [0.0] * len(chunks), ticks=len(ticks),
                     refused=runner.stats.refused.as_dict())
     return score(rec, run, rate_hz)
 
@@ -107,8 +106,3 @@ def loss_by_age(model, dataset, edges_s: np.ndarray, max_pairs: int = 20000,
                     'loss': float(losses[mask].mean()) if mask.any() else None,
                     'excess': float(excess[mask].mean()) if mask.any() else None})
     return out
-
-
-def executed_summary(score_: dict) -> dict:
-    """Return the executed-action errors of one metrics.evaluate() result [deg]."""
-    return {'mae_deg': score_['executed']['mae_deg'], 'rmse_deg': score_['executed']['rmse_deg']}
