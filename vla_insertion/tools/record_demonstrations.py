@@ -33,6 +33,7 @@ import sys
 from vla_insertion.core import bag, topics
 from vla_insertion.core.cell_run import CellRun, CellRunError
 from vla_insertion.core.config import ConfigError
+from vla_insertion.core.sim.episode import EpisodeParams
 from vla_insertion.nodes.executor_operator import ExecutorOperator
 
 log = logging.getLogger('record_demonstrations')
@@ -113,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.first_episode < 0 or args.workers < 1:
         parser.error('--episodes and --workers must be >= 1, --first-episode >= 0')
-    if not (0.0 <= args.start_range_rad <= 0.5 and 0.0 <= args.noise_rad <= 0.2
-            and args.camera_fps > 0.0):
-        parser.error('--start-range-rad must be in 0..0.5, --noise-rad in 0..0.2, '
-                     '--camera-fps > 0')
+    if not (0.0 <= args.noise_rad <= 0.2 and args.camera_fps > 0.0):
+        parser.error('--noise-rad must be in 0..0.2, --camera-fps > 0')
+    try:                       # the cell's own check of the start range
+        EpisodeParams(start_range_rad=args.start_range_rad)
+    except ConfigError as exc:
+        parser.error(f'--start-range-rad: {exc}')
     logging.basicConfig(level=logging.INFO, format='[demos] %(message)s')
     out = Path(args.output)
     if args.backend == 'sim':

@@ -30,6 +30,7 @@ from vla_insertion.core.expert.checkpoint import CheckpointError
 from vla_insertion.core.expert.dataset import TARGETS
 from vla_insertion.core.expert.feature_age import DEFAULT_AGE_SPEC, REFERENCE_VLM_LATENCY_S
 from vla_insertion.core.expert.fit import fit, FitConfig
+from vla_insertion.core.expert.model import ACTION_FRAMES
 from vla_insertion.core.expert.presets import PRESETS
 from vla_insertion.core.expert.staleness import StalenessLimits
 from vla_insertion.core.expert.trainer import TrainConfig
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='flow head: train to continue a committed prefix (training-time RTC)')
     p.add_argument('--max-prefix', type=int, default=None,
                    help='with --prefix-conditioning: prefixes of 0..N actions (default H / 2)')
-    p.add_argument('--action-frame', choices=('delta', 'absolute'), default='delta',
+    p.add_argument('--action-frame', choices=ACTION_FRAMES, default='delta',
                    help='the network predicts joint targets relative to the measured joints '
                    '(delta) or the targets themselves')
     p.add_argument('--horizon', type=int, default=8, help='actions per chunk')
