@@ -1,7 +1,7 @@
 """Action-expert latency on this machine: fp32, int8 and fp16 weights, regression and flow heads.
 
 Times `ExpertPolicy.infer` (tensor building, forward pass under inference_mode, de-normalised
-numpy output) at batch 1 for untrained checkpoints of the default size (~20.7M parameters, VL
+numpy output) at batch 1 for untrained checkpoints of the default size (~19.4M parameters, VL
 features 41 x 2048 as from Qwen2.5-VL-3B), after warm-up runs that are not counted, for each
 `precision` (core/expert/quantize.py) side by side: the variants of one head and thread count
 are called round robin, so a load change on a shared machine hits them alike. Accuracy: the
@@ -52,16 +52,16 @@ CONTRACT = FeatureContract(model_id='Qwen/Qwen2.5-VL-3B-Instruct',
 
 def observation(rng: np.random.Generator) -> ExpertObservation:
     now = time.time()
+    robot = RobotState(stamp_s=now, joint_positions_rad=rng.uniform(-1, 1, 6),
+                       tool_position_m=np.array([0.4, 0.0, 0.3]),
+                       tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0]))
     return ExpertObservation(
         features=VLFeatureData(stamp_s=now - 0.3, sequence=1, contract_hash=CONTRACT.digest,
                                model_id=CONTRACT.model_id,
                                features=rng.standard_normal((41, 2048)).astype(np.float32)),
         window=SensorWindowData(stamp_s=now, valid_samples=65, sample_rate_hz=650.0,
                                 samples=rng.standard_normal((65, 7)).astype(np.float32)),
-        robot=RobotState(stamp_s=now, joint_positions_rad=rng.uniform(-1, 1, 6),
-                         tool_position_m=np.array([0.4, 0.0, 0.3]),
-                         tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0])),
-        now_s=now)
+        robot=robot, now_s=now, capture_robot=robot)
 
 
 def measure(calls: dict[str, Callable[[int], object]], runs: int, warmup: int
@@ -121,11 +121,12 @@ def onnxruntime_calls(ckpt, folder: Path, threads: int) -> tuple[dict[str, Calla
             super().__init__()
             self.model = model
 
-        def forward(self, features, window, state):
-            return self.model(features, window, state)
+        def forward(self, features, window, state, capture):
+            return self.model(features, window, state, capture)
 
-    inputs = validation_inputs(ckpt.model, 8)
-    names = ('features', 'window', 'state')
+    # a model without capture_motion ignores the capture: the state stands in for it
+    inputs = [(f, w, s, s if c is None else c) for f, w, s, c in validation_inputs(ckpt.model, 8)]
+    names = ('features', 'window', 'state', 'capture')
     fp32, int8 = folder / 'expert.onnx', folder / 'expert-int8.onnx'
     if not int8.exists():
         torch.onnx.export(Forward(ckpt.model), inputs[0], str(fp32), input_names=list(names),

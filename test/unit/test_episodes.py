@@ -115,3 +115,39 @@ def test_samples_and_their_features_stay_inside_their_episode(cached_bags):
         assert e.start_s <= stamps[rows[i]] <= t                # its features too
         assert ages[i] <= 1.0
     assert set(data.episode) == {0, 1}
+
+
+def test_the_bank_holds_each_updates_capture_state_and_the_statistics(cached_bags):
+    from vla_insertion.core.expert.policy import robot_state_vector
+    cache = FeatureCache.load(cached_bags['cache'])
+    bags = [cache.bag(b) for b in cached_bags['bags']]
+    recordings = {b: load_recording(b, views=()) for b in cached_bags['bags']}
+    bank = FeatureBank(bags, recordings)
+    assert bank.captures.shape == (len(bank), 14)
+    bag, local = bank.locate(np.arange(len(bank)))
+    for row in range(0, len(bank), 7):
+        stamp = bags[bag[row]].stamps_s[local[row]]
+        robot = recordings[bags[bag[row]].path].robot(stamp)
+        if robot is not None:                      # the views' stamp, not the VLM's run
+            assert robot.stamp_s <= stamp
+            assert np.array_equal(bank.captures[row], robot_state_vector(robot))
+    with pytest.raises(ValueError, match='recordings'):
+        FeatureBank(bags).capture_states(np.arange(2))
+
+    episodes = [e for b in cached_bags['bags'] for e in bag_episodes(b)]
+    data, _, _ = samples_by_episode(cached_bags, episodes)
+    data.bank = bank                               # the split's bank, with the captures
+    stats = data.normalization()
+    shape = (cache.contract.num_tokens, cache.contract.feature_dim)
+    assert stats['feature_mean'].shape == stats['feature_std'].shape == shape
+    rows = np.unique(data.cand_rows)
+    features = bank.features(rows).double().numpy()
+    assert np.allclose(stats['feature_mean'], features.mean(0), atol=1e-5)
+    assert (stats['feature_std'] >= features.std(0) - 1e-5).all()   # floored, never below
+    assert stats['motion_mean'].shape == stats['motion_std'].shape == (14,)
+    # the bags' joints move ~0.3 pi rad/s and the features are 0-0.4 s old
+    assert 0.005 < float(stats['motion_std'][:6].mean()) < 0.5
+    assert np.isfinite(stats['motion_mean']).all()
+    index = np.arange(4)
+    rows, _ = data.pair(index, np.full(4, 0.5))
+    assert np.array_equal(data.captures_of(index, rows).numpy(), bank.captures[rows])

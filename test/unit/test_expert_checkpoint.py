@@ -1,5 +1,6 @@
 """Expert checkpoints: bit-exact round trip, contract checks, corrupted and missing files."""
 import dataclasses
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -26,7 +27,7 @@ def observation(seed: int = 0, contract: FeatureContract = CONTRACT, now_s: floa
     rng = np.random.default_rng(seed)
     samples = rng.standard_normal((65, 7)).astype(np.float32)
     samples[:65 - valid] = np.nan
-    return ExpertObservation(
+    obs = ExpertObservation(
         features=VLFeatureData(
             stamp_s=now_s - 0.3, sequence=5, contract_hash=contract.digest,
             model_id=contract.model_id,
@@ -39,6 +40,7 @@ def observation(seed: int = 0, contract: FeatureContract = CONTRACT, now_s: floa
                          tool_position_m=np.array([0.4, 0.0, 0.3]),
                          tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0]), gripper=0.5),
         now_s=now_s)
+    return replace(obs, capture_robot=obs.robot)  # the views were taken at this state
 
 
 @pytest.fixture(scope='module', params=['regression', 'flow'])
@@ -56,6 +58,23 @@ def test_checkpoints_from_before_action_frame_load_as_absolute(checkpoint_dir, t
     assert doc['model'].pop('action_frame') == 'delta'            # written by this version
     (old / 'config.json').write_text(json.dumps(doc))
     assert load_checkpoint(old).meta.model.action_frame == 'absolute'
+
+
+def test_checkpoints_from_before_token_pooling_load_as_they_were_trained(tmp_path):
+    legacy = {'vl_pooling': 'attention', 'feature_norm': False, 'capture_motion': False}
+    folder = make_untrained_checkpoint(tmp_path / 'old', CONTRACT, preset='small', **legacy)
+    doc = json.loads((folder / 'config.json').read_text())
+    for name in legacy:                          # what a checkpoint of the last version says
+        doc['model'].pop(name)
+    assert set(doc['normalization']) == {f'{n}_{s}' for n in ('sensor', 'state', 'action')
+                                         for s in ('mean', 'std')}
+    (folder / 'config.json').write_text(json.dumps(doc))
+    loaded = load_checkpoint(folder)
+    assert {k: getattr(loaded.meta.model, k) for k in legacy} == legacy
+    obs = observation()
+    policy = ExpertPolicy(loaded)
+    assert policy.infer(obs).actions.shape == (8, 7)
+    assert np.array_equal(policy.predict(obs), policy.predict(replace(obs, capture_robot=None)))
 
 
 def test_round_trip_is_bit_exact(checkpoint_dir):

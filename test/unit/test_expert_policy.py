@@ -1,4 +1,6 @@
 """The policy around a checkpoint: the gripper command stays within 0 (open) .. 1 (closed)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,7 @@ def test_the_gripper_command_is_clipped_to_its_range(tmp_path, gripper, expected
                          tool_position_m=np.zeros(3),
                          tool_orientation_xyzw=np.array([0, 0, 0, 1.0])),
         now_s=1.0)
+    obs = replace(obs, capture_robot=obs.robot)
     actions = ExpertPolicy(folder).infer(obs).actions
     np.testing.assert_allclose(actions[:, 6], expected, atol=1e-6)
     np.testing.assert_allclose(actions[:, :6], 2.5, atol=1e-5)

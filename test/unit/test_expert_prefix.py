@@ -1,5 +1,6 @@
 """Prefix inpainting (real-time chunking): the flow head continues committed actions."""
 import dataclasses
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_bad_prefixes_and_the_regression_head_are_refused():
 
 def _observation(prefix=None, now_s=100.0):
     rng = np.random.default_rng(0)
-    return ExpertObservation(
+    obs = ExpertObservation(
         features=VLFeatureData(stamp_s=now_s - 0.3, sequence=5, contract_hash=CONTRACT.digest,
                                model_id=CONTRACT.model_id,
                                features=rng.standard_normal((6, 32)).astype(np.float32)),
@@ -111,6 +112,7 @@ def _observation(prefix=None, now_s=100.0):
                          tool_position_m=np.array([0.4, 0.0, 0.3]),
                          tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0]), gripper=0.5),
         now_s=now_s, prefix=prefix)
+    return replace(obs, capture_robot=obs.robot)  # the views were taken at this state
 
 
 @pytest.fixture(scope='module', params=['regression', 'flow'])

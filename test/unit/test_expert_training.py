@@ -1,4 +1,6 @@
 """Behaviour cloning: the loss falls, training is deterministic, stats come from the data."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -114,6 +116,7 @@ def test_saved_checkpoint_loads_and_predicts_the_targets(trained, tmp_path):
             robot=RobotState(stamp_s=10.0, joint_positions_rad=s[:6], tool_position_m=s[6:9],
                              tool_orientation_xyzw=s[9:13], gripper=float(s[13])),
             now_s=10.0)
+        obs = replace(obs, capture_robot=obs.robot)  # as the fixed pairing: taken at the tick
         errors.append(np.abs(policy.infer(obs).actions - data.actions[i].numpy()))
     mae = float(np.mean(errors))
     spread = float(data.actions.std())

@@ -6,6 +6,8 @@ conditioned head trained with random prefixes continues them far better than it 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -121,6 +123,7 @@ def test_the_policy_continues_the_executors_prefix_with_a_conditioned_head(tmp_p
                          tool_position_m=np.zeros(3),
                          tool_orientation_xyzw=np.array([0, 0, 0, 1.0])),
         now_s=10.0, prefix=committed)
+    obs = replace(obs, capture_robot=obs.robot)  # the views were taken at this state
     chunk = ExpertPolicy(folder).infer(obs)
     np.testing.assert_allclose(chunk.actions[:3], committed, atol=1e-5)   # continued exactly
     # the same call through forward: continue_prefix with the committed actions given

@@ -223,7 +223,10 @@ class PipelineLoop:
             # the executor at its control rate
             if t >= next_command - 1e-12:
                 next_command += self._command_period
-                self.executor.on_robot_state(cell.state().robot_state(t))
+                robot = cell.state().robot_state(t)
+                self.executor.on_robot_state(robot)
+                if self.runner is not None:     # the features' capture falls between ticks
+                    self.runner.note_robot(robot)
                 self.executor.on_sensor_window(self.window(t))
                 command = self.executor.step(t)
                 if command.valid:

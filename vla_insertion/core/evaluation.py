@@ -66,7 +66,8 @@ def run_open_loop(rec: Recording, vlm, runner: ExpertRunner, views: tuple[str, .
         if features is None or i % vl_every == 0:
             features = vlm.infer(inputs.vlm(t, sequence=vl_updates))
             vl_updates += 1
-        result = runner.tick(features, inputs.window(t), inputs.robot(t), t)
+        result = runner.tick(features, inputs.window(t), inputs.robot(t), t,
+                             capture_robot=inputs.capture(features))
         if result.published:
             chunks.append(result.chunk)
             latency.append((time.perf_counter() - t0) * 1e3)
@@ -113,7 +114,8 @@ def run_sync(rec: Recording, vlm, runner: ExpertRunner, views: tuple[str, ...],
         ticks += 1
         features = vlm.infer(inputs.vlm(t_obs, updates))
         updates += 1
-        result = runner.tick(features, inputs.window(t_obs), inputs.robot(t_obs), t_obs)
+        result = runner.tick(features, inputs.window(t_obs), inputs.robot(t_obs), t_obs,
+                             capture_robot=inputs.capture(features))
         t_avail = clock.now()
         if result.published:
             chunks.append(replace(result.chunk, stamp_s=t_avail,
@@ -154,7 +156,8 @@ def run_threaded(rec: Recording, vlm, runner: ExpertRunner, views: tuple[str, ..
         ticker = DeadlineTicker(rate_hz, stop, clock=clock.now, max_lateness_s=0.0)
         while not errors and ticker.wait() and (t_obs := clock.now()) <= rec.end_s:
             ticks += 1
-            result = runner.tick(latest[0], inputs.window(t_obs), inputs.robot(t_obs), t_obs)
+            result = runner.tick(latest[0], inputs.window(t_obs), inputs.robot(t_obs), t_obs,
+                                 capture_robot=inputs.capture(latest[0]))
             if result.published:
                 t_avail = clock.now()
                 chunks.append(replace(result.chunk, stamp_s=t_avail))

@@ -42,3 +42,4 @@ class ExpertObservation:
     robot: RobotState
     now_s: float                    # tick time on the local clock [s]
     prefix: np.ndarray | None = None  # (d, A) committed actions applying from now_s, or None
+    capture_robot: RobotState | None = None  # the robot state when the features' views were taken

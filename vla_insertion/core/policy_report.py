@@ -39,7 +39,8 @@ def open_loop_cached(rec: Recording, cached, runner: ExpertRunner, latency_s: fl
         features = None if i < 0 else VLFeatureData(
             stamp_s=float(stamps[i]), features=np.asarray(cached.features[i], np.float32),
             sequence=i, contract_hash=runner.contract_digest, model_id='cache')
-        result = runner.tick(features, inputs.window(t), inputs.robot(t), float(t))
+        result = runner.tick(features, inputs.window(t), inputs.robot(t), float(t),
+                             capture_robot=inputs.capture(features))
         if result.published:
             chunks.append(result.chunk)                     # stamped with the tick t
     run = RunResult('open-loop', chunks, [0.0] * len(chunks), ticks=len(ticks),
@@ -93,10 +94,12 @@ def loss_by_age(model, dataset, edges_s: np.ndarray, max_pairs: int = 20000,
         index = torch.from_numpy(owner[sl])
         windows, states, actions = dataset.inputs(index)
         features = dataset.features_of(rows[sl])
+        captures = dataset.captures_of(index, rows[sl])
         for k in range(index.numel()):        # per pair: the loss of one sample
             losses[start + k] = float(model.loss(features[k:k + 1], windows[k:k + 1],
                                                  states[k:k + 1], actions[k:k + 1],
-                                                 generator=generator))
+                                                 generator=generator,
+                                                 capture=captures[k:k + 1]))
     first = np.r_[0, np.cumsum(counts[chosen])[:-1]]       # each sample's youngest pair
     excess = losses - np.repeat(losses[first], counts[chosen])
     out = []

@@ -3,7 +3,9 @@
     rec = load_recording('artifacts/bags/session_01', views=('zed_1', ...))
     inputs = RecordedInputs(rec, views)
     for t in tick_times(inputs, rate_hz=10.0):
-        runner.tick(inputs.features(t), inputs.window(t), inputs.robot(t), t)
+        features = inputs.features(t)
+        runner.tick(features, inputs.window(t), inputs.robot(t), t,
+                    capture_robot=inputs.capture(features))
 
 Everything is on the recorded header-stamp clock [s]. `RecordedInputs` answers "what was the
 newest input of each stream at time t" the way the action_expert node holds its newest inputs
@@ -165,6 +167,10 @@ class RecordedInputs:
 
     def robot(self, t_s: float) -> RobotState | None:
         return self.rec.robot(t_s)
+
+    def capture(self, features: VLFeatureData | None) -> RobotState | None:
+        """Return the robot state when the features' views were taken (None: not recorded)."""
+        return None if features is None else self.rec.robot(features.stamp_s)
 
     def features(self, t_s: float) -> VLFeatureData | None:
         """Return the newest recorded VL features at t (published ones, from vla/features)."""

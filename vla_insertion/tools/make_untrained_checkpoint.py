@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--vlm-model', default=None,
                         help='VLM hub id or local folder (overrides the params file)')
     parser.add_argument('--preset', choices=sorted(PRESETS), default='default',
-                        help='architecture size: default (~20.7M parameters) or small (tests)')
+                        help='architecture size: default (~19.4M parameters) or small (tests)')
     parser.add_argument('--head', choices=['regression', 'flow'], default='regression')
     parser.add_argument('--flow-steps', type=int, default=10, help='default ODE steps (flow)')
     parser.add_argument('--horizon', type=int, default=8, help='actions per chunk')

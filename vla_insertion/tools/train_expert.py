@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--feature-age', default=DEFAULT_AGE_SPEC,
                    help='feature-age model: uniform:LOW:WIDTH, json:FILE, bag:FOLDER or newest')
     p.add_argument('--preset', choices=sorted(PRESETS), default='small',
-                   help='expert size: small or default (~20.7M parameters)')
+                   help='expert size: small or default (~19.4M parameters)')
     p.add_argument('--head', choices=('regression', 'flow'), default='regression')
     p.add_argument('--flow-steps', type=int, default=10, help='flow head: ODE steps')
     p.add_argument('--prefix-conditioning', action='store_true',

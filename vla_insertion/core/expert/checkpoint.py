@@ -190,6 +190,12 @@ def save_checkpoint(folder: str | Path, model: ActionExpert, meta: CheckpointMet
 
 # --- load ---------------------------------------------------------------------------------
 
+# What a checkpoint written before a model field existed did: absolute targets, attention
+# pooling of raw features, no motion-since-capture input.
+LEGACY_MODEL_FIELDS = {'action_frame': 'absolute', 'vl_pooling': 'attention',
+                       'feature_norm': False, 'capture_motion': False}
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f'{path}: missing (a checkpoint folder holds {CONFIG_FILE} and '
@@ -211,8 +217,8 @@ def meta_from_dict(doc: dict, where: str = 'config.json') -> CheckpointMeta:
         raise CheckpointError(f'{where}: version {doc.get("version")!r} is not supported '
                               f'(this code reads version {VERSION})')
     try:
-        # checkpoints written before action_frame existed predicted absolute targets
-        model = ExpertModelConfig(**{'action_frame': 'absolute', **doc['model']})
+        # a field a checkpoint predates has its behaviour then, not today's default
+        model = ExpertModelConfig(**{**LEGACY_MODEL_FIELDS, **doc['model']})
         contract = FeatureContract.from_dict(doc['feature_contract'])
         sensor, state, action = doc['sensor'], doc['state'], doc['action']
         meta = CheckpointMeta(
@@ -272,7 +278,7 @@ def load_checkpoint(folder: str | Path, device: str = 'cpu') -> ExpertCheckpoint
                               f'{wrong[:5]}')
     model.load_state_dict(state)
     norm = doc.get('normalization') or {}
-    for name in ActionExpert.NORM_BUFFERS:
+    for name in model.norm_buffers:
         stored = np.asarray(norm.get(name, []), dtype=np.float32)
         if stored.shape != tuple(state[name].shape) or \
                 not np.array_equal(stored, state[name].numpy()):

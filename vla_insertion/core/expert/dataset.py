@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 from vla_insertion.core.data import VLFeatureData
+from vla_insertion.core.expert.capture import recorded_captures
 from vla_insertion.core.expert.checkpoint import DEFAULT_SENSOR_CHANNELS
 from vla_insertion.core.expert.episodes import Episode
 from vla_insertion.core.expert.feature_age import AgeModel, pair_weights
 from vla_insertion.core.expert.policy import robot_state_vector
 from vla_insertion.core.expert.runner import ExpertRunner
-from vla_insertion.core.expert.training import normalization_stats, tick_targets
+from vla_insertion.core.expert.training import (
+    feature_std_floor, MIN_STD, normalization_stats, tick_targets)
 from vla_insertion.core.feature_cache import CachedBag
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.recording import RecordedInputs, Recording, tick_times
@@ -36,12 +38,22 @@ log = logging.getLogger(__name__)
 
 
 class FeatureBank:
-    """The VL features of several bags behind one global row index."""
+    """The VL features of several bags behind one global row index.
 
-    def __init__(self, bags: list[CachedBag]) -> None:
+    With the bags' recordings it also holds each update's capture state: the robot state
+    vector when its views were taken (`core.expert.capture`).
+    """
+
+    def __init__(self, bags: list[CachedBag], recordings: dict[str, Recording] | None = None
+                 ) -> None:
         self.bags = bags
         counts = [len(b.updates) for b in bags]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (nb + 1,)
+        self.captures = None                                      # (rows, S) float32
+        if recordings is not None:
+            parts = [recorded_captures(b.stamps_s, recordings[b.path].robot,
+                                       robot_state_vector) for b in bags if len(b.updates)]
+            self.captures = np.concatenate(parts) if parts else None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -61,6 +73,26 @@ class FeatureBank:
             sel = bag == b
             out[sel] = self.bags[b].features[local[sel]]
         return torch.from_numpy(out)
+
+    def capture_states(self, rows: np.ndarray) -> torch.Tensor:
+        """Return the (B, S) robot state vectors at the capture of global rows."""
+        if self.captures is None:
+            raise ValueError('this feature bank was built without its recordings: no capture '
+                             'states')
+        return torch.from_numpy(self.captures[np.asarray(rows, dtype=np.int64)])
+
+    def feature_stats(self, rows: np.ndarray, chunk: int = 1024) -> dict[str, np.ndarray]:
+        """Return feature_mean, feature_std (T, F) over global rows (`feature_std_floor`)."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        total = total_sq = None
+        for start in range(0, rows.size, chunk):
+            x = self.features(rows[start:start + chunk]).double()   # (b, T, F)
+            s, sq = x.sum(0), (x * x).sum(0)
+            total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        mean = total / rows.size
+        std = (total_sq / rows.size - mean * mean).clamp(min=0).sqrt()
+        return {'feature_mean': mean.numpy().astype(np.float32),
+                'feature_std': feature_std_floor(mean.numpy(), std.numpy()).astype(np.float32)}
 
 
 TARGETS = ('measured', 'chunks')
@@ -162,6 +194,7 @@ class PairedDataset:
         self.cand_start = np.asarray(starts, dtype=np.int64)                         # (N + 1,)
         self.cand_rows = np.concatenate(rows).astype(np.int64)                       # (M,)
         self.cand_ages = np.concatenate(ages)                                        # (M,)
+        self.cand_probs = np.concatenate(probs)                                      # (M,)
         # per-sample cumulative probabilities shifted by the sample index: one searchsorted
         # over the whole array finds every sample's draw
         cum = np.concatenate([np.cumsum(p) for p in probs])
@@ -185,9 +218,28 @@ class PairedDataset:
     def features_of(self, rows: np.ndarray) -> torch.Tensor:
         return self.bank.features(rows)
 
+    def captures_of(self, index: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """Return the (B, S) robot states at the capture of the updates drawn (`rows`)."""
+        return self.bank.capture_states(rows)
+
     def normalization(self, action_frame: str = 'delta') -> dict[str, np.ndarray]:
-        return normalization_stats(self.windows, self.states, self.actions,
-                                   action_frame=action_frame)
+        """Return the model's statistics: sensor, state, action, VL features, motion.
+
+        VL features and the motion since the capture where the bank has them; the motion over
+        every candidate pairing, each weighted by how often it is drawn.
+        """
+        stats = normalization_stats(self.windows, self.states, self.actions,
+                                    action_frame=action_frame)
+        if self.bank.bags[0].features is not None:
+            stats.update(self.bank.feature_stats(self.cand_rows))
+        if self.bank.captures is not None:
+            owner = np.repeat(np.arange(len(self)), np.diff(self.cand_start))
+            motion = self.states.numpy()[owner] - self.bank.captures[self.cand_rows]  # (M, S)
+            mean = np.average(motion, axis=0, weights=self.cand_probs)
+            std = np.sqrt(np.average((motion - mean) ** 2, axis=0, weights=self.cand_probs))
+            stats['motion_mean'] = mean.astype(np.float32)
+            stats['motion_std'] = np.maximum(std, MIN_STD).astype(np.float32)
+        return stats
 
 
 def build_split(recordings: dict[str, Recording], bank: FeatureBank, episodes: list[Episode],

@@ -59,7 +59,7 @@ class FitConfig:
     bags: tuple[str, ...]          # bag folders: one episode each unless an episode log cuts them
     out: str = str(artifacts.TRAINED_CHECKPOINT)  # output folder (best checkpoint, last/, csv)
     cache: str = ''                # feature cache folder (cache_features); '' = run the VLM here
-    preset: str = 'small'          # expert size: 'small' or 'default' (~20.7M parameters)
+    preset: str = 'small'          # expert size: 'small' or 'default' (~19.4M parameters)
     head: str = 'regression'       # 'regression' or 'flow'
     flow_steps: int = 10           # Euler steps of the flow head at inference [steps]
     prefix_conditioning: bool = False  # flow head learns to continue committed prefixes (RTC)
@@ -208,7 +208,7 @@ def prepare_data(cfg: FitConfig, vlm_config: VlmConfig | None, limits: Staleness
             f'{len(FeatureBank(bags))} VL updates every {cfg.vl_period_s} s')
         if not stage2:
             extractor = None                      # stage 1 needs no VLM from here on
-    bank = FeatureBank(bags)
+    bank = FeatureBank(bags, recordings)
 
     # 2. episodes, split by episode
     intervals = intervals_from_episode_log(cfg.episode_log) if cfg.episode_log else None

@@ -6,6 +6,7 @@ Inputs at one tick (raw, physical units; the model normalises them itself):
     window   (B, W, C)   the newest W sensor samples (65 x 7 by default), oldest first; rows of an
                          incomplete window are NaN
     state    (B, S)      robot state: 6 joints [rad], tool xyz [m], quaternion xyzw, gripper [0..1]
+    capture  (B, S)      the robot state when the features' views were taken (`capture_motion`)
 
 Output: actions (B, H, A) in physical units (8 x 7 by default: 6 absolute joint targets [rad] and
 the gripper command [0..1]).
@@ -17,9 +18,14 @@ arm already is, and it cannot reproduce a target by recalling the pose it came f
 ~1 mm (~0.002 rad) where absolute targets spread over ~0.3 rad. `absolute` predicts the targets
 themselves (checkpoints from before the field load as absolute).
 
-    window -> SensorEncoder --(B, sensor_dim)--.
-    features -> VLPooling --(B, vl_dim)---------+-> Fusion -> Trunk --(B, D) context--> head
-    state -> StateEncoder --(B, state_hidden)--'
+    window -> SensorEncoder --(B, sensor_dim)----------.
+    features -> VLTokens (or VLPooling) --(B, vl_dim)---+-> Fusion -> Trunk --(B, D) --> head
+    state, state - capture -> StateEncoder --(B, S_h)--'
+
+Features are old when used (a VLM update every ~0.4 s, reused by ~4 ticks): what the wrist
+view says is where the hole was relative to the tip at the capture. With the motion since the
+capture as an input, the network can carry that forward to now; without it, it could only
+guess how far the arm moved.
 
 Two heads share everything up to the context:
 - regression: one linear map of the context (the default; one pass, cheapest);
@@ -38,6 +44,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 import math
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F  # noqa: N812
@@ -46,6 +53,7 @@ from vla_insertion.core.config import require, require_one_of, require_positive
 
 FUSIONS = ('concat', 'sum')
 HEADS = ('regression', 'flow')
+VL_POOLINGS = ('tokens', 'attention')
 ACTION_FRAMES = ('delta', 'absolute')
 JOINTS = 6                      # state[:, :6] are the measured joints, actions[..., :6] targets
 
@@ -86,8 +94,12 @@ class ExpertModelConfig:
     # widths
     sensor_conv: int = 256         # channels of the sensor encoder's convolutions
     sensor_dim: int = 512          # sensor embedding width
-    vl_queries: int = 4            # learned attention-pooling queries over the VL tokens
+    vl_pooling: str = 'tokens'     # 'tokens' (keeps where each token is) or 'attention'
+    vl_token_dim: int = 128        # 'tokens': width each token is projected to before flattening
+    vl_queries: int = 4            # 'attention': learned pooling queries over the VL tokens
     vl_dim: int = 512              # VL embedding width
+    feature_norm: bool = True      # VL features standardised per token and dimension (buffers)
+    capture_motion: bool = True    # the state encoder also sees the motion since the capture
     state_hidden: int = 256        # robot-state embedding width
     fusion: str = 'concat'         # 'concat' (as in the seeds) or 'sum' of equal-width projections
     trunk_dim: int = 1920          # width of the fused residual MLP = context width
@@ -102,8 +114,8 @@ class ExpertModelConfig:
     def __post_init__(self) -> None:
         for name in ('feature_tokens', 'feature_dim', 'window_samples', 'sensor_channels',
                      'state_dim', 'horizon', 'action_dim', 'sensor_conv', 'sensor_dim',
-                     'vl_queries', 'vl_dim', 'state_hidden', 'trunk_dim', 'flow_steps',
-                     'flow_hidden'):
+                     'vl_token_dim', 'vl_queries', 'vl_dim', 'state_hidden', 'trunk_dim',
+                     'flow_steps', 'flow_hidden'):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool),
                     f'{name} must be an integer, got {value!r}')
@@ -115,6 +127,10 @@ class ExpertModelConfig:
         require(self.sensor_conv % 2 == 0, f'sensor_conv must be even, got {self.sensor_conv}')
         require_one_of('fusion', self.fusion, FUSIONS)
         require_one_of('head', self.head, HEADS)
+        require_one_of('vl_pooling', self.vl_pooling, VL_POOLINGS)
+        for name in ('feature_norm', 'capture_motion'):
+            require(isinstance(getattr(self, name), bool),
+                    f'{name} must be true or false, got {getattr(self, name)!r}')
         require_one_of('action_frame', self.action_frame, ACTION_FRAMES)
         require(isinstance(self.prefix_conditioning, bool) and
                 (self.head == 'flow' or not self.prefix_conditioning),
@@ -176,7 +192,8 @@ class VLPooling(nn.Module):
 
     Each query's score of a token is one dot product with the normalised token, so per-token
     work is T x F x Q multiply-adds; the Q pooled rows are then projected once (Q x F x vl_dim
-    weights read once per prediction, not once per token).
+    weights read once per prediction, not once per token). A weighted sum forgets which token
+    said what: in a grid of image tokens, where the hole is.
     """
 
     def __init__(self, cfg: ExpertModelConfig) -> None:
@@ -193,12 +210,40 @@ class VLPooling(nn.Module):
         return self.out_norm(self.proj(pooled.flatten(1)))        # (B, vl_dim)
 
 
-class StateEncoder(nn.Module):
-    """(B, S) normalised robot state -> (B, state_hidden)."""
+class VLTokens(nn.Module):
+    """(B, T, F) VL features -> (B, vl_dim), keeping which token said what.
+
+    The image tokens are a grid over each view (FeatureContract.reduction), so where the hole is
+    in the wrist view is in which token's values change, not in their average. Each token is
+    projected to k values by one shared F x k matrix, and the T x k values are flattened into
+    one projection: T x k x vl_dim weights read once per prediction (41 x 128 x 512 = 2.7M for
+    the default), where flattening the raw 3B-model tokens would take T x F x vl_dim (43M).
+    """
 
     def __init__(self, cfg: ExpertModelConfig) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(cfg.state_dim, cfg.state_hidden), nn.GELU(),
+        self.token_proj = nn.Linear(cfg.feature_dim, cfg.vl_token_dim)
+        self.flat_proj = nn.Linear(cfg.feature_tokens * cfg.vl_token_dim, cfg.vl_dim)
+        self.out_norm = nn.LayerNorm(cfg.vl_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.token_proj(features)                             # (B, T, k)
+        return self.out_norm(self.flat_proj(x.flatten(1)))        # (B, vl_dim)
+
+
+class StateEncoder(nn.Module):
+    """(B, S) normalised robot state [and (B, S) normalised motion] -> (B, state_hidden).
+
+    With `capture_motion` the input is the state and, beside it, how far the robot moved since
+    the VL features' views were taken (state now - state at the capture): what the views show
+    (the hole relative to the tip) is from the capture, and the features are a few hundred
+    milliseconds old when used. The hole does not move; the tip does, by exactly this much.
+    """
+
+    def __init__(self, cfg: ExpertModelConfig) -> None:
+        super().__init__()
+        width = cfg.state_dim * (2 if cfg.capture_motion else 1)
+        self.net = nn.Sequential(nn.Linear(width, cfg.state_hidden), nn.GELU(),
                                  nn.Linear(cfg.state_hidden, cfg.state_hidden),
                                  nn.LayerNorm(cfg.state_hidden))
 
@@ -367,66 +412,85 @@ class ActionExpert(nn.Module):
     """The whole expert: raw inputs in, de-normalised action chunk out.
 
     Normalisation statistics are buffers, saved and loaded with the weights: sensor channels,
-    robot state and actions each have a mean and a std per dimension.
+    robot state and actions each have a mean and a std per dimension; with `feature_norm` the
+    VL features have one per token and dimension (T, F), and with `capture_motion` the motion
+    since the capture one per state dimension.
     """
 
     def __init__(self, cfg: ExpertModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.sensor_encoder = SensorEncoder(cfg)
-        self.vl_pooling = VLPooling(cfg)
+        self.vl_pooling = VLTokens(cfg) if cfg.vl_pooling == 'tokens' else VLPooling(cfg)
         self.state_encoder = StateEncoder(cfg)
         self.fusion = Fusion(cfg)
         self.trunk = ResidualMLP(cfg.trunk_dim, cfg.trunk_layers)
         self.head = RegressionHead(cfg) if cfg.head == 'regression' else FlowHead(cfg)
-        for name, dim in (('sensor', cfg.sensor_channels), ('state', cfg.state_dim),
-                          ('action', cfg.action_dim)):
-            self.register_buffer(f'{name}_mean', torch.zeros(dim))
-            self.register_buffer(f'{name}_std', torch.ones(dim))
+        shapes = {'sensor': (cfg.sensor_channels,), 'state': (cfg.state_dim,),
+                  'action': (cfg.action_dim,)}
+        if cfg.feature_norm:
+            shapes['feature'] = (cfg.feature_tokens, cfg.feature_dim)
+        if cfg.capture_motion:
+            shapes['motion'] = (cfg.state_dim,)
+        for name, shape in shapes.items():
+            self.register_buffer(f'{name}_mean', torch.zeros(shape))
+            self.register_buffer(f'{name}_std', torch.ones(shape))
+        self.norm_buffers = tuple(f'{name}_{stat}' for name in shapes
+                                  for stat in ('mean', 'std'))
 
     # --- normalisation --------------------------------------------------------------------
 
-    NORM_BUFFERS = ('sensor_mean', 'sensor_std', 'state_mean', 'state_std',
-                    'action_mean', 'action_std')
-
     def set_normalization(self, stats: dict) -> None:
         """Set the mean/std buffers from {name: array}; stds must be finite and > 0."""
-        for name in self.NORM_BUFFERS:
+        for name in self.norm_buffers:
             if name not in stats:
                 continue
             buf = getattr(self, name)
-            value = torch.as_tensor(stats[name], dtype=buf.dtype).reshape(-1)
-            if value.shape != buf.shape:
+            value = torch.as_tensor(np.asarray(stats[name]), dtype=buf.dtype)
+            if value.numel() != buf.numel():
                 raise ValueError(f'{name}: expected shape {tuple(buf.shape)}, '
                                  f'got {tuple(value.shape)}')
+            value = value.reshape(buf.shape)
             if not torch.isfinite(value).all() or (name.endswith('_std') and (value <= 0).any()):
                 raise ValueError(f'{name}: values must be finite (and stds > 0), got {value}')
             buf.copy_(value)
 
-    def normalization(self) -> dict[str, list[float]]:
-        return {name: getattr(self, name).tolist() for name in self.NORM_BUFFERS}
+    def normalization(self) -> dict[str, list]:
+        return {name: getattr(self, name).tolist() for name in self.norm_buffers}
 
     # --- forward --------------------------------------------------------------------------
 
-    def encode(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor
-               ) -> torch.Tensor:
-        """Raw inputs -> (B, trunk_dim) context, computed once per prediction."""
+    def encode(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor,
+               capture: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw inputs -> (B, trunk_dim) context, computed once per prediction.
+
+        `capture` (B, S): the robot state when the features' views were taken (with
+        `capture_motion`; ignored without). None: taken at this state, no motion since, as for
+        features fresh at the tick. The policy and training always give it.
+        """
         # Incomplete window: a row with any non-finite value is missing. It is set to the
         # channel mean (0 after normalisation) and flagged 0 in the mask channel.
         valid = torch.isfinite(window).all(dim=-1)                # (B, W) bool
         samples = (window - self.sensor_mean) / self.sensor_std   # (B, W, C)
         samples = torch.where(valid.unsqueeze(-1), samples, torch.zeros_like(samples))
-        state = (state - self.state_mean) / self.state_std        # (B, S)
+        robot = (state - self.state_mean) / self.state_std        # (B, S)
+        if self.cfg.capture_motion:
+            moved = state - capture if capture is not None else torch.zeros_like(state)
+            motion = (moved - self.motion_mean) / self.motion_std
+            robot = torch.cat([robot, motion], dim=-1)            # (B, 2 S)
+        if self.cfg.feature_norm:
+            features = (features - self.feature_mean) / self.feature_std
         fused = self.fusion(self.sensor_encoder(samples, valid.to(samples.dtype)),
                             self.vl_pooling(features),
-                            self.state_encoder(state))            # (B, D)
+                            self.state_encoder(robot))            # (B, D)
         return self.trunk(fused)                                  # (B, D)
 
-    def forward(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor, *,
-                steps: int | None = None, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
+    def forward(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor,
+                capture: torch.Tensor | None = None, *, steps: int | None = None,
+                noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                prefix: torch.Tensor | None = None,
                 prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict (B, H, A) actions in physical units.
+        """Predict (B, H, A) actions in physical units (`capture`: as in `encode`).
 
         Flow head only: `steps` Euler steps (default cfg.flow_steps), starting from `noise`
         (B, H * A) or from Gaussian noise drawn with `generator`; `prefix` (B, P, A) in
@@ -434,7 +498,7 @@ class ActionExpert(nn.Module):
         holds the first P actions to it (see FlowHead.sample and `rtc_prefix`).
         """
         cfg = self.cfg
-        context = self.encode(features, window, state)            # (B, D)
+        context = self.encode(features, window, state, capture)   # (B, D)
         if isinstance(self.head, FlowHead):
             steps = cfg.flow_steps if steps is None else int(steps)
             if steps < 1:
@@ -477,13 +541,15 @@ class ActionExpert(nn.Module):
 
     def loss(self, features: torch.Tensor, window: torch.Tensor, state: torch.Tensor,
              actions: torch.Tensor, generator: torch.Generator | None = None, *,
-             noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
-             prefix_len: torch.Tensor | None = None) -> torch.Tensor:
+             capture: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+             t: torch.Tensor | None = None, prefix_len: torch.Tensor | None = None
+             ) -> torch.Tensor:
         """Training loss against (B, H, A) target actions in physical units.
 
-        Flow head: `noise`, `t` and `prefix_len` as in FlowHead.loss (drawn when not given).
+        `capture` as in `encode`. Flow head: `noise`, `t` and `prefix_len` as in FlowHead.loss
+        (drawn when not given).
         """
-        context = self.encode(features, window, state)
+        context = self.encode(features, window, state, capture)
         target = ((to_action_frame(actions, state, self.cfg.action_frame) - self.action_mean)
                   / self.action_std).flatten(1)                  # (B, H * A)
         if isinstance(self.head, FlowHead):

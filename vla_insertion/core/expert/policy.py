@@ -132,9 +132,10 @@ class ExpertPolicy:
         dev = self._device
         with torch.inference_mode():
             for _ in range(runs):
+                state = torch.zeros(1, cfg.state_dim, device=dev)
                 self._model(torch.zeros(1, cfg.feature_tokens, cfg.feature_dim, device=dev),
                             torch.zeros(1, cfg.window_samples, cfg.sensor_channels, device=dev),
-                            torch.zeros(1, cfg.state_dim, device=dev), steps=self.steps)
+                            state, state, steps=self.steps)
 
     def reset(self) -> None:
         """Forget state between episodes: re-seed the noise generator."""
@@ -156,10 +157,18 @@ class ExpertPolicy:
             raise ObservationError(f'sensor channels {list(window.channel_names)} != checkpoint '
                                    f'{list(meta.sensor_channels)}')
         state = robot_state_vector(obs.robot, self._joints)
+        capture = None
+        if cfg.capture_motion:
+            if obs.capture_robot is None:
+                raise ObservationError('no robot state at the capture of the VL features (the '
+                                       'expert needs the motion since)')
+            capture = torch.from_numpy(robot_state_vector(obs.capture_robot, self._joints))
+            capture = capture.to(self._device).unsqueeze(0)       # (1, S)
         dev = self._device
         return (torch.from_numpy(features).to(dev).unsqueeze(0),  # (1, T, F)
                 torch.from_numpy(samples).to(dev).unsqueeze(0),   # (1, W, C), NaN rows allowed
-                torch.from_numpy(state).to(dev).unsqueeze(0))     # (1, S)
+                torch.from_numpy(state).to(dev).unsqueeze(0),     # (1, S)
+                capture)                                          # (1, S) or None
 
     @property
     def uses_prefix(self) -> bool:
@@ -181,7 +190,7 @@ class ExpertPolicy:
 
     def predict(self, obs: ExpertObservation) -> np.ndarray:
         """Return the (horizon, action_dim) float32 actions for one observation."""
-        features, window, state = self._tensors(obs)
+        features, window, state, capture = self._tensors(obs)
         prefix, weights = self._prefix(obs)
         noise = None
         if self._is_flow:
@@ -191,8 +200,8 @@ class ExpertPolicy:
             noise = torch.randn((1, cfg.horizon * cfg.action_dim), generator=self._generator,
                                 device=self._device)
         with torch.inference_mode():
-            actions = self._model(features, window, state, steps=self._steps, noise=noise,
-                                  prefix=prefix, prefix_weights=weights)
+            actions = self._model(features, window, state, capture, steps=self._steps,
+                                  noise=noise, prefix=prefix, prefix_weights=weights)
         out = actions[0].to('cpu', torch.float32).numpy()
         if self._gripper is not None:
             # the gripper command is 0 (open) .. 1 (closed) by definition; a regression head

@@ -1,6 +1,6 @@
 """Expert architecture presets and the untrained (seeded random) checkpoint builder.
 
-`PRESETS` name the architecture sizes every tool offers (`default`: ~20.7M trainable
+`PRESETS` name the architecture sizes every tool offers (`default`: ~19.4M trainable
 parameters, as the seeds' expert; `small`: for tests and quick runs); the input and output
 sizes come from the feature contract and the flags. An untrained checkpoint is labelled
 `untrained: true`: its actions are meaningless and must never drive a real robot.
@@ -18,8 +18,9 @@ from vla_insertion.core.feature_contract import FeatureContract
 
 # Architecture presets; the input and output sizes come from the contract and the flags.
 PRESETS = {
-    'default': {},  # ~20.7M trainable parameters (the seeds' expert has 20.8M)
-    'small': {'sensor_conv': 32, 'sensor_dim': 64, 'vl_queries': 2, 'vl_dim': 64,  # tests
+    'default': {},  # ~19.4M trainable parameters (the seeds' expert has 20.8M)
+    'small': {'sensor_conv': 32, 'sensor_dim': 64, 'vl_token_dim': 16, 'vl_queries': 2,
+              'vl_dim': 64,  # tests and the demo's policy
               'state_hidden': 32, 'trunk_dim': 128, 'trunk_layers': 1, 'flow_hidden': 128,
               'flow_layers': 1},
 }

@@ -6,10 +6,12 @@ bytes is what makes one thread fast:
 
 - 'int8': dynamic quantisation (fbgemm): int8 weights per tensor, activations quantised per call
   (7-bit range, fbgemm's `reduce_range`, safe on CPUs without VNNI), int32 accumulation.
-  ~4x fewer weight bytes; actions differ from fp32 by a few percent of their spread. One layer
-  stays fp16: the VL pooling projection, whose input carries the language model's few
-  large-activation channels; a per-tensor int8 scale set by those channels leaves the others
-  ~3 levels and made that one layer 2/3 of the whole error (0.11 of 0.14 normalised units);
+  ~4x fewer weight bytes; actions differ from fp32 by a few percent of their spread. The layer
+  that first sees the raw VL features stays fp16 (the attention pooling's projection, the
+  token pooling's per-token projection): its input carries the language model's few
+  large-activation channels, and a per-tensor int8 scale set by those channels leaves the
+  others ~3 levels (with attention pooling that one layer was 2/3 of the whole error, 0.11 of
+  0.14 normalised units; with token pooling int8 there gave max 0.15, fp16 there 0.055);
 - 'fp16': fp16 weights, fp32 arithmetic (fbgemm's fp16 GEMM). 2x fewer bytes; actions differ
   by ~1e-3 of their spread.
 
@@ -34,7 +36,9 @@ import torch
 
 PRECISIONS = ('fp32', 'int8', 'fp16')
 MIN_WEIGHTS = 1 << 18          # smallest Linear converted [weights]: 512 x 512
-FP16_IN_INT8 = ('vl_pooling.proj',)  # layers kept fp16 by 'int8' (outlier input channels)
+# layers kept fp16 by 'int8': the first to see the raw VL features (outlier input channels):
+# the attention pooling's projection, the token pooling's per-token projection
+FP16_IN_INT8 = ('vl_pooling.proj', 'vl_pooling.token_proj')
 
 
 def quantizable_layers(model: torch.nn.Module) -> list[str]:
@@ -67,13 +71,14 @@ def quantize_expert(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 
 # --- how far the converted model's actions are from fp32 --------------------------------------
 
-Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 def validation_inputs(model: torch.nn.Module, count: int, seed: int = 0) -> list[Inputs]:
-    """Return `count` batch-1 (features, window, state) inputs drawn like real ones.
+    """Return `count` batch-1 (features, window, state, capture) inputs drawn like real ones.
 
-    Sensor windows and robot states follow the checkpoint's own normalisation statistics. VL
+    Sensor windows, robot states and the motion since the capture (capture None without
+    `capture_motion`) follow the checkpoint's own normalisation statistics. VL
     features are standard normal with 1 % of the channels ten times larger, as the few
     large-activation channels of a language model's hidden states: they set the per-tensor
     int8 scale and are the hard case for dynamic quantisation.
@@ -93,7 +98,10 @@ def validation_inputs(model: torch.nn.Module, count: int, seed: int = 0) -> list
         window = model.sensor_mean + model.sensor_std * normal(1, cfg.window_samples,
                                                                cfg.sensor_channels)
         state = model.state_mean + model.state_std * normal(1, cfg.state_dim)
-        inputs.append((features, window, state))
+        capture = None
+        if cfg.capture_motion:
+            capture = state - (model.motion_mean + model.motion_std * normal(1, cfg.state_dim))
+        inputs.append((features, window, state, capture))
     return inputs
 
 
@@ -109,10 +117,10 @@ def action_difference(reference: torch.nn.Module, other: torch.nn.Module,
     generator = torch.Generator().manual_seed(0)
     diffs = []
     with torch.inference_mode():
-        for features, window, state in inputs:
+        for features, window, state, capture in inputs:
             noise = torch.randn((1, cfg.horizon * cfg.action_dim), generator=generator)
-            a = reference(features, window, state, steps=steps, noise=noise)   # (1, H, A)
-            b = other(features, window, state, steps=steps, noise=noise)
+            a = reference(features, window, state, capture, steps=steps, noise=noise)  # (1, H, A)
+            b = other(features, window, state, capture, steps=steps, noise=noise)
             diffs.append((a - b).abs()[0])                                    # (H, A)
     diff = torch.stack(diffs)                                                  # (N, H, A)
     return {'max_abs': float(diff.max()), 'mean_abs': float(diff.mean()),

@@ -21,6 +21,7 @@ import numpy as np
 
 from vla_insertion.core.data import (
     ActionChunkData, MODE_ASYNC, NodeStatsData, RobotState, SensorWindowData, VLFeatureData)
+from vla_insertion.core.expert.capture import RobotHistory
 from vla_insertion.core.expert.checkpoint import ContractMismatch
 from vla_insertion.core.expert.policy import ObservationError
 from vla_insertion.core.expert.staleness import (
@@ -131,8 +132,13 @@ class ExpertRunner:
         self.contract_digest = contract_digest or (meta.contract_digest if meta else '')
         self.feature_shape = feature_shape or (meta.feature_shape if meta else None)
         self.stats = RunnerStats()
+        self.robots = RobotHistory()   # for the robot state at the features' capture
         self._reuse = ReuseCounter()
         self._sequence = 0
+
+    def note_robot(self, robot: RobotState) -> None:
+        """Remember a received robot state (any thread): captures fall between ticks."""
+        self.robots.add(robot)
 
     def decide(self, features: VLFeatureData | None, window: SensorWindowData | None,
                robot: RobotState | None, now_s: float) -> Decision:
@@ -145,12 +151,21 @@ class ExpertRunner:
 
     def tick(self, features: VLFeatureData | None, window: SensorWindowData | None,
              robot: RobotState | None, now_s: float,
-             prefix: np.ndarray | None = None) -> TickResult:
-        """One tick at `now_s` on the newest inputs; `prefix` (d, A): committed actions."""
+             prefix: np.ndarray | None = None,
+             capture_robot: RobotState | None = None) -> TickResult:
+        """One tick at `now_s` on the newest inputs; `prefix` (d, A): committed actions.
+
+        `capture_robot`: the robot state when the features' views were taken, where the caller
+        knows it (a recording); otherwise the runner looks it up in the states it was given.
+        """
+        if robot is not None:
+            self.robots.add(robot)
         decision = self.decide(features, window, robot, now_s)
         if not decision.publish:
             return TickResult(decision)
-        obs = ExpertObservation(features, window, robot, now_s, prefix)
+        if capture_robot is None:
+            capture_robot = self.robots.at(features.stamp_s)
+        obs = ExpertObservation(features, window, robot, now_s, prefix, capture_robot)
         try:
             chunk = self.policy.infer(obs)
         except ContractMismatch as exc:
@@ -179,6 +194,7 @@ class ExpertRunner:
             self.policy.reset()
         self._reuse.reset()
         self._sequence = 0
+        self.robots.clear()
         self.stats = RunnerStats()
 
 

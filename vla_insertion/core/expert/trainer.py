@@ -157,12 +157,13 @@ class Objective(nn.Module):
         self.vl = vl
 
     def forward(self, rows: np.ndarray, features: torch.Tensor | None, windows: torch.Tensor,
-                states: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None,
-                t: torch.Tensor | None, prefix_len: torch.Tensor | None) -> torch.Tensor:
+                states: torch.Tensor, actions: torch.Tensor, captures: torch.Tensor | None,
+                noise: torch.Tensor | None, t: torch.Tensor | None,
+                prefix_len: torch.Tensor | None) -> torch.Tensor:
         if self.vl is not None:
             features = self.vl(rows)                              # (B, T, F) with gradients
-        return self.expert.loss(features, windows, states, actions, noise=noise, t=t,
-                                prefix_len=prefix_len)
+        return self.expert.loss(features, windows, states, actions, capture=captures,
+                                noise=noise, t=t, prefix_len=prefix_len)
 
 
 @dataclass
@@ -272,9 +273,11 @@ class Trainer:
         rows, ages = data.pair(d.index.numpy(), d.uniforms.numpy())
         windows, states, actions = (x.to(self.device) for x in data.inputs(d.index))
         features = None if self.vl is not None else data.features_of(rows).to(self.device)
+        captures = data.captures_of(d.index, rows).to(self.device) \
+            if self.model.cfg.capture_motion else None
         extra = tuple(None if v is None else v.to(self.device)
                       for v in (d.noise, d.t, d.prefix_len))
-        return (rows, features, windows, states, actions) + extra, ages
+        return (rows, features, windows, states, actions, captures) + extra, ages
 
     def _all_reduce(self, values: list[float]) -> list[float]:
         if self.dist.world == 1:

@@ -84,6 +84,18 @@ def normalization_stats(windows: torch.Tensor, states: torch.Tensor, actions: to
     return stats
 
 
+def feature_std_floor(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Floor the per-(token, dimension) stds of VL features before dividing by them.
+
+    A dimension that barely changes between images would otherwise be magnified to unit
+    variance, rounding noise included: the cache stores fp16 (a relative step of ~1e-3), so a
+    spread under a few steps of the value is treated as no information. Also floored at 1e-3
+    of the median std, and never 0.
+    """
+    floor = np.maximum(4e-3 * np.abs(mean), 1e-3 * float(np.median(std)))
+    return np.maximum(std, np.maximum(floor, 1e-8))
+
+
 @dataclass
 class ExpertDataset:
     """Training samples as tensors; `features[feature_index[i]]` are sample i's VL features."""
@@ -133,14 +145,26 @@ class ExpertDataset:
     def inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.windows[index], self.states[index], self.actions[index]
 
+    def captures_of(self, index: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """Return the capture states: the tick's (fixed pairing: no motion since the capture)."""
+        return self.states[index]
+
     def features_of(self, rows: np.ndarray) -> torch.Tensor:
         return self.features[torch.as_tensor(rows)]
 
     def normalization(self, min_std: float = MIN_STD, action_frame: str = 'delta'
                       ) -> dict[str, np.ndarray]:
-        """Return per-dimension mean/std of sensor channels, state and actions (stds floored)."""
-        return normalization_stats(self.windows, self.states, self.actions, min_std,
-                                   action_frame)
+        """Return per-dimension mean/std of sensor, state, actions, VL features (stds floored).
+
+        No motion statistics: the fixed pairing has none (see `captures_of`).
+        """
+        stats = normalization_stats(self.windows, self.states, self.actions, min_std,
+                                    action_frame)
+        features = self.features.double()                         # (U, T, F)
+        mean, std = features.mean(0).numpy(), features.std(0, unbiased=False).numpy()
+        stats['feature_mean'] = mean.astype(np.float32)
+        stats['feature_std'] = feature_std_floor(mean, std).astype(np.float32)
+        return stats
 
 
 def fit_normalization(model: ActionExpert, dataset: ExpertDataset,
@@ -161,7 +185,9 @@ def dataset_loss(model: ActionExpert, dataset: ExpertDataset, batch_size: int = 
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             index = torch.arange(start, min(start + batch_size, len(dataset)))
-            loss = model.loss(*dataset.batch(index), generator=generator)
+            features, windows, states, actions = dataset.batch(index)
+            loss = model.loss(features, windows, states, actions, generator=generator,
+                              capture=states)     # features taken as captured at the tick
             total += float(loss) * index.numel()
     model.train(was_training)
     return total / len(dataset)
