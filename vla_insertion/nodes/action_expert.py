@@ -205,6 +205,13 @@ class ActionExpertNode(ManagedNode):
     def _store(self, name: str, msg) -> None:
         with self._lock:
             self._inputs[name] = msg
+            pose, runner = self._inputs['pose'], self._runner
+        if name == 'joints' and pose is not None and runner is not None:
+            # every robot state, not only each tick's: the features' capture falls between
+            try:
+                runner.note_robot(conv.robot_state_from_msgs(msg, pose))
+            except ValueError:
+                pass    # the next tick reads the same message and counts it (bad_robot)
 
     def _on_contract(self, msg: String) -> None:
         try:
@@ -247,8 +254,13 @@ class ActionExpertNode(ManagedNode):
                 data.append(None)
         features, window, committed = data
         joints, pose = msgs['joints'], msgs['pose']
-        robot = (conv.robot_state_from_msgs(joints, pose)
-                 if joints is not None and pose is not None else None)
+        robot = None
+        if joints is not None and pose is not None:
+            try:
+                robot = conv.robot_state_from_msgs(joints, pose)
+            except ValueError as exc:      # e.g. fewer positions than joint names
+                self._runner.refuse('bad_robot', str(exc))
+                self.get_logger().warning(f'bad robot state: {exc}', throttle_duration_sec=2.0)
         prefix = None if committed is None else align_prefix(
             committed.stamp_s, committed.actions, committed.dt_s, now_s)
         return features, window, robot, prefix
