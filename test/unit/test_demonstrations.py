@@ -66,6 +66,35 @@ def test_perturbed_reference_is_off_the_path_far_from_the_hole_and_clean_near_it
     assert largest_offset(tip - np.array([0.03, 0.0, 0.005])) == 0.0
 
 
+def test_perturbed_reference_pushes_the_descent_off_the_axis_until_a_few_mm_over_the_block():
+    """Demonstrations must show the funnel pulling a low, slightly-off peg back over the hole.
+
+    A policy arrives there a millimetre or two off. The noise fades out 4 mm over the block,
+    where the demonstrator has to align to 0.5 mm (with it on to the rim: 2 of 30 succeed).
+    """
+    tip = forward_kinematics(HOME_RAD)[7, :3, 3]
+    robot = RobotState(stamp_s=0.0, joint_positions_rad=HOME_RAD.copy(), tool_position_m=tip,
+                       tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0]), gripper=1.0)
+
+    def largest_offset(height_m: float, fraction: float) -> float:
+        hole = tip - np.array([0.001, 0.0, height_m])       # 1 mm off the axis: the descent
+        clean = ReferencePolicy()
+        noisy = PerturbedReference(ReferencePolicy(), 0.05, descent_fraction=fraction, seed=1)
+        worst = 0.0
+        for k in range(20):
+            obs = ReferenceObservation(robot=replace(robot, stamp_s=0.1 * k), hole_top_m=hole)
+            worst = max(worst, float(np.abs(noisy.infer(obs).actions
+                                            - clean.infer(obs).actions).max()))
+            assert noisy.reference.phase == 'descend'
+        return worst
+
+    assert largest_offset(0.015, 0.0) == 0.0                   # off by default
+    full = largest_offset(0.03, 0.5)
+    assert 0.0 < full < 0.1                                     # ~3 sigma of 0.5 x 0.05 rad
+    assert 0.0 < largest_offset(0.010, 0.5) < full              # fading with the height
+    assert largest_offset(0.003, 0.5) == 0.0                    # none near the rim
+
+
 def test_tool_records_disjoint_ranges_in_workers(tmp_path):
     out = tmp_path / 'demos'
     code = record_demonstrations.main([
@@ -76,11 +105,13 @@ def test_tool_records_disjoint_ranges_in_workers(tmp_path):
     manifest = json.loads((out / 'episodes.json').read_text())
     assert sorted(e['episode'] for e in manifest['episodes']) == [4, 5]
     assert manifest['noise_rad'] == pytest.approx(0.03)
+    assert manifest['descent_noise'] == pytest.approx(0.15)
     assert all((out / e['bag']).is_dir() for e in manifest['episodes'])
 
 
 @pytest.mark.parametrize('flag,value', [('--episodes', '0'), ('--workers', '0'),
-                                        ('--noise-rad', '-1'), ('--start-range-rad', '2')])
+                                        ('--noise-rad', '-1'), ('--start-range-rad', '2'),
+                                        ('--descent-noise', '1.5')])
 def test_tool_refuses_bad_settings(flag, value, tmp_path):
     with pytest.raises(SystemExit) as exc:
         record_demonstrations.main(['--backend', 'sim', flag, value, '-o', str(tmp_path)])

@@ -54,7 +54,7 @@ def _record_range(job: tuple) -> list[dict]:
     return record_episodes(
         out, count, streams, seed=args.seed, first_episode=first,
         keep_failures=args.keep_failures, start_range_rad=args.start_range_rad,
-        noise_rad=args.noise_rad, on_episode=lambda e: log.info(
+        noise_rad=args.noise_rad, descent_noise=args.descent_noise, on_episode=lambda e: log.info(
             f'episode {e["episode"]} (of {args.first_episode}..{total - 1}): {e["reason"]} '
             f'in {e["duration_s"]:.1f} s'))
 
@@ -83,7 +83,8 @@ def record_in_process(args, out: Path) -> int:
     (out / 'episodes.json').write_text(json.dumps(
         {'seed': args.seed, 'backend': 'sim', 'recorded': args.episodes, 'kept': len(manifest),
          'first_episode': args.first_episode, 'start_range_rad': args.start_range_rad,
-         'noise_rad': args.noise_rad, 'camera_fps': args.camera_fps, 'episodes': manifest},
+         'noise_rad': args.noise_rad, 'descent_noise': args.descent_noise,
+         'camera_fps': args.camera_fps, 'episodes': manifest},
         indent=2))
     print(f'{len(manifest)} of {args.episodes} episodes kept in {out} (episodes.json)')
     return 0 if manifest else 1
@@ -108,14 +109,18 @@ def main(argv: list[str] | None = None) -> int:
                      help='start joints = home + U(+- this) per joint [rad]')
     sim.add_argument('--noise-rad', type=float, default=0.03,
                      help="size of the smooth noise on the demonstrator's commands [rad]")
+    sim.add_argument('--descent-noise', type=float, default=0.15,
+                     help='the noise in the descent over the hole, as a fraction of --noise-rad '
+                     '(fading out 4 mm over the block) [1]')
     sim.add_argument('--camera-fps', type=float, default=5.0,
                      help='frames per view per second (the VLM uses ~2.6 of them) [Hz]')
     sim.add_argument('--workers', type=int, default=1, help='processes recording in parallel')
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.first_episode < 0 or args.workers < 1:
         parser.error('--episodes and --workers must be >= 1, --first-episode >= 0')
-    if not (0.0 <= args.noise_rad <= 0.2 and args.camera_fps > 0.0):
-        parser.error('--noise-rad must be in 0..0.2, --camera-fps > 0')
+    if not (0.0 <= args.noise_rad <= 0.2 and 0.0 <= args.descent_noise <= 1.0
+            and args.camera_fps > 0.0):
+        parser.error('--noise-rad must be in 0..0.2, --descent-noise in 0..1, --camera-fps > 0')
     try:                       # the cell's own check of the start range
         EpisodeParams(start_range_rad=args.start_range_rad)
     except ConfigError as exc:
