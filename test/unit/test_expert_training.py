@@ -138,3 +138,38 @@ def test_dataset_rejects_inconsistent_arrays():
         ExpertDataset.from_arrays(np.zeros((2, 6, 32)), np.zeros((3, 65, 7)),
                                   np.zeros((3, 14)), np.zeros((3, H, 7)),
                                   feature_index=[0, 1, 2])
+
+
+def test_wrench_jitter_offsets_half_the_training_windows_and_never_the_validation():
+    from vla_insertion.core.expert.trainer import draw, TrainConfig, Trainer
+    data = synthetic()
+    model = small_model()
+    fit_normalization(model, data)
+    seen = []
+    original = model.loss
+
+    def spy(features, windows, *args, **kwargs):
+        seen.append((model.training, windows.detach().clone()))
+        return original(features, windows, *args, **kwargs)
+    model.loss = spy
+    cfg = TrainConfig(steps=3, batch_size=64, seed=0, wrench_jitter_n=20.0, val_every=3,
+                      save_every=0, warmup_steps=0)
+    trainer = Trainer(model, data, cfg, val_data=data, progress_bar=False)
+    trainer.run()
+    train_windows = [w for training, w in seen if training]
+    assert len(train_windows) == 3
+    first = draw(torch.Generator().manual_seed(0), len(data), 64, model, 0,
+                 wrench_jitter_n=20.0)                   # the first step's draws, again
+    offset = train_windows[0] - data.windows[first.index]
+    complete = torch.isfinite(offset).all(dim=-1).all(dim=-1)
+    offset = offset[complete]
+    assert torch.equal(offset[:, :, 6], torch.zeros_like(offset[:, :, 6]))  # distance: kept
+    moved = offset[:, :, :6].abs().amax(dim=(1, 2)) > 0
+    assert 0.25 < moved.float().mean() < 0.75                  # about half the samples
+    assert offset[:, :, :3].abs().max() <= 20.0 + 1e-4         # forces [N]
+    assert offset[:, :, 3:6].abs().max() <= 2.0 + 1e-4         # torques [N m], 0.1 m lever
+    assert torch.allclose(offset, offset[:, :1].expand_as(offset))   # one offset per window
+    # validation sees the recorded windows, in sample order
+    validation = torch.cat([w for training, w in seen if not training])
+    assert torch.equal(validation[:N].nan_to_num(), data.windows.nan_to_num())
+    assert trainer.fixed_draws(data, 1).wrench is None

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--feature-age', default=DEFAULT_AGE_SPEC,
                    help='feature-age model: uniform:LOW:WIDTH, json:FILE, bag:FOLDER or newest')
     p.add_argument('--preset', choices=sorted(PRESETS), default='small',
-                   help='expert size: small or default (~19.4M parameters)')
+                   help='expert size: small (tests), medium (the demo) or default (~19.4M)')
     p.add_argument('--head', choices=('regression', 'flow'), default='regression')
     p.add_argument('--flow-steps', type=int, default=10, help='flow head: ODE steps')
     p.add_argument('--prefix-conditioning', action='store_true',
@@ -91,6 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--min-lr-ratio', type=float, default=0.05,
                    help='the cosine ends at this fraction of the peak')
     p.add_argument('--grad-clip', type=float, default=1.0, help='0: no clipping')
+    p.add_argument('--wrench-jitter', type=float, default=0.0,
+                   help='half the training windows get force offsets U(+-N) and torque '
+                   'offsets U(+-0.1 N), the targets unchanged: for a demonstrator that does '
+                   "not react to force, as the sim's [N]")
     p.add_argument('--val-every', type=int, default=100, help='validation every N steps')
     p.add_argument('--save-every', type=int, default=500, help='resumable state every N steps')
     p.add_argument('--stop-after', type=int, default=0,
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             max_prefix=(args.max_prefix if args.max_prefix is not None else args.horizon // 2)
             if args.prefix_conditioning else 0,
             val_every=args.val_every, save_every=args.save_every, stop_after=args.stop_after,
-            time_budget_s=args.time_budget_s)
+            time_budget_s=args.time_budget_s, wrench_jitter_n=args.wrench_jitter)
         cfg = FitConfig(
             bags=tuple(args.bags), out=args.output, cache=args.cache, preset=args.preset,
             head=args.head, flow_steps=args.flow_steps,
