@@ -6,7 +6,7 @@
                                              starts and noise, one bag per episode
     2. cache_features                        the tiny VLM once over every bag
     3. train_expert --cache --targets chunks stage 1 with feature-age augmentation, on the
-                                             demonstrator's clean chunks
+                                             demonstrator's clean chunks, wrench jitter
 
 each step one of the package's own programs run as a child process (as `prepare_demo_models`
 does), its output shown as it comes, under `<root>/` (`artifacts/demo_policy/` of the working
@@ -39,10 +39,12 @@ class DemoRecipe:
     seed: int = 1000               # their holes' seed: not the demo's (sim_cell seed 0)
     start_range_rad: float = 0.15  # randomised start pose per joint [rad]
     noise_rad: float = 0.03        # the demonstrator's DART noise [rad]
+    descent_noise: float = 0.15    # ... in the descent over the hole, a fraction of it [1]
     camera_fps: float = 5.0        # recorded frames per view per second [Hz]
-    preset: str = 'small'          # expert size
+    preset: str = 'medium'         # expert size
     steps: int = 6000              # optimizer steps
     targets: str = 'chunks'        # the demonstrator's clean chunks (train_expert --targets)
+    wrench_jitter_n: float = 20.0  # the demonstrator ignores force (train_expert --wrench-jitter)
     batch_size: int = 64
     workers: int = 2               # recording processes
     threads: int = 2               # torch threads of the cache and the training
@@ -98,7 +100,8 @@ def prepare_demo_policy(vlm: Path, params_file: Path, contract_digest: str, *,
         steps.append(_run(bin_dir, 'record_demonstrations', [
             '--backend', 'sim', '--episodes', str(recipe.episodes), '--seed', str(recipe.seed),
             '--start-range-rad', str(recipe.start_range_rad),
-            '--noise-rad', str(recipe.noise_rad), '--camera-fps', str(recipe.camera_fps),
+            '--noise-rad', str(recipe.noise_rad), '--descent-noise', str(recipe.descent_noise),
+            '--camera-fps', str(recipe.camera_fps),
             '--workers', str(recipe.workers), '--params-file', str(params_file),
             '-o', str(demos)], echo))
     bags = [str(demos / e['bag']) for e in json.loads(
@@ -110,7 +113,7 @@ def prepare_demo_policy(vlm: Path, params_file: Path, contract_digest: str, *,
     steps.append(_run(bin_dir, 'train_expert', [
         *bags, '--cache', str(cache), '--params-file', str(params_file),
         '--vlm-model', str(vlm), '--preset', recipe.preset, '--steps', str(recipe.steps),
-        '--targets', recipe.targets,
+        '--targets', recipe.targets, '--wrench-jitter', str(recipe.wrench_jitter_n),
         '--batch-size', str(recipe.batch_size), '--threads', str(recipe.threads),
         '--seed', str(recipe.seed), '--no-progress', '--out', str(checkpoint), *resume], echo))
     (root / 'recipe.json').write_text(json.dumps(
@@ -136,7 +139,11 @@ def _recorded(demos: Path, recipe: DemoRecipe) -> bool:
         manifest = json.loads((demos / 'episodes.json').read_text())
     except (OSError, ValueError):
         return False
-    return (manifest.get('recorded') == recipe.episodes
+    # recorded as this recipe says: the same holes, starts, noise and frame rate
+    wanted = {'recorded': recipe.episodes, 'seed': recipe.seed,
+              'start_range_rad': recipe.start_range_rad, 'noise_rad': recipe.noise_rad,
+              'descent_noise': recipe.descent_noise, 'camera_fps': recipe.camera_fps}
+    return (all(manifest.get(k) == v for k, v in wanted.items())
             and all((demos / e['bag']).is_dir() for e in manifest['episodes']))
 
 
