@@ -34,6 +34,7 @@ import time
 from vla_insertion.core import artifacts, demo_policy
 from vla_insertion.core.config import SimCellConfig
 from vla_insertion.core.episodes import EpisodeListener
+from vla_insertion.core.expert.feature_age import REFERENCE_VLM_LATENCY_S
 from vla_insertion.core.launch_table import (
     command_for, enabled_nodes, installed_paths, LAUNCH_ARGUMENTS)
 from vla_insertion.core.params import load_config
@@ -141,7 +142,11 @@ def run(argv=None) -> int:
     end_s = time.monotonic()
     try:
         for spec in specs:
-            group.start(spec.name, command_for(spec, lib_dir, params_file, launch_args))
+            # The tiny VLM runs ~10 times a second here; the policy was trained on features as
+            # old as the reference GPU's 2.6 Hz makes them (the age model), so it runs at that.
+            paced = {'max_rate_hz': round(1.0 / REFERENCE_VLM_LATENCY_S, 3)} \
+                if trained and spec.name == 'vlm_node' else None
+            group.start(spec.name, command_for(spec, lib_dir, params_file, launch_args, paced))
         operator = _Operator(recorder) if trained else None
         sim = load_config(SimCellConfig, 'sim_cell', params_file)
         episodes = EpisodeListener(
