@@ -58,6 +58,7 @@ class Scenario:
     valid_samples: int = 65
     robot: bool = True
     gripper: float = 0.8
+    bad_joints: bool = False       # joint states naming more joints than they give positions
 
 
 def features_data(stamp_s: float, sequence: int, rng, contract_hash=CONTRACT.digest):
@@ -128,6 +129,8 @@ class FakeCell(Node):
 
     def _publish_robot(self) -> None:
         joints, pose = conv.robot_state_to_msgs(robot_data(self.now_s(), self.scenario.gripper))
+        if self.scenario.bad_joints:
+            joints.position = list(joints.position)[:3]
         self.joints_pub.publish(joints)
         self.pose_pub.publish(pose)
 
@@ -245,7 +248,9 @@ def test_chunks_with_reuse_counting_ages_and_the_gripper(run_cell):
     (Scenario(valid_samples=40), 'window_incomplete', DiagnosticStatus.WARN),
     (Scenario(robot=False), 'no_robot_state', DiagnosticStatus.WARN),
     (Scenario(contract_hash='0000000000000000'), 'contract_mismatch', DiagnosticStatus.ERROR),
-], ids=['features_too_old', 'window_incomplete', 'no_robot_state', 'contract_mismatch'])
+    (Scenario(bad_joints=True), 'bad_robot', DiagnosticStatus.WARN),   # the loop goes on
+], ids=['features_too_old', 'window_incomplete', 'no_robot_state', 'contract_mismatch',
+        'bad_robot'])
 def test_staleness_rule_stops_chunks_and_reports_why(run_cell, scenario, reason, level):
     cell = run_cell(scenario, **RELAXED)
 
@@ -358,8 +363,9 @@ def test_live_node_and_offline_runner_agree_on_recorded_inputs(rclpy_context, ch
                 time.sleep(0.005)
             assert held[entry]() is not None and abs(stamp_of(held[entry]()) - when) < 1e-6
         live.append(node.tick(now_s=float(t)))
-        expected.append(offline.tick(inputs.features(t), inputs.window(t), inputs.robot(t),
-                                     float(t)))
+        features = inputs.features(t)        # and the robot when their views were taken
+        expected.append(offline.tick(features, inputs.window(t), inputs.robot(t), float(t),
+                                     capture_robot=inputs.capture(features)))
     reasons = [r.decision.reason or 'published' for r in live]
     assert reasons == [r.decision.reason or 'published' for r in expected]
     assert {'no_features', 'sensor_too_old', 'robot_state_too_old', 'published'} <= set(reasons)

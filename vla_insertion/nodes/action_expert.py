@@ -46,6 +46,7 @@ from vla_insertion.core import topics
 from vla_insertion.core.config import ConfigError, ExpertConfig
 from vla_insertion.core.data import MODE_ASYNC, MODE_SYNC, NodeStatsData
 from vla_insertion.core.executor.merge import align_prefix
+from vla_insertion.core.expert.capture import StampedHistory
 from vla_insertion.core.expert.checkpoint import CheckpointError, load_checkpoint
 from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.runner import expert_health, ExpertRunner, TickResult
@@ -80,6 +81,9 @@ class ActionExpertNode(ManagedNode):
         self._lock = threading.Lock()
         self._features_arrived = threading.Condition(self._lock)
         self._inputs = dict.fromkeys(('features', 'window', 'joints', 'pose', 'prefix'))
+        # every joint state and pose of the last seconds: the robot at the features' capture
+        self._received = {name: StampedHistory(lambda m: conv.time_from_msg(m.header.stamp))
+                          for name in ('joints', 'pose')}
         self._feature_arrivals = 0
         self._rate = RateMeter(window_s=5.0)
         self._lateness_ms = LatencyStats(maxlen=600)  # tick start after its deadline
@@ -177,6 +181,8 @@ class ActionExpertNode(ManagedNode):
         self._topics, self._chunk_pub, self._request_pub = [], None, None
         with self._lock:
             self._inputs = dict.fromkeys(self._inputs)
+        for history in self._received.values():
+            history.clear()
         self._runner = None
 
     def _apply(self, config: ExpertConfig) -> None:
@@ -205,13 +211,8 @@ class ActionExpertNode(ManagedNode):
     def _store(self, name: str, msg) -> None:
         with self._lock:
             self._inputs[name] = msg
-            pose, runner = self._inputs['pose'], self._runner
-        if name == 'joints' and pose is not None and runner is not None:
-            # every robot state, not only each tick's: the features' capture falls between
-            try:
-                runner.note_robot(conv.robot_state_from_msgs(msg, pose))
-            except ValueError:
-                pass    # the next tick reads the same message and counts it (bad_robot)
+        if name in self._received:
+            self._received[name].add(msg)
 
     def _on_contract(self, msg: String) -> None:
         try:
@@ -235,35 +236,44 @@ class ActionExpertNode(ManagedNode):
         return describe_mismatch(runner.policy.meta.contract, contract)
 
     def _newest(self, now_s: float) -> tuple:
-        """Return (features, window, robot, prefix) of the newest messages (None when bad).
+        """Return (features, window, robot, capture, prefix, bad) of the newest messages.
 
-        The prefix is what the chunk executor has committed (merge = prefix), resampled to
-        actions applying from now_s; a flow head continues it, a regression head ignores it.
+        `capture` is the robot when the features' views were taken: the newest joint state and
+        pose received at or before their stamp, combined as a recording combines them. The
+        prefix is what the chunk executor has committed (merge = prefix), resampled to actions
+        applying from now_s; a flow head continues it, a regression head ignores it. `bad`:
+        the refusal of the first malformed features, window or robot message (the tick then
+        publishes nothing and counts only that), else None; a malformed prefix is counted and
+        left out.
         """
         with self._lock:
             msgs = dict(self._inputs)
-        data = []
+        data, bad = [], None
         for name, read in (('features', conv.vl_features_from_msg),
                            ('window', conv.sensor_window_from_msg),
                            ('prefix', conv.action_chunk_from_msg)):
             try:
                 data.append(read(msgs[name]) if msgs[name] is not None else None)
             except conv.ConversionError as exc:
-                self._runner.refuse(f'bad_{name}', str(exc))
+                refusal = self._runner.refuse(f'bad_{name}', str(exc))
+                bad = bad or (refusal if name != 'prefix' else None)
                 self.get_logger().warning(f'bad {name}: {exc}', throttle_duration_sec=2.0)
                 data.append(None)
         features, window, committed = data
-        joints, pose = msgs['joints'], msgs['pose']
-        robot = None
-        if joints is not None and pose is not None:
-            try:
-                robot = conv.robot_state_from_msgs(joints, pose)
-            except ValueError as exc:      # e.g. fewer positions than joint names
-                self._runner.refuse('bad_robot', str(exc))
-                self.get_logger().warning(f'bad robot state: {exc}', throttle_duration_sec=2.0)
+        robot = capture = None
+        try:
+            if msgs['joints'] is not None and msgs['pose'] is not None:
+                robot = conv.robot_state_from_msgs(msgs['joints'], msgs['pose'])
+            if features is not None:
+                joints, pose = (self._received[n].at(features.stamp_s) for n in ('joints', 'pose'))
+                if joints is not None and pose is not None:
+                    capture = conv.robot_state_from_msgs(joints, pose)
+        except ValueError as exc:      # e.g. fewer positions than joint names
+            bad = bad or self._runner.refuse('bad_robot', str(exc))
+            self.get_logger().warning(f'bad robot state: {exc}', throttle_duration_sec=2.0)
         prefix = None if committed is None else align_prefix(
             committed.stamp_s, committed.actions, committed.dt_s, now_s)
-        return features, window, robot, prefix
+        return features, window, robot, capture, prefix, bad
 
     # --- ticks ----------------------------------------------------------------------------
 
@@ -285,8 +295,11 @@ class ActionExpertNode(ManagedNode):
                 SYNC_TIMEOUT, f'no features within sync_timeout_s {self._config.sync_timeout_s}'
                 ' s of the request'))
         now_s = self._now_s() if now_s is None else now_s
-        features, window, robot, prefix = self._newest(now_s)
-        result = self._runner.tick(features, window, robot, now_s, prefix=prefix)
+        features, window, robot, capture, prefix, bad = self._newest(now_s)
+        if bad is not None:
+            return self._refused(bad)
+        result = self._runner.tick(features, window, robot, now_s, prefix=prefix,
+                                   capture_robot=capture)
         if not result.published:
             return self._refused(result)
         self._chunk_pub.publish(conv.action_chunk_to_msg(result.chunk))

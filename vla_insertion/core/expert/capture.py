@@ -7,8 +7,11 @@ the motion since. The rule, the same everywhere: the newest robot state at or be
 capture stamp, else the oldest one known (the capture came before the first robot state, as at
 start-up, when the arm is still).
 
-- At run time `RobotHistory` holds the robot states of the last seconds (the node adds every
-  message it receives; the runner adds the one of each tick) and answers `at(stamp)`.
+- At run time the action_expert node keeps the joint states and poses it received
+  (`StampedHistory`, by their header stamps) and combines the newest of each at or before the
+  capture, as a recording answers it; the in-process closed loop tells the runner every robot
+  state (`ExpertRunner.note_robot`); without either, the runner looks the capture up in the
+  states of its ticks (`RobotHistory`).
 - In training and offline evaluation the recording answers it (`recorded_captures`,
   `RecordedInputs.robot`).
 """
@@ -17,64 +20,76 @@ from __future__ import annotations
 from collections import deque
 import math
 import threading
+from typing import Callable, Generic, TypeVar
 
 import numpy as np
 
 from vla_insertion.core.data import RobotState
 
 HISTORY_S = 3.0     # kept robot states [s]: longer than any usable feature age
+T = TypeVar('T')
 
 
-class RobotHistory:
-    """Robot states of the last `span_s` seconds, looked up by stamp; thread-safe.
+class StampedHistory(Generic[T]):
+    """Items of the last `span_s` seconds, looked up by stamp; thread-safe.
 
-    A state older than the newest one held (the sender's clock jumped back) starts the
-    history again from it, so a lookup never mixes two clocks.
+    `stamp_of(item)` gives an item's stamp [s]. An item older than the newest one held (the
+    sender's clock jumped back) starts the history again from it, so a lookup never mixes two
+    clocks; an item with a non-finite stamp is not kept (`rejected`).
     """
 
-    def __init__(self, span_s: float = HISTORY_S) -> None:
+    def __init__(self, stamp_of: Callable[[T], float], span_s: float = HISTORY_S) -> None:
         if not span_s > 0:
             raise ValueError(f'span_s must be > 0, got {span_s}')
         self.span_s = span_s
-        self._states: deque[RobotState] = deque()
+        self._stamp_of = stamp_of
+        self._items: deque[tuple[float, T]] = deque()
         self._lock = threading.Lock()
         self.restarts = 0            # clock jumps back that cleared the history
-        self.rejected = 0            # states with a non-finite stamp, not kept
+        self.rejected = 0            # items with a non-finite stamp, not kept
 
-    def add(self, robot: RobotState) -> None:
-        if not math.isfinite(robot.stamp_s):
+    def add(self, item: T) -> None:
+        stamp = float(self._stamp_of(item))
+        if not math.isfinite(stamp):
             self.rejected += 1
             return
         with self._lock:
-            states = self._states
-            if states and robot.stamp_s < states[-1].stamp_s:
-                states.clear()
+            items = self._items
+            if items and stamp < items[-1][0]:
+                items.clear()
                 self.restarts += 1
-            if states and robot.stamp_s == states[-1].stamp_s:
-                states[-1] = robot                    # the same instant: keep the newest copy
+            if items and stamp == items[-1][0]:
+                items[-1] = (stamp, item)             # the same instant: keep the newest copy
             else:
-                states.append(robot)
-            while states[0].stamp_s < robot.stamp_s - self.span_s:
-                states.popleft()
+                items.append((stamp, item))
+            while items[0][0] < stamp - self.span_s:
+                items.popleft()
 
-    def at(self, stamp_s: float) -> RobotState | None:
-        """Return the newest state at or before `stamp_s`, else the oldest; None when empty."""
+    def at(self, stamp_s: float) -> T | None:
+        """Return the newest item at or before `stamp_s`, else the oldest; None when empty."""
         with self._lock:
-            states = self._states
-            if not states:
+            items = self._items
+            if not items:
                 return None
-            # states are few (seconds at the robot's rate) and the capture is near the end
-            for robot in reversed(states):
-                if robot.stamp_s <= stamp_s:
-                    return robot
-            return states[0]
+            # seconds at a sender's rate, and the stamp looked up is near the end
+            for stamp, item in reversed(items):
+                if stamp <= stamp_s:
+                    return item
+            return items[0][1]
 
     def clear(self) -> None:
         with self._lock:
-            self._states.clear()
+            self._items.clear()
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._items)
+
+
+class RobotHistory(StampedHistory[RobotState]):
+    """Robot states by their stamps: what the runner was given, for the capture lookup."""
+
+    def __init__(self, span_s: float = HISTORY_S) -> None:
+        super().__init__(lambda robot: robot.stamp_s, span_s)
 
 
 def recorded_captures(stamps_s: np.ndarray, robot_at, state_vector) -> np.ndarray:
