@@ -5,8 +5,8 @@
     1. record_demonstrations --backend sim   the scripted demonstrator, randomised holes,
                                              starts and noise, one bag per episode
     2. cache_features                        the tiny VLM once over every bag
-    3. train_expert --cache --targets chunks stage 1 with feature-age augmentation, on the
-                                             demonstrator's clean chunks, wrench jitter
+    3. train_expert --cache --targets chunks stage 1 on the demonstrator's clean chunks,
+                                             wrench jitter, the newest features per tick
 
 each step one of the package's own programs run as a child process (as `prepare_demo_models`
 does), its output shown as it comes, under `<root>/` (`artifacts/demo_policy/` of the working
@@ -45,6 +45,9 @@ class DemoRecipe:
     steps: int = 6000              # optimizer steps
     targets: str = 'chunks'        # the demonstrator's clean chunks (train_expert --targets)
     wrench_jitter_n: float = 20.0  # the demonstrator ignores force (train_expert --wrench-jitter)
+    # each tick paired with the newest VL update: with the motion since the capture as an
+    # input, held-out success was 15/20 against 9/20 with ages drawn from 0.385-0.77 s
+    feature_age: str = 'newest'    # (train_expert --feature-age)
     batch_size: int = 64
     workers: int = 2               # recording processes
     threads: int = 2               # torch threads of the cache and the training
@@ -114,6 +117,7 @@ def prepare_demo_policy(vlm: Path, params_file: Path, contract_digest: str, *,
         *bags, '--cache', str(cache), '--params-file', str(params_file),
         '--vlm-model', str(vlm), '--preset', recipe.preset, '--steps', str(recipe.steps),
         '--targets', recipe.targets, '--wrench-jitter', str(recipe.wrench_jitter_n),
+        '--feature-age', recipe.feature_age,
         '--batch-size', str(recipe.batch_size), '--threads', str(recipe.threads),
         '--seed', str(recipe.seed), '--no-progress', '--out', str(checkpoint), *resume], echo))
     (root / 'recipe.json').write_text(json.dumps(
