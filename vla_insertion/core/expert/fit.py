@@ -59,7 +59,7 @@ class FitConfig:
     bags: tuple[str, ...]          # bag folders: one episode each unless an episode log cuts them
     out: str = str(artifacts.TRAINED_CHECKPOINT)  # output folder (best checkpoint, last/, csv)
     cache: str = ''                # feature cache folder (cache_features); '' = run the VLM here
-    preset: str = 'small'          # expert size: 'small' or 'default' (~19.4M parameters)
+    preset: str = 'small'          # expert size: a PRESETS name ('default': ~19.4M parameters)
     head: str = 'regression'       # 'regression' or 'flow'
     flow_steps: int = 10           # Euler steps of the flow head at inference [steps]
     prefix_conditioning: bool = False  # flow head learns to continue committed prefixes (RTC)
