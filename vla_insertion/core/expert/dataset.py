@@ -29,7 +29,7 @@ from vla_insertion.core.expert.feature_age import AgeModel, pair_weights
 from vla_insertion.core.expert.policy import robot_state_vector
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.expert.training import (
-    feature_std_floor, MIN_STD, normalization_stats, tick_targets)
+    feature_stats, MIN_STD, normalization_stats, tick_targets)
 from vla_insertion.core.feature_cache import CachedBag
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.recording import RecordedInputs, Recording, tick_times
@@ -82,17 +82,10 @@ class FeatureBank:
         return torch.from_numpy(self.captures[np.asarray(rows, dtype=np.int64)])
 
     def feature_stats(self, rows: np.ndarray, chunk: int = 1024) -> dict[str, np.ndarray]:
-        """Return feature_mean, feature_std (T, F) over global rows (`feature_std_floor`)."""
+        """Return feature_mean, feature_std (T, F) over the distinct global rows given."""
         rows = np.unique(np.asarray(rows, dtype=np.int64))
-        total = total_sq = None
-        for start in range(0, rows.size, chunk):
-            x = self.features(rows[start:start + chunk]).double()   # (b, T, F)
-            s, sq = x.sum(0), (x * x).sum(0)
-            total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
-        mean = total / rows.size
-        std = (total_sq / rows.size - mean * mean).clamp(min=0).sqrt()
-        return {'feature_mean': mean.numpy().astype(np.float32),
-                'feature_std': feature_std_floor(mean.numpy(), std.numpy()).astype(np.float32)}
+        return feature_stats(self.features(rows[start:start + chunk])
+                             for start in range(0, rows.size, chunk))
 
 
 TARGETS = ('measured', 'chunks')

@@ -96,6 +96,25 @@ def feature_std_floor(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.maximum(std, np.maximum(floor, 1e-8))
 
 
+def feature_stats(batches) -> dict[str, np.ndarray]:
+    """Return feature_mean, feature_std (T, F) over (b, T, F) batches of VL features.
+
+    Accumulated in float64 batch by batch (a cache need not fit in memory); the stds floored
+    by `feature_std_floor`.
+    """
+    count, total, total_sq = 0, 0.0, 0.0
+    for batch in batches:
+        x = torch.as_tensor(batch).double()                       # (b, T, F)
+        count += x.shape[0]
+        total, total_sq = total + x.sum(0), total_sq + (x * x).sum(0)
+    if count == 0:
+        raise ValueError('no VL features to compute normalisation from')
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp(min=0).sqrt()
+    return {'feature_mean': mean.numpy().astype(np.float32),
+            'feature_std': feature_std_floor(mean.numpy(), std.numpy()).astype(np.float32)}
+
+
 @dataclass
 class ExpertDataset:
     """Training samples as tensors; `features[feature_index[i]]` are sample i's VL features."""
@@ -158,13 +177,9 @@ class ExpertDataset:
 
         No motion statistics: the fixed pairing has none (see `captures_of`).
         """
-        stats = normalization_stats(self.windows, self.states, self.actions, min_std,
-                                    action_frame)
-        features = self.features.double()                         # (U, T, F)
-        mean, std = features.mean(0).numpy(), features.std(0, unbiased=False).numpy()
-        stats['feature_mean'] = mean.astype(np.float32)
-        stats['feature_std'] = feature_std_floor(mean, std).astype(np.float32)
-        return stats
+        return {**normalization_stats(self.windows, self.states, self.actions, min_std,
+                                      action_frame),
+                **feature_stats([self.features])}
 
 
 def fit_normalization(model: ActionExpert, dataset: ExpertDataset,
@@ -185,9 +200,8 @@ def dataset_loss(model: ActionExpert, dataset: ExpertDataset, batch_size: int = 
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             index = torch.arange(start, min(start + batch_size, len(dataset)))
-            features, windows, states, actions = dataset.batch(index)
-            loss = model.loss(features, windows, states, actions, generator=generator,
-                              capture=states)     # features taken as captured at the tick
+            # no capture given: the features are taken as captured at the tick (captures_of)
+            loss = model.loss(*dataset.batch(index), generator=generator)
             total += float(loss) * index.numel()
     model.train(was_training)
     return total / len(dataset)
