@@ -131,6 +131,32 @@ def cell_bag_writer():
     return write_cell_bag
 
 
+def _expert_observation(contract, now_s: float, rng, feature_age_s: float, prefix=None):
+    """Return an ExpertObservation for a checkpoint of `contract`.
+
+    Random features and window (drawn in that order from `rng`), the robot at rest at the
+    origin, the views taken at its current state.
+    """
+    from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData
+    from vla_insertion.core.interfaces import ExpertObservation
+    shape = (contract.num_tokens, contract.feature_dim)
+    features = VLFeatureData(stamp_s=now_s - feature_age_s, sequence=1, model_id='test',
+                             features=rng.normal(size=shape).astype(np.float32),
+                             contract_hash=contract.digest)
+    window = SensorWindowData(stamp_s=now_s, samples=rng.normal(size=(65, 7)).astype(np.float32),
+                              valid_samples=65, sample_rate_hz=650.0)
+    robot = RobotState(stamp_s=now_s, joint_positions_rad=np.zeros(6),
+                       tool_position_m=np.zeros(3), tool_orientation_xyzw=np.array([0, 0, 0, 1.0]))
+    return ExpertObservation(features=features, window=window, robot=robot, now_s=now_s,
+                             prefix=prefix, capture_robot=robot)
+
+
+@pytest.fixture(scope='session')
+def expert_observation():
+    """Return `make(contract, now_s, rng, feature_age_s, prefix=None)`: an ExpertObservation."""
+    return _expert_observation
+
+
 @pytest.fixture
 def spin_until():
     """Return a function that spins an executor until a predicate holds or a timeout passes."""

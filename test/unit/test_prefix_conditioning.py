@@ -6,8 +6,6 @@ conditioned head trained with random prefixes continues them far better than it 
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -99,12 +97,11 @@ def test_a_prefix_conditioned_head_continues_the_prefix():
     assert error[3] < 0.6 * error[0], error
 
 
-def test_the_policy_continues_the_executors_prefix_with_a_conditioned_head(tmp_path):
-    from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData
+def test_the_policy_continues_the_executors_prefix_with_a_conditioned_head(tmp_path,
+                                                                           expert_observation):
     from vla_insertion.core.expert.checkpoint import CheckpointMeta, save_checkpoint
     from vla_insertion.core.expert.policy import ExpertPolicy
     from vla_insertion.core.feature_contract import FeatureContract
-    from vla_insertion.core.interfaces import ExpertObservation
     contract = FeatureContract(model_id='test', reduction='r', num_tokens=6, feature_dim=32,
                                image_width=64, image_height=36, view_names=('a',), prompt='p')
     m = model()
@@ -114,16 +111,7 @@ def test_the_policy_continues_the_executors_prefix_with_a_conditioned_head(tmp_p
     rng = np.random.default_rng(2)
     committed = rng.normal(size=(3, A)).astype(np.float32)
     committed[:, -1] = rng.uniform(0.0, 1.0, 3)        # a gripper command is 0..1
-    obs = ExpertObservation(
-        features=VLFeatureData(stamp_s=9.8, features=rng.normal(size=(6, 32)).astype(np.float32),
-                               sequence=1, contract_hash=contract.digest, model_id='test'),
-        window=SensorWindowData(stamp_s=10.0, samples=rng.normal(size=(65, 7)).astype(np.float32),
-                                valid_samples=65, sample_rate_hz=650.0),
-        robot=RobotState(stamp_s=10.0, joint_positions_rad=np.zeros(6),
-                         tool_position_m=np.zeros(3),
-                         tool_orientation_xyzw=np.array([0, 0, 0, 1.0])),
-        now_s=10.0, prefix=committed)
-    obs = replace(obs, capture_robot=obs.robot)  # the views were taken at this state
+    obs = expert_observation(contract, 10.0, rng, feature_age_s=0.2, prefix=committed)
     chunk = ExpertPolicy(folder).infer(obs)
     np.testing.assert_allclose(chunk.actions[:3], committed, atol=1e-5)   # continued exactly
     # the same call through forward: continue_prefix with the committed actions given
