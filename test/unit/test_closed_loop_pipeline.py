@@ -10,17 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from vla_insertion.core.closed_loop import PipelineLoop, PipelineTiming, summarize_episodes
-from vla_insertion.core.config import ConfigError, ExecutorConfig, VlmConfig
+from vla_insertion.core.closed_loop import (
+    learned_loop, PipelineLoop, PipelineTiming, summarize_episodes)
+from vla_insertion.core.config import ConfigError, ExecutorConfig, ExpertConfig, VlmConfig
 from vla_insertion.core.executor import ChunkExecutor
-from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.presets import make_untrained_checkpoint
-from vla_insertion.core.expert.runner import ExpertRunner
-from vla_insertion.core.expert.staleness import StalenessLimits
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.episode import EpisodeParams
 from vla_insertion.core.sim.reference import ReferencePolicy
-from vla_insertion.core.sim.render import SceneRenderer
 from vla_insertion.core.vlm import feature_contract_for
 
 VIEWS = ('zed_1', 'oak')
@@ -77,20 +74,18 @@ def learned(tiny_vlm_dir, tmp_path_factory):
     return config, build_vlm(config, download=False), checkpoint
 
 
-def learned_loop(learned, mode: str, vlm_latency_s: float, timeout_s: float = 3.0):
+def learned_pipeline(learned, mode: str, vlm_latency_s: float, timeout_s: float = 3.0):
     config, vlm, checkpoint = learned
     torch.manual_seed(0)
     cell = SimCell(dataclasses.replace(CellParams(), episode=EpisodeParams(timeout_s=timeout_s)),
                    seed=3)
-    runner = ExpertRunner(ExpertPolicy(checkpoint), StalenessLimits(max_feature_age_s=2.0))
-    return PipelineLoop(cell, executor(), PipelineTiming(mode=mode, vlm_latency_s=vlm_latency_s),
-                        vlm=vlm, runner=runner,
-                        renderer=SceneRenderer(VIEWS, config.image_width, config.image_height),
-                        views=VIEWS)
+    return learned_loop(cell, executor(), PipelineTiming(mode=mode, vlm_latency_s=vlm_latency_s),
+                        str(checkpoint), config,
+                        ExpertConfig(checkpoint=str(checkpoint), max_feature_age_s=2.0), vlm=vlm)
 
 
 def test_the_learned_pipeline_runs_and_reports(learned):
-    metrics = learned_loop(learned, 'async', 0.4).run_episode()
+    metrics = learned_pipeline(learned, 'async', 0.4).run_episode()
     row = metrics.as_dict()
     assert row['reason'] in ('success', 'timeout', 'over_force', 'dropped')
     assert metrics.vl_updates >= 2 and metrics.chunks > 0
@@ -102,8 +97,8 @@ def test_the_learned_pipeline_runs_and_reports(learned):
 
 
 def test_a_slow_vlm_starves_sync_of_chunks_but_not_async(learned):
-    sync = learned_loop(learned, 'sync', 0.8).run_episode()
-    asyn = learned_loop(learned, 'async', 0.8).run_episode()
+    sync = learned_pipeline(learned, 'sync', 0.8).run_episode()
+    asyn = learned_pipeline(learned, 'async', 0.8).run_episode()
     duration = asyn.record.duration_s
     # sync: one chunk per VLM call (~0.8 s + a tick); async: one per 0.1 s tick once started
     assert sync.chunks <= duration / 0.8 + 1

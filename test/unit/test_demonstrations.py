@@ -161,3 +161,54 @@ def test_recorded_chunks_are_the_clean_labels_and_the_chunk_targets(tmp_path):
         np.testing.assert_array_equal(actions, by_stamp[round(t, 6)])
     with pytest.raises(ValueError, match='training wants 4'):
         collect_ticks(rec, episode, cached, runner, contract, 4, 0.1, 10.0, targets='chunks')
+
+
+def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick(
+        tmp_path, tiny_vlm_dir):
+    """With a driver the bag's chunks are the demonstrator's answers to what the policy met.
+
+    An untrained expert drives (it does not insert: the episode is kept all the same, its
+    states are what DAgger is for); every tick of it, those refused for want of features
+    included, has the demonstrator's chunk for the recorded observation as its label.
+    """
+    from vla_insertion.core.config import ExpertConfig, VlmConfig
+    from vla_insertion.core.demonstrations import LearnedDriver
+    from vla_insertion.core.expert.presets import make_untrained_checkpoint
+    from vla_insertion.core.sim.episode import episode_spec
+    from vla_insertion.core.vlm import feature_contract_for
+    vlm = VlmConfig(model=str(tiny_vlm_dir), view_names=VIEWS, image_width=112,
+                    image_height=56, torch_threads=1, warmup_runs=0)
+    checkpoint = make_untrained_checkpoint(tmp_path / 'expert', feature_contract_for(vlm),
+                                           preset='small')
+    driver = LearnedDriver(str(checkpoint), vlm, ExpertConfig(checkpoint=str(checkpoint)))
+    streams = DemoStreams(VIEWS, width=112, height=56, camera_fps=2.0)
+    manifest = record_episodes(tmp_path / 'dagger', 1, streams, seed=5, driver=driver)
+    entry = manifest[0]                              # kept, though the policy did not insert
+    assert not entry['success'] and entry['unlabelled_jammed'] >= 0
+    rec = load_recording(tmp_path / 'dagger' / entry['bag'], views=())
+    ticks = entry['duration_s'] * 10.0              # 10 Hz expert ticks over the episode
+    assert len(rec.chunks) >= 0.9 * ticks - entry['unlabelled_jammed'] - 2
+    spec = episode_spec(5, entry['episode'])
+    reference, gap = ReferencePolicy(), 0.0
+    for chunk in rec.chunks:
+        obs = ReferenceObservation(robot=rec.robot(chunk.stamp_s), hole_top_m=spec.hole_top_m,
+                                   approach_offset_m=spec.approach_offset_m)
+        gap = max(gap, np.abs(reference.infer(obs).actions - chunk.actions).max())
+    assert gap < 1e-4
+    # the labels drove nothing: the demonstrator's first answer heads for the hole, while the
+    # arm, waiting for the policy's first features, held still
+    first = rec.chunks[0]
+    horizon_s = (first.actions.shape[0] - 1) * first.dt_s
+    arm = rec.robot(first.stamp_s + horizon_s).joint_positions_rad
+    assert np.abs(arm - first.actions[-1, :6]).max() > 0.01
+
+
+def test_tool_refuses_a_driver_that_is_no_checkpoint_or_not_in_process(tmp_path, capsys):
+    code = record_demonstrations.main(['--backend', 'sim', '--driver', str(tmp_path),
+                                       '--params-file', 'config/vla_insertion.yaml',
+                                       '-o', str(tmp_path / 'out')])
+    assert code == 2 and 'not an expert checkpoint' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        record_demonstrations.main(['--backend', 'ros', '--driver', str(tmp_path),
+                                    '-o', str(tmp_path / 'out')])
+    assert exc.value.code == 2

@@ -108,21 +108,26 @@ class PipelineLoop:
     `vlm` implements `infer(VlmObservation) -> VLFeatureData` (None: the policy is not the
     learned one, e.g. the reference demonstrator through `reference`); `runner` is an
     ExpertRunner; `executor` a ChunkExecutor (armed at the start of each episode).
+
+    `labeller` (the demonstrator, while the learned policy drives: DAgger) answers the
+    observation of every tick too; `on_label(t, chunk)` gets its chunk, which drives nothing.
     """
 
     def __init__(self, cell: SimCell, executor, timing: PipelineTiming = PipelineTiming(), *,
                  vlm=None, runner=None, renderer=None, views: tuple[str, ...] = (),
-                 reference=None, jpeg_quality: int = 80, seed: int = 0) -> None:
+                 reference=None, labeller=None, jpeg_quality: int = 80, seed: int = 0) -> None:
         require((vlm is not None and runner is not None and renderer is not None)
                 or reference is not None, 'give a vlm, runner and renderer, or a reference')
         self.cell, self.executor, self.timing = cell, executor, timing
         self.vlm, self.runner, self.renderer = vlm, runner, renderer
         self.views, self.reference, self.quality = tuple(views), reference, jpeg_quality
+        self.labeller = labeller
         self._rng = np.random.default_rng(seed)
         self._command_period = executor.config.period_s
         self._tick_period = 1.0 / timing.rate_hz
         self.observer = None          # observer(t): every physics step (e.g. a bag recorder)
         self.on_chunk = None          # on_chunk(t, chunk): every chunk reaching the executor
+        self.on_label = None          # on_label(t, chunk): the labeller's answer at every tick
 
     # --- the pieces the nodes would do ------------------------------------------------------
 
@@ -150,6 +155,8 @@ class PipelineLoop:
 
     def _tick(self, t: float, features, metrics: EpisodeMetrics) -> ActionChunkData | None:
         """One expert tick at t: the learned runner, or the reference demonstrator."""
+        if self.labeller is not None and self.on_label is not None:
+            self.on_label(t, self.labeller.infer(reference_observation(self.cell)))
         if self.reference is not None:
             return self.reference.infer(reference_observation(self.cell))
         prefix = None
@@ -179,8 +186,9 @@ class PipelineLoop:
         if self.vlm is not None:
             self.vlm.reset()
             self.runner.reset()
-        if self.reference is not None:
-            self.reference.reset()
+        for policy in (self.reference, self.labeller):
+            if policy is not None:
+                policy.reset()
         metrics = EpisodeMetrics(record=None)
         chunks: deque[tuple[float, ActionChunkData]] = deque()    # (arrival, chunk)
         vl_pending: deque[tuple[float, object]] = deque()         # (ready, features)
@@ -257,6 +265,32 @@ class PipelineLoop:
             if on_episode is not None:
                 on_episode(out[-1])
         return out
+
+
+def learned_loop(cell: SimCell, executor, timing: PipelineTiming, checkpoint, vlm_cfg,
+                 expert_cfg, *, vlm=None, seed: int = 0, **kwargs) -> PipelineLoop:
+    """Return the loop of the learned policy driving `cell` (the tools' one builder of it).
+
+    The VLM of `vlm_cfg` (or `vlm`, already built: one per process), the expert runner on
+    `checkpoint` with `expert_cfg`'s staleness limits and precision, the feature-age limit
+    widened by the timing's added VLM delay (features that old are what the experiment
+    studies, not a fault), and the renderer of `vlm_cfg`'s views. `kwargs`: PipelineLoop's.
+    """
+    from dataclasses import replace
+
+    from vla_insertion.core.expert.policy import ExpertPolicy
+    from vla_insertion.core.expert.runner import ExpertRunner
+    from vla_insertion.core.expert.staleness import StalenessLimits
+    from vla_insertion.core.sim.render import SceneRenderer
+    from vla_insertion.core.vlm.extractor import build_vlm
+    limits = replace(StalenessLimits.from_config(expert_cfg),
+                     max_feature_age_s=expert_cfg.max_feature_age_s + timing.vlm_delay_s)
+    runner = ExpertRunner(ExpertPolicy(checkpoint, seed=seed, precision=expert_cfg.precision),
+                          limits)
+    renderer = SceneRenderer(vlm_cfg.view_names, vlm_cfg.image_width, vlm_cfg.image_height)
+    return PipelineLoop(cell, executor, timing, vlm=vlm or build_vlm(vlm_cfg, download=False),
+                        runner=runner, renderer=renderer, views=vlm_cfg.view_names, seed=seed,
+                        **kwargs)
 
 
 def summarize_episodes(episodes: list[EpisodeMetrics]) -> dict:

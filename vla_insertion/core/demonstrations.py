@@ -14,6 +14,13 @@ second per episode and the feature cache and train_expert read it unchanged:
     vla/action_chunk                  the demonstrator's chunks (what the expert imitates), before
                                       the DART offset the executed commands carry
 
+With a `LearnedDriver` (DAgger) the learned policy drives instead and the demonstrator only
+labels: `vla/action_chunk` holds its answer to the observation of every tick of the learned
+policy, so the bags show the states the policy itself visits (a peg a millimetre off over the
+hole, pressed on the block top) with what the demonstrator would do there. It answers any
+observation (a function of what it sees), except a peg wedged in the rim, which it would press
+further in: those ticks get no label (counted in the manifest, `unlabelled_jammed`).
+
 Times are the cell's clock shifted to a fixed epoch; the log time of every message is its
 stamp (what the live recorder sees within milliseconds). ROS-free.
 """
@@ -25,11 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from vla_insertion.core import bag, topics
-from vla_insertion.core.closed_loop import PipelineLoop, PipelineTiming
+from vla_insertion.core.closed_loop import learned_loop, PipelineLoop, PipelineTiming
 from vla_insertion.core.config import DEFAULT_SENSOR_CHANNELS, DEFAULT_WRIST_VIEWS, ExecutorConfig
 from vla_insertion.core.executor import ChunkExecutor
 from vla_insertion.core.messages import GRIPPER_JOINT
 from vla_insertion.core.sim.cell import CellParams, SimCell
+from vla_insertion.core.sim.contact import JAMMED
 from vla_insertion.core.sim.reference import APPROACH, DESCEND, ReferencePolicy
 from vla_insertion.core.sim.render import SceneRenderer
 
@@ -49,6 +57,15 @@ class DemoStreams:
     robot_rate_hz: float = 100.0    # joint states and poses [Hz]
     window_rate_hz: float = 65.0    # sensor windows (batches of 10 samples at 650 Hz) [Hz]
     jpeg_quality: int = 80
+
+
+@dataclass(frozen=True)
+class LearnedDriver:
+    """The learned policy that drives while the demonstrator labels (DAgger)."""
+
+    checkpoint: str                 # the expert checkpoint folder
+    vlm: object                     # VlmConfig of the VLM it runs on
+    expert: object                  # ExpertConfig: staleness limits, precision
 
 
 class PerturbedReference:
@@ -201,28 +218,36 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                     first_episode: int = 0, executor: ExecutorConfig | None = None,
                     timing: PipelineTiming = PipelineTiming(), keep_failures: bool = False,
                     start_range_rad: float = 0.0, noise_rad: float = 0.0,
-                    descent_noise: float = 0.0,
+                    descent_noise: float = 0.0, driver: LearnedDriver | None = None,
                     on_episode=None) -> list[dict]:
     """Record `episodes` demonstration episodes, one bag each (episode_<index>); the manifest.
 
     `start_range_rad`: each episode starts from home + U(+- this) per joint; `noise_rad`: the
     demonstrator's commands carry a smooth random offset of this size (PerturbedReference), in
     the descent over the hole `descent_noise` of it. Failed episodes (rare for the
-    demonstrator) are deleted unless keep_failures.
+    demonstrator) are deleted unless keep_failures. With `driver` the learned policy drives
+    (no noise: its own errors are the perturbation) and the demonstrator labels every tick;
+    its failed episodes are kept, they hold the states it most needs labels for.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = replace(CellParams(), episode=replace(CellParams().episode,
                                                    start_range_rad=start_range_rad))
     cell = SimCell(params, seed=seed, first_episode=first_episode)
-    config = executor if executor is not None else ExecutorConfig(start_armed=True)
+    executor = ChunkExecutor(executor if executor is not None
+                             else ExecutorConfig(start_armed=True))
     reference = ReferencePolicy()
-    if noise_rad > 0:
-        # seeded by the first episode too: recorders of disjoint episode ranges (workers)
-        # must not all draw the same noise
-        reference = PerturbedReference(reference, noise_rad, descent_fraction=descent_noise,
-                                       seed=seed * 100_003 + first_episode)
-    loop = PipelineLoop(cell, ChunkExecutor(config), timing, reference=reference, seed=seed)
+    if driver is not None:
+        loop = learned_loop(cell, executor, timing, driver.checkpoint, driver.vlm, driver.expert,
+                            seed=seed, labeller=reference)
+        keep_failures = True
+    else:
+        if noise_rad > 0:
+            # seeded by the first episode too: recorders of disjoint episode ranges (workers)
+            # must not all draw the same noise
+            reference = PerturbedReference(reference, noise_rad, descent_fraction=descent_noise,
+                                           seed=seed * 100_003 + first_episode)
+        loop = PipelineLoop(cell, executor, timing, reference=reference, seed=seed)
     renderer = SceneRenderer(streams.views, streams.width, streams.height, streams.wrist_views)
     manifest = []
     for _ in range(episodes):
@@ -230,20 +255,32 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
         path = out / f'episode_{index:04d}'
         sink = _BagSink(path, streams)
         loop.observer = _Recorder(loop, sink, renderer)
-        # the label is what the demonstrator meant, the executed command carries the noise
-        # (the recorded joints show it)
-        loop.on_chunk = (sink.chunk if not isinstance(reference, PerturbedReference) else
-                         lambda t, chunk: sink.chunk(t, reference.clean(chunk)))
+        jammed = [0]
+        if driver is not None:
+            def label(t: float, chunk) -> None:
+                if cell.state().contact == JAMMED:
+                    jammed[0] += 1
+                else:
+                    sink.chunk(t, chunk)
+            loop.on_label = label
+        elif isinstance(reference, PerturbedReference):
+            # the label is what the demonstrator meant, the executed command carries the noise
+            # (the recorded joints show it)
+            loop.on_chunk = lambda t, chunk: sink.chunk(t, reference.clean(chunk))
+        else:
+            loop.on_chunk = sink.chunk
         try:
             metrics = loop.run_episode()
         finally:
             sink.close()
-            loop.observer = loop.on_chunk = None
+            loop.observer = loop.on_chunk = loop.on_label = None
         record = metrics.record
         entry = {'bag': path.name, 'seed': seed, 'episode': index,
                  'hole_m': list(record.hole_top_m), 'success': record.success,
                  'reason': record.reason, 'duration_s': record.duration_s,
                  'messages': bag.bag_info(path).message_count}
+        if driver is not None:
+            entry['unlabelled_jammed'] = jammed[0]
         if record.success or keep_failures:
             manifest.append(entry)
         else:

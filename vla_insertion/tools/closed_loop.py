@@ -44,7 +44,8 @@ def run_sim(args, merge: str, mode: str, delay_s: float) -> dict:
     """Run the episodes of one configuration in-process; return summarize_episodes()."""
     import torch
 
-    from vla_insertion.core.closed_loop import PipelineLoop, PipelineTiming, summarize_episodes
+    from vla_insertion.core.closed_loop import (
+        learned_loop, PipelineLoop, PipelineTiming, summarize_episodes)
     from vla_insertion.core.executor import ChunkExecutor
     from vla_insertion.core.executor.limits import limits_from_params
     from vla_insertion.core.sim.cell import CellParams, SimCell
@@ -59,21 +60,8 @@ def run_sim(args, merge: str, mode: str, delay_s: float) -> dict:
     if args.policy == 'reference':
         loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy())
     else:
-        from vla_insertion.core.expert.policy import ExpertPolicy
-        from vla_insertion.core.expert.runner import ExpertRunner
-        from vla_insertion.core.expert.staleness import StalenessLimits
-        from vla_insertion.core.sim.render import SceneRenderer
-        from vla_insertion.core.vlm.extractor import build_vlm
-        vlm_cfg = args.vlm_cfg
-        limits = dataclasses.replace(StalenessLimits.from_config(args.expert_cfg),
-                                     max_feature_age_s=args.expert_cfg.max_feature_age_s
-                                     + delay_s)
-        runner = ExpertRunner(ExpertPolicy(args.expert_cfg.checkpoint, seed=args.seed,
-                                           precision=args.expert_cfg.precision), limits)
-        loop = PipelineLoop(cell, executor, timing, vlm=args.vlm or build_vlm(
-            vlm_cfg, download=False), runner=runner, renderer=SceneRenderer(
-            vlm_cfg.view_names, vlm_cfg.image_width, vlm_cfg.image_height),
-            views=vlm_cfg.view_names, seed=args.seed)
+        loop = learned_loop(cell, executor, timing, args.expert_cfg.checkpoint, args.vlm_cfg,
+                            args.expert_cfg, vlm=args.vlm, seed=args.seed)
         args.vlm = loop.vlm                        # one VLM for every configuration
 
     def progress(metrics) -> None:

@@ -83,7 +83,8 @@ def age_losses(checkpoint: Path, val_bags: list[str], args) -> list[dict] | None
 def closed_loop(checkpoint: Path | None, mode: str, delay_s: float, args) -> dict:
     import torch
 
-    from vla_insertion.core.closed_loop import PipelineLoop, PipelineTiming, summarize_episodes
+    from vla_insertion.core.closed_loop import (
+        learned_loop, PipelineLoop, PipelineTiming, summarize_episodes)
     from vla_insertion.core.executor import ChunkExecutor
     from vla_insertion.core.executor.limits import limits_from_params
     from vla_insertion.core.sim.cell import CellParams, SimCell
@@ -96,20 +97,9 @@ def closed_loop(checkpoint: Path | None, mode: str, delay_s: float, args) -> dic
         from vla_insertion.core.sim.reference import ReferencePolicy
         loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy())
     else:
-        from vla_insertion.core.expert.policy import ExpertPolicy
-        from vla_insertion.core.expert.runner import ExpertRunner
-        from vla_insertion.core.expert.staleness import StalenessLimits
-        from vla_insertion.core.sim.render import SceneRenderer
-        from vla_insertion.core.vlm.extractor import build_vlm
-        if args.vlm_model is None:
-            args.vlm_model = build_vlm(args.vlm, download=False)
-        limits = dataclasses.replace(StalenessLimits.from_config(args.expert),
-                                     max_feature_age_s=args.expert.max_feature_age_s + delay_s)
-        loop = PipelineLoop(cell, executor, timing, vlm=args.vlm_model,
-                            runner=ExpertRunner(ExpertPolicy(checkpoint), limits),
-                            renderer=SceneRenderer(args.vlm.view_names, args.vlm.image_width,
-                                                   args.vlm.image_height),
-                            views=args.vlm.view_names)
+        loop = learned_loop(cell, executor, timing, checkpoint, args.vlm, args.expert,
+                            vlm=args.vlm_model)
+        args.vlm_model = loop.vlm                  # one VLM for every configuration
     summary = summarize_episodes(loop.run_episodes(args.episodes))
     summary.pop('per_episode')
     return summary

@@ -19,6 +19,11 @@ hundreds of episodes a policy needs: episodes start from a randomised pose
 (--noise-rad, DART), so the recordings show corrections and not only the nominal path;
 --workers N records disjoint episode ranges in N processes.
 
+--driver CHECKPOINT (with --backend sim) is DAgger: the learned policy of the checkpoint (with
+the VLM of --vlm-model / the params file) drives, and the demonstrator labels what it sees at
+every tick of it (core/demonstrations.py); failed episodes are kept. Train on these bags
+together with the demonstrations.
+
 On a real cell the same is done with teleoperation and `bag_recorder` (docs/training.md).
 """
 from __future__ import annotations
@@ -49,12 +54,17 @@ def reset_fault(operator: ExecutorOperator, report: dict) -> None:
 def _record_range(job: tuple) -> list[dict]:
     """One worker: episodes first..first+count-1 into `out` (a picklable top-level function)."""
     from vla_insertion.core.demonstrations import record_episodes
-    out, first, count, streams, args = job
+    out, first, count, streams, driver, args = job
     total = args.first_episode + args.episodes
+    if driver is not None and args.workers > 1:
+        import torch
+        torch.set_num_threads(1)            # the workers share the cores
     return record_episodes(
         out, count, streams, seed=args.seed, first_episode=first,
         keep_failures=args.keep_failures, start_range_rad=args.start_range_rad,
-        noise_rad=args.noise_rad, descent_noise=args.descent_noise, on_episode=lambda e: log.info(
+        noise_rad=args.noise_rad, descent_noise=args.descent_noise, driver=driver,
+        executor=args.executor,
+        on_episode=lambda e: log.info(
             f'episode {e["episode"]} (of {args.first_episode}..{total - 1}): {e["reason"]} '
             f'in {e["duration_s"]:.1f} s'))
 
@@ -62,11 +72,25 @@ def _record_range(job: tuple) -> list[dict]:
 def record_in_process(args, out: Path) -> int:
     from concurrent.futures import ProcessPoolExecutor
 
-    from vla_insertion.core.config import VlmConfig
-    from vla_insertion.core.demonstrations import DemoStreams
+    from dataclasses import replace
+
+    from vla_insertion.core.config import ExecutorConfig, ExpertConfig, VlmConfig
+    from vla_insertion.core.demonstrations import DemoStreams, LearnedDriver
     from vla_insertion.core.params import load_config
+    driver, args.executor = None, None
     try:
-        vlm = load_config(VlmConfig, 'vlm_node', args.params_file)
+        vlm = load_config(VlmConfig, 'vlm_node', args.params_file,
+                          overrides={'model': args.vlm_model})
+        if args.driver:
+            if not Path(args.driver, 'config.json').is_file():
+                raise ConfigError(f'--driver {args.driver}: not an expert checkpoint folder '
+                                  '(no config.json)')
+            driver = LearnedDriver(args.driver, vlm, load_config(
+                ExpertConfig, 'action_expert', args.params_file,
+                overrides={'checkpoint': args.driver}))
+            # it drives as in evaluation (closed_loop): the cell's executor settings, armed
+            args.executor = replace(load_config(ExecutorConfig, 'chunk_executor',
+                                                args.params_file), start_armed=True)
     except (ConfigError, OSError) as exc:
         print(f'record_demonstrations: {exc}', file=sys.stderr)
         return 2
@@ -74,7 +98,7 @@ def record_in_process(args, out: Path) -> int:
                           camera_fps=args.camera_fps)
     workers = max(1, min(args.workers, args.episodes))
     bounds = [args.first_episode + args.episodes * k // workers for k in range(workers + 1)]
-    jobs = [(out, lo, hi - lo, streams, args) for lo, hi in zip(bounds, bounds[1:])]
+    jobs = [(out, lo, hi - lo, streams, driver, args) for lo, hi in zip(bounds, bounds[1:])]
     if workers == 1:
         manifest = _record_range(jobs[0])
     else:
@@ -84,7 +108,9 @@ def record_in_process(args, out: Path) -> int:
         {'seed': args.seed, 'backend': 'sim', 'recorded': args.episodes, 'kept': len(manifest),
          'first_episode': args.first_episode, 'start_range_rad': args.start_range_rad,
          'noise_rad': args.noise_rad, 'descent_noise': args.descent_noise,
-         'camera_fps': args.camera_fps, 'episodes': manifest},
+         'camera_fps': args.camera_fps, 'driver': args.driver,
+         'labels': 'demonstrator' if driver is None else 'demonstrator, learned policy driving',
+         'episodes': manifest},
         indent=2))
     print(f'{len(manifest)} of {args.episodes} episodes kept in {out} (episodes.json)')
     return 0 if manifest else 1
@@ -115,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument('--camera-fps', type=float, default=5.0,
                      help='frames per view per second (the VLM uses ~2.6 of them) [Hz]')
     sim.add_argument('--workers', type=int, default=1, help='processes recording in parallel')
+    sim.add_argument('--driver', metavar='CHECKPOINT',
+                     help='DAgger: this expert checkpoint drives, the demonstrator labels')
+    sim.add_argument('--vlm-model', help="the driver's VLM folder or hub id (default: the "
+                     'params file)')
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.first_episode < 0 or args.workers < 1:
         parser.error('--episodes and --workers must be >= 1, --first-episode >= 0')
@@ -129,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     if args.backend == 'sim':
         return record_in_process(args, out)
+    if args.driver:
+        parser.error('--driver needs --backend sim')
     work = out / 'recording'
     if work.exists():
         shutil.rmtree(work)
