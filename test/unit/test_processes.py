@@ -85,3 +85,23 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != 'Z'
+
+
+def test_sigint_reaches_a_child_of_a_supervisor_that_ignores_it(tmp_path):
+    """A supervisor run in the background by a shell has SIGINT ignored; its children must not.
+
+    The exit code is the program's own (3), not the 0 a reaped-elsewhere child would show.
+    """
+    import signal
+    code = ('import sys, time\ntry:\n    print("ready", flush=True)\n    time.sleep(60)\n'
+            'except KeyboardInterrupt:\n    sys.exit(3)\n')
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        group = ProcessGroup(log_dir=tmp_path)
+        group.start('child', [sys.executable, '-c', code])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    _wait_ready(tmp_path / 'child.log')
+    report = group.stop_all(grace_s=30.0)
+    assert report.clean, report
+    assert report.exit_codes['child'] == 3

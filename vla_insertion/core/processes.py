@@ -26,9 +26,15 @@ except (OSError, AttributeError):  # not Linux: children outlive a killed superv
     _prctl = None
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this child when the supervisor dies, even by SIGKILL."""
-    if _prctl is not None:
+def _prepare_child() -> None:
+    """In the child before exec: default SIGINT, and SIGTERM when the supervisor dies.
+
+    A supervisor started in the background by a non-interactive shell (`make demo &`, a CI
+    script) has SIGINT ignored, the child would inherit that, and Python then installs no
+    KeyboardInterrupt handler: stop_all's SIGINT would never reach it and it would be forced.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if _prctl is not None:      # even when the supervisor is SIGKILLed
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
@@ -74,7 +80,7 @@ class ProcessGroup:
         else:
             out = subprocess.DEVNULL
         popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self._env,
-                                 start_new_session=True, preexec_fn=_die_with_parent)
+                                 start_new_session=True, preexec_fn=_prepare_child)
         if out is not subprocess.DEVNULL:
             out.close()  # the child holds its own descriptor
         proc = ManagedProcess(name=name, cmd=cmd, popen=popen, log_path=log_path)
@@ -91,7 +97,7 @@ class ProcessGroup:
         report = StopReport()
         for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, term_s),
                             (signal.SIGKILL, term_s)):
-            alive = [p for p in self.processes if _group_alive(p.pgid)]
+            alive = [p for p in self.processes if _alive(p)]
             if not alive:
                 break
             if sig != signal.SIGINT:
@@ -99,9 +105,9 @@ class ProcessGroup:
             for p in alive:
                 _signal_group(p.pgid, sig)
             deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and any(_group_alive(p.pgid) for p in alive):
-                for p in alive:
-                    p.popen.poll()
+            while time.monotonic() < deadline:
+                if not [p for p in alive if _alive(p)]:     # polls (reaps) every leader
+                    break
                 time.sleep(0.05)
         for p in self.processes:
             try:
@@ -111,6 +117,13 @@ class ProcessGroup:
             if _group_alive(p.pgid):
                 report.orphans.append(p.name)
         return report
+
+
+def _alive(p: ManagedProcess) -> bool:
+    # the leader through Popen first: reaped by the group's waitpid below, Popen would see
+    # ECHILD and report exit code 0 whatever the program returned
+    p.popen.poll()
+    return _group_alive(p.pgid)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
