@@ -234,12 +234,12 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
     params = replace(CellParams(), episode=replace(CellParams().episode,
                                                    start_range_rad=start_range_rad))
     cell = SimCell(params, seed=seed, first_episode=first_episode)
-    executor = ChunkExecutor(executor if executor is not None
-                             else ExecutorConfig(start_armed=True))
+    chunk_executor = ChunkExecutor(executor if executor is not None
+                                   else ExecutorConfig(start_armed=True))
     reference = ReferencePolicy()
     if driver is not None:
-        loop = learned_loop(cell, executor, timing, driver.checkpoint, driver.vlm, driver.expert,
-                            seed=seed, labeller=reference)
+        loop = learned_loop(cell, chunk_executor, timing, driver.checkpoint, driver.vlm,
+                            driver.expert, seed=seed, labeller=reference)
         keep_failures = True
     else:
         if noise_rad > 0:
@@ -247,7 +247,7 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
             # must not all draw the same noise
             reference = PerturbedReference(reference, noise_rad, descent_fraction=descent_noise,
                                            seed=seed * 100_003 + first_episode)
-        loop = PipelineLoop(cell, executor, timing, reference=reference, seed=seed)
+        loop = PipelineLoop(cell, chunk_executor, timing, reference=reference, seed=seed)
     renderer = SceneRenderer(streams.views, streams.width, streams.height, streams.wrist_views)
     manifest = []
     for _ in range(episodes):
