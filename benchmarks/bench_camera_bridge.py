@@ -71,7 +71,7 @@ def main() -> None:
     from rclpy.node import Node
     from sensor_msgs.msg import CompressedImage
 
-    from vla_insertion.nodes.common import SENSOR_QOS
+    from vla_insertion.ros.qos import SENSOR_QOS
 
     views = [f'view_{i}' for i in range(args.views)]
     jpegs = prerender(views, args.width, args.height, frames=30)

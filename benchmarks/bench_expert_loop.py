@@ -47,7 +47,7 @@ from vla_insertion import conversions as conv  # noqa: E402
 from vla_insertion.core.data import (  # noqa: E402
     RobotState, SensorWindowData, VLFeatureData)
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures  # noqa: E402
-from vla_insertion.nodes.common import (  # noqa: E402
+from vla_insertion.ros.qos import (  # noqa: E402
     DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
 
 VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')

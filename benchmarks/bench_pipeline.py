@@ -4,7 +4,8 @@
     python benchmarks/bench_pipeline.py --duration 60 --control-rate 200 --merge prefix
 
 Starts every program of the launch table (sim_cell on command control, the bridges, vlm_node,
-action_expert, chunk_executor armed) on free loopback ports (core/cell_run.py) and listens to
+action_expert, chunk_executor armed) on free loopback ports (core/orchestration/cell_run.py) and
+listens to
 their outputs from a probe node. For each VL feature set it follows one observation through
 every hop and reports p50 / p99 of:
 
@@ -54,7 +55,7 @@ class Probe:
         from vla_insertion import conversions as conv
         from vla_insertion.core import topics
         from vla_insertion.msg import ActionChunk, ExecutorCommand, VLFeatures
-        from vla_insertion.nodes.common import qos_profile
+        from vla_insertion.ros.qos import qos_profile
         self.conv = conv
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -175,8 +176,8 @@ def main() -> int:
     os.environ.setdefault('ROS_DOMAIN_ID', '93')
     import yaml
 
-    from vla_insertion.core.cell_run import CellRun
     from vla_insertion.core.config import VlmConfig
+    from vla_insertion.core.orchestration.cell_run import CellRun
     from vla_insertion.core.params import load_config
     views = load_config(VlmConfig, 'vlm_node', args.params_file,
                         overrides={'model': args.vlm_model}).view_names

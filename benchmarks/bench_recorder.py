@@ -42,7 +42,7 @@ def publisher(duration_s: float, window_hz: float, counts_path: str) -> None:
     from vla_insertion import conversions as conv
     from vla_insertion.core.data import ActionChunkData, SensorWindowData, VLFeatureData
     from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures
-    from vla_insertion.nodes.common import (
+    from vla_insertion.ros.qos import (
         DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped

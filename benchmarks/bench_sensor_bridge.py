@@ -60,7 +60,7 @@ class WindowListener:
         from rclpy.node import Node
 
         from vla_insertion.msg import NodeStats, SensorWindow
-        from vla_insertion.nodes.common import LATEST_QOS, WINDOW_QOS
+        from vla_insertion.ros.qos import LATEST_QOS, WINDOW_QOS
         self.node = Node('bench_sensor_listener', context=context)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)

@@ -37,14 +37,14 @@ from conftest import write_cell_bag  # noqa: E402, I100
 from report import print_table, write_json  # noqa: E402
 
 from vla_insertion.core.config import VlmConfig  # noqa: E402
-from vla_insertion.core.expert.fit import FitConfig, prepare_data  # noqa: E402
 from vla_insertion.core.expert.model import ActionExpert, count_parameters  # noqa: E402
 from vla_insertion.core.expert.presets import model_config  # noqa: E402
 from vla_insertion.core.expert.staleness import StalenessLimits  # noqa: E402
-from vla_insertion.core.expert.trainer import TrainConfig, Trainer  # noqa: E402
-from vla_insertion.core.feature_cache import (  # noqa: E402
-    build_cache, cache_identity, FeatureCache)
 from vla_insertion.core.feature_contract import FeatureContract  # noqa: E402
+from vla_insertion.core.train.feature_cache import (  # noqa: E402
+    build_cache, cache_identity, FeatureCache)
+from vla_insertion.core.train.fit import FitConfig, prepare_data  # noqa: E402
+from vla_insertion.core.train.trainer import TrainConfig, Trainer  # noqa: E402
 from vla_insertion.core.vlm.model import write_tiny_model  # noqa: E402
 
 VIEWS = ('zed_1', 'oak')

@@ -4,7 +4,8 @@
         checkpoint:=/path/to/expert vlm_model:=Qwen/Qwen2.5-VL-3B-Instruct
     ros2 launch vla_insertion vla_insertion.launch.py sim:=true     # from any folder
 
-The nodes and their parameters come from vla_insertion.core.launch_table, the same table the
+The nodes and their parameters come from vla_insertion.core.orchestration.launch_table, the same
+table the
 demo uses. The VLM and the action expert are separate processes (no shared GIL) and managed
 nodes (launch_ros LifecycleNode): with autostart:=true (default) each configures and activates
 itself at start, as it does under the demo and the tests; with autostart:=false both wait
@@ -27,9 +28,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
 from vla_insertion.core.artifacts import ArtifactError
-from vla_insertion.core.launch_table import (
-    command_for, enabled_nodes, is_true, LAUNCH_ARGUMENTS, parameter_overrides,
-    prepare_arguments)
+from vla_insertion.core.orchestration.launch_table import (
+    command_for, enabled_nodes, is_true, LAUNCH_ARGUMENTS, parameter_overrides, prepare_arguments)
 
 PACKAGE = 'vla_insertion'
 # SIGINT -> SIGTERM after this long: a node stops in well under a second, but the interpreter's

@@ -82,7 +82,7 @@ def write_cell_bag(path, duration_s: float = 3.0, views=('zed_1', 'oak'),
     """
     from PIL import Image
     from vla_insertion.core import bag
-    from vla_insertion.core.config import DEFAULT_SENSOR_CHANNELS
+    from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS
 
     rng = np.random.default_rng(seed)
     events = [(k * 10_000_000, 'robot', k) for k in range(int(duration_s * 100))]
@@ -174,7 +174,7 @@ def cached_bags(tmp_path_factory, tiny_vlm_dir):
     the VLM on every new set of views (`vl_period_s` 0).
     """
     from vla_insertion.core.config import VlmConfig
-    from vla_insertion.core.feature_cache import build_cache
+    from vla_insertion.core.train.feature_cache import build_cache
     folder = tmp_path_factory.mktemp('cached')
     bags = []
     for i in range(3):

@@ -1,4 +1,4 @@
-"""closed_loop --backend sim: the tool around core/closed_loop.py's loops.
+"""closed_loop --backend sim: the tool around core/sim/loop.py's loops.
 
 Mirrors tools/closed_loop.py: the learned policy (the tiny VLM, an untrained expert) and the
 scripted reference, one episode each, scored into closed_loop.json / .md / .png; an added VLM

@@ -18,7 +18,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from vla_insertion.core import config as config_module
-from vla_insertion.core.launch_table import NODES, params_on_free_ports
+from vla_insertion.core.orchestration.launch_table import NODES, params_on_free_ports
 from vla_insertion.tools import make_untrained_checkpoint, verify
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_insertion.core import artifacts, demo_policy
+from vla_insertion.core import artifacts
+
 from vla_insertion.core.artifacts import ArtifactError
-from vla_insertion.core.demo_policy import DemoRecipe, prepare_demo_policy
+from vla_insertion.core.orchestration import demo_policy
+from vla_insertion.core.orchestration.demo_policy import DemoRecipe, prepare_demo_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / 'config' / 'vla_insertion.yaml'

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from vla_insertion.core import bag, topics
-from vla_insertion.core.cell_run import diagnostics_summary
-from vla_insertion.core.recording import load_recording, RecordedInputs
+from vla_insertion.core.bag.recording import load_recording, RecordedInputs
+from vla_insertion.core.orchestration.cell_run import diagnostics_summary
 from vla_insertion.tools import record_demonstrations
 
 ROOT = Path(__file__).resolve().parents[2]

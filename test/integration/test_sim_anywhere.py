@@ -9,9 +9,9 @@ as absolute paths, found the second time, and the checkpoint follows an `instruc
 import os
 from pathlib import Path
 
-from vla_insertion.core import launch_table as lt
 from vla_insertion.core.config import VlmConfig
 from vla_insertion.core.expert.checkpoint import load_checkpoint
+from vla_insertion.core.orchestration import launch_table as lt
 from vla_insertion.core.params import load_config
 from vla_insertion.core.vlm import feature_contract_for
 

@@ -23,7 +23,7 @@ import launch_testing.asserts  # noqa: E402
 from launch_testing_ros import WaitForTopics  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from vla_insertion.core.launch_table import params_on_free_ports  # noqa: E402
+from vla_insertion.core.orchestration.launch_table import params_on_free_ports  # noqa: E402
 from vla_insertion.core.vlm.model import write_tiny_model  # noqa: E402
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures  # noqa: E402
 from vla_insertion.tools import make_untrained_checkpoint  # noqa: E402

@@ -29,6 +29,7 @@ from std_msgs.msg import Header
 
 from vla_insertion import conversions as conv
 from vla_insertion.core import bag, topics
+from vla_insertion.core.bag.recording import load_recording, RecordedInputs
 from vla_insertion.core.data import MODE_ASYNC, MODE_SYNC, RobotState, SensorWindowData
 from vla_insertion.core.data import VLFeatureData
 from vla_insertion.core.expert.policy import ExpertPolicy
@@ -36,11 +37,9 @@ from vla_insertion.core.expert.presets import make_untrained_checkpoint
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.expert.staleness import StalenessLimits
 from vla_insertion.core.feature_contract import FeatureContract
-from vla_insertion.core.recording import load_recording, RecordedInputs
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures
 from vla_insertion.nodes.action_expert import ActionExpertNode
-from vla_insertion.nodes.common import (
-    DIAGNOSTICS_QOS, LATEST_QOS, ROBOT_QOS, STATE_QOS, WINDOW_QOS)
+from vla_insertion.ros.qos import DIAGNOSTICS_QOS, LATEST_QOS, ROBOT_QOS, STATE_QOS, WINDOW_QOS
 
 CONTRACT = FeatureContract(model_id='tiny-test-vlm', reduction='image_token_grid_pool',
                            num_tokens=6, feature_dim=32, image_width=64, image_height=36,

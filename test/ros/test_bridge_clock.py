@@ -33,10 +33,10 @@ from sensor_msgs.msg import CompressedImage, JointState
 import zmq
 
 from vla_insertion.conversions import camera_frame_from_msg, time_from_msg
-from vla_insertion.core.bridge import BRIDGE_CAUSES, LINK_EVENTS
+from vla_insertion.core.bridge.receive import BRIDGE_CAUSES, LINK_EVENTS
 from vla_insertion.core.vlm.selection import KEPT, LatestFrames, READY
 from vla_insertion.core.wire import CameraMessage, make_codec, RobotMessage
-from vla_insertion.nodes.common import DIAGNOSTICS_QOS, SENSOR_QOS
+from vla_insertion.ros.qos import DIAGNOSTICS_QOS, SENSOR_QOS
 
 ROOT = Path(__file__).resolve().parents[2]
 VIEWS = ('zed_1', 'zed_2', 'oak')

@@ -27,8 +27,7 @@ from sensor_msgs.msg import CompressedImage, JointState
 from vla_insertion.conversions import sensor_window_from_msg, time_from_msg
 from vla_insertion.core.sim.kinematics import forward_kinematics
 from vla_insertion.msg import SensorWindow
-from vla_insertion.nodes.common import (
-    DIAGNOSTICS_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
+from vla_insertion.ros.qos import DIAGNOSTICS_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS
 
 ROOT = Path(__file__).resolve().parents[2]
 VIEWS = ['zed_1', 'zed_2', 'oak']

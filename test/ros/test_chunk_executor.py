@@ -28,8 +28,7 @@ from vla_insertion.core.data import ActionChunkData, RobotState, SensorWindowDat
 from vla_insertion.core.wire import CommandCodecV1, WireError
 from vla_insertion.msg import ActionChunk, ExecutorCommand, SensorWindow
 from vla_insertion.nodes.chunk_executor import ChunkExecutorNode
-from vla_insertion.nodes.common import (
-    DIAGNOSTICS_QOS, qos_profile, ROBOT_QOS, STATE_QOS, WINDOW_QOS)
+from vla_insertion.ros.qos import DIAGNOSTICS_QOS, qos_profile, ROBOT_QOS, STATE_QOS, WINDOW_QOS
 
 CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 HOME = np.array([0.0, -1.7, 1.7, -1.6, -1.6, 0.0])

@@ -19,11 +19,11 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage
 
 from vla_insertion import conversions as conv
-from vla_insertion.core.feature_cache import FeatureCache
-from vla_insertion.core.recording import load_recording
+from vla_insertion.core.bag.recording import load_recording
+from vla_insertion.core.train.feature_cache import FeatureCache
 from vla_insertion.msg import VLFeatures
-from vla_insertion.nodes.common import LATEST_QOS, SENSOR_QOS
 from vla_insertion.nodes.vlm_node import VlmNode
+from vla_insertion.ros.qos import LATEST_QOS, SENSOR_QOS
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 

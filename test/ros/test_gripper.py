@@ -22,12 +22,12 @@ from sensor_msgs.msg import JointState
 import zmq
 
 from vla_insertion import conversions as conv
+from vla_insertion.core.bag.recording import load_recording, RecordedInputs
 from vla_insertion.core.config import BagRecorderConfig
 from vla_insertion.core.expert.policy import robot_state_vector
-from vla_insertion.core.expert.training import tick_targets
-from vla_insertion.core.recording import load_recording, RecordedInputs
+from vla_insertion.core.train.training import tick_targets
 from vla_insertion.core.wire import RobotCodecV1, RobotMessage
-from vla_insertion.nodes.common import ROBOT_QOS
+from vla_insertion.ros.qos import ROBOT_QOS
 from vla_insertion.tools.bag_recorder import BagRecorderNode
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -37,7 +37,7 @@ from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData
 from vla_insertion.core.expert.presets import make_untrained_checkpoint
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures
-from vla_insertion.nodes.common import publisher, subscription
+from vla_insertion.ros.qos import publisher, subscription
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 120.0

@@ -8,7 +8,7 @@ from vla_insertion import conversions as conv
 from vla_insertion.core.data import (
     ActionChunkData, NodeStatsData, SensorWindowData, VLFeatureData)
 from vla_insertion.msg import ActionChunk, NodeStats, SensorWindow, VLFeatures
-from vla_insertion.nodes.common import LATEST_QOS
+from vla_insertion.ros.qos import LATEST_QOS
 
 rng = np.random.default_rng(1)
 CASES = [

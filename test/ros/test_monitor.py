@@ -1,5 +1,5 @@
 """The monitor reads drop counters and camera frame counts from /diagnostics values."""
-from vla_insertion.nodes import monitor
+from vla_insertion.ros import monitor
 
 
 def test_monitor_reads_drop_and_frame_keys_from_diagnostics():

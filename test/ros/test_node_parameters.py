@@ -37,7 +37,7 @@ from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.params import node_section
 from vla_insertion.msg import NodeStats
 from vla_insertion.nodes.action_expert import ActionExpertNode
-from vla_insertion.nodes.common import DIAGNOSTICS_QOS, LATEST_QOS
+from vla_insertion.ros.qos import DIAGNOSTICS_QOS, LATEST_QOS
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / 'config' / 'vla_insertion.yaml'

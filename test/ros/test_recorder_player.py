@@ -21,7 +21,7 @@ from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagPlayerConfig, BagRecorderConfig
 from vla_insertion.core.data import ActionChunkData, SensorWindowData
 from vla_insertion.msg import ActionChunk, SensorWindow
-from vla_insertion.nodes.common import publisher, SENSOR_QOS, STATE_QOS, WINDOW_QOS
+from vla_insertion.ros.qos import publisher, SENSOR_QOS, STATE_QOS, WINDOW_QOS
 from vla_insertion.tools.bag_player import BagPlayerNode, CLOCK_QOS
 from vla_insertion.tools.bag_recorder import BagRecorderNode
 

@@ -31,8 +31,8 @@ from vla_insertion.core.data import CameraFrame
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.vlm import feature_contract_for
 from vla_insertion.msg import VLFeatures
-from vla_insertion.nodes.common import DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS, STATIC_QOS
 from vla_insertion.nodes.vlm_node import EXIT_LOAD_ERROR, VlmNode
+from vla_insertion.ros.qos import DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS, STATIC_QOS
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')

@@ -9,11 +9,11 @@ import time
 import pytest
 import zmq
 
-from vla_insertion.core.bridge import (
-    BRIDGE_CAUSES, BridgeHealth, CONNECTIONS, DISCONNECTS, Drop, HANDSHAKE_FAILURES,
-    ReceiveLoop, SessionTracker, STALE_SESSION, UdpSource, ZmqSource)
+from vla_insertion.core.bridge.receive import (
+    BRIDGE_CAUSES, BridgeHealth, CONNECTIONS, DISCONNECTS, Drop, HANDSHAKE_FAILURES, ReceiveLoop,
+    SessionTracker, STALE_SESSION, UdpSource, ZmqSource)
+from vla_insertion.core.bridge.stream import StreamTracker
 from vla_insertion.core.config import ConfigError
-from vla_insertion.core.stream import StreamTracker
 from vla_insertion.core.wire import make_codec, OVERSIZED, RobotMessage, WireError
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from vla_insertion.core.clock import (
+from vla_insertion.core.bridge.clock import (
     ClockOffsetEstimator, FUTURE_STAMP, PAST_STAMP, SenderClock)
 
 

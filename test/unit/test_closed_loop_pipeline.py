@@ -1,4 +1,4 @@
-"""The whole policy in closed loop on simulated time (core/closed_loop.py).
+"""The whole policy in closed loop on simulated time (core/sim/loop.py).
 
 The reference demonstrator through the real executor inserts in both schedules; the learned
 pipeline (the tiny VLM, a real untrained expert, the executor) runs, counts what it refuses and
@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from vla_insertion.core.closed_loop import (
-    learned_loop, PipelineLoop, PipelineTiming, summarize_episodes)
 from vla_insertion.core.config import ConfigError, ExecutorConfig, ExpertConfig, VlmConfig
+from vla_insertion.core.evaluation.summary import summarize_episodes
 from vla_insertion.core.executor import ChunkExecutor
 from vla_insertion.core.expert.presets import make_untrained_checkpoint
+from vla_insertion.core.orchestration.builders import learned_loop
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.episode import EpisodeParams
+from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
 from vla_insertion.core.sim.reference import ReferencePolicy
 from vla_insertion.core.vlm import feature_contract_for
 

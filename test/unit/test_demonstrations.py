@@ -1,6 +1,6 @@
 """Demonstrations in-process: one bag per episode, randomised starts, the demonstrator's noise.
 
-Mirrors core/demonstrations.py and the --backend sim path of tools/record_demonstrations.py.
+Mirrors core/train/demonstrations.py and the --backend sim path of tools/record_demonstrations.py.
 Each episode runs the reference through the real executor on the sim cell in simulated time
 (a few seconds of CPU each).
 """
@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from vla_insertion.core import bag, topics
+from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.data import RobotState
-from vla_insertion.core.demonstrations import DemoStreams, PerturbedReference, record_episodes
-from vla_insertion.core.recording import load_recording
 from vla_insertion.core.sim.kinematics import forward_kinematics, HOME_RAD
 from vla_insertion.core.sim.reference import ReferenceObservation, ReferencePolicy
+from vla_insertion.core.train.demonstrations import (
+    DemoStreams, PerturbedReference, record_episodes)
 from vla_insertion.tools import record_demonstrations
 
 VIEWS = ('zed_1', 'oak')
@@ -125,13 +126,13 @@ def test_recorded_chunks_are_the_clean_labels_and_the_chunk_targets(tmp_path):
     observation; training with targets 'chunks' makes one sample per recorded chunk, that chunk
     its target.
     """
-    from vla_insertion.core.expert.dataset import collect_ticks
-    from vla_insertion.core.expert.episodes import bag_episodes
     from vla_insertion.core.expert.runner import ExpertRunner
     from vla_insertion.core.expert.staleness import StalenessLimits
-    from vla_insertion.core.feature_cache import CachedBag, VlUpdate
     from vla_insertion.core.feature_contract import FeatureContract
     from vla_insertion.core.sim.episode import episode_spec
+    from vla_insertion.core.train.dataset import collect_ticks
+    from vla_insertion.core.train.feature_cache import CachedBag, VlUpdate
+    from vla_insertion.core.train.split import bag_episodes
     manifest = record_episodes(tmp_path, 1, STREAMS, seed=5, noise_rad=0.05, keep_failures=True)
     path = tmp_path / manifest[0]['bag']
     rec = load_recording(path, views=())
@@ -172,9 +173,9 @@ def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick
     included, has the demonstrator's chunk for the recorded observation as its label.
     """
     from vla_insertion.core.config import ExpertConfig, VlmConfig
-    from vla_insertion.core.demonstrations import LearnedDriver
     from vla_insertion.core.expert.presets import make_untrained_checkpoint
     from vla_insertion.core.sim.episode import episode_spec
+    from vla_insertion.core.train.demonstrations import LearnedDriver
     from vla_insertion.core.vlm import feature_contract_for
     vlm = VlmConfig(model=str(tiny_vlm_dir), view_names=VIEWS, image_width=112,
                     image_height=56, torch_threads=1, warmup_runs=0)

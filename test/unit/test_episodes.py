@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 
+from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.config import ConfigError
-from vla_insertion.core.expert.dataset import build_split, FeatureBank
-from vla_insertion.core.expert.episodes import (
-    bag_episodes, Episode, intervals_from_episode_log, split_episodes)
-from vla_insertion.core.expert.feature_age import load_age_model
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.expert.staleness import StalenessLimits
-from vla_insertion.core.feature_cache import FeatureCache
-from vla_insertion.core.recording import load_recording
+from vla_insertion.core.train.dataset import build_split, FeatureBank
+from vla_insertion.core.train.feature_age import load_age_model
+from vla_insertion.core.train.feature_cache import FeatureCache
+from vla_insertion.core.train.split import (
+    bag_episodes, Episode, intervals_from_episode_log, split_episodes)
 
 H, DT = 8, 0.1
 

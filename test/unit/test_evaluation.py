@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from vla_insertion.core.bag.recording import load_recording, RecordedInputs, tick_times
 from vla_insertion.core.config import VlmConfig
-from vla_insertion.core.evaluation import recorded_chunks, run_open_loop, score
+from vla_insertion.core.evaluation.open_loop import recorded_chunks, run_open_loop, score
 from vla_insertion.core.expert.checkpoint import CheckpointMeta, save_checkpoint
 from vla_insertion.core.expert.model import ActionExpert
 from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.presets import model_config
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.expert.staleness import StalenessLimits
-from vla_insertion.core.recording import load_recording, RecordedInputs, tick_times
 from vla_insertion.core.vlm import feature_contract_for
 
 VIEWS = ('zed_1', 'oak')

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from vla_insertion.core.expert.checkpoint import load_checkpoint
-from vla_insertion.core.expert.fit import fit, FitConfig
-from vla_insertion.core.expert.trainer import (
+from vla_insertion.core.train.fit import fit, FitConfig
+from vla_insertion.core.train.trainer import (
     LAST, METRICS_FILE, param_groups, TrainConfig, WarmupCosine)
 
 STEPS = 24

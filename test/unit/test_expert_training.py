@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from vla_insertion.core import metrics
 from vla_insertion.core.data import RobotState, SensorWindowData, VLFeatureData
+from vla_insertion.core.evaluation import metrics
 from vla_insertion.core.expert.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from vla_insertion.core.expert.model import ActionExpert, ExpertModelConfig
 from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.presets import PRESETS
-from vla_insertion.core.expert.training import (
-    chunk_targets, dataset_loss, ExpertDataset, fit_normalization, train)
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.interfaces import ExpertObservation
+from vla_insertion.core.train.training import (
+    chunk_targets, dataset_loss, ExpertDataset, fit_normalization, train)
 
 CONTRACT = FeatureContract(model_id='tiny-test-vlm', reduction='image_token_grid_pool',
                            num_tokens=6, feature_dim=32, image_width=64, image_height=36,
@@ -141,7 +141,7 @@ def test_dataset_rejects_inconsistent_arrays():
 
 
 def test_wrench_jitter_offsets_half_the_training_windows_and_never_the_validation():
-    from vla_insertion.core.expert.trainer import draw, TrainConfig, Trainer
+    from vla_insertion.core.train.trainer import draw, TrainConfig, Trainer
     data = synthetic()
     model = small_model()
     fit_normalization(model, data)

@@ -15,11 +15,11 @@ import pytest
 
 from vla_insertion.core import bag
 from vla_insertion.core.config import ConfigError
-from vla_insertion.core.expert.dataset import FeatureBank, PairedDataset
-from vla_insertion.core.expert.episodes import Episode
-from vla_insertion.core.expert.feature_age import (
+from vla_insertion.core.train.dataset import FeatureBank, PairedDataset
+from vla_insertion.core.train.feature_age import (
     DEFAULT_AGE_SPEC, empirical_ages, load_age_model, pair_weights, uniform_ages)
-from vla_insertion.core.feature_cache import CachedBag, VlUpdate
+from vla_insertion.core.train.feature_cache import CachedBag, VlUpdate
+from vla_insertion.core.train.split import Episode
 
 MAX_AGE = 1.0
 

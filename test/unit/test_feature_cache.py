@@ -16,11 +16,11 @@ import sys
 import numpy as np
 import pytest
 
+from vla_insertion.core.bag.recording import load_recording, Timeline
 from vla_insertion.core.data import CameraFrame
-from vla_insertion.core.feature_cache import (
-    build_cache, FeatureCache, FeatureCacheError, vlm_schedule)
 from vla_insertion.core.interfaces import VlmObservation
-from vla_insertion.core.recording import load_recording, Timeline
+from vla_insertion.core.train.feature_cache import (
+    build_cache, FeatureCache, FeatureCacheError, vlm_schedule)
 from vla_insertion.tools import cache_features
 
 VIEWS = ('zed_1', 'oak')

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from vla_insertion.core import config as config_module
-from vla_insertion.core import launch_table as lt
 from vla_insertion.core import params as ros_params
+from vla_insertion.core.orchestration import launch_table as lt
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / 'config' / 'vla_insertion.yaml'
@@ -100,7 +100,7 @@ def test_launch_file_uses_the_table():
 
 
 def test_tool_shortcuts_become_ros_parameters():
-    common = pytest.importorskip('vla_insertion.nodes.common')  # rclpy is needed to import it
+    common = pytest.importorskip('vla_insertion.ros.parameters')  # rclpy is needed to import it
     argv, ros_args = common.split_ros_args(['bag', '-r', '2', '--ros-args', '-p', 'loop:=true'])
     assert argv == ['bag', '-r', '2'] and ros_args == ['--ros-args', '-p', 'loop:=true']
     assert common.split_ros_args(['x']) == (['x'], [])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vla_insertion.core import metrics as m
+from vla_insertion.core.evaluation import metrics as m
 
 DT = 0.1
 H = 4

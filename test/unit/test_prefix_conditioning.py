@@ -13,8 +13,8 @@ import torch
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.expert.model import ActionExpert, ExpertModelConfig
 from vla_insertion.core.expert.presets import PRESETS
-from vla_insertion.core.expert.trainer import TrainConfig, Trainer
-from vla_insertion.core.expert.training import ExpertDataset, fit_normalization
+from vla_insertion.core.train.trainer import TrainConfig, Trainer
+from vla_insertion.core.train.training import ExpertDataset, fit_normalization
 
 N, H, A = 512, 8, 7
 

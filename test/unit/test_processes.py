@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from vla_insertion.core.processes import ProcessGroup
+from vla_insertion.core.orchestration.processes import ProcessGroup
 
 CLEAN = ('import time\ntry:\n    print("ready", flush=True)\n    time.sleep(60)\n'
          'except KeyboardInterrupt:\n    pass\n')
@@ -63,7 +63,7 @@ def test_children_die_with_a_killed_supervisor(tmp_path):
     # a supervisor process that starts a child and is then SIGKILLed, as by a timeout
     supervisor = (
         'import sys, time\n'
-        'from vla_insertion.core.processes import ProcessGroup\n'
+        'from vla_insertion.core.orchestration.processes import ProcessGroup\n'
         f'group = ProcessGroup(log_dir={str(tmp_path)!r})\n'
         f'p = group.start("child", [sys.executable, "-c", {CLEAN!r}])\n'
         'print(p.popen.pid, flush=True)\n'

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vla_insertion.core.data import ActionChunkData, SensorWindowData, VLFeatureData
-from vla_insertion.core.run_summary import format_summary, RunRecorder, status_line, summarize
+from vla_insertion.core.evaluation.run_summary import (
+    format_summary, RunRecorder, status_line, summarize)
 
 
 def _synthetic_run() -> RunRecorder:

@@ -5,7 +5,7 @@ The sequence rules that feed it (gaps, late samples) are tested in test_stream.p
 import numpy as np
 import pytest
 
-from vla_insertion.core.sensor_window import SensorWindowBuffer
+from vla_insertion.core.bridge.sensor_window import SensorWindowBuffer
 
 CHANNELS = ('fx', 'distance')
 

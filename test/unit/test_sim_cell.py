@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from vla_insertion.core.bridge import Drop
+from vla_insertion.core.bridge.receive import Drop
 from vla_insertion.core.sim.kinematics import solve_ik
 from vla_insertion.core.wire import (
     CommandCodecV1, CommandMessage, EpisodeCodecV1, FLAG_ARMED, RobotCodecV1)

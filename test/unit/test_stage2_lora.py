@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 import torch
 
 from vla_insertion.core.expert.checkpoint import load_checkpoint
-from vla_insertion.core.expert.fit import fit, FitConfig
-from vla_insertion.core.expert.trainer import TrainConfig
+from vla_insertion.core.train.fit import fit, FitConfig
+from vla_insertion.core.train.trainer import TrainConfig
 from vla_insertion.core.vlm import feature_contract_for
 
 ADAPTED = ('q_proj', 'k_proj', 'v_proj', 'o_proj')

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from vla_insertion.core.clock import FUTURE_STAMP, PAST_STAMP
-from vla_insertion.core.stream import Drop, LATE, MAX_SEQUENCE_JUMP, STALE_SESSION, StreamTracker
+from vla_insertion.core.bridge.clock import FUTURE_STAMP, PAST_STAMP
+from vla_insertion.core.bridge.stream import (
+    Drop, LATE, MAX_SEQUENCE_JUMP, STALE_SESSION, StreamTracker)
 
 VIEWS = ('zed_1', 'zed_2', 'oak')
 

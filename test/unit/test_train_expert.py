@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
+from vla_insertion.core.bag.recording import load_recording, RecordedInputs, tick_times
 from vla_insertion.core.config import VlmConfig
-from vla_insertion.core.evaluation import run_open_loop
+from vla_insertion.core.evaluation.open_loop import run_open_loop
 from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.expert.staleness import StalenessLimits
-from vla_insertion.core.recording import load_recording, RecordedInputs, tick_times
 from vla_insertion.tools import train_expert
 
 VIEWS = ('zed_1', 'oak')

@@ -5,7 +5,7 @@ import time
 
 import zmq
 
-from vla_insertion.core import verify
+from vla_insertion.core.orchestration import verify
 
 
 def _free_port(kind=socket.SOCK_STREAM) -> int:

@@ -4,10 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_insertion.core import clock
-from vla_insertion.core.config import (
-    CameraBridgeConfig, RobotBridgeConfig, SensorBridgeConfig)
-from vla_insertion.core.stream import MAX_SEQUENCE_JUMP, REMEMBER_SESSIONS
+from vla_insertion.core.bridge import clock
+from vla_insertion.core.bridge.stream import MAX_SEQUENCE_JUMP, REMEMBER_SESSIONS
+from vla_insertion.core.config import CameraBridgeConfig, RobotBridgeConfig, SensorBridgeConfig
 from vla_insertion.core.vlm.selection import FUTURE_TOLERANCE_S
 from vla_insertion.core.wire import make_codec, OVERSIZED, SensorBatch, WireError
 

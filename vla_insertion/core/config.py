@@ -25,6 +25,8 @@ import re
 import tokenize
 import typing
 
+from vla_insertion.core.data import (
+    DEFAULT_SENSOR_CHANNELS, DEFAULT_VIEWS)
 from vla_insertion.core.topics import RECORDED
 
 
@@ -157,8 +159,7 @@ class VlmConfig:
     device: str = 'auto'           # 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'
     dtype: str = 'auto'            # 'auto' (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16
     attn_implementation: str = 'sdpa'  # attention kernel: sdpa, eager, flash_attention_2
-    view_names: tuple[str, ...] = (  # camera views in prompt order (cameras/<view>/...)
-        'zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
+    view_names: tuple[str, ...] = DEFAULT_VIEWS  # camera views in prompt order (cameras/<view>/)
     image_width: int = 640         # pixels each view is resized to before the processor
     image_height: int = 360        # pixels each view is resized to before the processor
     instruction: str = 'Insert the needle into the target.'  # task instruction in the prompt
@@ -279,9 +280,7 @@ class ExpertConfig:
 
 # --- cell I/O: bridges and simulated cell -------------------------------------------------
 
-DEFAULT_VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
 DEFAULT_WRIST_VIEWS = ('oak',)   # the simulated cell's hand-eye camera (core/sim/render.py)
-DEFAULT_SENSOR_CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 SIM_STREAMS = ('cameras', 'robot', 'sensor')
 SIM_CONTROLS = ('commands', 'reference', 'scripted')
 

@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The cell's vocabulary: one home for each constant every layer shares.
+NUM_JOINTS = 6                  # arm joints of the robot (UR5e-like) [joints]
+ACTION_DIM = NUM_JOINTS + 1     # one action: 6 joint targets [rad] + gripper [0..1]
+DEFAULT_VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')   # camera views, prompt order
+DEFAULT_SENSOR_CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')   # F/T + distance
+
 
 @dataclass(frozen=True)
 class CameraFrame:

@@ -53,12 +53,14 @@ from vla_insertion.core.expert.runner import expert_health, ExpertRunner, TickRe
 from vla_insertion.core.expert.staleness import CONTRACT_MISMATCH, StalenessLimits, SYNC_TIMEOUT
 from vla_insertion.core.feature_contract import describe_mismatch, FeatureContract
 from vla_insertion.core.health import HealthReport, LatencyStats, RateMeter
-from vla_insertion.core.processes import set_fifo_priority
+from vla_insertion.core.orchestration.processes import set_fifo_priority
 from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures
-from vla_insertion.nodes.common import (
-    declare_config, lifecycle_publisher, ManagedNode, NodeMonitor, run_node,
-    subscription)
+from vla_insertion.ros.lifecycle import ManagedNode
+from vla_insertion.ros.monitoring import NodeMonitor
+from vla_insertion.ros.parameters import declare_config
+from vla_insertion.ros.qos import lifecycle_publisher, subscription
+from vla_insertion.ros.run import run_node
 
 # Every torch op releases the GIL and takes it back; with the default 5 ms switch interval a busy
 # executor thread can hold it that long per op, turning a 3 ms forward into tens of ms.

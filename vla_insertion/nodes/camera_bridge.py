@@ -24,15 +24,17 @@ from sensor_msgs.msg import CompressedImage
 import zmq
 
 from vla_insertion.conversions import camera_frame_to_msg
-from vla_insertion.core.bridge import (
+from vla_insertion.core.bridge.receive import (
     BRIDGE_CAUSES, BridgeHealth, close_bridge, Drop, ReceiveLoop, UNKNOWN_VIEW, ZmqSource)
+from vla_insertion.core.bridge.stream import StreamTracker
 from vla_insertion.core.config import CameraBridgeConfig
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import HealthReport, RateMeter
-from vla_insertion.core.stream import StreamTracker
 from vla_insertion.core.wire import camera_frame, CameraMessage, make_codec
-from vla_insertion.nodes.common import (
-    declare_config, log_events, NodeMonitor, run_node, SENSOR_QOS)
+from vla_insertion.ros.monitoring import log_events, NodeMonitor
+from vla_insertion.ros.parameters import declare_config
+from vla_insertion.ros.qos import SENSOR_QOS
+from vla_insertion.ros.run import run_node
 
 
 @dataclass

@@ -46,8 +46,10 @@ from vla_insertion.core.health import DropCounter, HealthReport, RateMeter
 from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.core.wire import CommandCodecV1
 from vla_insertion.msg import ActionChunk, ExecutorCommand, SensorWindow
-from vla_insertion.nodes.common import declare_config, NodeMonitor, publisher, run_node, \
-    subscription
+from vla_insertion.ros.monitoring import NodeMonitor
+from vla_insertion.ros.parameters import declare_config
+from vla_insertion.ros.qos import publisher, subscription
+from vla_insertion.ros.run import run_node
 
 # Inputs and sends this shell drops (the executor counts its own chunk rejections).
 DROPS = ('bad_chunk', 'bad_sensor_window', 'send_queue_full')

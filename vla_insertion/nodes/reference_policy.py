@@ -30,14 +30,16 @@ from vla_insertion import conversions as conv
 from vla_insertion.core import topics
 from vla_insertion.core.config import ReferencePolicyConfig
 from vla_insertion.core.data import NodeStatsData
-from vla_insertion.core.episodes import EpisodeListener
 from vla_insertion.core.health import HealthReport, RateMeter
+from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.sim.episode import episode_spec
 from vla_insertion.core.sim.reference import ReferenceObservation, ReferencePolicy
 from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.msg import ActionChunk
-from vla_insertion.nodes.common import declare_config, NodeMonitor, publisher, run_node, \
-    subscription
+from vla_insertion.ros.monitoring import NodeMonitor
+from vla_insertion.ros.parameters import declare_config
+from vla_insertion.ros.qos import publisher, subscription
+from vla_insertion.ros.run import run_node
 
 
 class ReferencePolicyNode(Node):

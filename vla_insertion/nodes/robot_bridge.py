@@ -26,14 +26,17 @@ from sensor_msgs.msg import JointState
 import zmq
 
 from vla_insertion.conversions import robot_state_to_msgs
-from vla_insertion.core.bridge import BridgeHealth, close_bridge, Drop, ReceiveLoop, ZmqSource
+from vla_insertion.core.bridge.receive import (
+    BridgeHealth, close_bridge, Drop, ReceiveLoop, ZmqSource)
+from vla_insertion.core.bridge.stream import StreamTracker
 from vla_insertion.core.config import RobotBridgeConfig
 from vla_insertion.core.data import NodeStatsData, RobotState
 from vla_insertion.core.health import HealthReport, RateMeter
-from vla_insertion.core.stream import StreamTracker
 from vla_insertion.core.wire import make_codec, robot_state, RobotMessage
-from vla_insertion.nodes.common import (
-    declare_config, log_events, NodeMonitor, ROBOT_QOS, run_node)
+from vla_insertion.ros.monitoring import log_events, NodeMonitor
+from vla_insertion.ros.parameters import declare_config
+from vla_insertion.ros.qos import ROBOT_QOS
+from vla_insertion.ros.run import run_node
 
 
 class RobotBridgeNode(Node):

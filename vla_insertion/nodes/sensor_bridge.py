@@ -22,16 +22,19 @@ import time
 from rclpy.node import Node
 
 from vla_insertion.conversions import sensor_window_to_msg
-from vla_insertion.core.bridge import BridgeHealth, close_bridge, Drop, ReceiveLoop, UdpSource
+from vla_insertion.core.bridge.receive import (
+    BridgeHealth, close_bridge, Drop, ReceiveLoop, UdpSource)
+from vla_insertion.core.bridge.sensor_window import SensorWindowBuffer
+from vla_insertion.core.bridge.stream import StreamTracker
 from vla_insertion.core.config import SensorBridgeConfig
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import HealthReport, RateMeter
-from vla_insertion.core.sensor_window import SensorWindowBuffer
-from vla_insertion.core.stream import StreamTracker
 from vla_insertion.core.wire import make_codec, SensorBatch
 from vla_insertion.msg import SensorWindow
-from vla_insertion.nodes.common import (
-    declare_config, log_events, NodeMonitor, run_node, WINDOW_QOS)
+from vla_insertion.ros.monitoring import log_events, NodeMonitor
+from vla_insertion.ros.parameters import declare_config
+from vla_insertion.ros.qos import WINDOW_QOS
+from vla_insertion.ros.run import run_node
 
 
 class SensorBridgeNode(Node):

@@ -61,9 +61,11 @@ from vla_insertion.core.vlm.selection import (
     LatestFrames, MISSING_VIEWS, NO_NEW_FRAMES, OUT_OF_SYNC, REFUSALS, STALE_VIEWS)
 from vla_insertion.core.vlm.source import VlmLoadError
 from vla_insertion.msg import VLFeatures
-from vla_insertion.nodes.common import (
-    declare_config, EXIT_CONFIG, LATEST_QOS, lifecycle_publisher, ManagedNode,
-    NodeMonitor, run_node, SENSOR_QOS)
+from vla_insertion.ros.lifecycle import EXIT_CONFIG, ManagedNode
+from vla_insertion.ros.monitoring import NodeMonitor
+from vla_insertion.ros.parameters import declare_config
+from vla_insertion.ros.qos import LATEST_QOS, lifecycle_publisher, SENSOR_QOS
+from vla_insertion.ros.run import run_node
 
 EXIT_LOAD_ERROR = 3
 WAIT_STEP_S = 0.1        # worker wake-up period to notice shutdown [s]

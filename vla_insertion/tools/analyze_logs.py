@@ -21,7 +21,9 @@ import sys
 
 import numpy as np
 
-from vla_insertion.core import bag, metrics
+from vla_insertion.core import bag
+
+from vla_insertion.core.evaluation import metrics
 
 _LEVELS = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
 _LINE = re.compile(r'^\[(?P<level>[A-Z]+)\]\s*\[[\d.]+\]\s*\[(?P<node>[^\]]+)\]:\s*(?P<text>.*)$')

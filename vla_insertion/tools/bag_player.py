@@ -30,8 +30,8 @@ from rosgraph_msgs.msg import Clock
 
 from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagPlayerConfig, ConfigError
-from vla_insertion.nodes.common import (
-    declare_config, message_class, publisher, qos_profile, split_ros_args, with_parameters)
+from vla_insertion.ros.parameters import declare_config, split_ros_args, with_parameters
+from vla_insertion.ros.qos import message_class, publisher, qos_profile
 
 DEFAULT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST, depth=10,

@@ -51,8 +51,9 @@ from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagRecorderConfig, ConfigError
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import DropCounter, HealthReport, RateMeter
-from vla_insertion.nodes.common import (
-    declare_config, message_class, NodeMonitor, split_ros_args, with_parameters)
+from vla_insertion.ros.monitoring import NodeMonitor
+from vla_insertion.ros.parameters import declare_config, split_ros_args, with_parameters
+from vla_insertion.ros.qos import message_class
 
 _STOP = object()
 

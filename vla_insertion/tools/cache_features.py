@@ -21,9 +21,9 @@ import torch
 
 from vla_insertion.core import artifacts, bag
 from vla_insertion.core.config import ConfigError, VlmConfig
-from vla_insertion.core.expert.feature_age import REFERENCE_VLM_LATENCY_S
-from vla_insertion.core.feature_cache import build_cache, FeatureCacheError
 from vla_insertion.core.params import load_config
+from vla_insertion.core.train.feature_age import REFERENCE_VLM_LATENCY_S
+from vla_insertion.core.train.feature_cache import build_cache, FeatureCacheError
 from vla_insertion.core.vlm.source import VlmLoadError
 
 DEFAULT_CACHE = artifacts.ROOT / 'cache' / 'features'

@@ -6,12 +6,12 @@
     closed_loop --backend ros --episodes 5                 # the real nodes on sim_cell
 
 Backends:
-- sim (default): the whole policy in-process on simulated time (core/closed_loop.py): rendered
+- sim (default): the whole policy in-process on simulated time (core/sim/loop.py): rendered
   views -> the VLM -> the expert runner -> the chunk executor -> the sim cell, with the VLM and
   expert latencies modelled (--vlm-latency, --vlm-delay, --mode sync|async). Deterministic.
 - ros: sim_cell, the bridges, vlm_node, action_expert (or reference_policy) and chunk_executor
   (armed) as processes from the launch table on free loopback ports, for real timing; the
-  outcomes come from sim_cell's episode stream (core/cell_run.py).
+  outcomes come from sim_cell's episode stream (core/orchestration/cell_run.py).
 
 Per configuration: success rate, time to insert, peak and mean contact force, RMS jerk and the
 velocity jump at chunk boundaries, starvation, refused ticks and gate interventions by cause,
@@ -44,8 +44,9 @@ def run_sim(args, merge: str, mode: str, delay_s: float) -> dict:
     """Run the episodes of one configuration in-process; return summarize_episodes()."""
     import torch
 
-    from vla_insertion.core.closed_loop import (
-        learned_loop, PipelineLoop, PipelineTiming, summarize_episodes)
+    from vla_insertion.core.evaluation.summary import summarize_episodes
+    from vla_insertion.core.orchestration.builders import learned_loop
+    from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
     from vla_insertion.core.executor import ChunkExecutor
     from vla_insertion.core.executor.limits import limits_from_params
     from vla_insertion.core.sim.cell import CellParams, SimCell
@@ -74,8 +75,8 @@ def run_sim(args, merge: str, mode: str, delay_s: float) -> dict:
 
 def run_ros(args, merge: str, mode: str, delay_s: float) -> dict:
     """Run the episodes of one configuration with the real nodes on sim_cell."""
-    from vla_insertion.core.cell_run import run_closed_loop
-    from vla_insertion.nodes.executor_operator import ExecutorOperator
+    from vla_insertion.core.orchestration.cell_run import run_closed_loop
+    from vla_insertion.ros.executor_operator import ExecutorOperator
     with ExecutorOperator() as operator:   # clears a latched fault before each episode
         return run_closed_loop(
             Path(args.output) / f'ros_{merge}_{mode}_{delay_s:g}', episodes=args.episodes,

@@ -31,15 +31,17 @@ import sys
 
 import numpy as np
 
-from vla_insertion.core import artifacts, bag, plots
+from vla_insertion.core import artifacts, bag
+
+from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
-from vla_insertion.core.evaluation import run_sync, run_threaded, score
+from vla_insertion.core.evaluation import plots
+from vla_insertion.core.evaluation.open_loop import run_sync, run_threaded, score
 from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.expert.staleness import StalenessLimits
+from vla_insertion.core.orchestration.replay import ReplayError, run_nodes_on_bag
 from vla_insertion.core.params import load_config
-from vla_insertion.core.recording import load_recording
-from vla_insertion.core.replay import ReplayError, run_nodes_on_bag
 
 log = logging.getLogger('compare_modes')
 MODES = ('sync', 'threaded', 'ros')

@@ -10,7 +10,8 @@ topics from a small monitor node, prints a status line every few seconds, stops 
 SIGINT after the given time and prints a summary.
 
 --policy trained (default): the action expert runs a policy trained on this machine
-(core/demo_policy.py: demonstrations, feature cache, stage-1 training, built on the first run
+(core/orchestration/demo_policy.py: demonstrations, feature cache, stage-1 training, built on the
+first run
 and reused after), and once the first chunk arrives the demo arms the chunk executor through
 its ~/enable service, as an operator would, and clears a latched fault at each episode start;
 the summary gives the success rate of the episodes that started armed. --policy untrained: the
@@ -31,15 +32,18 @@ import sys
 import threading
 import time
 
-from vla_insertion.core import artifacts, demo_policy
+from vla_insertion.core import artifacts
+
 from vla_insertion.core.config import SimCellConfig
-from vla_insertion.core.episodes import EpisodeListener
-from vla_insertion.core.expert.feature_age import REFERENCE_VLM_LATENCY_S
-from vla_insertion.core.launch_table import (
+from vla_insertion.core.evaluation.run_summary import (
+    format_summary, RunRecorder, status_line, summarize)
+from vla_insertion.core.orchestration import demo_policy
+from vla_insertion.core.orchestration.episode_listener import EpisodeListener
+from vla_insertion.core.orchestration.launch_table import (
     command_for, enabled_nodes, installed_paths, LAUNCH_ARGUMENTS)
+from vla_insertion.core.orchestration.processes import ProcessGroup
 from vla_insertion.core.params import load_config
-from vla_insertion.core.processes import ProcessGroup
-from vla_insertion.core.run_summary import format_summary, RunRecorder, status_line, summarize
+from vla_insertion.core.train.feature_age import REFERENCE_VLM_LATENCY_S
 
 log = logging.getLogger('demo')
 ROOT = Path.cwd()
@@ -56,7 +60,7 @@ class _Monitor:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        from vla_insertion.nodes.monitor import MonitorNode
+        from vla_insertion.ros.monitor import MonitorNode
         self._rclpy = rclpy
         rclpy.init()
         self.node = MonitorNode(recorder)
@@ -195,7 +199,7 @@ class _Operator:
     """Arm the executor once chunks flow, clear latched faults, score the armed episodes."""
 
     def __init__(self, recorder: RunRecorder) -> None:
-        from vla_insertion.nodes.executor_operator import ExecutorOperator
+        from vla_insertion.ros.executor_operator import ExecutorOperator
         self._client = ExecutorOperator()
         self._recorder = recorder
         self.first_scored: int | None = None    # the first episode that starts armed

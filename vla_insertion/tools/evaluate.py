@@ -8,11 +8,11 @@ Modes:
 - open-loop: deterministic (fixed seeds, no wall clock). At every tick of `--rate-hz` over the
   bag, the newest recorded frames go through the VLM (every `--vl-every` ticks, features
   reused in between) and the expert runner, which applies the staleness rules the robot
-  applies (core/evaluation.py); the chunk applies at the tick time.
+  applies (core/evaluation/open_loop.py); the chunk applies at the tick time.
 - recorded: the vla/action_chunk messages already in the bag (e.g. recorded on a live cell).
 - timing-faithful: bag_player replays the cameras, robot and sensor topics (restamped to the
   wall clock) into the real vlm_node and action_expert processes, started from the launch table
-  (core/replay.py); a chunk applies when it was received.
+  (core/orchestration/replay.py); a chunk applies when it was received.
 
 Output in the folder given with -o: metrics.json (core.metrics.evaluate: per-joint MAE/RMSE in
 rad and deg, error by horizon step, executed-stream error, chunk-boundary jumps, action rate,
@@ -26,15 +26,17 @@ import logging
 from pathlib import Path
 import sys
 
-from vla_insertion.core import artifacts, bag, plots
+from vla_insertion.core import artifacts, bag
+
+from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
-from vla_insertion.core.evaluation import recorded_chunks, run_open_loop, score
+from vla_insertion.core.evaluation import plots
+from vla_insertion.core.evaluation.open_loop import recorded_chunks, run_open_loop, score
 from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.expert.staleness import StalenessLimits
+from vla_insertion.core.orchestration.replay import ReplayError, run_nodes_on_bag
 from vla_insertion.core.params import load_config
-from vla_insertion.core.recording import load_recording
-from vla_insertion.core.replay import ReplayError, run_nodes_on_bag
 
 log = logging.getLogger('evaluate')
 MODES = ('open-loop', 'recorded', 'timing-faithful')

@@ -10,7 +10,7 @@ For every checkpoint:
    checkpoint's validation bags), with the cached features as they would arrive live;
 2. the held-out loss against feature age (how fast the expert degrades with stale features);
 3. closed-loop success on held-out seeds (`--seed`, never used for demonstrations) through the
-   executor, async and sync, with a VLM delay of 0 and 0.8 s (core/closed_loop.py);
+   executor, async and sync, with a VLM delay of 0 and 0.8 s (core/sim/loop.py);
 and the scripted reference as the ceiling. Output in -o: report.json, report.md and
 report_age.png / report_success.png.
 """
@@ -53,8 +53,8 @@ def open_loop(name: str, checkpoint: Path, bags: list[str], cache, args) -> dict
     from vla_insertion.core.expert.policy import ExpertPolicy
     from vla_insertion.core.expert.runner import ExpertRunner
     from vla_insertion.core.expert.staleness import StalenessLimits
-    from vla_insertion.core.policy_report import joint_errors, open_loop_cached
-    from vla_insertion.core.recording import load_recording
+    from vla_insertion.core.evaluation.policy_report import joint_errors, open_loop_cached
+    from vla_insertion.core.bag.recording import load_recording
     if not bags:
         return None
     runner = ExpertRunner(ExpertPolicy(checkpoint), StalenessLimits.from_config(args.expert))
@@ -65,9 +65,9 @@ def open_loop(name: str, checkpoint: Path, bags: list[str], cache, args) -> dict
 
 def age_losses(checkpoint: Path, val_bags: list[str], args) -> list[dict] | None:
     from vla_insertion.core.expert.checkpoint import load_checkpoint
-    from vla_insertion.core.expert.fit import FitConfig, prepare_data
+    from vla_insertion.core.train.fit import FitConfig, prepare_data
     from vla_insertion.core.expert.staleness import StalenessLimits
-    from vla_insertion.core.policy_report import loss_by_age
+    from vla_insertion.core.evaluation.policy_report import loss_by_age
     if not val_bags:
         return None
     limits = dataclasses.replace(StalenessLimits.from_config(args.expert),
@@ -83,8 +83,9 @@ def age_losses(checkpoint: Path, val_bags: list[str], args) -> list[dict] | None
 def closed_loop(checkpoint: Path | None, mode: str, delay_s: float, args) -> dict:
     import torch
 
-    from vla_insertion.core.closed_loop import (
-        learned_loop, PipelineLoop, PipelineTiming, summarize_episodes)
+    from vla_insertion.core.evaluation.summary import summarize_episodes
+    from vla_insertion.core.orchestration.builders import learned_loop
+    from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
     from vla_insertion.core.executor import ChunkExecutor
     from vla_insertion.core.executor.limits import limits_from_params
     from vla_insertion.core.sim.cell import CellParams, SimCell
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        from vla_insertion.core.feature_cache import FeatureCache
+        from vla_insertion.core.train.feature_cache import FeatureCache
         args.vlm = load_config(VlmConfig, 'vlm_node', args.params_file,
                                overrides={'model': args.vlm_path})
         args.expert = load_config(ExpertConfig, 'action_expert', args.params_file)

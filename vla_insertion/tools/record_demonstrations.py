@@ -12,7 +12,7 @@ episode stream). Only successful episodes are kept unless --keep-failures. `epis
 lists each bag with its seed, episode index, hole position and outcome: train_expert splits
 train and validation by these bags.
 
---backend sim writes the same topics from the in-process closed loop (core/demonstrations.py:
+--backend sim writes the same topics from the in-process closed loop (core/train/demonstrations.py:
 the demonstrator through the real executor on the sim cell), faster than real time, for the
 hundreds of episodes a policy needs: episodes start from a randomised pose
 (--start-range-rad) and the demonstrator's commands carry smooth noise it has to recover from
@@ -21,7 +21,7 @@ hundreds of episodes a policy needs: episodes start from a randomised pose
 
 --driver CHECKPOINT (with --backend sim) is DAgger: the learned policy of the checkpoint (with
 the VLM of --vlm-model / the params file) drives, and the demonstrator labels what it sees at
-every tick of it (core/demonstrations.py); failed episodes are kept. Train on these bags
+every tick of it (core/train/demonstrations.py); failed episodes are kept. Train on these bags
 together with the demonstrations.
 
 On a real cell the same is done with teleoperation and `bag_recorder` (docs/training.md).
@@ -36,10 +36,10 @@ import shutil
 import sys
 
 from vla_insertion.core import bag, topics
-from vla_insertion.core.cell_run import CellRun, CellRunError
 from vla_insertion.core.config import ConfigError
+from vla_insertion.core.orchestration.cell_run import CellRun, CellRunError
 from vla_insertion.core.sim.episode import EpisodeParams
-from vla_insertion.nodes.executor_operator import ExecutorOperator
+from vla_insertion.ros.executor_operator import ExecutorOperator
 
 log = logging.getLogger('record_demonstrations')
 
@@ -53,7 +53,7 @@ def reset_fault(operator: ExecutorOperator, report: dict) -> None:
 
 def _record_range(job: tuple) -> list[dict]:
     """One worker: episodes first..first+count-1 into `out` (a picklable top-level function)."""
-    from vla_insertion.core.demonstrations import record_episodes
+    from vla_insertion.core.train.demonstrations import record_episodes
     out, first, count, streams, driver, args = job
     total = args.first_episode + args.episodes
     if driver is not None and args.workers > 1:
@@ -75,8 +75,8 @@ def record_in_process(args, out: Path) -> int:
     from dataclasses import replace
 
     from vla_insertion.core.config import ExecutorConfig, ExpertConfig, VlmConfig
-    from vla_insertion.core.demonstrations import DemoStreams, LearnedDriver
     from vla_insertion.core.params import load_config
+    from vla_insertion.core.train.demonstrations import DemoStreams, LearnedDriver
     driver, args.executor = None, None
     try:
         vlm = load_config(VlmConfig, 'vlm_node', args.params_file,

@@ -47,7 +47,7 @@ import numpy as np
 import zmq
 
 from vla_insertion.core import params
-from vla_insertion.core.bridge import Drop, LATE, ReceiveLoop, SessionTracker, ZmqSource
+from vla_insertion.core.bridge.receive import Drop, LATE, ReceiveLoop, SessionTracker, ZmqSource
 from vla_insertion.core.config import (
     CameraBridgeConfig, ConfigError, field_docs, field_types, RobotBridgeConfig,
     SensorBridgeConfig, SimCellConfig)

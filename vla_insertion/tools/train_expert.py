@@ -10,7 +10,7 @@ Each bag (or each episode of an `--episode-log`) is an episode; episodes, never 
 held out for validation. Every tick of `--rate-hz` that the expert runner's staleness rules
 accept is a sample: the sensor window and robot state at the tick, the recorded joints and
 gripper after it as the target, and VL features of a VLM update drawn at every use so that the
-feature ages follow `--feature-age` (see core/expert/feature_age.py). With `--cache` the VLM is
+feature ages follow `--feature-age` (see core/train/feature_age.py). With `--cache` the VLM is
 never loaded; without it the VLM runs here over the bags first (every `--vl-period-s`). The
 trainer: AdamW with separate learning rates (action expert, sensor encoder, VL adapters),
 warm-up + cosine, gradient clipping, best checkpoint by validation loss, `--resume`,
@@ -27,15 +27,15 @@ import torch
 from vla_insertion.core import artifacts, bag
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
 from vla_insertion.core.expert.checkpoint import CheckpointError
-from vla_insertion.core.expert.dataset import TARGETS
-from vla_insertion.core.expert.feature_age import DEFAULT_AGE_SPEC, REFERENCE_VLM_LATENCY_S
-from vla_insertion.core.expert.fit import fit, FitConfig
 from vla_insertion.core.expert.model import ACTION_FRAMES
 from vla_insertion.core.expert.presets import PRESETS
 from vla_insertion.core.expert.staleness import StalenessLimits
-from vla_insertion.core.expert.trainer import TrainConfig
-from vla_insertion.core.feature_cache import FeatureCacheError
 from vla_insertion.core.params import load_config
+from vla_insertion.core.train.dataset import TARGETS
+from vla_insertion.core.train.feature_age import DEFAULT_AGE_SPEC, REFERENCE_VLM_LATENCY_S
+from vla_insertion.core.train.feature_cache import FeatureCacheError
+from vla_insertion.core.train.fit import fit, FitConfig
+from vla_insertion.core.train.trainer import TrainConfig
 from vla_insertion.core.vlm.source import VlmLoadError
 
 log = logging.getLogger('train_expert')

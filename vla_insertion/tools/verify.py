@@ -18,11 +18,11 @@ from pathlib import Path
 import sys
 
 from vla_insertion.core import config as config_module
-from vla_insertion.core import verify
 from vla_insertion.core.config import ConfigError
-from vla_insertion.core.launch_table import installed_paths, NODES
+from vla_insertion.core.orchestration import verify
+from vla_insertion.core.orchestration.launch_table import installed_paths, NODES
+from vla_insertion.core.orchestration.verify import CheckResult, FAIL, PASS, WARN
 from vla_insertion.core.params import load_config
-from vla_insertion.core.verify import CheckResult, FAIL, PASS, WARN
 
 
 def check_package() -> list[CheckResult]:

@@ -27,7 +27,8 @@ import math
 import numpy as np
 
 from vla_insertion.core.config import ConfigError, ExecutorConfig
-from vla_insertion.core.data import ActionChunkData, RobotState, SensorWindowData
+from vla_insertion.core.data import (
+    ACTION_DIM, ActionChunkData, NUM_JOINTS, RobotState, SensorWindowData)
 from vla_insertion.core.executor import gate
 from vla_insertion.core.executor.interpolation import ChunkTrajectory
 from vla_insertion.core.executor.limiter import MotionLimiter
@@ -35,8 +36,6 @@ from vla_insertion.core.executor.limits import default_limits, GRIPPER, LimitsTa
 from vla_insertion.core.executor.merge import committed_steps, Merger, Sample
 from vla_insertion.core.executor.stats import JerkMeter, Window
 
-NUM_JOINTS = 6
-ACTION_DIM = NUM_JOINTS + 1                 # 6 joint targets [rad] + gripper [0..1]
 
 # Motion states (JointCommand.state)
 NO_STATE = 'no_robot_state'   # nothing measured yet: no command can be computed

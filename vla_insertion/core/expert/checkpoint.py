@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 import torch
 
 from vla_insertion.core.config import ConfigError
-from vla_insertion.core.data import VLFeatureData
+from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS, VLFeatureData
 from vla_insertion.core.expert.model import ActionExpert, ExpertModelConfig
 from vla_insertion.core.feature_contract import FeatureContract
 
@@ -47,7 +47,6 @@ VERSION = 1
 WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
 
-DEFAULT_SENSOR_CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 DEFAULT_SENSOR_UNITS = ('N', 'N', 'N', 'N m', 'N m', 'N m', 'm')
 DEFAULT_STATE_NAMES = ('joint_1', 'joint_2', 'joint_3', 'joint_4', 'joint_5', 'joint_6',
                        'tool_x', 'tool_y', 'tool_z', 'tool_qx', 'tool_qy', 'tool_qz', 'tool_qw',

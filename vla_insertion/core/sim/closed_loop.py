@@ -22,14 +22,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vla_insertion.core.config import (
-    DEFAULT_SENSOR_CHANNELS, require, require_non_negative, require_positive)
-from vla_insertion.core.data import ActionChunkData, RobotState, SensorWindowData
+from vla_insertion.core.config import require, require_non_negative, require_positive
+from vla_insertion.core.data import (
+    ActionChunkData, DEFAULT_SENSOR_CHANNELS, NUM_JOINTS, RobotState, SensorWindowData)
 from vla_insertion.core.interfaces import Model
 from vla_insertion.core.sim.cell import SENSOR_NOISE, SimCell
 from vla_insertion.core.sim.episode import EpisodeRecord
 from vla_insertion.core.sim.reference import ReferenceObservation
-from vla_insertion.core.sim.servo import NUM_JOINTS, ServoCommand
+from vla_insertion.core.sim.servo import ServoCommand
 
 
 class CommandSource(Protocol):

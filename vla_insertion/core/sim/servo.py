@@ -27,9 +27,9 @@ import math
 import numpy as np
 
 from vla_insertion.core.config import require, require_positive
+from vla_insertion.core.data import NUM_JOINTS
 from vla_insertion.core.wire.command import CommandMessage
 
-NUM_JOINTS = 6
 # Why the servo is holding (None while it follows a command).
 HOLD_NO_COMMAND = 'no_command'   # nothing received since the start or the last reset
 HOLD_UNARMED = 'unarmed'         # the newest command did not have ARMED set

@@ -20,9 +20,10 @@ import logging
 
 import torch
 
+from vla_insertion.core.config import VLM_COMPILE_MODES as COMPILE_MODES
+
 logger = logging.getLogger(__name__)
 
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs')
 
 # Measured on a GPU with benchmarks/bench_vlm_gpu.py: True if compile beat eager for the 3B in
 # bf16 (and which mode), False if not, None while not measured. None -> 'auto' is off.

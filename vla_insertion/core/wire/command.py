@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 import struct
 
+from vla_insertion.core.data import NUM_JOINTS
 from vla_insertion.core.wire.base import (
     BAD_COUNT, BAD_MAGIC, BAD_VALUE, BAD_VERSION, Codec, OVERSIZED, register, require_finite,
     TRUNCATED, WireError)
 
-NUM_JOINTS = 6
 FLAG_ARMED = 0x01              # the robot may follow the positions
 FLAG_HOLD = 0x02               # decelerate within limits and hold; positions are where to stop
 KNOWN_FLAGS = FLAG_ARMED | FLAG_HOLD

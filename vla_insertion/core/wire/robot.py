@@ -13,13 +13,11 @@ import struct
 import msgpack
 import numpy as np
 
-from vla_insertion.core.data import RobotState
+from vla_insertion.core.data import NUM_JOINTS, RobotState
 from vla_insertion.core.wire.base import (
     BAD_COUNT, BAD_MAGIC, BAD_VALUE, BAD_VERSION, Codec, OVERSIZED, register, require_finite,
     TRUNCATED, WireError)
 from vla_insertion.core.wire.msgpack_map import number, numbers, uint32, unpack_map
-
-NUM_JOINTS = 6
 
 
 @dataclass(frozen=True, slots=True)

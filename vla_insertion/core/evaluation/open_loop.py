@@ -24,10 +24,12 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from vla_insertion.core import bag, metrics
+from vla_insertion.core import bag
+
+from vla_insertion.core.bag.recording import RecordedInputs, Recording, tick_times
 from vla_insertion.core.data import ActionChunkData, MODE_SYNC
+from vla_insertion.core.evaluation import metrics
 from vla_insertion.core.expert.runner import ExpertRunner
-from vla_insertion.core.recording import RecordedInputs, Recording, tick_times
 from vla_insertion.core.ticker import DeadlineTicker
 
 

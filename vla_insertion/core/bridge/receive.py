@@ -21,18 +21,19 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from vla_insertion.core.clock import FUTURE_STAMP, PAST_STAMP
+from vla_insertion.core.bridge.clock import FUTURE_STAMP, PAST_STAMP
+from vla_insertion.core.bridge.stream import Drop, LATE, STALE_SESSION, StreamTracker
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import DropCounter, HealthReport, LatencyStats, RateMeter
-from vla_insertion.core.stream import Drop, LATE, STALE_SESSION, StreamTracker
 from vla_insertion.core.wire import CAUSES, OVERSIZED, WireError
 
 _LOG = logging.getLogger(__name__)
 UNKNOWN_VIEW = 'unknown_view'   # a camera view that is not configured
 SOCKET_ERROR = 'socket_error'   # the socket failed and was recreated
 # Every drop cause a bridge can count, reported from the start (camera_bridge adds
-# UNKNOWN_VIEW): the decoders' causes, then the stream's (core/stream.py, core/clock.py).
+# UNKNOWN_VIEW): the decoders' causes, then the stream's (core/bridge/stream.py,
+# core/bridge/clock.py).
 BRIDGE_CAUSES = CAUSES + (LATE, STALE_SESSION, FUTURE_STAMP, PAST_STAMP, SOCKET_ERROR)
 
 # What a ZMQ socket monitor shows about the connections (docs/wire.md, "What ZMQ hides").

@@ -25,9 +25,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vla_insertion.core import metrics
+from vla_insertion.core.bag.recording import RecordedInputs
+from vla_insertion.core.evaluation import metrics
 from vla_insertion.core.expert.model import ActionExpert, to_action_frame
-from vla_insertion.core.recording import RecordedInputs
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def train(model: ActionExpert, dataset: ExpertDataset, steps: int, lr: float = 1
     noise too), so equal model, data and seed give equal losses and weights. The normalisation
     buffers are not touched: call `fit_normalization` first. The model is left in eval mode.
     """
-    from vla_insertion.core.expert.trainer import TrainConfig, Trainer
+    from vla_insertion.core.train.trainer import TrainConfig, Trainer
     cfg = TrainConfig(steps=steps, lr=lr, sensor_lr=lr, batch_size=min(batch_size, len(dataset)),
                       seed=seed, weight_decay=weight_decay, grad_clip=grad_clip, warmup_steps=0,
                       val_every=0, save_every=0)

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_insertion.core.expert.dataset import FeatureBank
+from vla_insertion.core.bag.recording import Recording
 from vla_insertion.core.feature_contract import FeatureContract
-from vla_insertion.core.recording import Recording
+from vla_insertion.core.train.dataset import FeatureBank
 from vla_insertion.core.vlm.extractor import decode_image, resize_image
 from vla_insertion.core.vlm.source import MARKER_FILE, read_marker
 

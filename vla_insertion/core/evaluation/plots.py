@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_insertion.core import metrics
+from vla_insertion.core.evaluation import metrics
 
 
 def _pyplot():

@@ -143,7 +143,7 @@ def empirical_ages(samples_s, max_age_s: float, source: str,
 
 def ages_from_bag(path: str | Path) -> np.ndarray:
     """Return the `feature_age_s` of every action chunk recorded in a bag [s]."""
-    from vla_insertion.core.recording import load_recording
+    from vla_insertion.core.bag.recording import load_recording
     rec = load_recording(path, views=())
     ages = np.array([c.feature_age_s for c in rec.chunks], dtype=np.float64)
     if ages.size == 0:

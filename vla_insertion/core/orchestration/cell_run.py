@@ -7,7 +7,8 @@
 Every program of the launch table with sim:=true (reference:=true for the demonstrator) runs as
 a process of one ProcessGroup on a copy of the params file with free loopback ports, the
 executor armed at its first fresh state, and a bag recorder; the episodes' outcomes come from
-sim_cell's episode stream (core/episodes.py). ROS-free: everything happens in the children.
+sim_cell's episode stream (core/orchestration/episode_listener.py). ROS-free: everything happens
+in the children.
 """
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ import numpy as np
 import zmq
 
 from vla_insertion.core import bag, topics
-from vla_insertion.core.bridge import ReceiveLoop, ZmqSource
+from vla_insertion.core.bridge.receive import ReceiveLoop, ZmqSource
 from vla_insertion.core.config import ExpertConfig, SimCellConfig
-from vla_insertion.core.episodes import EpisodeListener
-from vla_insertion.core.launch_table import (
+from vla_insertion.core.orchestration.episode_listener import EpisodeListener
+from vla_insertion.core.orchestration.launch_table import (
     command_for, enabled_nodes, installed_paths, LAUNCH_ARGUMENTS, params_on_free_ports,
     spec_named)
+from vla_insertion.core.orchestration.processes import ProcessGroup, StopReport
 from vla_insertion.core.params import load_config
-from vla_insertion.core.processes import ProcessGroup, StopReport
 from vla_insertion.core.wire import RobotCodecV1
 
 

@@ -87,7 +87,7 @@ NODES: tuple[NodeSpec, ...] = (
 )
 
 # Programs that tools start next to the table's nodes, never the launch file: the player of a
-# timing-faithful replay (core/replay.py).
+# timing-faithful replay (core/orchestration/replay.py).
 BAG_PLAYER = NodeSpec('bag_player', 'bag_player', 'BagPlayerConfig')
 
 TRUE_WORDS = ('true', '1', 'yes', 'on')

@@ -4,7 +4,7 @@ The reference policy drives the sim cell through the real chunk executor in the 
 loop.
 `record_demonstrations --backend ros` records the real nodes in real time (about 8 s of wall
 time per episode, the cameras at 30 FPS); this writes the same topics with the same message
-contents from the in-process closed loop (core/closed_loop.py: the demonstrator's chunks, the
+contents from the in-process closed loop (core/sim/loop.py: the demonstrator's chunks, the
 real ChunkExecutor, the sim cell), one bag per episode, so data for training costs about a
 second per episode and the feature cache and train_expert read it unchanged:
 
@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from vla_insertion.core import bag, topics
-from vla_insertion.core.closed_loop import learned_loop, PipelineLoop, PipelineTiming
-from vla_insertion.core.config import DEFAULT_SENSOR_CHANNELS, DEFAULT_WRIST_VIEWS, ExecutorConfig
+from vla_insertion.core.bag.messages import GRIPPER_JOINT
+from vla_insertion.core.config import DEFAULT_WRIST_VIEWS, ExecutorConfig
+from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS
 from vla_insertion.core.executor import ChunkExecutor
-from vla_insertion.core.messages import GRIPPER_JOINT
+from vla_insertion.core.orchestration.builders import learned_loop
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.contact import JAMMED
+from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
 from vla_insertion.core.sim.reference import APPROACH, DESCEND, ReferencePolicy
 from vla_insertion.core.sim.render import SceneRenderer
 

@@ -33,9 +33,9 @@ import time
 
 import numpy as np
 
+from vla_insertion.core.bag.recording import Timeline
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.interfaces import VlmObservation
-from vla_insertion.core.recording import Timeline
 from vla_insertion.core.vlm.selection import LatestFrames
 
 logger = logging.getLogger(__name__)
@@ -347,8 +347,8 @@ def build_cache(bags: list[str], vlm_config, folder: str | Path, vl_period_s: fl
                 content_hash: bool = False, force: bool = False, progress: bool = False,
                 report=logger.info) -> FeatureCache:
     """Cache the features of every bag not cached yet (or changed, or all with `force`)."""
+    from vla_insertion.core.bag.recording import load_recording
     from vla_insertion.core.config import config_to_dict
-    from vla_insertion.core.recording import load_recording
     from vla_insertion.core.vlm.contract import feature_contract_for
     from vla_insertion.core.vlm.model import resolve_device, resolve_dtype
     from vla_insertion.core.vlm.source import resolve_model

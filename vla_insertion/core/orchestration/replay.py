@@ -2,8 +2,8 @@
 
     bag_player (restamped to the wall clock) -> vlm_node -> action_expert -> bag_recorder
 
-Every program is started from the launch table (core/launch_table.py) as a process of one
-ProcessGroup, with the same command lines as `ros2 launch`, so the nodes run exactly as on a
+Every program is started from the launch table (core/orchestration/launch_table.py) as a process
+of one ProcessGroup, with the same command lines as `ros2 launch`, so the nodes run exactly as on a
 cell; a killed or finished replay stops all of them (children die with their supervisor). The
 player writes the restamp shift it applied; the chunks the recorder received are mapped back to
 the recorded clock with it, and each chunk applies when it was received. ROS-free: everything
@@ -17,12 +17,14 @@ import os
 from pathlib import Path
 import time
 
-from vla_insertion.core import bag, messages, topics
+from vla_insertion.core import bag, topics
+
+from vla_insertion.core.bag import messages
 from vla_insertion.core.data import ActionChunkData
-from vla_insertion.core.evaluation import RunResult
-from vla_insertion.core.launch_table import (
+from vla_insertion.core.evaluation.open_loop import RunResult
+from vla_insertion.core.orchestration.launch_table import (
     BAG_PLAYER, command_for, installed_paths, LAUNCH_ARGUMENTS, spec_named)
-from vla_insertion.core.processes import ProcessGroup
+from vla_insertion.core.orchestration.processes import ProcessGroup
 
 # What the player replays: the cell's inputs, never the recorded outputs.
 INPUTS = (topics.CAMERAS.name, topics.JOINT_STATES.name, topics.POSE.name,

@@ -21,7 +21,7 @@ sync / async schedule:
 
 The executor steps at its control rate on the measured state and the newest window; its
 commands reach the servo command_delay later. `real timing` comes from the ROS pipeline
-(`core/cell_run.py`, `closed_loop --backend ros`); this loop compares designs.
+(`core/orchestration/cell_run.py`, `closed_loop --backend ros`); this loop compares designs.
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ import math
 import numpy as np
 
 from vla_insertion.core.config import (
-    DEFAULT_SENSOR_CHANNELS, require, require_non_negative, require_one_of, require_positive)
-from vla_insertion.core.data import ActionChunkData, CameraFrame, SensorWindowData
+    require, require_non_negative, require_one_of, require_positive)
+from vla_insertion.core.data import (
+    ActionChunkData, CameraFrame, DEFAULT_SENSOR_CHANNELS, SensorWindowData)
 from vla_insertion.core.interfaces import VlmObservation
 from vla_insertion.core.sim.cell import SENSOR_NOISE, SimCell
 from vla_insertion.core.sim.closed_loop import reference_observation
@@ -265,64 +266,3 @@ class PipelineLoop:
             if on_episode is not None:
                 on_episode(out[-1])
         return out
-
-
-def learned_loop(cell: SimCell, executor, timing: PipelineTiming, checkpoint, vlm_cfg,
-                 expert_cfg, *, vlm=None, seed: int = 0, **kwargs) -> PipelineLoop:
-    """Return the loop of the learned policy driving `cell` (the tools' one builder of it).
-
-    The VLM of `vlm_cfg` (or `vlm`, already built: one per process), the expert runner on
-    `checkpoint` with `expert_cfg`'s staleness limits and precision, the feature-age limit
-    widened by the timing's added VLM delay (features that old are what the experiment
-    studies, not a fault), and the renderer of `vlm_cfg`'s views. `kwargs`: PipelineLoop's.
-    """
-    from dataclasses import replace
-
-    from vla_insertion.core.expert.policy import ExpertPolicy
-    from vla_insertion.core.expert.runner import ExpertRunner
-    from vla_insertion.core.expert.staleness import StalenessLimits
-    from vla_insertion.core.sim.render import SceneRenderer
-    from vla_insertion.core.vlm.extractor import build_vlm
-    limits = replace(StalenessLimits.from_config(expert_cfg),
-                     max_feature_age_s=expert_cfg.max_feature_age_s + timing.vlm_delay_s)
-    runner = ExpertRunner(ExpertPolicy(checkpoint, seed=seed, precision=expert_cfg.precision),
-                          limits)
-    renderer = SceneRenderer(vlm_cfg.view_names, vlm_cfg.image_width, vlm_cfg.image_height)
-    return PipelineLoop(cell, executor, timing, vlm=vlm or build_vlm(vlm_cfg, download=False),
-                        runner=runner, renderer=renderer, views=vlm_cfg.view_names, seed=seed,
-                        **kwargs)
-
-
-def summarize_episodes(episodes: list[EpisodeMetrics]) -> dict:
-    """Success rate, times, forces, smoothness, starvation, refusals and gate interventions."""
-    rows = [e.as_dict() for e in episodes]
-    n = len(rows)
-    successes = [r for r in rows if r['success']]
-    gate: dict[str, int] = {}
-    refused: dict[str, int] = {}
-    for r in rows:
-        for k, v in r['gate'].items():
-            gate[k] = gate.get(k, 0) + int(v)
-        for k, v in r['refused'].items():
-            refused[k] = refused.get(k, 0) + int(v)
-    reasons: dict[str, int] = {}
-    for r in rows:
-        reasons[r['reason']] = reasons.get(r['reason'], 0) + 1
-
-    def mean(key, subset=rows):
-        values = [r[key] for r in subset if r[key] is not None and np.isfinite(r[key])]
-        return float(np.mean(values)) if values else None
-
-    return {'episodes': n, 'successes': len(successes),
-            'success_rate': len(successes) / n if n else None, 'outcomes': reasons,
-            'time_to_insert_s_mean': mean('time_to_insert_s', successes),
-            'peak_force_n_mean': mean('peak_force_n'),
-            'peak_force_n_max': max((r['peak_force_n'] for r in rows), default=None),
-            'mean_force_n_mean': mean('mean_force_n'),
-            'jerk_rms_mean': mean('jerk_rms'), 'velocity_jump_p50_mean': mean('velocity_jump_p50'),
-            'velocity_jump_max': max((r['velocity_jump_max'] for r in rows
-                                      if np.isfinite(r['velocity_jump_max'])), default=None),
-            'starved': sum(int(r['starved']) for r in rows),
-            'feature_age_s_mean': mean('feature_age_s_mean'),
-            'chunk_delay_s_mean': mean('chunk_delay_s_mean'),
-            'refused': refused, 'gate': gate, 'per_episode': rows}

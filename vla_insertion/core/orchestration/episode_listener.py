@@ -17,7 +17,7 @@ import threading
 
 import zmq
 
-from vla_insertion.core.bridge import ReceiveLoop, ZmqSource
+from vla_insertion.core.bridge.receive import ReceiveLoop, ZmqSource
 from vla_insertion.core.wire import EpisodeCodecV1, EpisodeMessage
 
 

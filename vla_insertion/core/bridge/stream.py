@@ -29,7 +29,7 @@ import math
 import statistics
 import threading
 
-from vla_insertion.core.clock import ClockReport, SenderClock
+from vla_insertion.core.bridge.clock import ClockReport, SenderClock
 from vla_insertion.core.wire.base import seq_delta
 
 LATE = 'late'                    # not newer by sequence than what was already accepted

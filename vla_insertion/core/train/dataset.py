@@ -21,18 +21,17 @@ import logging
 import numpy as np
 import torch
 
-from vla_insertion.core.data import VLFeatureData
+from vla_insertion.core.bag.recording import RecordedInputs, Recording, tick_times
+from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS, VLFeatureData
 from vla_insertion.core.expert.capture import recorded_captures
-from vla_insertion.core.expert.checkpoint import DEFAULT_SENSOR_CHANNELS
-from vla_insertion.core.expert.episodes import Episode
-from vla_insertion.core.expert.feature_age import AgeModel, pair_weights
 from vla_insertion.core.expert.policy import robot_state_vector
 from vla_insertion.core.expert.runner import ExpertRunner
-from vla_insertion.core.expert.training import (
-    feature_stats, MIN_STD, normalization_stats, tick_targets)
-from vla_insertion.core.feature_cache import CachedBag
 from vla_insertion.core.feature_contract import FeatureContract
-from vla_insertion.core.recording import RecordedInputs, Recording, tick_times
+from vla_insertion.core.train.feature_age import AgeModel, pair_weights
+from vla_insertion.core.train.feature_cache import CachedBag
+from vla_insertion.core.train.split import Episode
+from vla_insertion.core.train.training import (
+    feature_stats, MIN_STD, normalization_stats, tick_targets)
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_insertion.core.evaluation import RunResult, score
+from vla_insertion.core.bag.recording import RecordedInputs, Recording, tick_times
+from vla_insertion.core.evaluation.open_loop import RunResult, score
 from vla_insertion.core.expert.runner import ExpertRunner
-from vla_insertion.core.recording import RecordedInputs, Recording, tick_times
 
 
 def open_loop_cached(rec: Recording, cached, runner: ExpertRunner, latency_s: float,

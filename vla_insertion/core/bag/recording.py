@@ -14,7 +14,7 @@ VL features by their arrival, an inference after their capture stamp):
 the robot state is the newest joint state and the newest pose combined by the same reader
 (`core.messages.robot_state_from_msgs`), so offline tools see exactly what the live node saw.
 Topics are found through the topic table (core/topics.py), whatever their namespace. ROS-free:
-bags are read with rosbags (core/bag.py).
+bags are read with rosbags (core/bag/__init__.py).
 """
 from __future__ import annotations
 
@@ -25,9 +25,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vla_insertion.core import bag, messages, metrics, topics
+from vla_insertion.core import bag, topics
+
+from vla_insertion.core.bag import messages
+
 from vla_insertion.core.data import (
     ActionChunkData, CameraFrame, RobotState, SensorWindowData, VLFeatureData)
+from vla_insertion.core.evaluation import metrics
 from vla_insertion.core.interfaces import VlmObservation
 
 

@@ -26,25 +26,24 @@ from typing import Callable
 import torch
 
 from vla_insertion.core import artifacts
+from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.config import (
     ConfigError, require, require_one_of, require_positive, VlmConfig)
 from vla_insertion.core.expert.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from vla_insertion.core.expert.dataset import build_split, FeatureBank, TARGETS
-from vla_insertion.core.expert.episodes import (
-    bag_episodes, intervals_from_episode_log, split_episodes)
-from vla_insertion.core.expert.feature_age import (
-    DEFAULT_AGE_SPEC, load_age_model, REFERENCE_VLM_LATENCY_S)
 from vla_insertion.core.expert.model import ActionExpert, count_parameters, HEADS
 from vla_insertion.core.expert.presets import model_config, PRESETS
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.expert.staleness import StalenessLimits
-from vla_insertion.core.expert.trainer import (
-    DistContext, init_distributed, LAST, TrainConfig, Trainer, TrainResult)
-from vla_insertion.core.feature_cache import (
+from vla_insertion.core.feature_contract import FeatureContract
+from vla_insertion.core.train.dataset import build_split, FeatureBank, TARGETS
+from vla_insertion.core.train.feature_age import (
+    DEFAULT_AGE_SPEC, load_age_model, REFERENCE_VLM_LATENCY_S)
+from vla_insertion.core.train.feature_cache import (
     CachedBag, compute_features, FeatureCache, FeatureCacheError, identity_differences,
     vlm_schedule)
-from vla_insertion.core.feature_contract import FeatureContract
-from vla_insertion.core.recording import load_recording
+from vla_insertion.core.train.split import bag_episodes, intervals_from_episode_log, split_episodes
+from vla_insertion.core.train.trainer import (
+    DistContext, init_distributed, LAST, TrainConfig, Trainer, TrainResult)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ class FitConfig:
     dt_s: float = 0.1              # time between actions [s]
     rate_hz: float = 10.0          # tick rate over the bags: one sample per accepted tick [Hz]
     targets: str = 'measured'      # 'measured' (what the robot did) or 'chunks' (recorded ones)
-    feature_age: str = DEFAULT_AGE_SPEC  # feature-age model (core/expert/feature_age.py)
+    feature_age: str = DEFAULT_AGE_SPEC  # feature-age model (core/train/feature_age.py)
     vl_period_s: float = REFERENCE_VLM_LATENCY_S  # without a cache: emulated VLM period [s]
     val_fraction: float = 0.2      # share of episodes held out for validation [1]
     val_bags: tuple[str, ...] = ()  # hold out these bags instead of a fraction
