@@ -26,12 +26,19 @@ import zmq
 
 def prerender(views: list[str], width: int, height: int, frames: int) -> list[list[bytes]]:
     """Render JPEGs (views x frames) of one stretch of an episode, once, up front."""
+    from vla_insertion.core.config import ExecutorConfig
+    from vla_insertion.core.executor import ChunkExecutor
+    from vla_insertion.core.sim import PipelineLoop, ReferencePolicy, SimCell
     from vla_insertion.core.sim.render import SceneRenderer
-    from vla_insertion.core.sim.scripted import SimScene
-    scene = SimScene(episode_s=10.0, seed=0, variants=1)
+    # the reference demonstrator moving the arm from home toward the hole: 0.5..2.5 s
+    loop = PipelineLoop(SimCell(seed=0), ChunkExecutor(ExecutorConfig(start_armed=True)),
+                        reference=ReferencePolicy())
+    states = []
+    for k in range(frames):
+        loop.advance_to(0.5 + 2.0 * k / frames)
+        states.append(loop.cell.state())
     renderer = SceneRenderer(tuple(views), width, height)
-    return [[renderer.render_jpeg(v, scene.state_at(2.0 + 4.0 * k / frames), 80)
-             for k in range(frames)] for v in range(len(views))]
+    return [[renderer.render_jpeg(v, state, 80) for state in states] for v in range(len(views))]
 
 
 def sender(port: int, views: list[str], jpegs, width: int, height: int, fps: float,

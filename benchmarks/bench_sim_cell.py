@@ -5,7 +5,7 @@ robot state at 100 Hz, sensor at 650 Hz) on free ports, with a camera sink drain
 and, for control commands, a 100 Hz command_v1 sender moving joint 1 back and forth. Reported:
 sim_cell's CPU in % of one core (psutil, user + system) per mode, with and without cameras; and
 in-process, the microseconds per physics step of SimCell and the real-time factor of the
-reference closed loop (ClosedLoop with ReferencePolicy, 1 kHz physics).
+reference closed loop (PipelineLoop: ReferencePolicy through the ChunkExecutor, 1 kHz physics).
 
     python benchmarks/bench_sim_cell.py                   # 20 s per mode
     python benchmarks/bench_sim_cell.py --duration 10 --modes commands reference
@@ -103,13 +103,16 @@ def measure_process(mode: str, cameras: bool, duration_s: float, warmup_s: float
 
 def measure_physics(sim_seconds: float) -> dict:
     sys.path.insert(0, str(ROOT))
-    from vla_insertion.core.sim import ClosedLoop, LoopParams, ReferencePolicy, SimCell
+    from vla_insertion.core.config import ExecutorConfig
+    from vla_insertion.core.executor import ChunkExecutor
+    from vla_insertion.core.sim import PipelineLoop, ReferencePolicy, SimCell
     cell = SimCell(seed=0)
     t0 = time.process_time()
     cell.advance_to(sim_seconds)                  # holding at home: servo + FK + contact
     idle_us = (time.process_time() - t0) / cell.steps * 1e6
     cell = SimCell(seed=0)
-    loop = ClosedLoop(cell, ReferencePolicy(), params=LoopParams(latency_jitter_s=0.05))
+    loop = PipelineLoop(cell, ChunkExecutor(ExecutorConfig(start_armed=True)),
+                        reference=ReferencePolicy())
     t0 = time.process_time()
     loop.advance_to(sim_seconds)
     cpu = time.process_time() - t0
@@ -123,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--duration', type=float, default=20.0, help='measured time per run [s]')
     parser.add_argument('--warmup', type=float, default=4.0, help='start-up not measured [s]')
-    parser.add_argument('--modes', nargs='+', default=['scripted', 'commands', 'reference'])
+    parser.add_argument('--modes', nargs='+', default=['commands', 'reference'])
     parser.add_argument('--sim-seconds', type=float, default=30.0,
                         help='simulated time of the in-process physics measurement [s]')
     args = parser.parse_args()

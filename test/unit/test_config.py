@@ -46,7 +46,7 @@ BAD = [
     (cfg.RobotBridgeConfig, 'max_message_bytes', 10),
     (cfg.SensorBridgeConfig, 'window_size', 0), (cfg.SensorBridgeConfig, 'min_fill', 100),
     (cfg.SensorBridgeConfig, 'max_datagram_bytes', 70000),
-    (cfg.SimCellConfig, 'streams', ('video',)), (cfg.SimCellConfig, 'episode_s', 1.0),
+    (cfg.SimCellConfig, 'streams', ('video',)),
     (cfg.SimCellConfig, 'clock_offset_s', math.inf), (cfg.SimCellConfig, 'faults', 'yes'),
     (cfg.BagRecorderConfig, 'storage', 'db3'), (cfg.BagRecorderConfig, 'bag_name', 'a/b'),
     (cfg.BagPlayerConfig, 'rate', 0.0), (cfg.BagPlayerConfig, 'loop', 1),

@@ -1,42 +1,59 @@
-"""The closed-loop demonstrator in the in-process loop, the chunk follower, pluggable sources."""
+"""The closed-loop demonstrator, and PipelineLoop stepping the cell with it through the executor.
+
+The loop's mechanics as the demonstrator sees them: one step grid for run_episode and
+advance_to (LiveCell's), the executor fed states and sensor windows at its rate, chunks after
+the modelled latency, the arm held until the first chunk, an unarmed executor moving nothing.
+"""
 import numpy as np
 import pytest
 
+from vla_insertion.core.config import ExecutorConfig
 from vla_insertion.core.data import ActionChunkData, RobotState, SensorWindowData
+from vla_insertion.core.executor import ChunkExecutor
 from vla_insertion.core.sim.cell import CellParams, SimCell
-from vla_insertion.core.sim.closed_loop import (
-    ChunkFollower, ClosedLoop, LoopParams, reference_observation)
-from vla_insertion.core.sim.episode import EpisodeParams, SUCCESS, TIMEOUT
+from vla_insertion.core.sim.episode import EpisodeParams, TIMEOUT
 from vla_insertion.core.sim.geometry import INSERT_DEPTH_M
 from vla_insertion.core.sim.kinematics import forward_kinematics, HOME_RAD
-from vla_insertion.core.sim.reference import APPROACH, DESCEND, HOLD, INSERT, ReferencePolicy
+from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
+from vla_insertion.core.sim.reference import (
+    APPROACH, DESCEND, HOLD, INSERT, reference_observation, ReferencePolicy)
 from vla_insertion.core.sim.servo import HOLD_UNARMED
 
 
-def test_the_reference_inserts_reliably_through_a_command_path_with_latency():
-    cell = SimCell(CellParams(), seed=11)
-    # observation -> chunk 50..150 ms, commands at 100 Hz with 5 ms of network delay
-    loop = ClosedLoop(cell, ReferencePolicy(), ChunkFollower(lead_s=0.05),
-                      LoopParams(latency_s=0.1, latency_jitter_s=0.05, command_delay_s=0.005,
-                                 seed=3))
-    records = loop.run_episodes(20)
-    assert len(records) == 20
-    assert len({r.hole_top_m for r in records}) == 20                # randomised holes
-    successes = [r for r in records if r.success]
-    assert len(successes) >= 19, [(r.index, r.reason) for r in records]
-    for r in successes:
-        assert r.reason == SUCCESS and r.max_depth_m >= INSERT_DEPTH_M - 0.001
-        assert 0.0 < r.peak_force_n <= EpisodeParams().max_contact_force_n
-        assert 2.0 < r.time_to_insert_s < EpisodeParams().timeout_s
-        assert 0.0 < r.mean_force_n <= r.peak_force_n
+def reference_loop(seed: int, timing: PipelineTiming = PipelineTiming(),
+                   executor: ChunkExecutor | None = None,
+                   params: CellParams = CellParams()) -> PipelineLoop:
+    executor = executor if executor is not None else ChunkExecutor(
+        ExecutorConfig(start_armed=True))
+    return PipelineLoop(SimCell(params, seed=seed), executor, timing,
+                        reference=ReferencePolicy(), seed=seed)
 
 
+def outcome(record) -> tuple:
+    return (record.index, record.reason, record.duration_s, record.peak_force_n,
+            record.max_depth_m)
+
+
+@pytest.mark.slow
 def test_the_loop_is_deterministic():
     def run():
-        cell = SimCell(CellParams(), seed=2)
-        loop = ClosedLoop(cell, ReferencePolicy(), params=LoopParams(latency_jitter_s=0.05))
-        return [(r.reason, r.duration_s, r.peak_force_n) for r in loop.run_episodes(2)]
+        return [outcome(m.record) for m in reference_loop(2).run_episodes(2)]
     assert run() == run()
+
+
+@pytest.mark.slow
+def test_advance_to_takes_the_same_steps_as_run_episode():
+    # LiveCell drives the loop in slices of wall-clock time; the episodes must come out as
+    # run_episode's, settling between them included (one grid, not two)
+    episodes = reference_loop(4).run_episodes(2)
+    loop = reference_loop(4)
+    decided = []
+    while len(decided) < 2 and loop.cell.t_s < 30.0:
+        decided += loop.advance_to(loop.cell.t_s + 0.37)
+    assert [outcome(r) for r in decided] == [outcome(m.record) for m in episodes]
+    assert decided[0].success and decided[1].index == 1
+    assert loop.metrics.record == decided[1]
+    assert loop.metrics.chunks == episodes[1].chunks > 0
 
 
 def test_chunks_have_the_action_expert_form():
@@ -100,93 +117,70 @@ def test_the_funnel_decides_from_the_geometry():
     np.testing.assert_allclose(goal, np.r_[hole[:2] + [0.07, 0.0], hole[2] + p.above_m])
 
 
+@pytest.mark.slow
 def test_phases_advance_on_the_measured_state():
-    cell = SimCell(seed=5)
-    policy = ReferencePolicy()
-    loop = ClosedLoop(cell, policy, params=LoopParams(latency_s=0.1))
+    loop = reference_loop(5)
+    cell, policy = loop.cell, loop.reference
     seen = []
-    while not cell.records:
+    while not cell.records and cell.t_s < 30.0:
         loop.advance_to(cell.t_s + 0.1)
         if not seen or seen[-1] != policy.phase:
             seen.append(policy.phase)
-    assert seen[:3] == ['approach', 'descend', INSERT] and cell.records[0].success
-    assert set(seen) <= {'approach', 'descend', INSERT, HOLD}
+    assert seen[:3] == [APPROACH, DESCEND, INSERT] and cell.records[0].success
+    assert set(seen) <= {APPROACH, DESCEND, INSERT, HOLD}
 
 
-def test_the_follower_interpolates_at_now_plus_lead_and_holds_without_chunks():
-    follower = ChunkFollower(lead_s=0.05, timeout_s=0.2, max_extrapolation_s=0.2)
-    state = RobotState(stamp_s=0.0, joint_positions_rad=HOME_RAD.copy(),
-                       tool_position_m=np.zeros(3), tool_orientation_xyzw=np.r_[0, 0, 0, 1.0],
-                       gripper=0.7)
-    follower.on_robot_state(state)
-    idle = follower.step(1.0)
-    assert idle.hold and idle.armed and idle.gripper == 0.7
-    np.testing.assert_array_equal(idle.positions, HOME_RAD)
-    actions = np.zeros((8, 7), np.float32)
-    actions[:, 0] = np.arange(8) * 0.1                               # joint 1: 1 rad/s
-    actions[:, 6] = 1.0
-    follower.on_chunk(ActionChunkData(stamp_s=2.0, actions=actions, dt_s=0.1), arrival_s=2.1)
-    cmd = follower.step(2.2)                                         # chunk time 2.25
-    assert not cmd.hold and cmd.armed and (cmd.lead_s, cmd.timeout_s) == (0.05, 0.2)
-    assert cmd.positions[0] == pytest.approx(0.25, abs=1e-6)
-    assert cmd.velocities[0] == pytest.approx(1.0, abs=1e-5)
-    end = follower.step(2.7)                                         # past the last action
-    assert end.positions[0] == pytest.approx(0.7, abs=1e-6) and end.velocities[0] == 0.0
-    assert not end.hold
-    assert follower.step(3.0).hold                                   # too far past it
-    old = ActionChunkData(stamp_s=1.0, actions=actions * 0, dt_s=0.1)
-    follower.on_chunk(old, arrival_s=3.0)                            # older: ignored
-    assert follower.step(2.2).positions[0] == pytest.approx(0.25, abs=1e-6)
+class _RecordingExecutor(ChunkExecutor):
+    """The real executor, keeping what the loop hands it."""
 
+    def __init__(self, config: ExecutorConfig) -> None:
+        super().__init__(config)
+        self.states, self.windows = [], []
 
-class _Recording:
-    """A command source wrapping another, counting what the loop hands it."""
-
-    def __init__(self, inner, armed: bool = True) -> None:
-        self.inner = inner
-        self.armed = armed
-        self.chunks, self.states, self.windows = [], [], []
-
-    def on_chunk(self, chunk, arrival_s):
-        self.chunks.append((chunk.stamp_s, arrival_s))
-        self.inner.on_chunk(chunk, arrival_s)
-
-    def on_robot_state(self, state):
+    def on_robot_state(self, state: RobotState) -> None:
         self.states.append(state)
-        self.inner.on_robot_state(state)
+        super().on_robot_state(state)
 
-    def on_sensor_window(self, window):
+    def on_sensor_window(self, window: SensorWindowData) -> None:
         self.windows.append(window)
-
-    def step(self, now_s):
-        cmd = self.inner.step(now_s)
-        # the executor's kind of command: no lead_s/timeout_s, the loop's defaults apply
-        return type('JointCommand', (), {
-            'positions': cmd.positions, 'velocities': cmd.velocities, 'gripper': cmd.gripper,
-            'armed': self.armed, 'hold': cmd.hold})()
+        super().on_sensor_window(window)
 
 
-def test_a_plugged_in_source_gets_chunks_states_and_sensor_windows():
-    cell = SimCell(seed=1)
-    source = _Recording(ChunkFollower())
-    loop = ClosedLoop(cell, ReferencePolicy(), source, LoopParams(latency_s=0.08))
+def test_the_executor_gets_states_windows_and_chunks_after_the_latency():
+    executor = _RecordingExecutor(ExecutorConfig(start_armed=True))
+    loop = reference_loop(1, PipelineTiming(expert_latency_s=0.08, transport_s=0.0), executor)
     loop.advance_to(1.0)
-    assert len(source.states) == 100 and len(source.windows) == 100
-    window = source.windows[-1]
-    assert isinstance(window, SensorWindowData) and window.samples.shape == (65, 7)
+    # the executor's 100 Hz in 1 s of cell time, each with the window of that moment
+    assert len(executor.states) == len(executor.windows) == 100
+    assert [w.stamp_s for w in executor.windows] == [s.stamp_s for s in executor.states]
+    window = executor.windows[-1]
+    assert window.samples.shape == (65, 7) and window.sample_rate_hz == 650.0
     assert window.complete and np.isfinite(window.samples).all()
     assert window.channel_names[-1] == 'distance'
-    stamps, arrivals = np.array(source.chunks).T
-    np.testing.assert_allclose(arrivals - stamps, 0.08)              # the configured latency
-    assert np.linalg.norm(cell.state().joints_rad - HOME_RAD) > 0.05  # it moves the arm
+    assert min(w.samples[:, 6].min() for w in executor.windows) >= 0.0   # a laser's distance
+    # a chunk every 0.1 s tick, at the executor 80 ms after its observation
+    assert loop.metrics.chunks == 10
+    np.testing.assert_allclose(loop.metrics.chunk_delay_s, 0.08)
+    assert np.linalg.norm(loop.cell.state().joints_rad - HOME_RAD) > 0.05   # it moves the arm
 
 
-def test_an_unarmed_source_moves_nothing_and_the_episode_times_out():
-    cell = SimCell(CellParams(episode=EpisodeParams(timeout_s=2.0)), seed=1)
-    loop = ClosedLoop(cell, ReferencePolicy(), _Recording(ChunkFollower(), armed=False))
+def test_the_arm_holds_still_until_the_first_chunk_arrives():
+    loop = reference_loop(1, PipelineTiming(expert_latency_s=0.5, transport_s=0.0))
+    loop.advance_to(0.45)
+    assert loop.metrics.chunks == 0
+    np.testing.assert_allclose(loop.cell.state().joints_rad, HOME_RAD, atol=1e-9)
+    loop.advance_to(1.5)
+    assert loop.metrics.chunks > 0
+    assert np.linalg.norm(loop.cell.state().joints_rad - HOME_RAD) > 0.05
+
+
+@pytest.mark.slow
+def test_an_unarmed_executor_moves_nothing_and_the_episode_times_out():
+    loop = reference_loop(1, executor=ChunkExecutor(ExecutorConfig(start_armed=False)),
+                          params=CellParams(episode=EpisodeParams(timeout_s=2.0)))
     loop.advance_to(1.0)
-    assert cell.servo.hold_reason == HOLD_UNARMED
-    np.testing.assert_allclose(cell.state().joints_rad, HOME_RAD)
-    records = loop.run_episodes(1)
-    assert [r.reason for r in records] == [TIMEOUT]
-    assert records[0].peak_force_n == 0.0
+    assert loop.cell.servo.hold_reason == HOLD_UNARMED
+    np.testing.assert_allclose(loop.cell.state().joints_rad, HOME_RAD)
+    metrics = loop.run_episode()
+    assert metrics.record.reason == TIMEOUT and metrics.record.peak_force_n == 0.0
+    assert metrics.chunks > 0                       # the chunks came; nothing was let through

@@ -1,4 +1,4 @@
-"""The scripted cell: kinematics, trajectory, contact forces, rendering, config, faults."""
+"""The scene: IK, rendering, and sim_cell's config, control modes and faults."""
 import dataclasses
 import io
 
@@ -9,57 +9,33 @@ import pytest
 from vla_insertion.core import wire
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.sim import SimCell
-from vla_insertion.core.sim.geometry import INSERT_DEPTH_M
+from vla_insertion.core.sim.episode import SUCCESS
 from vla_insertion.core.sim.kinematics import DOWN, forward_kinematics, HOME_RAD, solve_ik
 from vla_insertion.core.sim.render import SceneRenderer
-from vla_insertion.core.sim.scripted import RELEASE_AT, ScriptedCell, SimScene
 from vla_insertion.tools import sim_cell
 
 
-@pytest.fixture(scope='module')
-def scene():
-    return SimScene(episode_s=10.0, seed=3)
-
-
-def test_joints_reach_the_commanded_tip_pose(scene):
-    times = np.arange(0.0, 40.0, 0.05)                  # four episodes, every variant
-    for t in times:
-        state = scene.state_at(t)
-        tip = forward_kinematics(state.joints_rad)[7]
-        np.testing.assert_allclose(tip[:3, 3], state.tip_m, atol=1e-5)
-        np.testing.assert_allclose(tip[:3, :3], DOWN, atol=1e-5)   # tool points down
-
-
-def test_trajectory_is_smooth_and_repeats(scene):
-    joints = np.array([scene.state_at(t).joints_rad for t in np.arange(0.0, 10.0, 0.01)])
-    assert np.abs(np.diff(joints, axis=0)).max() < np.radians(1.0)   # < 100 deg/s
-    np.testing.assert_allclose(scene.state_at(0.5).joints_rad, scene.state_at(40.5).joints_rad)
-
-
-def test_insertion_reaches_depth_and_force_rises_on_contact(scene):
+def test_joints_reach_the_commanded_tip_pose():
+    # tips over the block where holes are placed, from high over it down into a hole
     rng = np.random.default_rng(0)
-    states = [scene.state_at(t) for t in np.arange(0.0, 10.0, 0.01)]
-    depths = np.array([s.depth_m for s in states])
-    readings = np.array([scene.sensor_sample(s, rng) for s in states])   # (T, 7)
-    assert depths.max() == pytest.approx(INSERT_DEPTH_M, abs=1e-4)
-    free = depths == 0.0
-    assert np.abs(readings[free, 2]).max() < 0.5                 # noise only in free air
-    deep = [i for i, s in enumerate(states) if s.depth_m > 0.02 and not s.peg_in_hole]
-    assert readings[deep, 2].min() > 8.0                         # [N], pushing into the hole
-    approach = [i for i, s in enumerate(states) if 0.1 < s.phase < 0.6]
-    distance = readings[approach, 6]
-    assert distance[0] > 0.15 and distance[-1] < 0.02             # [m], falling
-    assert states[-1].gripper == 0.0 and states[int(RELEASE_AT * 900)].gripper == 1.0
+    tips = np.c_[rng.uniform([-0.46, -0.31], [-0.38, -0.23], (200, 2)),
+                 rng.uniform(0.025, 0.3, 200)]                       # (200, 3) [m]
+    joints = solve_ik(tips, HOME_RAD)                                # (200, 6)
+    frames = forward_kinematics(joints)[:, 7]                        # (200, 4, 4)
+    np.testing.assert_allclose(frames[:, :3, 3], tips, atol=1e-5)
+    np.testing.assert_allclose(frames[:, :3, :3], np.broadcast_to(DOWN, (200, 3, 3)),
+                               atol=1e-5)                            # the tool points down
 
 
-def test_views_differ_and_follow_the_robot(scene):
+def test_views_differ_and_follow_the_robot():
     renderer = SceneRenderer(('a', 'b', 'c'), 160, 90)
-    early = [np.asarray(renderer.render(v, scene.state_at(0.5)), np.int16) for v in range(3)]
-    late = np.asarray(renderer.render(0, scene.state_at(6.0)), np.int16)
+    home = SimCell(seed=3).state()
+    early = [np.asarray(renderer.render(v, home), np.int16) for v in range(3)]
+    late = np.asarray(renderer.render(0, _tip_over_hole(home, 0.0, 0.0, 0.02)), np.int16)
     assert early[0].shape == (90, 160, 3)
     assert np.abs(early[0] - early[1]).mean() > 5 and np.abs(early[1] - early[2]).mean() > 5
     assert np.abs(early[0] - late).mean() > 1                     # the arm moved
-    jpeg = renderer.render_jpeg(1, scene.state_at(1.0), quality=70)
+    jpeg = renderer.render_jpeg(1, home, quality=70)
     assert Image.open(io.BytesIO(jpeg)).size == (160, 90)
 
 
@@ -108,20 +84,6 @@ def test_wrist_views_must_be_views():
         sim_cell.SimCellConfig(view_names=('a', 'b'), wrist_views=('oak',))
 
 
-def test_scripted_cell_reports_episodes(scene):
-    cell = ScriptedCell(scene, seed=3)
-    first = cell.episode_reports(0.5, status=True)
-    assert [m.event for m in first] == ['start', 'status']
-    assert first[0].control == 'scripted' and first[0].episode == 0
-    np.testing.assert_allclose(first[0].hole_m, scene.holes[0])
-    assert cell.episode_reports(5.0, status=False) == []
-    later = cell.episode_reports(10.5, status=False)
-    assert [(m.event, m.episode, m.reason, m.success) for m in later] == [
-        ('end', 0, 'scripted', None), ('start', 1, None, None)]
-    samples = cell.sensor_samples(np.array([6.0, 6.01]), np.random.default_rng(0))
-    assert samples.shape == (2, 7) and samples.dtype == np.float32
-
-
 def test_sim_cell_config_layers(tmp_path):
     params = tmp_path / 'p.yaml'
     params.write_text('sim_cell:\n  ros__parameters:\n    camera_fps: 5\n    seed: 9\n'
@@ -145,12 +107,37 @@ def test_sim_cell_refuses_bad_control_settings(flag, value):
 
 
 def test_sim_cell_control_modes_build_their_cells():
-    for control in ('commands', 'reference', 'scripted'):
+    for control in ('commands', 'reference'):
         config, _ = sim_cell.load_config(['--control', control])
         cell = sim_cell.build_cell(config)
         assert cell.control == control
         state = cell.state_at(0.3)
         assert state.joints_rad.shape == (6,) and state.tip_m.shape == (3,)
+    with pytest.raises(ConfigError, match='control'):
+        sim_cell.load_config(['--control', 'scripted'])         # the old playback is gone
+
+
+@pytest.mark.slow
+def test_sim_cell_reference_inserts_through_the_executor_of_the_params_file(tmp_path):
+    # the streams' view of control reference, asked for on cell time instead of the wall clock
+    params = tmp_path / 'p.yaml'
+    params.write_text('chunk_executor:\n  ros__parameters:\n    merge: latest\n')
+    config, _ = sim_cell.load_config(['--control', 'reference', '--seed', '3'])
+    cell = sim_cell.build_cell(config, str(params))
+    assert cell.driver.executor.config.merge == 'latest'
+    assert cell.driver.executor.config.start_armed
+    ends, t = [], 0.0
+    while not ends and t < 20.0:
+        t += 0.5
+        ends = [m for m in cell.episode_reports(t, status=False) if m.event == 'end']
+    assert [(m.episode, m.reason, m.control) for m in ends] == [(0, SUCCESS, 'reference')]
+    samples = cell.sensor_samples(t, 10, config.sensor_rate_hz, np.random.default_rng(0))
+    assert samples.shape == (10, 7) and samples.dtype == np.float32
+    assert (samples[:, 6] >= 0.0).all()                         # a laser's distance
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('chunk_executor:\n  ros__parameters:\n    merge: sideways\n')
+    with pytest.raises(ConfigError, match='merge'):
+        sim_cell.build_cell(config, str(bad))
 
 
 @pytest.mark.parametrize('kind,cause', [('malformed', wire.BAD_MAGIC),

@@ -282,7 +282,7 @@ class ExpertConfig:
 
 DEFAULT_WRIST_VIEWS = ('oak',)   # the simulated cell's hand-eye camera (core/sim/render.py)
 SIM_STREAMS = ('cameras', 'robot', 'sensor')
-SIM_CONTROLS = ('commands', 'reference', 'scripted')
+SIM_CONTROLS = ('commands', 'reference')
 
 
 def require_host(name: str, value: str) -> None:
@@ -424,9 +424,8 @@ class SimCellConfig:
     robot_rate_hz: float = 100.0   # robot state rate [Hz]
     sensor_rate_hz: float = 650.0  # sensor sample rate [Hz]
     sensor_batch: int = 10         # samples per UDP datagram [samples]
-    episode_s: float = 10.0        # control scripted: length of one played episode [s]
     clock_offset_s: float = 0.0    # senders' clock minus the local clock, to test calibration [s]
-    control: str = 'commands'      # who moves the arm: commands (command_v1), reference, scripted
+    control: str = 'commands'      # who moves the arm: commands (command_v1) or reference
     command_bind: str = '127.0.0.1'  # interface the command PULL socket binds (control commands)
     command_port: int = 5557       # TCP port the chunk executor pushes command_v1 to
     episode_bind: str = '127.0.0.1'  # interface the episode_v1 PUB socket binds
@@ -463,8 +462,6 @@ class SimCellConfig:
         require_positive('robot_rate_hz', self.robot_rate_hz)
         require_positive('sensor_rate_hz', self.sensor_rate_hz)
         require_int_range('sensor_batch', self.sensor_batch, 1, 256, ' samples')
-        require(isinstance(self.episode_s, (int, float)) and self.episode_s >= 4.0,
-                f'episode_s must be >= 4 s, got {self.episode_s!r}')
         require(isinstance(self.clock_offset_s, (int, float))
                 and math.isfinite(self.clock_offset_s),
                 f'clock_offset_s must be a finite number, got {self.clock_offset_s!r}')

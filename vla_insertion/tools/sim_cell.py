@@ -10,8 +10,9 @@ a servo-driven arm, a peg-in-hole contact model with jamming, seeded episodes ju
 
 `--control` says who moves the arm:
     commands   the command_v1 stream (a chunk executor); without commands the arm holds
-    reference  the built-in closed-loop demonstrator, through the same servo (demonstrations)
-    scripted   the old open-loop playback of a fixed trajectory (recordings of the old kind)
+    reference  the closed-loop demonstrator in-process (core/sim/loop.py's PipelineLoop) through
+               a chunk executor built from the params file's chunk_executor section, armed,
+               as a policy's chunks go: demonstrations without the ROS nodes
 
     sim_cell                                   # defaults: 5 views x 30 FPS, 100 Hz, 650 Hz
     sim_cell --control reference --episode-log /tmp/episodes.jsonl
@@ -51,13 +52,13 @@ from vla_insertion.core.bridge.receive import Drop, LATE, ReceiveLoop, SessionTr
 from vla_insertion.core.config import (
     CameraBridgeConfig, ConfigError, field_docs, field_types, RobotBridgeConfig,
     SensorBridgeConfig, SimCellConfig)
+from vla_insertion.core.orchestration.builders import executor_settings
 from vla_insertion.core.sim.cell import CellParams, SimCell
-from vla_insertion.core.sim.closed_loop import ChunkFollower, ClosedLoop, LoopParams
 from vla_insertion.core.sim.episode import EpisodeParams
 from vla_insertion.core.sim.live import LiveCell
+from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
 from vla_insertion.core.sim.reference import ReferencePolicy
 from vla_insertion.core.sim.render import SceneRenderer
-from vla_insertion.core.sim.scripted import ScriptedCell, SimScene
 from vla_insertion.core.sim.servo import ServoCommand
 from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.core.wire import (
@@ -150,15 +151,12 @@ def new_session() -> int:
 
 # --- senders ------------------------------------------------------------------------------
 
-Cell = LiveCell | ScriptedCell      # state_at, sensor_samples, episode_reports
-
-
 class Sender(threading.Thread):
     """Base of the stream threads: clock, scene time, faults, counters."""
 
     stream = ''
 
-    def __init__(self, config: SimCellConfig, cell: Cell, stop: threading.Event,
+    def __init__(self, config: SimCellConfig, cell: LiveCell, stop: threading.Event,
                  t0: float) -> None:
         super().__init__(name=f'sim_{self.stream}', daemon=True)
         self.config = config
@@ -307,7 +305,7 @@ class SensorSender(Sender):
             while pacer.wait():
                 now_sender, now_scene = self.sender_time(), self.scene_time()
                 back = dt * np.arange(n - 1, -1, -1)                 # (n,) oldest first
-                samples = self.cell.sensor_samples(now_scene - back, rng)   # (n, 7)
+                samples = self.cell.sensor_samples(now_scene, n, cfg.sensor_rate_hz, rng)
                 batch = SensorBatch(sequence=sequence, times_s=now_sender - back,
                                     samples=samples, session=self.session)
                 sequence = (sequence + n) & 0xFFFFFFFF
@@ -483,18 +481,23 @@ class EpisodeSender(Sender):
 SENDERS = {'cameras': CameraSender, 'robot': RobotSender, 'sensor': SensorSender}
 
 
-def build_cell(config: SimCellConfig) -> Cell:
-    """Build the cell behind the streams for the configured control mode."""
-    if config.control == 'scripted':
-        return ScriptedCell(SimScene(episode_s=config.episode_s, seed=config.seed), config.seed)
+def build_cell(config: SimCellConfig, params_file: str | None = None) -> LiveCell:
+    """Build the cell behind the streams for the configured control mode.
+
+    control reference: the chunk executor of `params_file`'s chunk_executor section (its
+    joint limits included), armed at each episode's start as closed_loop arms it; ConfigError
+    if that section is invalid.
+    """
     params = CellParams(physics_rate_hz=config.physics_rate_hz, episode=EpisodeParams(
         timeout_s=config.episode_timeout_s, max_contact_force_n=config.max_contact_force_n,
         settle_s=config.settle_s))
     cell = SimCell(params, seed=config.seed)
     if config.control == 'commands':
         return LiveCell(cell, control='commands')
-    loop = ClosedLoop(cell, ReferencePolicy(), ChunkFollower(),
-                      LoopParams(latency_s=config.reference_latency_s, seed=config.seed))
+    executor = executor_settings(params_file, overrides={'start_armed': True}).build()
+    # reference_latency_s is the whole observation -> chunk delay, as the expert's would be
+    timing = PipelineTiming(expert_latency_s=config.reference_latency_s, transport_s=0.0)
+    loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy(), seed=config.seed)
     return LiveCell(cell, loop, control='reference')
 
 
@@ -516,7 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    cell = build_cell(config)
+    try:
+        cell = build_cell(config, args.params_file)
+    except ConfigError as exc:            # the params file's chunk_executor section
+        print(f'sim_cell: invalid configuration: {exc}', file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     receiver = None
     try:

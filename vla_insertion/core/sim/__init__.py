@@ -6,25 +6,24 @@ Modules:
     servo        joint servo: follows commands within limits, holds on timeout/HOLD/unarmed
     contact      peg-on-block constraint, forces, jamming
     episode      seeded hole positions, success criteria, outcome records
-    cell         SimCell: the three above stepped at a fixed physics rate
-    reference    the closed-loop scripted demonstrator (infer/reset)
-    closed_loop  a policy driving the cell in-process through a command source
-    scripted     the old open-loop trajectory playback
+    cell         SimCell: the three above stepped at a fixed physics rate; its sensor windows
+    reference    the closed-loop scripted demonstrator (infer/reset) and what it observes
+    loop         PipelineLoop: a policy through the chunk executor driving the cell in-process
+    live         LiveCell: the cell on the wall clock, shared by sim_cell's threads
     render       camera images of any of the cell's states
 """
 from vla_insertion.core.sim.cell import CellParams, CellState, SimCell
-from vla_insertion.core.sim.closed_loop import (
-    ChunkFollower, ClosedLoop, CommandSource, LoopParams, reference_observation)
 from vla_insertion.core.sim.contact import ContactModel, ContactParams, ContactResult
 from vla_insertion.core.sim.episode import (
     episode_spec, EpisodeParams, EpisodeRecord, EpisodeSpec)
+from vla_insertion.core.sim.loop import EpisodeMetrics, PipelineLoop, PipelineTiming
 from vla_insertion.core.sim.reference import (
-    ReferenceObservation, ReferenceParams, ReferencePolicy)
+    reference_observation, ReferenceObservation, ReferenceParams, ReferencePolicy)
 from vla_insertion.core.sim.servo import JointServo, ServoCommand, ServoParams
 
 __all__ = [
-    'CellParams', 'CellState', 'SimCell', 'ChunkFollower', 'ClosedLoop', 'CommandSource',
-    'LoopParams', 'reference_observation', 'ContactModel', 'ContactParams', 'ContactResult',
-    'EpisodeParams', 'EpisodeRecord', 'EpisodeSpec', 'episode_spec', 'ReferenceObservation',
+    'CellParams', 'CellState', 'SimCell', 'ContactModel', 'ContactParams', 'ContactResult',
+    'EpisodeParams', 'EpisodeRecord', 'EpisodeSpec', 'episode_spec', 'EpisodeMetrics',
+    'PipelineLoop', 'PipelineTiming', 'reference_observation', 'ReferenceObservation',
     'ReferenceParams', 'ReferencePolicy', 'JointServo', 'ServoCommand', 'ServoParams',
 ]

@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from vla_insertion.core.config import require, require_positive
-from vla_insertion.core.data import RobotState
+from vla_insertion.core.config import require, require_positive, SensorBridgeConfig
+from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS, RobotState, SensorWindowData
 from vla_insertion.core.sim.contact import ContactModel, ContactParams, FREE
 from vla_insertion.core.sim.episode import (
     episode_spec, EpisodeJudge, EpisodeParams, EpisodeRecord, EpisodeSpec)
@@ -57,14 +57,6 @@ class SensorHistory:
         self._readings[:] = np.nan
         self._head = 0
         self.count = 0
-
-    def latest(self, n: int) -> np.ndarray:
-        """Return the newest n readings (n, 7), oldest first; NaN rows where there are none yet."""
-        order = (self._head - n + np.arange(n)) % len(self._times)
-        out = self._readings[order]
-        if self.count < n:
-            out[:n - self.count] = np.nan
-        return out
 
     def at(self, times_s: np.ndarray) -> np.ndarray:
         """Return the readings (T, 7) of the newest step at or before each time (T,) [s]."""
@@ -170,7 +162,7 @@ class SimCell:
         # previous episode: a peg held against the block after an over-force end would reach
         # the new episode's first sensor windows and trip the executor's force limit at once.
         # Readers see the start pose's reading from the start on (at() repeats the oldest one
-        # for earlier times; latest() pads with NaN rows, counted as not valid).
+        # for earlier times).
         self.history.clear()
         self.history.append(self.t_s, self._state.sensor_reading())
         self.events.append(('start', self.spec))
@@ -239,8 +231,23 @@ class SimCell:
         """Return the cell as measured after the latest step."""
         return self._state
 
-    def sensor_sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One reading (7,) float32 with the sensor's noise: fx fy fz, tx ty tz, distance."""
-        reading = self._state.sensor_reading() + rng.normal(0.0, SENSOR_NOISE)
-        reading[6] = max(0.0, reading[6])
-        return reading.astype(np.float32)
+    def sensor_window(self, t_s: float, rng: np.random.Generator,
+                      samples: int = SensorBridgeConfig.window_size,
+                      rate_hz: float = SensorBridgeConfig.sample_rate_hz) -> SensorWindowData:
+        """Return what the sensor reports up to t_s [s]: `samples` readings at `rate_hz`.
+
+        Every reader of the sensor asks here (PipelineLoop's windows, sim_cell's sensor stream
+        through LiveCell), so they all see one sensor: each reading is the newest physics step
+        at or before its time (a zero-order hold of the physics rate), plus the sensor's noise
+        drawn from `rng` (a reader's own generator, so its run repeats per seed), with the
+        laser distance clamped at 0 as the device reports it. The defaults are the sensor
+        bridge's window (650 Hz, 65 samples); the history covers `history_s` back.
+        """
+        times = t_s - np.arange(samples - 1, -1, -1) / rate_hz                  # (W,) oldest first
+        readings = self.history.at(times)                                       # (W, 7)
+        noisy = readings + rng.normal(0.0, SENSOR_NOISE, readings.shape)
+        noisy[:, 6] = np.maximum(noisy[:, 6], 0.0)
+        valid = int(np.isfinite(noisy).all(axis=1).sum())
+        return SensorWindowData(stamp_s=t_s, samples=noisy.astype(np.float32),
+                                valid_samples=valid, sample_rate_hz=rate_hz,
+                                channel_names=DEFAULT_SENSOR_CHANNELS)

@@ -19,7 +19,6 @@ HOME_DEG = np.array([0.0, -100.0, 100.0, -90.0, -90.0, 0.0])
 HOME_RAD = np.radians(HOME_DEG)
 # Tool pointing straight down (flange z = -world z), as at HOME_DEG: R = Rz(90) Rx(180).
 DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
-DOWN_EULER_XYZ_DEG = np.array([180.0, 0.0, 90.0])
 _TOOL = np.eye(4)
 _TOOL[2, 3] = TOOL_LENGTH_M
 
@@ -104,14 +103,3 @@ def euler_xyz_deg(rotation: np.ndarray) -> np.ndarray:
     rx = math.atan2(rotation[2, 1], rotation[2, 2])
     rz = math.atan2(rotation[1, 0], rotation[0, 0])
     return np.degrees([rx, ry, rz])
-
-
-def tilt_rad(rotation: np.ndarray) -> float:
-    """Angle [rad] between the tool axis (flange z) and straight down."""
-    return math.acos(max(-1.0, min(1.0, -rotation[2, 2])))
-
-
-def min_jerk(s: np.ndarray) -> np.ndarray:
-    """Minimum-jerk profile 0..1 of the normalised time s (clipped to 0..1)."""
-    s = np.clip(s, 0.0, 1.0)
-    return s ** 3 * (10.0 - 15.0 * s + 6.0 * s * s)

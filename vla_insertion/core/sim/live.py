@@ -4,7 +4,9 @@ sim_cell's senders ask for the cell at their own times (the robot state at 100 H
 samples of a batch, a camera frame) and the command receiver hands in commands as they arrive.
 `LiveCell` advances the physics on demand, under a lock, to the time asked for, so every stream
 sees the same cell and no thread has to tick the physics by itself; commands take effect at
-their arrival time whichever thread advances next.
+their arrival time whichever thread advances next. What advances it is the cell alone (its arm
+moved by the commands received), or core/sim/loop.py's PipelineLoop stepping a policy through
+the chunk executor in-process (the reference demonstrator).
 """
 from __future__ import annotations
 
@@ -13,14 +15,14 @@ from typing import Protocol
 
 import numpy as np
 
-from vla_insertion.core.sim.cell import CellState, RUNNING, SENSOR_NOISE, SETTLING, SimCell
+from vla_insertion.core.sim.cell import CellState, RUNNING, SETTLING, SimCell
 from vla_insertion.core.sim.episode import EpisodeRecord, EpisodeSpec
 from vla_insertion.core.sim.servo import ServoCommand
 from vla_insertion.core.wire.episode import EpisodeMessage
 
 
 class Driver(Protocol):
-    """What moves the cell forward: the cell itself, or a ClosedLoop around it."""
+    """What moves the cell forward: the cell itself, or a PipelineLoop around it."""
 
     def advance_to(self, t_s: float) -> list[EpisodeRecord]: ...
 
@@ -32,7 +34,7 @@ class LiveCell:
                  ) -> None:
         self.cell = cell
         self.control = control
-        self._driver: Driver = driver if driver is not None else cell
+        self.driver: Driver = driver if driver is not None else cell   # advanced under _lock
         self._lock = threading.Lock()
         self.commands = 0                    # commands handed to the cell
 
@@ -45,17 +47,18 @@ class LiveCell:
     def state_at(self, t_s: float) -> CellState:
         """Return the cell at t_s (or later, if another reader already advanced past it)."""
         with self._lock:
-            self._driver.advance_to(t_s)
+            self.driver.advance_to(t_s)
             return self.cell.state()
 
-    def sensor_samples(self, times_s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Return readings (T, 7) float32 at times (T,) [s], with the sensor's noise."""
+    def sensor_samples(self, t_s: float, count: int, rate_hz: float,
+                       rng: np.random.Generator) -> np.ndarray:
+        """Return the newest `count` readings (count, 7) float32 at rate_hz up to t_s [s].
+
+        SimCell.sensor_window's samples: the sensor every in-process reader sees.
+        """
         with self._lock:
-            self._driver.advance_to(float(np.max(times_s)))
-            readings = self.cell.history.at(times_s)
-        noisy = readings + rng.normal(0.0, SENSOR_NOISE, readings.shape)
-        noisy[:, 6] = np.maximum(noisy[:, 6], 0.0)
-        return noisy.astype(np.float32)
+            self.driver.advance_to(t_s)
+            return self.cell.sensor_window(t_s, rng, count, rate_hz).samples
 
     def episode_reports(self, t_s: float, status: bool) -> list[EpisodeMessage]:
         """Report starts and ends since the last call, then the current episode's status if asked.
@@ -63,7 +66,7 @@ class LiveCell:
         The messages lack sender time, session and sequence; the publisher fills them in.
         """
         with self._lock:
-            self._driver.advance_to(t_s)
+            self.driver.advance_to(t_s)
             events = list(self.cell.events)
             self.cell.events.clear()
             state, judge, spec = self.cell.state(), self.cell.judge, self.cell.spec

@@ -22,23 +22,32 @@ sync / async schedule:
 The executor steps at its control rate on the measured state and the newest window; its
 commands reach the servo command_delay later. `real timing` comes from the ROS pipeline
 (`core/orchestration/cell_run.py`, `closed_loop --backend ros`); this loop compares designs.
+
+This is the one loop that steps the in-process cell with a policy: `run_episode` for the
+tools (closed_loop, policy_report, record_demonstrations), and `advance_to(t)` for LiveCell,
+which drives it on the wall clock behind sim_cell's streams (`--control reference`). Both take
+the same physics steps on one grid: each step runs what is due at the cell's time, then steps
+the cell. From an episode's outcome until one step into the next episode (the cell's
+`settle_s`) the pipeline waits; the next episode starts it afresh (executor, policies).
 """
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 import math
 
 import numpy as np
 
 from vla_insertion.core.config import (
-    require, require_non_negative, require_one_of, require_positive)
-from vla_insertion.core.data import (
-    ActionChunkData, CameraFrame, DEFAULT_SENSOR_CHANNELS, SensorWindowData)
+    require, require_non_negative, require_one_of, require_positive, SensorBridgeConfig)
+from vla_insertion.core.data import ActionChunkData, CameraFrame, SensorWindowData
+from vla_insertion.core.expert.inputs import LatestInputs, tick_newest
+from vla_insertion.core.health import counters
 from vla_insertion.core.interfaces import VlmObservation
-from vla_insertion.core.sim.cell import SENSOR_NOISE, SimCell
-from vla_insertion.core.sim.closed_loop import reference_observation
+from vla_insertion.core.sim.cell import SimCell
 from vla_insertion.core.sim.episode import EpisodeRecord
+from vla_insertion.core.sim.reference import reference_observation
 from vla_insertion.core.sim.servo import ServoCommand
 
 MODES = ('async', 'sync')
@@ -55,8 +64,9 @@ class PipelineTiming:
     expert_latency_s: float = 0.01  # tick -> chunk computed [s]
     transport_s: float = 0.002     # chunk computed -> at the executor [s]
     command_delay_s: float = 0.002  # executor command -> at the robot's servo [s]
-    sensor_rate_hz: float = 650.0  # sensor sample rate of the windows [Hz]
-    window_samples: int = 65       # samples per sensor window [samples]
+    # the windows the sensor bridge publishes (650 Hz, 65 samples)
+    sensor_rate_hz: float = SensorBridgeConfig.sample_rate_hz  # window sample rate [Hz]
+    window_samples: int = SensorBridgeConfig.window_size       # samples per window [samples]
 
     def __post_init__(self) -> None:
         require_one_of('mode', self.mode, MODES)
@@ -87,7 +97,6 @@ class EpisodeMetrics:
 
     def as_dict(self) -> dict:
         ex = self.executor
-        gate = {k[len('gate.'):]: v for k, v in ex.items() if k.startswith('gate.') and v}
         return {**self.record.as_dict(), 'chunks': self.chunks, 'refused': self.refused,
                 'vl_updates': self.vl_updates,
                 'feature_age_s_mean': _mean(self.feature_age_s),
@@ -96,11 +105,27 @@ class EpisodeMetrics:
                 'jerk_peak': ex.get('jerk.peak', math.nan),
                 'velocity_jump_p50': ex.get('boundary.velocity_jump.p50', math.nan),
                 'velocity_jump_max': ex.get('boundary.velocity_jump.max', math.nan),
-                'gate': gate}
+                'gate': counters(ex, 'gate.')}
 
 
 def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else math.nan
+
+
+@dataclass
+class _Episode:
+    """What the loop carries from step to step within one episode."""
+
+    index: int                     # the cell's episode
+    next_command: float            # next executor step [s]
+    next_tick: float               # next expert tick [s]
+    vlm_free: float                # when the VLM can start again (async) [s]
+    metrics: EpisodeMetrics = field(default_factory=lambda: EpisodeMetrics(record=None))
+    chunks: deque = field(default_factory=deque)      # (arrival [s], ActionChunkData)
+    vl_pending: deque = field(default_factory=deque)  # (ready [s], features) in flight
+    features: object = None        # the newest delivered features
+    sync_tick: tuple | None = None  # (when, features) of a step blocked on the VLM (sync)
+    sync_busy_until: float = -math.inf  # the blocked step's chunk arrives then (sync) [s]
 
 
 class PipelineLoop:
@@ -121,6 +146,7 @@ class PipelineLoop:
                 or reference is not None, 'give a vlm, runner and renderer, or a reference')
         self.cell, self.executor, self.timing = cell, executor, timing
         self.vlm, self.runner, self.renderer = vlm, runner, renderer
+        self.inputs = LatestInputs()      # what the action_expert node holds, fed in-process
         self.views, self.reference, self.quality = tuple(views), reference, jpeg_quality
         self.labeller = labeller
         self._rng = np.random.default_rng(seed)
@@ -129,6 +155,8 @@ class PipelineLoop:
         self.observer = None          # observer(t): every physics step (e.g. a bag recorder)
         self.on_chunk = None          # on_chunk(t, chunk): every chunk reaching the executor
         self.on_label = None          # on_label(t, chunk): the labeller's answer at every tick
+        self._episode: _Episode | None = None   # None until the first step
+        self._resume_s = -math.inf    # the pipeline waits until then: the cell settles [s]
 
     # --- the pieces the nodes would do ------------------------------------------------------
 
@@ -139,14 +167,7 @@ class PipelineLoop:
         samples repeat its first reading.
         """
         p = self.timing
-        times = t - np.arange(p.window_samples - 1, -1, -1) / p.sensor_rate_hz   # oldest first
-        readings = self.cell.history.at(times)
-        noisy = readings + self._rng.normal(0.0, SENSOR_NOISE, readings.shape)
-        noisy[:, 6] = np.maximum(noisy[:, 6], 0.0)
-        valid = int(np.isfinite(noisy).all(axis=1).sum())
-        return SensorWindowData(stamp_s=t, samples=noisy.astype(np.float32), valid_samples=valid,
-                                sample_rate_hz=p.sensor_rate_hz,
-                                channel_names=DEFAULT_SENSOR_CHANNELS)
+        return self.cell.sensor_window(t, self._rng, p.window_samples, p.sensor_rate_hz)
 
     def _capture(self, t: float, sequence: int) -> VlmObservation:
         state = self.cell.state()
@@ -160,14 +181,15 @@ class PipelineLoop:
             self.on_label(t, self.labeller.infer(reference_observation(self.cell)))
         if self.reference is not None:
             return self.reference.infer(reference_observation(self.cell))
-        prefix = None
+        # the node's input lookup (newest of each, robot at the capture, aligned prefix)
         if self.executor.config.merge == 'prefix':
-            from vla_insertion.core.executor.merge import align_prefix
             committed = self.executor.committed_prefix(t)
-            if committed is not None:
-                prefix = align_prefix(committed[0], committed[1], self.executor.chunk_dt_s, t)
-        result = self.runner.tick(features, self.window(t), self.cell.state().robot_state(t),
-                                  t, prefix=prefix)
+            self.inputs.put_prefix(None if committed is None else ActionChunkData(
+                stamp_s=committed[0], actions=committed[1], dt_s=self.executor.chunk_dt_s))
+        self.inputs.put_features(features)
+        self.inputs.put_window(self.window(t))
+        self.inputs.put_robot(self.cell.state().robot_state(t))
+        result, _ = tick_newest(self.runner, self.inputs, t)
         if not result.published:
             reason = result.decision.reason
             metrics.refused[reason] = metrics.refused.get(reason, 0) + 1
@@ -175,81 +197,128 @@ class PipelineLoop:
         metrics.feature_age_s.append(result.chunk.feature_age_s)
         return result.chunk
 
-    # --- the loop ---------------------------------------------------------------------------
+    # --- the loop: one physics step at a time ---------------------------------------------
+
+    @property
+    def metrics(self) -> EpisodeMetrics | None:
+        """Return what the pipeline did in the current episode (or the decided one, settling)."""
+        return None if self._episode is None else self._episode.metrics
+
+    def advance_to(self, t_s: float) -> list[EpisodeRecord]:
+        """Run the loop until cell time t_s [s]; return the episodes decided meanwhile.
+
+        The Driver of core/sim/live.py's LiveCell (sim_cell --control reference), which asks
+        for its streams' wall-clock times; run_episode takes the same steps.
+        """
+        cell = self.cell
+        decided = []
+        while (cell.steps + 1) * cell.dt_s <= t_s + 1e-12:
+            record = self._step()
+            if record is not None:
+                decided.append(record)
+        return decided
 
     def run_episode(self, max_time_s: float | None = None) -> EpisodeMetrics:
-        """Run the current episode to its outcome (or max_time_s of cell time)."""
-        cell, p = self.cell, self.timing
+        """Run the current episode to its outcome (or max_time_s of cell time).
+
+        Returns once the cell has settled into the next episode, so that a caller sees the
+        next episode's index in `cell.spec` (a recorder names its bag by it).
+        """
+        cell = self.cell
+        self.advance_to(self._resume_s)        # an episode decided meanwhile: let it settle
         index = cell.spec.index
         limit = cell.t_s + (max_time_s if max_time_s is not None else
                             cell.params.episode.timeout_s + 1.0)
+        while cell.t_s < limit:
+            record = self._step()
+            if record is not None and record.index == index:
+                metrics = self._episode.metrics
+                self.advance_to(self._resume_s)
+                return metrics
+        raise RuntimeError(f'episode {index} was not decided within {limit:.1f} s of cell time')
+
+    def run_episodes(self, count: int,
+                     on_episode: Callable[[EpisodeMetrics], None] | None = None
+                     ) -> list[EpisodeMetrics]:
+        """Run the next `count` episodes; `on_episode` gets each one's metrics as it ends."""
+        out = []
+        for _ in range(count):
+            out.append(self.run_episode())
+            if on_episode is not None:
+                on_episode(out[-1])
+        return out
+
+    def _begin(self) -> None:
+        """Start the pipeline on the cell's current episode: every component afresh."""
         self.executor.reset()
         if self.vlm is not None:
             self.vlm.reset()
             self.runner.reset()
+            self.inputs.clear()
         for policy in (self.reference, self.labeller):
             if policy is not None:
                 policy.reset()
-        metrics = EpisodeMetrics(record=None)
-        chunks: deque[tuple[float, ActionChunkData]] = deque()    # (arrival, chunk)
-        vl_pending: deque[tuple[float, object]] = deque()         # (ready, features)
-        features = None
-        t = cell.t_s
-        next_command, next_tick, vlm_free = t, t, t
-        sync_tick: tuple[float, object] | None = None   # (when, features) of a blocked step
-        sync_busy_until = -math.inf
-        while cell.t_s < limit:
-            t = cell.t_s
-            # the VLM in the background: back to back on the newest frames
-            if self.vlm is not None and p.mode == 'async' and t >= vlm_free - 1e-12:
+        t = self.cell.t_s
+        self._episode = _Episode(self.cell.spec.index, next_command=t, next_tick=t, vlm_free=t)
+
+    def _step(self) -> EpisodeRecord | None:
+        """One physics step: what the pipeline does at the cell's time, then the cell's step."""
+        cell, p = self.cell, self.timing
+        if (cell.steps + 1) * cell.dt_s <= self._resume_s + 1e-12:
+            return cell.step()              # settling: the arm is held, the pipeline waits
+        if self._episode is None or self._episode.index != cell.spec.index:
+            self._begin()
+        ep, metrics, t = self._episode, self._episode.metrics, cell.t_s
+        # the VLM in the background: back to back on the newest frames
+        if self.vlm is not None and p.mode == 'async' and t >= ep.vlm_free - 1e-12:
+            out = self.vlm.infer(self._capture(t, metrics.vl_updates))
+            metrics.vl_updates += 1
+            ep.vlm_free = t + p.features_after_s
+            ep.vl_pending.append((ep.vlm_free, out))
+        while ep.vl_pending and ep.vl_pending[0][0] <= t + 1e-12:
+            ep.features = ep.vl_pending.popleft()[1]
+        # the expert on its grid; sync: a step blocks on the VLM, then ticks
+        if t >= ep.next_tick - 1e-12 and t >= ep.sync_busy_until - 1e-12 and ep.sync_tick is None:
+            ep.next_tick += self._tick_period * max(1, math.ceil(
+                (t - ep.next_tick) / self._tick_period + 1e-9))
+            if self.vlm is not None and p.mode == 'sync':
                 out = self.vlm.infer(self._capture(t, metrics.vl_updates))
                 metrics.vl_updates += 1
-                vlm_free = t + p.features_after_s
-                vl_pending.append((vlm_free, out))
-            while vl_pending and vl_pending[0][0] <= t + 1e-12:
-                features = vl_pending.popleft()[1]
-            # the expert on its grid; sync: a step blocks on the VLM, then ticks
-            if t >= next_tick - 1e-12 and t >= sync_busy_until - 1e-12 and sync_tick is None:
-                next_tick += self._tick_period * max(1, math.ceil(
-                    (t - next_tick) / self._tick_period + 1e-9))
-                if self.vlm is not None and p.mode == 'sync':
-                    out = self.vlm.infer(self._capture(t, metrics.vl_updates))
-                    metrics.vl_updates += 1
-                    sync_tick = (t + p.features_after_s, out)
-                else:
-                    self._deliver(t, features, metrics, chunks)
-            if sync_tick is not None and t >= sync_tick[0] - 1e-12:
-                features = sync_tick[1]
-                sync_tick = None
-                sync_busy_until = self._deliver(t, features, metrics, chunks)
-            while chunks and chunks[0][0] <= t + 1e-12:
-                arrival, chunk = chunks.popleft()
-                if self.on_chunk is not None:
-                    self.on_chunk(arrival, chunk)
-                if self.executor.on_chunk(chunk, arrival):
-                    metrics.chunks += 1
-                    metrics.chunk_delay_s.append(arrival - chunk.stamp_s)
-            # the executor at its control rate
-            if t >= next_command - 1e-12:
-                next_command += self._command_period
-                robot = cell.state().robot_state(t)
-                self.executor.on_robot_state(robot)
-                if self.runner is not None:     # the features' capture falls between ticks
-                    self.runner.note_robot(robot)
-                self.executor.on_sensor_window(self.window(t))
-                command = self.executor.step(t)
-                if command.valid:
-                    cell.command(ServoCommand.from_any(command), t + p.command_delay_s)
-            if self.observer is not None:
-                self.observer(t)
-            record = cell.step()
-            if record is not None and record.index == index:
-                metrics.record = record
-                metrics.executor = self.executor.stats()
-                # let the cell settle into the next episode
-                cell.advance_to(cell.t_s + cell.params.episode.settle_s + cell.dt_s)
-                return metrics
-        raise RuntimeError(f'episode {index} was not decided within {limit:.1f} s of cell time')
+                ep.sync_tick = (t + p.features_after_s, out)
+            else:
+                self._deliver(t, ep.features, metrics, ep.chunks)
+        if ep.sync_tick is not None and t >= ep.sync_tick[0] - 1e-12:
+            ep.features = ep.sync_tick[1]
+            ep.sync_tick = None
+            ep.sync_busy_until = self._deliver(t, ep.features, metrics, ep.chunks)
+        while ep.chunks and ep.chunks[0][0] <= t + 1e-12:
+            arrival, chunk = ep.chunks.popleft()
+            if self.on_chunk is not None:
+                self.on_chunk(arrival, chunk)
+            if self.executor.on_chunk(chunk, arrival):
+                metrics.chunks += 1
+                metrics.chunk_delay_s.append(arrival - chunk.stamp_s)
+        # the executor at its control rate
+        if t >= ep.next_command - 1e-12:
+            ep.next_command += self._command_period
+            robot = cell.state().robot_state(t)
+            self.executor.on_robot_state(robot)
+            if self.runner is not None:     # the features' capture falls between ticks
+                self.inputs.put_robot(robot)
+            self.executor.on_sensor_window(self.window(t))
+            command = self.executor.step(t)
+            if command.valid:
+                cell.command(ServoCommand.from_any(command), t + p.command_delay_s)
+        if self.observer is not None:
+            self.observer(t)
+        record = cell.step()
+        if record is not None and record.index == ep.index:
+            metrics.record = record
+            metrics.executor = self.executor.stats()
+            # the cell holds the arm for settle_s, then starts the next episode; the pipeline
+            # starts on it one step later
+            self._resume_s = cell.t_s + cell.params.episode.settle_s + cell.dt_s
+        return record
 
     def _deliver(self, t: float, features, metrics: EpisodeMetrics, chunks: deque) -> float:
         """Tick at t; queue the chunk for its arrival at the executor; return that time."""
@@ -258,11 +327,3 @@ class PipelineLoop:
         if chunk is not None:
             chunks.append((arrival, chunk))
         return arrival
-
-    def run_episodes(self, count: int, on_episode=None) -> list[EpisodeMetrics]:
-        out = []
-        for _ in range(count):
-            out.append(self.run_episode())
-            if on_episode is not None:
-                on_episode(out[-1])
-        return out

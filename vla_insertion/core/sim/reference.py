@@ -25,6 +25,7 @@ Every call rolls the field out from the measured tip: `horizon` Cartesian target
 from the observation time on, the first one the measured tip, solved by IK from the measured
 joints, plus the gripper (closed): the same form as the action expert's chunks
 (core/data.py ActionChunkData). `phase` tells which rule the last call used.
+`reference_observation(cell)` is what it sees of the simulated cell.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import numpy as np
 
 from vla_insertion.core.config import require, require_positive
 from vla_insertion.core.data import ActionChunkData, RobotState
+from vla_insertion.core.sim.cell import SimCell
 from vla_insertion.core.sim.geometry import INSERT_DEPTH_M
 from vla_insertion.core.sim.kinematics import solve_ik
 
@@ -76,6 +78,13 @@ class ReferenceObservation:
     robot: RobotState              # measured joints, tool pose, gripper; stamp = observation time
     hole_top_m: np.ndarray         # (3,) centre of the hole's opening [m]
     approach_offset_m: np.ndarray = field(default_factory=lambda: np.zeros(2))  # (2,) [m]
+
+
+def reference_observation(cell: SimCell) -> ReferenceObservation:
+    """Return the demonstrator's observation now: measured state and the episode's hole."""
+    return ReferenceObservation(robot=cell.state().robot_state(),
+                                hole_top_m=cell.spec.hole_top_m.copy(),
+                                approach_offset_m=cell.spec.approach_offset_m.copy())
 
 
 class ReferencePolicy:

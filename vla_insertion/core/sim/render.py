@@ -13,8 +13,8 @@ pixels per millimetre apart in the same image, so the offset still to correct is
 linear probe on the tiny VLM's pooled features of the wrist view recovers it to ~0.5 mm, of the
 four ring views to no better than its spread; docs/sim.md).
 
-It draws any state with the attributes of `DrawableState`: the scripted scene's `SceneState`
-and the simulated cell's `CellState` both have them.
+It draws any state with the attributes of `DrawableState`, such as the simulated cell's
+`CellState`.
 """
 from __future__ import annotations
 

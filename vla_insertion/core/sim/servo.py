@@ -38,10 +38,6 @@ HOLD_TIMEOUT = 'timeout'         # no command within the last command's timeout_
 HOLD_FORCED = 'forced'           # the cell holds the arm (between episodes)
 
 
-def _six(values) -> tuple[float, ...]:
-    return tuple(float(v) for v in values)
-
-
 @dataclass(frozen=True)
 class ServoParams:
     """Limits and dynamics of the joint servo (UR5e-like, a little conservative)."""
