@@ -32,6 +32,7 @@ from vla_insertion.core import bag, topics
 from vla_insertion.core.bag.recording import load_recording, RecordedInputs
 from vla_insertion.core.data import MODE_ASYNC, MODE_SYNC, RobotState, SensorWindowData
 from vla_insertion.core.data import VLFeatureData
+from vla_insertion.core.expert.inputs import FEATURES, JOINTS, POSE, WINDOW
 from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.presets import make_untrained_checkpoint
 from vla_insertion.core.expert.runner import ExpertRunner
@@ -336,12 +337,13 @@ def test_live_node_and_offline_runner_agree_on_recorded_inputs(rclpy_context, ch
                                                          ROBOT_QOS),
             topics.POSE: feeder.create_publisher(conv.PoseStamped, 'robot/pose', ROBOT_QOS)}
     spin(node, feeder)
-    held = {entry: functools.partial(node._inputs.get, name) for entry, name in (
-        (topics.FEATURES, 'features'), (topics.SENSOR_WINDOW, 'window'),
-        (topics.JOINT_STATES, 'joints'), (topics.POSE, 'pose'))}
+    held = {entry: functools.partial(node._inputs.held, stream) for entry, stream in (
+        (topics.FEATURES, FEATURES), (topics.SENSOR_WINDOW, WINDOW),
+        (topics.JOINT_STATES, JOINTS), (topics.POSE, POSE))}
 
-    def stamp_of(msg):
-        return conv.time_from_msg(msg.header.stamp)
+    def holds(entry, stamp_s: float) -> bool:   # what the node holds, converted at the edge
+        item = held[entry]()
+        return item is not None and abs(item.stamp_s - stamp_s) < 1e-6
 
     rec = load_recording(tmp_path / 'inputs', views=())
     inputs = RecordedInputs(rec)
@@ -357,10 +359,9 @@ def test_live_node_and_offline_runner_agree_on_recorded_inputs(rclpy_context, ch
                 newest[entry] = data.stamp_s
         for entry, when in newest.items():    # the node holds the newest of each stream
             deadline = time.monotonic() + WAIT_S
-            while time.monotonic() < deadline and not (
-                    held[entry]() is not None and abs(stamp_of(held[entry]()) - when) < 1e-6):
+            while time.monotonic() < deadline and not holds(entry, when):
                 time.sleep(0.005)
-            assert held[entry]() is not None and abs(stamp_of(held[entry]()) - when) < 1e-6
+            assert holds(entry, when), (entry.name, held[entry](), when)
         live.append(node.tick(now_s=float(t)))
         features = inputs.features(t)        # and the robot when their views were taken
         expected.append(offline.tick(features, inputs.window(t), inputs.robot(t), float(t),
@@ -374,5 +375,4 @@ def test_live_node_and_offline_runner_agree_on_recorded_inputs(rclpy_context, ch
             assert (a.chunk.stamp_s, a.chunk.reuse_index, a.chunk.feature_sequence) == \
                 (b.chunk.stamp_s, b.chunk.reuse_index, b.chunk.feature_sequence)
     # the gripper sent reached the observation both ways
-    assert inputs.robot(ticks[-1]).gripper == pytest.approx(
-        conv.robot_state_from_msgs(node._inputs['joints'], node._inputs['pose']).gripper)
+    assert inputs.robot(ticks[-1]).gripper == pytest.approx(node._inputs.held(JOINTS).gripper)

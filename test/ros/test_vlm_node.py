@@ -122,6 +122,13 @@ def _wait(predicate, timeout_s: float) -> bool:
     return predicate()
 
 
+def _settled(vlm: VlmNode, cameras: FakeCameras) -> bool:
+    """Return whether the worker waits with nothing new to run and its features all arrived."""
+    worker = vlm._worker
+    return worker is not None and worker.idle and \
+        len(cameras.snapshot()[0]) == vlm._stats.published
+
+
 def _publish_until(cameras: FakeCameras, predicate, timeout_s: float, spread_s: float = 0.01,
                    skip: tuple[str, ...] = (), age_s: float = 0.0) -> dict[str, float]:
     """Publish a fresh set of views (capture stamps `spread_s` apart) until predicate holds."""
@@ -152,8 +159,9 @@ def test_images_in_features_out_with_stamps_and_contract(cell, tiny_vlm_dir):
     assert msg.untrained and msg.model_id == contract.model_id and msg.sequence == 1
     assert msg.inference_ms > 0.0
     # the same frames are never run twice: once the cameras stop, at most the set that arrived
-    # during the last inference is run, and no set of view stamps appears twice
-    time.sleep(max(1.5, 3e-3 * msg.inference_ms))
+    # during the last inference is run, and no set of view stamps appears twice. Waited for:
+    # the worker has looked at every frame it received, and each set it published arrived here
+    assert _wait(lambda: _settled(vlm, cameras), 30.0), 'the worker never caught up'
     features, _ = cameras.snapshot()
     view_sets = [tuple((t.sec, t.nanosec) for t in f.view_stamps) for f in features]
     assert len(set(view_sets)) == len(view_sets) and len(features) <= 3
@@ -180,8 +188,12 @@ def test_missing_and_out_of_sync_views_are_skipped_and_counted(cell):
 @pytest.mark.parametrize('cell', [{'mode': 'sync'}], indirect=True)
 def test_sync_mode_computes_only_on_request(cell):
     vlm, cameras = cell
-    _publish_until(cameras, lambda: False, 1.5)  # fresh complete sets for 1.5 s, no request
-    assert not cameras.snapshot()[0], 'sync mode must wait for a request'
+    # fresh complete sets until the node has received several, no request: none is run
+    _publish_until(cameras, lambda: min(vlm._stats.frames[v] for v in VIEWS) >= 5, 20.0)
+    assert min(vlm._stats.frames[v] for v in VIEWS) >= 5, dict(vlm._stats.frames)
+    assert _wait(lambda: _settled(vlm, cameras), 10.0)
+    assert not cameras.snapshot()[0] and vlm._stats.published == 0, \
+        'sync mode must wait for a request'
     newest_stamps = set()
     for _ in range(100):
         stamps = _publish_until(cameras, lambda: False, 0.15)  # best effort: send again

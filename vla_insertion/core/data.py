@@ -6,7 +6,7 @@ payloads, with shape comments in the dataclasses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,6 +40,25 @@ class RobotState:
     gripper: float = 0.0           # gripper command/state [0..1]
     joint_names: tuple[str, ...] = ('joint_1', 'joint_2', 'joint_3',
                                     'joint_4', 'joint_5', 'joint_6')
+
+    def with_pose(self, pose: ToolPose) -> RobotState:
+        """Return these joints with `pose`'s tool pose, stamped with the older of the two.
+
+        One rule for a robot state made of a joint state and a pose that arrive apart
+        (robot/joint_states, robot/pose): the live node and a recording combine them alike.
+        """
+        return replace(self, stamp_s=min(self.stamp_s, pose.stamp_s),
+                       tool_position_m=pose.position_m,
+                       tool_orientation_xyzw=pose.orientation_xyzw)
+
+
+@dataclass(frozen=True)
+class ToolPose:
+    """The tool pose alone, as robot/pose carries it (REP 103)."""
+
+    stamp_s: float                 # sender time mapped to the local clock [s]
+    position_m: np.ndarray         # (3,) tool position in the robot base frame [m]
+    orientation_xyzw: np.ndarray   # (4,) unit quaternion, x y z w
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from vla_insertion.core.data import (
-    ActionChunkData, CameraFrame, NodeStatsData, RobotState, SensorWindowData, VLFeatureData)
+    ActionChunkData, CameraFrame, NodeStatsData, RobotState, SensorWindowData, ToolPose,
+    VLFeatureData)
 
 GRIPPER_JOINT = 'gripper'          # JointState name of the gripper, position 0 open .. 1 closed
 
@@ -73,15 +74,18 @@ def robot_state_from_msgs(joints, pose=None) -> RobotState:
     stamp, positions = joint_state_from_msg(joints)
     names = tuple(n for n in joints.name if n != GRIPPER_JOINT)
     gripper = gripper_from_msg(joints)
-    if pose is None:
-        position, orientation = np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0])
-    else:
-        p, o = pose.pose.position, pose.pose.orientation
-        position, orientation = np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w])
-        stamp = min(stamp, time_from_msg(pose.header.stamp))
-    return RobotState(stamp_s=stamp, joint_positions_rad=positions,
-                      tool_position_m=position, tool_orientation_xyzw=orientation,
-                      gripper=0.0 if gripper is None else gripper, joint_names=names)
+    state = RobotState(stamp_s=stamp, joint_positions_rad=positions,
+                       tool_position_m=np.zeros(3),
+                       tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0]),
+                       gripper=0.0 if gripper is None else gripper, joint_names=names)
+    return state if pose is None else state.with_pose(pose_from_msg(pose))
+
+
+def pose_from_msg(msg) -> ToolPose:
+    """Return the tool pose of a PoseStamped."""
+    p, o = msg.pose.position, msg.pose.orientation
+    return ToolPose(stamp_s=time_from_msg(msg.header.stamp), position_m=np.array([p.x, p.y, p.z]),
+                    orientation_xyzw=np.array([o.x, o.y, o.z, o.w]))
 
 
 # --- sensor window, features, chunks, stats ----------------------------------------------

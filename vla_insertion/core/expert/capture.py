@@ -8,10 +8,10 @@ capture stamp, else the oldest one known (the capture came before the first robo
 start-up, when the arm is still).
 
 - At run time the action_expert node keeps the joint states and poses it received
-  (`StampedHistory`, by their header stamps) and combines the newest of each at or before the
-  capture, as a recording answers it; the in-process closed loop tells the runner every robot
-  state (`ExpertRunner.note_robot`); without either, the runner looks the capture up in the
-  states of its ticks (`RobotHistory`).
+  (`core.expert.inputs.LatestInputs`: a `StampedHistory` of each, by their header stamps) and
+  combines the newest of each at or before the capture, as a recording answers it; the
+  in-process closed loop tells the runner every robot state (`ExpertRunner.note_robot`);
+  without either, the runner looks the capture up in the states of its ticks (`RobotHistory`).
 - In training and offline evaluation the recording answers it (`recorded_captures`,
   `RecordedInputs.robot`).
 """
