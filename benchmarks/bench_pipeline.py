@@ -189,8 +189,9 @@ def main() -> int:
         params.write_text(yaml.safe_dump(doc))
         probe = Probe(views)
         try:
-            with CellRun(Path(tmp) / 'run', params_file=params, vlm_model=args.vlm_model,
-                         checkpoint=args.checkpoint, merge=args.merge) as run:
+            with CellRun.simulated(Path(tmp) / 'run', params_file=params,
+                                   vlm_model=args.vlm_model, checkpoint=args.checkpoint,
+                                   merge=args.merge) as run:
                 deadline = time.monotonic() + 180.0
                 while not probe.chunks and time.monotonic() < deadline:
                     run.check_alive()

@@ -138,6 +138,9 @@ def test_demo_runs_declares_parameters_and_shuts_down_cleanly(
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['actions'] > 0 and summary['vl_updates'] > 0
     assert summary['forced'] == [] and summary['orphans'] == []
+    # the scored episodes in the keys of every episode summary (core/evaluation/summary.py)
+    assert summary['episodes'] == len(summary['per_episode'])
+    assert 0 <= summary['successes'] <= summary['episodes']
     assert all(c == 0 for c in summary['exit_codes'].values()), summary['exit_codes']
     assert 'demo summary' in text and 'shutdown            clean' in text
     # a given checkpoint is the trained path: the executor is armed once chunks flow

@@ -9,6 +9,8 @@ as absolute paths, found the second time, and the checkpoint follows an `instruc
 import os
 from pathlib import Path
 
+import pytest
+
 from vla_insertion.core.config import VlmConfig
 from vla_insertion.core.expert.checkpoint import load_checkpoint
 from vla_insertion.core.orchestration import launch_table as lt
@@ -17,6 +19,7 @@ from vla_insertion.core.vlm import feature_contract_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / 'config' / 'vla_insertion.yaml'
+pytestmark = pytest.mark.slow         # the programs that write the models run
 
 
 def test_sim_finds_or_writes_the_demo_models_from_any_folder(tmp_path, monkeypatch):

@@ -34,7 +34,6 @@ import yaml
 from vla_insertion.core.expert.presets import make_untrained_checkpoint
 from vla_insertion.core.expert.staleness import StalenessLimits
 from vla_insertion.core.feature_contract import FeatureContract
-from vla_insertion.core.params import node_section
 from vla_insertion.msg import NodeStats
 from vla_insertion.nodes.action_expert import ActionExpertNode
 from vla_insertion.ros.qos import DIAGNOSTICS_QOS, LATEST_QOS
@@ -136,7 +135,7 @@ def test_the_shipped_file_is_keyed_for_any_namespace():
 def test_a_namespaced_node_gets_its_params_file(ros_env, rclpy_context, spin, call_service,
                                                 tmp_path):
     doc = yaml.safe_load(PARAMS.read_text())
-    section = node_section(doc, 'robot_bridge')
+    section = doc['/**/robot_bridge']['ros__parameters']
     section.update(min_rate_hz=42.0, port=_free_tcp_port())
     cell = tmp_path / 'cell.yaml'
     cell.write_text(yaml.safe_dump(doc))

@@ -25,6 +25,7 @@ VIEWS = ('zed_1', 'oak')
 STREAMS = DemoStreams(VIEWS, width=160, height=90, camera_fps=2.0)
 
 
+@pytest.mark.slow
 def test_each_episode_is_a_bag_with_the_documented_topics(tmp_path):
     manifest = record_episodes(tmp_path, 2, STREAMS, seed=3, start_range_rad=0.1,
                                keep_failures=True)
@@ -96,6 +97,7 @@ def test_perturbed_reference_pushes_the_descent_off_the_axis_until_a_few_mm_over
     assert largest_offset(0.003, 0.5) == 0.0                    # none near the rim
 
 
+@pytest.mark.slow
 def test_tool_records_disjoint_ranges_in_workers(tmp_path):
     out = tmp_path / 'demos'
     code = record_demonstrations.main([
@@ -119,6 +121,7 @@ def test_tool_refuses_bad_settings(flag, value, tmp_path):
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_recorded_chunks_are_the_clean_labels_and_the_chunk_targets(tmp_path):
     """The bag's chunks are the demonstrator's before the noise; they are the chunk targets.
 
@@ -181,14 +184,18 @@ def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick
                     image_height=56, torch_threads=1, warmup_runs=0)
     checkpoint = make_untrained_checkpoint(tmp_path / 'expert', feature_contract_for(vlm),
                                            preset='small')
-    driver = LearnedDriver(str(checkpoint), vlm, ExpertConfig(checkpoint=str(checkpoint)))
+    driver = LearnedDriver(vlm, ExpertConfig(checkpoint=str(checkpoint)))
     streams = DemoStreams(VIEWS, width=112, height=56, camera_fps=2.0)
     manifest = record_episodes(tmp_path / 'dagger', 1, streams, seed=5, driver=driver)
     entry = manifest[0]                              # kept, though the policy did not insert
-    assert not entry['success'] and entry['unlabelled_jammed'] >= 0
+    # it lets go of the peg within a second, far from the hole: never wedged in the rim
+    assert not entry['success'] and entry['reason'] == 'dropped'
+    assert entry['unlabelled_jammed'] == 0
     rec = load_recording(tmp_path / 'dagger' / entry['bag'], views=())
-    ticks = entry['duration_s'] * 10.0              # 10 Hz expert ticks over the episode
-    assert len(rec.chunks) >= 0.9 * ticks - entry['unlabelled_jammed'] - 2
+    # so a label at every 10 Hz expert tick, from the episode's start to its end
+    stamps = np.array([c.stamp_s for c in rec.chunks])
+    assert abs(stamps[0] - rec.start_s) < 1e-6 and rec.end_s - stamps[-1] < 0.1
+    np.testing.assert_allclose(np.diff(stamps), 0.1, atol=1e-6)
     spec = episode_spec(5, entry['episode'])
     reference, gap = ReferencePolicy(), 0.0
     for chunk in rec.chunks:

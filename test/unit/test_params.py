@@ -3,7 +3,7 @@ import pytest
 
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
 from vla_insertion.core.params import (
-    key_matches, load_config, node_params, node_section, params_files, sections_not_applying,
+    key_matches, load_config, node_params, params_files, sections_not_applying,
     unknown_parameters)
 
 
@@ -89,17 +89,6 @@ def test_sections_that_name_a_node_but_miss_its_namespace_are_found(tmp_path):
         'robot_bridge', '/cell_b/robot_bridge']
     assert sections_not_applying(path, 'robot_bridge') == ['/cell_b/robot_bridge']
     assert sections_not_applying(path, 'vlm_node', 'cell_a') == []
-
-
-def test_a_section_of_a_parsed_file_is_found_by_node_name():
-    doc = {'/**/camera_bridge': {'ros__parameters': {'port': 5555}},
-           'sim_cell': {'ros__parameters': None}}
-    node_section(doc, 'camera_bridge')['port'] = 6000
-    node_section(doc, 'sim_cell')['seed'] = 3
-    assert doc == {'/**/camera_bridge': {'ros__parameters': {'port': 6000}},
-                   'sim_cell': {'ros__parameters': {'seed': 3}}}
-    with pytest.raises(KeyError, match='vlm_node'):
-        node_section(doc, 'vlm_node')
 
 
 def test_params_files_are_read_from_the_ros_arguments_only():

@@ -72,3 +72,56 @@ def test_empty_run_does_not_divide_by_zero():
     assert s['actions'] == 0 and s['action_rate_hz'] == 0.0
     assert math.isnan(s['action_period_err_p99_ms'])
     assert 'none' in format_summary(s, duration_s=0.0)
+
+
+def _end(episode: int, success: bool, reason: str, t: float | None, peak: float) -> dict:
+    return {'episode': episode, 'success': success, 'reason': reason, 'time_to_insert_s': t,
+            'peak_force_n': peak, 'mean_force_n': peak / 2}
+
+
+def test_scored_episodes_are_summarised_in_the_keys_of_every_episode_summary():
+    rec = _synthetic_run()
+    for report in (_end(3, True, 'success', 4.0, 10.0), _end(4, False, 'timeout', None, 30.0),
+                   _end(5, True, 'success', 6.0, 20.0)):
+        rec.add_episode(report)
+    s = summarize(rec)
+    assert (s['episodes'], s['successes']) == (3, 2)
+    assert s['success_rate'] == pytest.approx(2 / 3)
+    assert s['outcomes'] == {'success': 2, 'timeout': 1}
+    assert s['time_to_insert_s_mean'] == pytest.approx(5.0)     # of the successes only
+    assert (s['peak_force_n_max'], s['peak_force_n_mean']) == (30.0, pytest.approx(20.0))
+    assert s['mean_force_n_mean'] == pytest.approx(10.0)
+    assert [e['episode'] for e in s['per_episode']] == [3, 4, 5]
+    assert ('2/3 succeeded (67%), outcomes success=2, timeout=1, time to insert avg 5.0 s, '
+            'peak force 30.0 N') in format_summary(s, duration_s=10.0)
+
+
+def test_no_episode_and_no_success_leave_the_means_empty():
+    s = summarize(RunRecorder())
+    assert (s['episodes'], s['successes'], s['success_rate']) == (0, 0, None)
+    assert 'succeeded' not in format_summary(s, duration_s=1.0)
+    rec = RunRecorder()
+    rec.add_episode(_end(0, False, 'over_force', None, 60.0))
+    s = summarize(rec)
+    assert s['success_rate'] == 0.0 and s['time_to_insert_s_mean'] is None
+    assert '0/1 succeeded (0%)' in format_summary(s, duration_s=1.0)
+
+
+def test_diagnostics_values_reach_the_recorder_by_their_keys():
+    rec = RunRecorder()
+    rec.add_diagnostics('camera_bridge', {'drops.bad_magic': '3', 'drops.late': '0',
+                                          'frames.zed_1': '120', 'fps.zed_1': '30.0'})
+    rec.add_diagnostics('vlm_node', {'skipped.stale_views': '2', 'drops.bogus': 'x'})
+    rec.add_diagnostics('cell_a/chunk_executor', {
+        'steps': '500', 'commands_sent': '450', 'armed': 'True', 'state': 'tracking',
+        'fault': '', 'gate.velocity_limit': '7', 'gate.force_limit': '0', 'starved': '2',
+        'delay_s.p50': '0.004', 'jerk.rms': 'nan'})
+    rec.add_diagnostics('action_expert', {'untrained': 'False'})
+    s = summarize(rec)
+    assert s['drops'] == {'camera_bridge.bad_magic': 3, 'vlm_node.skipped_stale_views': 2}
+    assert s['frames_per_view'] == {'zed_1': 120}
+    ex = s['executor']
+    assert (ex['commands'], ex['sent'], ex['armed'], ex['state']) == (500, 450, True, 'tracking')
+    assert ex['gate'] == {'velocity_limit': 7} and ex['starved'] == 2
+    assert ex['chunk_delay_s_p50'] == pytest.approx(0.004) and math.isnan(ex['jerk_rms'])
+    assert rec.expert_untrained is False

@@ -21,7 +21,7 @@ import yaml
 from vla_insertion.core.config import config_from_dict, ConfigError, field_types
 
 # Parameters that ROS or rclpy declare themselves, and `autostart`, which the node shell of a
-# managed node declares (nodes/common.py ManagedNode): never "unknown", never config fields.
+# managed node declares (ros/lifecycle.py ManagedNode): never "unknown", never config fields.
 ROS_PARAMETERS = ('use_sim_time', 'start_type_description_service', 'autostart')
 ROS_PARAMETER_PREFIXES = ('qos_overrides.',)
 
@@ -102,27 +102,12 @@ def sections_not_applying(path: str | Path, node_name: str, namespace: str = '')
 
     A section keyed `camera_bridge:` (or `/camera_bridge:`) applies only in the root namespace:
     under `namespace:=cell_a` rcl drops it without a word and the node runs on its code
-    defaults. Nodes warn with these keys (nodes/common.py).
+    defaults. Nodes warn with these keys (ros/parameters.py).
     """
     doc = read_params_file(path)
     node = fqn(node_name, namespace)
     return [key for key in doc if [p for p in key.strip('/').split('/') if p][-1:] == [node_name]
             and not key_matches(key, node)]
-
-
-def node_section(doc: dict, node_name: str) -> dict:
-    """Return the ros__parameters mapping of the section that names `node_name` in a parsed file.
-
-    The section keyed with the node's name under any namespace (`/**/camera_bridge`,
-    `camera_bridge`, ...) is returned and can be edited in place; for tools and tests that
-    write a variant of the shipped file (e.g. other ports).
-    """
-    for key, entry in doc.items():
-        if [p for p in key.strip('/').split('/') if p][-1:] == [node_name]:
-            if entry.get('ros__parameters') is None:
-                entry['ros__parameters'] = {}
-            return entry['ros__parameters']
-    raise KeyError(f'no section for node {node_name!r} (keys: {sorted(doc)})')
 
 
 def params_files(argv: list[str]) -> list[str]:

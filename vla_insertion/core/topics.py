@@ -1,6 +1,6 @@
 """The topic table: every topic of the package, its type, its QoS and who uses it.
 
-One home for topic names. Nodes build their QoS profiles from `QOS` (nodes/common.py), the
+One home for topic names. Nodes build their QoS profiles from `QOS` (ros/qos.py), the
 recorder's default topic set, the bag reader's known topics and the evaluator's inputs come from
 `TOPICS`, and docs/development.md shows `markdown_table()` (a test keeps them equal). Names are
 relative, so a namespace or a remap moves the whole cell; camera topics hold the view name:
@@ -16,7 +16,7 @@ CAMERA_PATTERN = 'cameras/*/image/compressed'
 
 @dataclass(frozen=True)
 class QosSpec:
-    """A QoS profile as plain data (rclpy profiles are built from it in nodes/common.py)."""
+    """A QoS profile as plain data (rclpy profiles are built from it in ros/qos.py)."""
 
     reliable: bool                 # RELIABLE, else BEST_EFFORT
     depth: int                     # KEEP_LAST history depth [messages]
@@ -120,19 +120,6 @@ def find(topic: str) -> Topic | None:
         elif fnmatch.fnmatchcase(_relative(topic), entry.name):
             return entry
     return None
-
-
-def recorded_topics(view_names: tuple[str, ...]) -> tuple[str, ...]:
-    """Return the documented recorded set for a cell with these camera views."""
-    out: list[str] = []
-    for entry in TOPICS:
-        if not entry.recorded:
-            continue
-        if entry.name == CAMERA_PATTERN:
-            out += [camera_topic(v) for v in view_names]
-        else:
-            out.append(entry.name)
-    return tuple(out)
 
 
 def matches(topic: str, wanted: str) -> bool:

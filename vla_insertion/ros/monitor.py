@@ -3,17 +3,22 @@
 Subscribes (relative names): `vla/action_chunk`, `vla/features`, `sensor/window`,
 `robot/joint_states`, and `/diagnostics` (drop counters of every node, and the camera bridge's
 frame counts per view: subscribing to the images themselves would cost more CPU than the
-bridge). Publishes nothing. Parameter: `status_period_s` (double).
+bridge; core/health.py reads the keys). Publishes nothing. Parameter: `status_period_s`
+(double).
 
-Used by the demo, and on a cell as `ros2 run vla_insertion monitor` for a terminal view of what
-rqt shows.
+Used by the demo (in a thread of its own: MonitorThread), and on a cell as
+`ros2 run vla_insertion monitor` for a terminal view of what rqt shows.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
 
 from vla_insertion import conversions as conv
@@ -22,40 +27,11 @@ from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures
 from vla_insertion.ros.qos import DIAGNOSTICS_QOS, LATEST_QOS, STATE_QOS, WINDOW_QOS
 
 
-def drop_counts(values: dict[str, str]) -> dict[str, int]:
-    """Return the drop counters of one DiagnosticStatus.
-
-    Nodes report dropped inputs as `drops.<cause>` and the VLM its skipped view sets as
-    `skipped.<cause>` (docs/development.md).
-    """
-    out = {}
-    for key, value in values.items():
-        prefix, _, cause = key.partition('.')
-        if prefix in ('drops', 'skipped') and cause:
-            try:
-                count = int(float(value))
-            except ValueError:
-                continue
-            out[cause if prefix == 'drops' else f'skipped_{cause}'] = count
-    return out
-
-
-def frame_counts(values: dict[str, str]) -> dict[str, int]:
-    """Return the camera bridge's frames received per view (keys `frames.<view>`)."""
-    out = {}
-    for key, value in values.items():
-        if key.startswith('frames.'):
-            try:
-                out[key[len('frames.'):]] = int(float(value))
-            except ValueError:
-                continue
-    return out
-
-
 class MonitorNode(Node):
 
-    def __init__(self, recorder: RunRecorder | None = None, print_status: bool = False) -> None:
-        super().__init__('monitor')
+    def __init__(self, recorder: RunRecorder | None = None, print_status: bool = False,
+                 **node_options) -> None:
+        super().__init__('monitor', **node_options)    # e.g. context= (a test's own domain)
         self.recorder = recorder or RunRecorder()
         period = self.declare_parameter('status_period_s', 5.0).value
         self.create_subscription(ActionChunk, 'vla/action_chunk', self._on_chunk, STATE_QOS)
@@ -82,17 +58,37 @@ class MonitorNode(Node):
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            values = {kv.key: kv.value for kv in status.values}
-            drops = drop_counts(values)
-            if drops:
-                self.recorder.set_drops(status.name, drops)
-            for view, count in frame_counts(values).items():
-                self.recorder.set_frames(view, count)
-            node = status.name.split('/')[-1]
-            if node == 'chunk_executor':
-                self.recorder.set_executor(values)
-            elif node == 'action_expert':
-                self.recorder.set_expert(values)
+            self.recorder.add_diagnostics(status.name, {kv.key: kv.value for kv in status.values})
 
     def _print_status(self) -> None:
         self.get_logger().info(status_line(self.recorder, self._period, time.monotonic()))
+
+
+class MonitorThread:
+    """A MonitorNode filling `recorder`, spun in a daemon thread of a tool (the demo).
+
+    Initialises the default rclpy context, and shuts it down in close(). Without rclpy's signal
+    handlers: the tool handles SIGINT and SIGTERM itself (stop every program, then the ROS
+    parts), and rclpy's handler would shut down every context at once, the ExecutorOperator's
+    in the middle of a call too.
+    """
+
+    def __init__(self, recorder: RunRecorder) -> None:
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        self.node = MonitorNode(recorder)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # noqa: B902 - the executor stops when the context shuts down
+            pass
+
+    def close(self) -> None:
+        self._executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+        self._thread.join(timeout=2.0)

@@ -6,9 +6,11 @@
     closed_loop --backend ros --episodes 5                 # the real nodes on sim_cell
 
 Backends:
-- sim (default): the whole policy in-process on simulated time (core/sim/loop.py): rendered
-  views -> the VLM -> the expert runner -> the chunk executor -> the sim cell, with the VLM and
-  expert latencies modelled (--vlm-latency, --vlm-delay, --mode sync|async). Deterministic.
+- sim (default): the whole policy in-process on simulated time (core/sim/loop.py, run by
+  core/orchestration/builders.py's SimEvaluator): rendered views -> the VLM -> the expert
+  runner -> the chunk executor (the params file's, joint limits included) -> the sim cell,
+  with the VLM and expert latencies modelled (--vlm-latency, --vlm-delay, --mode sync|async).
+  Deterministic.
 - ros: sim_cell, the bridges, vlm_node, action_expert (or reference_policy) and chunk_executor
   (armed) as processes from the launch table on free loopback ports, for real timing; the
   outcomes come from sim_cell's episode stream (core/orchestration/cell_run.py).
@@ -21,7 +23,6 @@ closed_loop.png (success rate, jerk and boundary jumps per configuration).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import logging
@@ -30,9 +31,11 @@ import sys
 import time
 
 from vla_insertion.core import artifacts
-from vla_insertion.core.config import (
-    ConfigError, EXECUTOR_MERGES, ExecutorConfig, ExpertConfig, VlmConfig)
+from vla_insertion.core.config import ConfigError, EXECUTOR_MERGES, ExpertConfig, VlmConfig
+from vla_insertion.core.orchestration.builders import (
+    executor_settings, SimConfiguration, SimEvaluator)
 from vla_insertion.core.params import load_config
+from vla_insertion.core.sim.loop import EpisodeMetrics, PipelineTiming
 
 log = logging.getLogger('closed_loop')
 COLUMNS = ('config', 'episodes', 'success_rate', 'time_to_insert_s_mean', 'peak_force_n_max',
@@ -40,50 +43,23 @@ COLUMNS = ('config', 'episodes', 'success_rate', 'time_to_insert_s_mean', 'peak_
            'starved', 'feature_age_s_mean', 'chunk_delay_s_mean')
 
 
-def run_sim(args, merge: str, mode: str, delay_s: float) -> dict:
-    """Run the episodes of one configuration in-process; return summarize_episodes()."""
-    import torch
-
-    from vla_insertion.core.evaluation.summary import summarize_episodes
-    from vla_insertion.core.orchestration.builders import learned_loop
-    from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
-    from vla_insertion.core.executor import ChunkExecutor
-    from vla_insertion.core.executor.limits import limits_from_params
-    from vla_insertion.core.sim.cell import CellParams, SimCell
-    from vla_insertion.core.sim.reference import ReferencePolicy
-    torch.manual_seed(args.seed)
-    executor_cfg = dataclasses.replace(args.executor_cfg, merge=merge, start_armed=True)
-    executor = ChunkExecutor(executor_cfg, limits_from_params(args.limits,
-                                                              executor_cfg.joint_names))
-    timing = PipelineTiming(mode=mode, rate_hz=args.expert_cfg.rate_hz,
-                            vlm_latency_s=args.vlm_latency, vlm_delay_s=delay_s)
-    cell = SimCell(CellParams(), seed=args.seed, first_episode=args.first_episode)
-    if args.policy == 'reference':
-        loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy())
-    else:
-        loop = learned_loop(cell, executor, timing, args.expert_cfg.checkpoint, args.vlm_cfg,
-                            args.expert_cfg, vlm=args.vlm, seed=args.seed)
-        args.vlm = loop.vlm                        # one VLM for every configuration
-
-    def progress(metrics) -> None:
-        r = metrics.record
-        log.info(f'  episode {r.index}: {r.reason} in {r.duration_s:.1f} s, peak '
-                 f'{r.peak_force_n:.1f} N, {metrics.chunks} chunks')
-
-    return summarize_episodes(loop.run_episodes(args.episodes, on_episode=progress))
-
-
-def run_ros(args, merge: str, mode: str, delay_s: float) -> dict:
+def run_ros(args: argparse.Namespace, vlm_cfg: VlmConfig, expert_cfg: ExpertConfig,
+            merge: str, mode: str, delay_s: float) -> dict:
     """Run the episodes of one configuration with the real nodes on sim_cell."""
     from vla_insertion.core.orchestration.cell_run import run_closed_loop
     from vla_insertion.ros.executor_operator import ExecutorOperator
     with ExecutorOperator() as operator:   # clears a latched fault before each episode
         return run_closed_loop(
             Path(args.output) / f'ros_{merge}_{mode}_{delay_s:g}', episodes=args.episodes,
-            params_file=args.params_file, vlm_model=args.vlm_cfg.model,
-            checkpoint=args.expert_cfg.checkpoint, merge=merge, mode=mode,
-            vlm_delay_s=delay_s, policy=args.policy, seed=args.seed,
-            on_episode_start=lambda report: operator.reset_fault())
+            params_file=args.params_file, vlm_model=vlm_cfg.model,
+            checkpoint=expert_cfg.checkpoint, merge=merge, mode=mode,
+            vlm_delay_s=delay_s, policy=args.policy, seed=args.seed, operator=operator)
+
+
+def progress(metrics: EpisodeMetrics) -> None:
+    r = metrics.record
+    log.info(f'  episode {r.index}: {r.reason} in {r.duration_s:.1f} s, peak '
+             f'{r.peak_force_n:.1f} N, {metrics.chunks} chunks')
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -146,32 +122,38 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        args.vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
-                                   defaults={'model': str(artifacts.TINY_VLM)},
-                                   overrides={'model': args.vlm_model})
-        args.expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file,
-                                      overrides={'checkpoint': args.checkpoint})
-        args.executor_cfg = load_config(ExecutorConfig, 'chunk_executor', args.params_file)
-        from vla_insertion.core.params import node_params
-        args.limits = {n: v for n, (v, _) in node_params(args.params_file,
-                                                         'chunk_executor').items()
-                       if n.startswith('joint_limits.')}
+        vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
+                              defaults={'model': str(artifacts.TINY_VLM)},
+                              overrides={'model': args.vlm_model})
+        expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file,
+                                 overrides={'checkpoint': args.checkpoint})
+        # the cell's executor, its joint limits included, armed as in every offline run
+        executor = executor_settings(args.params_file, overrides={'start_armed': True})
     except (ConfigError, OSError) as exc:
         print(f'closed_loop: {exc}', file=sys.stderr)
         return 2
-    args.vlm = None
     if args.compare:
         grid = list(itertools.product(EXECUTOR_MERGES, (0.0, 0.8), ('async', 'sync')))
     else:
-        grid = [(args.merge or args.executor_cfg.merge, args.vlm_delay, args.mode)]
-    run = run_sim if args.backend == 'sim' else run_ros
+        grid = [(args.merge or executor.config.merge, args.vlm_delay, args.mode)]
+    # the learned policy's configs; none: the scripted reference drives
+    policy = {'vlm': vlm_cfg, 'expert': expert_cfg} if args.policy == 'expert' else {}
+    evaluator = SimEvaluator()             # one VLM for every configuration
     results = {}
     for merge, delay, mode in grid:
         name = f'{args.policy} {merge} {mode} delay {delay:g}s'
         log.info(f'{name}: {args.episodes} episodes ({args.backend})')
         t0 = time.perf_counter()
         try:
-            results[name] = run(args, merge, mode, delay)
+            if args.backend == 'sim':
+                timing = PipelineTiming(mode=mode, rate_hz=expert_cfg.rate_hz,
+                                        vlm_latency_s=args.vlm_latency, vlm_delay_s=delay)
+                results[name] = evaluator.run(SimConfiguration(
+                    executor.with_config(merge=merge), timing, **policy, seed=args.seed,
+                    first_episode=args.first_episode, noise_seed=args.seed), args.episodes,
+                    on_episode=progress)
+            else:
+                results[name] = run_ros(args, vlm_cfg, expert_cfg, merge, mode, delay)
         except (ConfigError, OSError, RuntimeError, ValueError) as exc:   # CellRunError too
             print(f'closed_loop: {name}: {exc}', file=sys.stderr)
             return 2
@@ -179,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info(f'{name}: {results[name]["successes"]}/{results[name]["episodes"]} succeeded')
     (out / 'closed_loop.json').write_text(json.dumps(
         {'backend': args.backend, 'policy': args.policy, 'seed': args.seed,
-         'params_file': args.params_file, 'checkpoint': args.expert_cfg.checkpoint,
-         'vlm': args.vlm_cfg.model, 'results': results}, indent=2, default=float))
+         'params_file': args.params_file, 'checkpoint': expert_cfg.checkpoint,
+         'vlm': vlm_cfg.model, 'results': results}, indent=2, default=float))
     table = markdown(results)
     (out / 'closed_loop.md').write_text(table)
     plot(out / 'closed_loop.png', results)

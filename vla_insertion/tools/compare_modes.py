@@ -23,7 +23,6 @@ comparison_joints.png, comparison_errors.png, horizon.png and latency.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -37,9 +36,7 @@ from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
 from vla_insertion.core.evaluation import plots
 from vla_insertion.core.evaluation.open_loop import run_sync, run_threaded, score
-from vla_insertion.core.expert.policy import ExpertPolicy
-from vla_insertion.core.expert.runner import ExpertRunner
-from vla_insertion.core.expert.staleness import StalenessLimits
+from vla_insertion.core.orchestration.builders import build_policy, widened_feature_age_s
 from vla_insertion.core.orchestration.replay import ReplayError, run_nodes_on_bag
 from vla_insertion.core.params import load_config
 
@@ -116,22 +113,17 @@ def main(argv: list[str] | None = None) -> int:
                                   'model': args.vlm_model, 'artificial_delay_s': args.vlm_delay})
         expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file,
                                  overrides={'checkpoint': args.checkpoint})
-        max_age = expert_cfg.max_feature_age_s + args.vlm_delay
-        limits = dataclasses.replace(StalenessLimits.from_config(expert_cfg),
-                                     max_feature_age_s=max_age)
+        # the heavier VLM's features are that much older: the limit moves with the delay
+        max_age = widened_feature_age_s(expert_cfg, args.vlm_delay)
         rec = load_recording(args.bag, views=vlm_cfg.view_names)
         runs = {}
         if {'sync', 'threaded'} & set(args.modes):
-            import torch
-
-            from vla_insertion.core.vlm.extractor import build_vlm
-            torch.manual_seed(args.seed)
-            vlm = build_vlm(vlm_cfg, download=False)
-            runner = ExpertRunner(ExpertPolicy(expert_cfg.checkpoint, seed=args.seed), limits)
+            policy = build_policy(vlm_cfg, expert_cfg, args.vlm_delay, seed=args.seed)
             for mode, run in (('sync', run_sync), ('threaded', run_threaded)):
                 if mode in args.modes:
                     log.info(f'{mode}: replaying {rec.end_s - rec.start_s:.1f} s in real time')
-                    runs[mode] = run(rec, vlm, runner, vlm_cfg.view_names, args.rate_hz)
+                    runs[mode] = run(rec, policy.vlm, policy.runner, vlm_cfg.view_names,
+                                     args.rate_hz)
         if 'ros' in args.modes:
             log.info('ros: vlm_node + action_expert fed by bag_player')
             runs['ros'] = run_nodes_on_bag(

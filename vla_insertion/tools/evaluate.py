@@ -32,9 +32,7 @@ from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
 from vla_insertion.core.evaluation import plots
 from vla_insertion.core.evaluation.open_loop import recorded_chunks, run_open_loop, score
-from vla_insertion.core.expert.policy import ExpertPolicy
-from vla_insertion.core.expert.runner import ExpertRunner
-from vla_insertion.core.expert.staleness import StalenessLimits
+from vla_insertion.core.orchestration.builders import build_policy, widened_feature_age_s
 from vla_insertion.core.orchestration.replay import ReplayError, run_nodes_on_bag
 from vla_insertion.core.params import load_config
 
@@ -76,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--checkpoint', help='expert checkpoint folder (default: the params '
                         f'file, else {artifacts.UNTRAINED_CHECKPOINT})')
     parser.add_argument('--vlm-delay', type=float, default=0.0,
-                        help='artificial VLM delay [s] standing in for a heavier model')
+                        help='artificial VLM delay [s] standing in for a heavier model (the '
+                        "expert's max_feature_age_s moves with it)")
     parser.add_argument('--rate-hz', type=float, default=10.0, help='open-loop tick rate')
     parser.add_argument('--vl-every', type=int, default=1,
                         help='open-loop: run the VLM every N ticks, reuse features between')
@@ -95,20 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == 'recorded':
             result = recorded_chunks(rec)
         elif args.mode == 'open-loop':
-            import torch
-
-            from vla_insertion.core.vlm.extractor import build_vlm
-            torch.manual_seed(args.seed)
-            vlm = build_vlm(vlm_cfg, download=False)
-            runner = ExpertRunner(ExpertPolicy(expert_cfg.checkpoint, seed=args.seed),
-                                  StalenessLimits.from_config(expert_cfg))
-            result = run_open_loop(rec, vlm, runner, vlm_cfg.view_names, args.rate_hz,
-                                   args.vl_every, progress=not args.no_progress)
+            # the VLM delayed by --vlm-delay, the expert's feature-age limit moved with it
+            policy = build_policy(vlm_cfg, expert_cfg, args.vlm_delay, seed=args.seed)
+            result = run_open_loop(rec, policy.vlm, policy.runner, vlm_cfg.view_names,
+                                   args.rate_hz, args.vl_every, progress=not args.no_progress)
         else:
+            # as in compare_modes: a heavier VLM's features are older, the limit moves with
+            # them (no delay: the nodes keep the params file's limit)
+            max_age = widened_feature_age_s(expert_cfg, args.vlm_delay) \
+                if args.vlm_delay > 0 else None
             result = run_nodes_on_bag(args.bag, out, vlm_model=vlm_cfg.model,
                                       checkpoint=expert_cfg.checkpoint,
                                       params_file=args.params_file,
-                                      vlm_delay_s=args.vlm_delay)
+                                      vlm_delay_s=args.vlm_delay, max_feature_age_s=max_age)
         results = {result.label: score(rec, result, args.rate_hz)}
     except (bag.BagError, ConfigError, OSError, ReplayError, ValueError) as exc:
         print(f'evaluate: {exc}', file=sys.stderr)

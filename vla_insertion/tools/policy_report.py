@@ -10,7 +10,8 @@ For every checkpoint:
    checkpoint's validation bags), with the cached features as they would arrive live;
 2. the held-out loss against feature age (how fast the expert degrades with stale features);
 3. closed-loop success on held-out seeds (`--seed`, never used for demonstrations) through the
-   executor, async and sync, with a VLM delay of 0 and 0.8 s (core/sim/loop.py);
+   params file's executor, async and sync, with a VLM delay of 0 and 0.8 s (core/sim/loop.py,
+   run by core/orchestration/builders.py's SimEvaluator, as closed_loop runs it);
 and the scripted reference as the ceiling. Output in -o: report.json, report.md and
 report_age.png / report_success.png.
 """
@@ -27,8 +28,12 @@ import time
 import numpy as np
 
 from vla_insertion.core import artifacts
-from vla_insertion.core.config import ConfigError, ExecutorConfig, ExpertConfig, VlmConfig
-from vla_insertion.core.params import load_config, node_params
+from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
+from vla_insertion.core.orchestration.builders import (
+    build_runner, executor_settings, SimConfiguration, SimEvaluator, staleness_limits)
+from vla_insertion.core.params import load_config
+from vla_insertion.core.sim.loop import PipelineTiming
+from vla_insertion.core.train.feature_cache import FeatureCache
 
 log = logging.getLogger('policy_report')
 AGE_EDGES_S = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.6])
@@ -49,61 +54,35 @@ def checkpoint_bags(path: Path) -> tuple[list[str], list[str]]:
     return bags(extra.get('train_episodes', [])), bags(extra.get('val_episodes', []))
 
 
-def open_loop(name: str, checkpoint: Path, bags: list[str], cache, args) -> dict | None:
-    from vla_insertion.core.expert.policy import ExpertPolicy
-    from vla_insertion.core.expert.runner import ExpertRunner
-    from vla_insertion.core.expert.staleness import StalenessLimits
-    from vla_insertion.core.evaluation.policy_report import joint_errors, open_loop_cached
+def open_loop(expert: ExpertConfig, bags: list[str], cache: FeatureCache, latency_s: float,
+              count: int) -> dict | None:
+    """Return the mean per-joint errors of `expert` on the first `count` bags, open loop."""
     from vla_insertion.core.bag.recording import load_recording
+    from vla_insertion.core.evaluation.policy_report import joint_errors, open_loop_cached
     if not bags:
         return None
-    runner = ExpertRunner(ExpertPolicy(checkpoint), StalenessLimits.from_config(args.expert))
-    scores = [open_loop_cached(load_recording(b, views=()), cache.bag(b), runner,
-                               args.vlm_latency) for b in bags[:args.open_loop_bags]]
+    runner = build_runner(expert)
+    scores = [open_loop_cached(load_recording(b, views=()), cache.bag(b), runner, latency_s)
+              for b in bags[:count]]
     return joint_errors(scores)
 
 
-def age_losses(checkpoint: Path, val_bags: list[str], args) -> list[dict] | None:
+def age_losses(expert: ExpertConfig, val_bags: list[str], cache: str) -> list[dict] | None:
+    """Return the held-out loss of `expert`'s checkpoint by feature age (AGE_EDGES_S bins)."""
+    from vla_insertion.core.evaluation.policy_report import loss_by_age
     from vla_insertion.core.expert.checkpoint import load_checkpoint
     from vla_insertion.core.train.fit import FitConfig, prepare_data
-    from vla_insertion.core.expert.staleness import StalenessLimits
-    from vla_insertion.core.evaluation.policy_report import loss_by_age
     if not val_bags:
         return None
-    limits = dataclasses.replace(StalenessLimits.from_config(args.expert),
+    # every candidate up to the last bin's age, however old the expert's limit lets it use
+    limits = dataclasses.replace(staleness_limits(expert),
                                  max_feature_age_s=float(AGE_EDGES_S[-1]))
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(expert.checkpoint)
     # the targets it was trained on (train_expert --targets; checkpoints before: measured)
     targets = loaded.meta.extra.get('targets', 'measured')
-    data = prepare_data(FitConfig(bags=tuple(val_bags), cache=str(args.cache), val_fraction=0.0,
+    data = prepare_data(FitConfig(bags=tuple(val_bags), cache=cache, val_fraction=0.0,
                                   targets=targets), None, limits, say=lambda text: None)
     return loss_by_age(loaded.model, data.train, AGE_EDGES_S)
-
-
-def closed_loop(checkpoint: Path | None, mode: str, delay_s: float, args) -> dict:
-    import torch
-
-    from vla_insertion.core.evaluation.summary import summarize_episodes
-    from vla_insertion.core.orchestration.builders import learned_loop
-    from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
-    from vla_insertion.core.executor import ChunkExecutor
-    from vla_insertion.core.executor.limits import limits_from_params
-    from vla_insertion.core.sim.cell import CellParams, SimCell
-    torch.manual_seed(0)
-    executor = ChunkExecutor(dataclasses.replace(args.executor, start_armed=True),
-                             limits_from_params(args.limits, args.executor.joint_names))
-    timing = PipelineTiming(mode=mode, vlm_latency_s=args.vlm_latency, vlm_delay_s=delay_s)
-    cell = SimCell(CellParams(), seed=args.seed)
-    if checkpoint is None:
-        from vla_insertion.core.sim.reference import ReferencePolicy
-        loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy())
-    else:
-        loop = learned_loop(cell, executor, timing, checkpoint, args.vlm, args.expert,
-                            vlm=args.vlm_model)
-        args.vlm_model = loop.vlm                  # one VLM for every configuration
-    summary = summarize_episodes(loop.run_episodes(args.episodes))
-    summary.pop('per_episode')
-    return summary
 
 
 def markdown(report: dict) -> str:
@@ -182,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='a checkpoint to report on (repeat); its bags come from it')
     parser.add_argument('--cache', required=True, help='feature cache of the bags')
     parser.add_argument('--params-file', default='config/vla_insertion.yaml')
-    parser.add_argument('--vlm-model', dest='vlm_path', default=str(artifacts.TINY_VLM))
+    parser.add_argument('--vlm-model', default=str(artifacts.TINY_VLM))
     parser.add_argument('--episodes', type=int, default=20, help='closed-loop episodes each')
     parser.add_argument('--seed', type=int, default=7, help='held-out seed of the holes')
     parser.add_argument('--open-loop-bags', type=int, default=10,
@@ -198,40 +177,46 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        from vla_insertion.core.train.feature_cache import FeatureCache
-        args.vlm = load_config(VlmConfig, 'vlm_node', args.params_file,
-                               overrides={'model': args.vlm_path})
-        args.expert = load_config(ExpertConfig, 'action_expert', args.params_file)
-        args.executor = load_config(ExecutorConfig, 'chunk_executor', args.params_file)
-        args.limits = {n: v for n, (v, _) in node_params(args.params_file,
-                                                         'chunk_executor').items()
-                       if n.startswith('joint_limits.')}
+        vlm_cfg = load_config(VlmConfig, 'vlm_node', args.params_file,
+                              overrides={'model': args.vlm_model})
+        expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file)
+        # the cell's executor, its joint limits included, armed as in every offline run
+        executor = executor_settings(args.params_file, overrides={'start_armed': True})
         cache = FeatureCache.load(args.cache)
         checkpoints = dict(c.split('=', 1) for c in args.checkpoint)
     except (ConfigError, OSError, ValueError) as exc:
         print(f'policy_report: {exc}', file=sys.stderr)
         return 2
-    args.vlm_model = None
     configs = [(c.split(':')[0], float(c.split(':')[1])) for c in args.configs]
     report = {'seed': args.seed, 'episodes': args.episodes, 'vlm_latency_s': args.vlm_latency,
               'cache': str(args.cache), 'checkpoints': {}, 'closed_loop': {}}
     t0 = time.perf_counter()
     for name, folder in checkpoints.items():
         path = Path(folder)
+        expert = dataclasses.replace(expert_cfg, checkpoint=str(path))
         train, val = checkpoint_bags(path)
         log.info(f'{name}: {len(train)} training and {len(val)} held-out episodes')
         report['checkpoints'][name] = {
             'folder': str(path), 'train_episodes': len(train), 'held_out_episodes': len(val),
-            'open_loop': {'train': open_loop(name, path, train, cache, args),
-                          'held_out': open_loop(name, path, val, cache, args)},
-            'loss_by_age': age_losses(path, val, args)}
+            'open_loop': {split: open_loop(expert, bags, cache, args.vlm_latency,
+                                           args.open_loop_bags)
+                          for split, bags in (('train', train), ('held_out', val))},
+            'loss_by_age': age_losses(expert, val, str(args.cache))}
+    evaluator = SimEvaluator()             # one VLM for every checkpoint and configuration
     for name, folder in [*checkpoints.items(), ('reference', None)]:
         report['closed_loop'][name] = {}
+        # the learned policy of the checkpoint; none: the scripted reference drives
+        policy = {} if folder is None else {
+            'vlm': vlm_cfg, 'expert': dataclasses.replace(expert_cfg, checkpoint=folder)}
         for mode, delay in configs:
             if folder is None and (mode, delay) != configs[0]:
                 continue              # the demonstrator has no VLM: one configuration
             log.info(f'{name}: closed loop, {mode}, VLM delay {delay:g} s')
-            result = closed_loop(Path(folder) if folder else None, mode, delay, args)
+            timing = PipelineTiming(mode=mode, vlm_latency_s=args.vlm_latency,
+                                    vlm_delay_s=delay)
+            result = evaluator.run(SimConfiguration(executor, timing, **policy, seed=args.seed),
+                                   args.episodes)
+            result.pop('per_episode')
             report['closed_loop'][name][f'{mode} {delay:g}s'] = result
     reference = report['closed_loop']['reference']     # the same in every column
     for mode, delay in configs:

@@ -12,12 +12,13 @@ episode stream). Only successful episodes are kept unless --keep-failures. `epis
 lists each bag with its seed, episode index, hole position and outcome: train_expert splits
 train and validation by these bags.
 
---backend sim writes the same topics from the in-process closed loop (core/train/demonstrations.py:
-the demonstrator through the real executor on the sim cell), faster than real time, for the
-hundreds of episodes a policy needs: episodes start from a randomised pose
-(--start-range-rad) and the demonstrator's commands carry smooth noise it has to recover from
-(--noise-rad, DART), so the recordings show corrections and not only the nominal path;
---workers N records disjoint episode ranges in N processes.
+--backend sim writes the same topics from the in-process closed loop
+(core/train/demonstrations.py: the demonstrator through the real executor, the params file's
+with its joint limits, on the sim cell), faster than real time, for the hundreds of episodes a
+policy needs: episodes start from a randomised pose (--start-range-rad) and the demonstrator's
+commands carry smooth noise it has to recover from (--noise-rad, DART), so the recordings show
+corrections and not only the nominal path; --workers N records disjoint episode ranges in N
+processes.
 
 --driver CHECKPOINT (with --backend sim) is DAgger: the learned policy of the checkpoint (with
 the VLM of --vlm-model / the params file) drives, and the demonstrator labels what it sees at
@@ -44,17 +45,10 @@ from vla_insertion.ros.executor_operator import ExecutorOperator
 log = logging.getLogger('record_demonstrations')
 
 
-def reset_fault(operator: ExecutorOperator, report: dict) -> None:
-    """Clear a fault the last episode latched, as the operator would before the next one."""
-    ok, message = operator.reset_fault()
-    if message != 'no fault latched':
-        log.info(f'episode {report["episode"]} starts: reset_fault: {message}')
-
-
 def _record_range(job: tuple) -> list[dict]:
     """One worker: episodes first..first+count-1 into `out` (a picklable top-level function)."""
     from vla_insertion.core.train.demonstrations import record_episodes
-    out, first, count, streams, driver, args = job
+    out, first, count, streams, executor, driver, args = job
     total = args.first_episode + args.episodes
     if driver is not None and args.workers > 1:
         import torch
@@ -63,34 +57,33 @@ def _record_range(job: tuple) -> list[dict]:
         out, count, streams, seed=args.seed, first_episode=first,
         keep_failures=args.keep_failures, start_range_rad=args.start_range_rad,
         noise_rad=args.noise_rad, descent_noise=args.descent_noise, driver=driver,
-        executor=args.executor,
+        executor=executor,
         on_episode=lambda e: log.info(
             f'episode {e["episode"]} (of {args.first_episode}..{total - 1}): {e["reason"]} '
             f'in {e["duration_s"]:.1f} s'))
 
 
-def record_in_process(args, out: Path) -> int:
+def record_in_process(args: argparse.Namespace, out: Path) -> int:
     from concurrent.futures import ProcessPoolExecutor
 
-    from dataclasses import replace
-
-    from vla_insertion.core.config import ExecutorConfig, ExpertConfig, VlmConfig
+    from vla_insertion.core.config import ExpertConfig, VlmConfig
+    from vla_insertion.core.orchestration.builders import executor_settings
     from vla_insertion.core.params import load_config
     from vla_insertion.core.train.demonstrations import DemoStreams, LearnedDriver
-    driver, args.executor = None, None
+    driver = None
     try:
         vlm = load_config(VlmConfig, 'vlm_node', args.params_file,
                           overrides={'model': args.vlm_model})
+        # the cell's executor, its joint limits included, armed: the demonstrator and a
+        # DAgger driver move under the limits the policy is evaluated (closed_loop) and run with
+        executor = executor_settings(args.params_file, overrides={'start_armed': True})
         if args.driver:
             if not Path(args.driver, 'config.json').is_file():
                 raise ConfigError(f'--driver {args.driver}: not an expert checkpoint folder '
                                   '(no config.json)')
-            driver = LearnedDriver(args.driver, vlm, load_config(
-                ExpertConfig, 'action_expert', args.params_file,
-                overrides={'checkpoint': args.driver}))
-            # it drives as in evaluation (closed_loop): the cell's executor settings, armed
-            args.executor = replace(load_config(ExecutorConfig, 'chunk_executor',
-                                                args.params_file), start_armed=True)
+            driver = LearnedDriver(vlm, load_config(ExpertConfig, 'action_expert',
+                                                    args.params_file,
+                                                    overrides={'checkpoint': args.driver}))
     except (ConfigError, OSError) as exc:
         print(f'record_demonstrations: {exc}', file=sys.stderr)
         return 2
@@ -98,7 +91,8 @@ def record_in_process(args, out: Path) -> int:
                           camera_fps=args.camera_fps)
     workers = max(1, min(args.workers, args.episodes))
     bounds = [args.first_episode + args.episodes * k // workers for k in range(workers + 1)]
-    jobs = [(out, lo, hi - lo, streams, driver, args) for lo, hi in zip(bounds, bounds[1:])]
+    jobs = [(out, lo, hi - lo, streams, executor, driver, args)
+            for lo, hi in zip(bounds, bounds[1:])]
     if workers == 1:
         manifest = _record_range(jobs[0])
     else:
@@ -165,15 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     if work.exists():
         shutil.rmtree(work)
     try:
-        operator = ExecutorOperator()
-        run = CellRun(work, policy='reference', params_file=args.params_file, seed=args.seed,
-                      recorder_topics=topics.RECORDED,
-                      on_episode_start=lambda report: reset_fault(operator, report))
-        with run, operator:
+        # the operator clears a fault the last episode latched, at the next one's start
+        with ExecutorOperator() as operator, CellRun.simulated(
+                work, policy='reference', params_file=args.params_file, seed=args.seed,
+                recorder_topics=topics.RECORDED, operator=operator,
+                on_scored=lambda e: log.info(
+                    f'episode {e["episode"]}: {e["reason"]} in {e["elapsed_s"]:.1f} s')) as run:
             if not run.wait_ready():
                 raise CellRunError('the arm never moved: see the logs in ' f'{work / "logs"}')
-            scored = run.wait_episodes(args.episodes, on_episode=lambda e: log.info(
-                f'episode {e["episode"]}: {e["reason"]} in {e["elapsed_s"]:.1f} s'))
+            scored = run.wait_episodes(args.episodes)
     except (CellRunError, ConfigError, OSError) as exc:
         print(f'record_demonstrations: {exc}', file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@ on held-out seeds:
   capture stamp), the recorded window and robot state; scored against what the robot did.
 - `loss_by_age`: the training loss on held-out samples paired with every candidate feature set,
   binned by the features' age: how fast the expert degrades when the VLM falls behind.
-- closed loop: core.closed_loop.PipelineLoop (the VLM, the runner, the executor, the sim cell).
+- closed loop: core/orchestration/builders.py's SimEvaluator (the VLM, the runner, the
+  params file's executor, the sim cell in core/sim/loop.py).
 ROS-free; `tools/policy_report.py` runs them and writes the table.
 """
 from __future__ import annotations

@@ -12,7 +12,9 @@ import threading
 
 import numpy as np
 
+from vla_insertion.core import health
 from vla_insertion.core.data import ActionChunkData, SensorWindowData, VLFeatureData
+from vla_insertion.core.evaluation.summary import summarize_outcomes
 
 
 @dataclass
@@ -64,19 +66,40 @@ class RunRecorder:
 
     def set_expert(self, values: dict[str, str]) -> None:
         """Take the action expert's /diagnostics values (`untrained`)."""
-        flag = values.get('untrained')
+        flag = health.untrained_flag(values)
         if flag is not None:
             with self._lock:
-                self.expert_untrained = flag.strip().lower() == 'true'
+                self.expert_untrained = flag
 
     def set_executor(self, values: dict[str, str]) -> None:
         with self._lock:
             self.executor = dict(values)
 
+    def add_diagnostics(self, name: str, values: dict[str, str]) -> None:
+        """Take the values of one DiagnosticStatus (the keys are read in core/health.py).
+
+        Drop counters and frame counts, whoever sends them; the chunk executor's and the
+        action expert's own values, by the node's name.
+        """
+        drops = health.drop_counts(values)
+        if drops:
+            self.set_drops(name, drops)
+        for view, count in health.frame_counts(values).items():
+            self.set_frames(view, count)
+        node = name.split('/')[-1]
+        if node == 'chunk_executor':
+            self.set_executor(values)
+        elif node == 'action_expert':
+            self.set_expert(values)
+
     def add_episode(self, report: dict) -> None:
         """Keep an episode's end report (success, reason, time_to_insert_s, peak_force_n)."""
         with self._lock:
             self.episodes.append(dict(report))
+
+    def episode_reports(self) -> list[dict]:
+        with self._lock:
+            return list(self.episodes)
 
     def snapshot(self) -> tuple[list[_Timed], list[_Timed]]:
         with self._lock:
@@ -136,43 +159,10 @@ def summarize(rec: RunRecorder, since_s: float = -math.inf) -> dict:
         'drops': drops,
         'untrained': rec.untrained,
         'expert_untrained': rec.expert_untrained,
-        'executor': _executor_summary(rec.executor),
-        'episodes': _episode_summary(rec.episodes),
+        'executor': health.executor_state(rec.executor),
+        # the scored episodes, in the keys of every episode summary (episodes, successes, ...)
+        **summarize_outcomes(rec.episode_reports()),
     }
-
-
-def _number(text, default=math.nan) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return default
-
-
-def _executor_summary(values: dict[str, str]) -> dict:
-    """Return the chunk executor's state, commands, gate interventions and starvation."""
-    if not values:
-        return {}
-    gate = {k[len('gate.'):]: int(_number(v, 0)) for k, v in values.items()
-            if k.startswith('gate.') and _number(v, 0) > 0}
-    return {'commands': int(_number(values.get('steps'), 0)),
-            'sent': int(_number(values.get('commands_sent'), 0)),
-            'armed': values.get('armed') == 'True', 'state': values.get('state', ''),
-            'fault': values.get('fault', ''), 'gate': gate,
-            'starved': int(_number(values.get('starved'), 0)),
-            'chunk_delay_s_p50': _number(values.get('delay_s.p50')),
-            'jerk_rms': _number(values.get('jerk.rms'))}
-
-
-def _episode_summary(episodes: list[dict]) -> dict:
-    """Return the success rate, reasons, time to insert and forces of decided episodes."""
-    if not episodes:
-        return {'count': 0}
-    reasons = Counter(e.get('reason') or 'unjudged' for e in episodes)
-    times = [e['time_to_insert_s'] for e in episodes if e.get('time_to_insert_s') is not None]
-    return {'count': len(episodes), 'succeeded': sum(bool(e.get('success')) for e in episodes),
-            'reasons': dict(reasons),
-            'time_to_insert_s_mean': float(np.mean(times)) if times else math.nan,
-            'peak_force_n_max': max(float(e.get('peak_force_n', 0.0)) for e in episodes)}
 
 
 def status_line(rec: RunRecorder, window_s: float, now_s: float) -> str:
@@ -210,6 +200,10 @@ def _models_row(vlm_untrained: bool, expert_untrained: bool | None) -> str:
     return 'trained'
 
 
+def _float(value: float | None, spec: str) -> str:
+    return format(math.nan if value is None else value, spec)
+
+
 def format_summary(s: dict, duration_s: float) -> str:
     """Render the final summary as an aligned text block."""
     drops = ', '.join(f'{k}={v}' for k, v in s['drops'].items()) or 'none'
@@ -239,12 +233,11 @@ def format_summary(s: dict, duration_s: float) -> str:
                  ('executor state', f'{ex["state"]}{fault}, starved {ex["starved"]}, chunk '
                                     f'delay p50 {ex["chunk_delay_s_p50"] * 1e3:.0f} ms'),
                  ('gate interventions', gate)]
-    ep = s.get('episodes') or {}
-    if ep.get('count'):
-        rows.append(('episodes', f'{ep["succeeded"]}/{ep["count"]} succeeded '
-                     f'({ep["succeeded"] / ep["count"]:.0%}), outcomes '
-                     + ', '.join(f'{k}={v}' for k, v in sorted(ep['reasons'].items()))
-                     + f', time to insert avg {ep["time_to_insert_s_mean"]:.1f} s, peak force '
-                     f'{ep["peak_force_n_max"]:.1f} N'))
+    if s.get('episodes'):
+        rows.append(('episodes', f'{s["successes"]}/{s["episodes"]} succeeded '
+                     f'({s["success_rate"]:.0%}), outcomes '
+                     + ', '.join(f'{k}={v}' for k, v in sorted(s['outcomes'].items()))
+                     + f', time to insert avg {_float(s["time_to_insert_s_mean"], ".1f")} s, '
+                     f'peak force {_float(s["peak_force_n_max"], ".1f")} N'))
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'  {k.ljust(width)}  {v}' for k, v in rows)

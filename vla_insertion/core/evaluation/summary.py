@@ -1,16 +1,64 @@
-"""The one episode summary: success rate, outcomes, forces, smoothness and interventions."""
+"""The one episode summary: success rate, outcomes, forces, smoothness and interventions.
+
+Every program that scores episodes reports them in these keys: the in-process closed loop
+(`summarize_episodes`, tools closed_loop and policy_report), the real nodes on sim_cell
+(core/orchestration/cell_run.py: `summarize_outcomes` of sim_cell's end reports, with the
+pipeline numbers from /diagnostics, core/health.py `pipeline_numbers`) and the demo's run
+summary (core/evaluation/run_summary.py).
+
+    episodes, successes, success_rate, outcomes (reason -> count), time_to_insert_s_mean,
+    peak_force_n_mean, peak_force_n_max, mean_force_n_mean, per_episode
+"""
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vla_insertion.core.sim.loop import EpisodeMetrics
+if TYPE_CHECKING:      # the demo's summary needs no simulator
+    from vla_insertion.core.sim.loop import EpisodeMetrics
+
+
+def _finite(values: Iterable) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _mean(values: Iterable) -> float | None:
+    finite = _finite(values)
+    return float(np.mean(finite)) if finite else None
+
+
+def summarize_outcomes(reports: list[Mapping]) -> dict:
+    """Summarise episode end reports (sim_cell's episode_v1 ends, EpisodeRecord.as_dict()).
+
+    Each report has `success`, `reason`, `time_to_insert_s` (None without success),
+    `peak_force_n` and `mean_force_n`. Means and maxima are None without a value.
+    """
+    rows = [dict(r) for r in reports]
+    successes = [r for r in rows if r['success']]
+    outcomes: dict[str, int] = {}
+    for r in rows:
+        reason = r.get('reason') or 'unjudged'
+        outcomes[reason] = outcomes.get(reason, 0) + 1
+    peaks = _finite(r.get('peak_force_n') for r in rows)
+    return {'episodes': len(rows), 'successes': len(successes),
+            'success_rate': len(successes) / len(rows) if rows else None,
+            'outcomes': outcomes,
+            'time_to_insert_s_mean': _mean(r.get('time_to_insert_s') for r in successes),
+            'peak_force_n_mean': _mean(peaks), 'peak_force_n_max': max(peaks, default=None),
+            'mean_force_n_mean': _mean(r.get('mean_force_n') for r in rows),
+            'per_episode': rows}
 
 
 def summarize_episodes(episodes: list[EpisodeMetrics]) -> dict:
-    """Success rate, times, forces, smoothness, starvation, refusals and gate interventions."""
+    """Summarise the outcomes and the pipeline's smoothness, starvation and interventions.
+
+    Per-episode numbers of the in-process loop (core/sim/loop.py), summed or averaged over the
+    episodes; the same keys as core/health.py `pipeline_numbers` gives a run of the real nodes.
+    """
     rows = [e.as_dict() for e in episodes]
-    n = len(rows)
-    successes = [r for r in rows if r['success']]
     gate: dict[str, int] = {}
     refused: dict[str, int] = {}
     for r in rows:
@@ -18,24 +66,14 @@ def summarize_episodes(episodes: list[EpisodeMetrics]) -> dict:
             gate[k] = gate.get(k, 0) + int(v)
         for k, v in r['refused'].items():
             refused[k] = refused.get(k, 0) + int(v)
-    reasons: dict[str, int] = {}
-    for r in rows:
-        reasons[r['reason']] = reasons.get(r['reason'], 0) + 1
-
-    def mean(key, subset=rows):
-        values = [r[key] for r in subset if r[key] is not None and np.isfinite(r[key])]
-        return float(np.mean(values)) if values else None
-
-    return {'episodes': n, 'successes': len(successes),
-            'success_rate': len(successes) / n if n else None, 'outcomes': reasons,
-            'time_to_insert_s_mean': mean('time_to_insert_s', successes),
-            'peak_force_n_mean': mean('peak_force_n'),
-            'peak_force_n_max': max((r['peak_force_n'] for r in rows), default=None),
-            'mean_force_n_mean': mean('mean_force_n'),
-            'jerk_rms_mean': mean('jerk_rms'), 'velocity_jump_p50_mean': mean('velocity_jump_p50'),
-            'velocity_jump_max': max((r['velocity_jump_max'] for r in rows
-                                      if np.isfinite(r['velocity_jump_max'])), default=None),
+    jumps = _finite(r['velocity_jump_max'] for r in rows)
+    outcomes = summarize_outcomes(rows)
+    per_episode = outcomes.pop('per_episode')
+    return {**outcomes,
+            'jerk_rms_mean': _mean(r['jerk_rms'] for r in rows),
+            'velocity_jump_p50_mean': _mean(r['velocity_jump_p50'] for r in rows),
+            'velocity_jump_max': max(jumps, default=None),
             'starved': sum(int(r['starved']) for r in rows),
-            'feature_age_s_mean': mean('feature_age_s_mean'),
-            'chunk_delay_s_mean': mean('chunk_delay_s_mean'),
-            'refused': refused, 'gate': gate, 'per_episode': rows}
+            'feature_age_s_mean': _mean(r['feature_age_s_mean'] for r in rows),
+            'chunk_delay_s_mean': _mean(r['chunk_delay_s_mean'] for r in rows),
+            'refused': refused, 'gate': gate, 'per_episode': per_episode}

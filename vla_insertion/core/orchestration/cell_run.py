@@ -1,38 +1,65 @@
-"""The real nodes driving the simulated cell: closed-loop runs and recorded demonstrations.
+"""The one orchestrator of the real nodes: the demo, closed-loop runs, demonstrations, replays.
 
-    with CellRun(out, policy='reference', params_file=..., recorder_topics=...) as run:
+    with ExecutorOperator() as operator, CellRun.simulated(out, policy='reference',
+                                                         operator=operator) as run:
         run.wait_ready()              # the arm has moved: the pipeline is up
         episodes = run.wait_episodes(20)
 
-Every program of the launch table with sim:=true (reference:=true for the demonstrator) runs as
-a process of one ProcessGroup on a copy of the params file with free loopback ports, the
-executor armed at its first fresh state, and a bag recorder; the episodes' outcomes come from
-sim_cell's episode stream (core/orchestration/episode_listener.py). ROS-free: everything happens
-in the children.
+The programs of the launch table (core/orchestration/launch_table.py) that the launch arguments
+enable, with the commands `ros2 launch` would run, as processes of one ProcessGroup; a program
+that exits ends the run's waits with CellRunError (a half graph publishes nothing). With
+sim_cell in the run, its episode stream (core/orchestration/episode_listener.py) gives the
+outcomes, and the run does what an operator does between episodes:
+
+- scoring starts with the episode after the one running when the policy took the arm (the
+  arm moved, `wait_ready`, or the operator armed the executor, `arm`): the current one ran its
+  first seconds without a policy;
+- once the executor is armed, a fault the last episode latched is cleared at the next
+  episode's start (the executor's ~/reset_fault), so one over-force does not end the run.
+
+The operator (`enable(on)`, `reset_fault()`, each returning (success, message)) is
+`ros/executor_operator.py`'s ExecutorOperator, passed in by the tool: this module stays
+ROS-free, everything ROS happens in the children.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+import logging
 import os
 from pathlib import Path
 import time
+from typing import Protocol
 
 import numpy as np
 import zmq
 
-from vla_insertion.core import bag, topics
+from vla_insertion.core import bag, health, topics
 from vla_insertion.core.bridge.receive import ReceiveLoop, ZmqSource
 from vla_insertion.core.config import ExpertConfig, SimCellConfig
+from vla_insertion.core.evaluation.summary import summarize_outcomes
+from vla_insertion.core.orchestration.builders import widened_feature_age_s
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.orchestration.launch_table import (
-    command_for, enabled_nodes, installed_paths, LAUNCH_ARGUMENTS, params_on_free_ports,
-    spec_named)
-from vla_insertion.core.orchestration.processes import ProcessGroup, StopReport
+    command_for, enabled_nodes, installed_paths, is_true, launch_arguments, NodeSpec,
+    params_on_free_ports)
+from vla_insertion.core.orchestration.processes import ManagedProcess, ProcessGroup, StopReport
 from vla_insertion.core.params import load_config
 from vla_insertion.core.wire import RobotCodecV1
+
+log = logging.getLogger(__name__)
+POLL_S = 0.1                       # how often a wait looks at its condition and the programs
 
 
 class CellRunError(RuntimeError):
     """A program of the run exited, or nothing happened in time."""
+
+
+class Operator(Protocol):
+    """What a person does at the chunk executor (ros/executor_operator.py)."""
+
+    def enable(self, on: bool = True) -> tuple[bool, str]: ...
+
+    def reset_fault(self) -> tuple[bool, str]: ...
 
 
 class ArmWatcher:
@@ -60,164 +87,222 @@ class ArmWatcher:
         self._context.destroy(linger=0)
 
 
-class CellRun:
-    """Start the cell's programs on free ports; follow the episodes; stop everything.
+def _reachable(bind: str) -> str:
+    """Return the address that reaches, from this host, a socket bound to `bind`."""
+    return '127.0.0.1' if bind in ('', '*', '0.0.0.0') else bind
 
-    `on_episode_start(report)` runs when sim_cell starts an episode: the tools reset a latched
-    executor fault there (`nodes/executor_operator.py`), as an operator would between episodes.
+
+class CellRun:
+    """Start the table's programs; follow the episodes, arm and reset; stop everything.
+
+    arguments: launch arguments over the table's defaults (`sim`, `execute`, `vlm_model`, ...).
+    params_file: the ROS params file (default: the installed one); `free_ports` runs on a copy
+        with every cell link on a free loopback port (out/params.yaml), beside any other cell.
+    nodes: run only these of the enabled programs (default: all of them).
+    node_params: per program, parameters set after the launch arguments' overrides.
+    recorder_topics: also record these topics with bag_recorder into out/<bag_name>.
+    armed_at_start: the executor arms itself at its first fresh state (`start_armed`);
+        otherwise `arm()` arms it through the operator.
+    on_scored(report): each scored episode's end report, as it arrives (a listener thread).
     """
 
-    def __init__(self, out_dir: str | Path, *, policy: str = 'expert',
-                 params_file: str | Path | None = None, vlm_model: str = '',
-                 checkpoint: str = '', merge: str = '', mode: str = 'async',
-                 vlm_delay_s: float = 0.0, seed: int = 0,
-                 recorder_topics: tuple[str, ...] = (), env: dict | None = None,
-                 on_episode_start=None) -> None:
+    def __init__(self, out_dir: str | Path, *, arguments: dict[str, str] | None = None,
+                 params_file: str | Path | None = None, free_ports: bool = False,
+                 nodes: tuple[str, ...] | None = None,
+                 node_params: dict[str, dict] | None = None,
+                 recorder_topics: tuple[str, ...] = (), bag_name: str = 'bag',
+                 armed_at_start: bool = False, operator: Operator | None = None,
+                 on_scored: Callable[[dict], None] | None = None,
+                 env: dict | None = None) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        lib_dir, shipped = installed_paths()
-        self.params = self.out / 'params.yaml'
-        params_on_free_ports(params_file or shipped, self.params)
-        self.sim = load_config(SimCellConfig, 'sim_cell', self.params)
-        args = {a.name: a.default for a in LAUNCH_ARGUMENTS}
-        args.update(sim='true', execute='true', vlm_model=vlm_model, checkpoint=checkpoint,
-                    reference='true' if policy == 'reference' else 'false')
-        extra = {'sim_cell': {'control': 'commands', 'seed': seed},
-                 'chunk_executor': {'start_armed': True, **({'merge': merge} if merge else {})},
-                 'vlm_node': {'artificial_delay_s': vlm_delay_s, 'mode': mode},
-                 'action_expert': {'mode': mode}}
-        if vlm_delay_s > 0:     # a heavier VLM: the expert's staleness limit moves with it
-            base = load_config(ExpertConfig, 'action_expert', self.params).max_feature_age_s
-            extra['action_expert']['max_feature_age_s'] = base + vlm_delay_s
-        self._commands = [(spec.name, command_for(spec, lib_dir, self.params, args,
-                                                  extra.get(spec.name)))
-                          for spec in enabled_nodes(args)]
-        self.bag_path = self.out / 'bag'
+        self.lib_dir, shipped = installed_paths()
+        self.params = Path(params_file or shipped)
+        if free_ports:
+            self.params = self.out / 'params.yaml'
+            params_on_free_ports(params_file or shipped, self.params)
+        self.arguments = launch_arguments(**{'params_file': str(self.params),
+                                             **(arguments or {})})
+        extra = {name: dict(values) for name, values in (node_params or {}).items()}
+        self.bag_path = self.out / bag_name
         if recorder_topics:
-            self._commands.append(('bag_recorder', command_for(
-                spec_named('bag_recorder'), lib_dir, self.params, args,
-                {'output_dir': str(self.out), 'bag_name': self.bag_path.name,
-                 'split_duration_s': 0.0, 'topics': tuple(recorder_topics)})))
+            self.arguments['record'] = 'true'
+            extra.setdefault('bag_recorder', {}).update(
+                output_dir=str(self.out), bag_name=bag_name, split_duration_s=0.0,
+                topics=tuple(recorder_topics))
+        if armed_at_start:
+            extra.setdefault('chunk_executor', {})['start_armed'] = True
+        self._commands = [(spec.name, command_for(spec, self.lib_dir, self.params,
+                                                  self.arguments, extra.get(spec.name)))
+                          for spec in enabled_nodes(self.arguments)
+                          if nodes is None or spec.name in nodes]
+        self.sim = (load_config(SimCellConfig, 'sim_cell', self.params)
+                    if is_true(self.arguments['sim']) else None)
         self._group = ProcessGroup(log_dir=self.out / 'logs',
                                    env=dict(os.environ if env is None else env))
+        self.operator = operator
+        self.armed = armed_at_start
+        self._on_scored = on_scored
         self.episodes: EpisodeListener | None = None
-        self._on_episode_start = on_episode_start
         self._watcher: ArmWatcher | None = None
-        self.first_scored = 0
+        self.first_scored: int | None = None      # None: no episode is scored yet
         self.stop_report: StopReport | None = None
 
+    @classmethod
+    def simulated(cls, out_dir: str | Path, *, policy: str = 'expert',
+                  params_file: str | Path | None = None, vlm_model: str = '',
+                  checkpoint: str = '', merge: str = '', mode: str = 'async',
+                  vlm_delay_s: float = 0.0, seed: int = 0, **options) -> CellRun:
+        """Return the cell of closed-loop evaluations and demonstrations: a policy drives sim_cell.
+
+        On free ports, sim_cell moved by command_v1 (episodes of `seed`), the executor armed
+        at its first fresh state; `policy` 'reference' is the scripted demonstrator. An added
+        VLM delay moves the expert's staleness limit with it (a heavier VLM, not a broken one).
+        `options`: the constructor's (recorder_topics, operator, on_scored, env).
+        """
+        node_params = {'sim_cell': {'control': 'commands', 'seed': seed},
+                       'chunk_executor': {'merge': merge} if merge else {},
+                       'vlm_node': {'artificial_delay_s': vlm_delay_s, 'mode': mode},
+                       'action_expert': {'mode': mode}}
+        if vlm_delay_s > 0:
+            expert = load_config(ExpertConfig, 'action_expert',
+                                 params_file or installed_paths()[1])
+            node_params['action_expert']['max_feature_age_s'] = widened_feature_age_s(
+                expert, vlm_delay_s)
+        return cls(out_dir, arguments={
+            'sim': 'true', 'execute': 'true', 'vlm_model': vlm_model, 'checkpoint': checkpoint,
+            'reference': 'true' if policy == 'reference' else 'false'},
+            params_file=params_file, free_ports=True, node_params=node_params,
+            armed_at_start=True, **options)
+
     def __enter__(self) -> CellRun:
-        for name, cmd in self._commands:
-            self._group.start(name, cmd)
-        self.episodes = EpisodeListener('127.0.0.1', self.sim.episode_port,
-                                        on_start=self._on_episode_start)
-        self.episodes.start()
-        self._watcher = ArmWatcher('127.0.0.1', self.sim.robot_port)
+        try:
+            for name, cmd in self._commands:
+                self._group.start(name, cmd)
+            if self.sim is not None:
+                self.episodes = EpisodeListener(
+                    _reachable(self.sim.episode_bind), self.sim.episode_port,
+                    on_end=self._episode_ended, on_start=self._episode_started)
+                self.episodes.start()
+                self._watcher = ArmWatcher(_reachable(self.sim.robot_bind), self.sim.robot_port)
+        except BaseException:
+            self.__exit__()            # stop whatever started before re-raising
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
         for part in (self.episodes, self._watcher):
             if part is not None:
                 part.stop()
+        log.info('stopping: SIGINT to every process')
         self.stop_report = self._group.stop_all(grace_s=10.0)
 
-    def check_alive(self) -> None:
-        dead = self._group.exited()
+    def start(self, spec: NodeSpec, params: dict | None = None) -> ManagedProcess:
+        """Start one more program with the run's arguments (the replay's bag player)."""
+        return self._group.start(spec.name, command_for(spec, self.lib_dir, self.params,
+                                                        self.arguments, params))
+
+    def check_alive(self, ignore: tuple[ManagedProcess, ...] = ()) -> None:
+        """Raise CellRunError naming every program that exited (those in `ignore` aside)."""
+        dead = [p for p in self._group.exited() if p not in ignore]
         if dead:
-            raise CellRunError(f'{dead[0].name} exited with {dead[0].popen.returncode}; see '
-                               f'{dead[0].log_path}')
+            raise CellRunError('process exited early: ' + ', '.join(
+                f'{p.name} (exit {p.popen.returncode}, log {p.log_path})' for p in dead))
 
-    def wait_ready(self, timeout_s: float = 180.0) -> bool:
-        """Wait until the arm moved (the policy, the executor and the cell are up).
+    def wait_for(self, condition: Callable[[], object], timeout_s: float, *,
+                 poll: Callable[[], None] | None = None,
+                 ignore: tuple[ManagedProcess, ...] = ()) -> bool:
+        """Return True once `condition()` holds, False when timeout_s passed first.
 
-        Episodes that started before do not count (`first_scored`): their first seconds ran
-        without a policy. Returns False if the arm never moved within timeout_s.
+        Raises CellRunError as soon as a program exits (`ignore` aside). `poll()` runs at each
+        look (the demo's status lines).
         """
         deadline = time.monotonic() + timeout_s
-        while not self._watcher.moved and time.monotonic() < deadline:
-            self.check_alive()
-            time.sleep(0.2)
-        latest = self.episodes.latest
+        while True:
+            self.check_alive(ignore)
+            if condition():
+                return True
+            if poll is not None:
+                poll()
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+
+    def wait_ready(self, timeout_s: float = 180.0) -> bool:
+        """Wait until the arm moved (the policy, the executor and the cell are up); score on.
+
+        Returns False if the arm never moved within timeout_s.
+        """
+        moved = self.wait_for(lambda: self._watcher.moved, timeout_s)
+        self.start_scoring()
+        return moved
+
+    def arm(self) -> bool:
+        """Arm the chunk executor through the operator (its ~/enable); score from then on."""
+        ok, message = self.operator.enable(True)
+        log.info('arming the chunk executor: %s', message or ('armed' if ok else 'refused'))
+        if ok:
+            self.armed = True
+            self.start_scoring()
+        return ok
+
+    def start_scoring(self) -> int:
+        """Score the episodes after the one running now; return the first one's index."""
+        latest = self.episodes.latest if self.episodes is not None else None
         self.first_scored = latest.episode + 1 if latest is not None else 0
-        return self._watcher.moved
+        return self.first_scored
+
+    def _is_scored(self, report: dict) -> bool:
+        return self.first_scored is not None and report['episode'] >= self.first_scored
+
+    def _episode_started(self, report: dict) -> None:
+        if self.operator is not None and self.armed:
+            _ok, message = self.operator.reset_fault()
+            if message != 'no fault latched':
+                log.info('episode %d starts: reset_fault: %s', report['episode'], message)
+
+    def _episode_ended(self, report: dict) -> None:
+        if self._on_scored is not None and self._is_scored(report):
+            self._on_scored(report)
 
     def scored(self) -> list[dict]:
-        return [e for e in self.episodes.outcomes() if e['episode'] >= self.first_scored]
+        """Return the end reports of the scored episodes so far."""
+        return [e for e in self.episodes.outcomes() if self._is_scored(e)]
 
-    def wait_episodes(self, count: int, on_episode=None) -> list[dict]:
+    def wait_episodes(self, count: int) -> list[dict]:
         """Wait for `count` scored episode outcomes (bounded by their timeouts)."""
         per_episode = self.sim.episode_timeout_s + self.sim.settle_s + 5.0
-        deadline = time.monotonic() + (count + 1) * per_episode
-        seen = 0
-        while time.monotonic() < deadline:
-            self.check_alive()
-            scored = self.scored()
-            for e in scored[seen:count]:
-                if on_episode is not None:
-                    on_episode(e)
-            seen = len(scored)
-            if seen >= count:
-                break
-            time.sleep(0.2)
+        self.wait_for(lambda: len(self.scored()) >= count, (count + 1) * per_episode)
         return self.scored()[:count]
 
 
 def diagnostics_summary(path: Path) -> dict:
-    """Return the executor's and the expert's numbers from a recorded run's /diagnostics.
+    """Return core.health.pipeline_numbers of a recorded run's /diagnostics.
 
-    The newest values of chunk_executor (gate interventions, starvation, jerk, boundary jumps,
-    chunk delays) and of action_expert (feature age, refusals).
+    From the newest values of chunk_executor (gate interventions, starvation, jerk, boundary
+    jumps, chunk delays) and of action_expert (feature age, refusals).
     """
     newest: dict[str, dict[str, str]] = {}
     for _topic, _log_ns, msg in bag.read_messages(path, [topics.DIAGNOSTICS.name]):
         for status in msg.status:
             newest[status.name.split('/')[-1]] = {kv.key: kv.value for kv in status.values}
-    ex, expert = newest.get('chunk_executor', {}), newest.get('action_expert', {})
-
-    def number(values: dict, key: str) -> float | None:
-        try:
-            value = float(values[key])
-        except (KeyError, ValueError):
-            return None
-        return value if np.isfinite(value) else None
-
-    def counters(values: dict, prefix: str) -> dict[str, int]:
-        return {k[len(prefix):]: int(float(v)) for k, v in values.items()
-                if k.startswith(prefix) and float(v) > 0}
-
-    return {'gate': counters(ex, 'gate.'), 'starved': int(number(ex, 'starved') or 0),
-            'jerk_rms_mean': number(ex, 'jerk.rms'),
-            'velocity_jump_p50_mean': number(ex, 'boundary.velocity_jump.p50'),
-            'velocity_jump_max': number(ex, 'boundary.velocity_jump.max'),
-            'chunk_delay_s_mean': number(ex, 'delay_s.p50'),
-            'feature_age_s_mean': number(expert, 'feature_age_s_mean'),
-            'refused': counters(expert, 'drops.')}
+    return health.pipeline_numbers(newest.get('chunk_executor', {}),
+                                   newest.get('action_expert', {}))
 
 
-def outcome_summary(scored: list[dict]) -> dict:
-    """Success rate, outcomes, time to insert and forces of episode end reports."""
-    successes = [e for e in scored if e['success']]
-    reasons: dict[str, int] = {}
-    for e in scored:
-        reasons[e['reason']] = reasons.get(e['reason'], 0) + 1
-    times = [e['time_to_insert_s'] for e in successes if e['time_to_insert_s'] is not None]
-    return {'episodes': len(scored), 'successes': len(successes),
-            'success_rate': len(successes) / len(scored) if scored else None,
-            'outcomes': reasons,
-            'time_to_insert_s_mean': float(np.mean(times)) if times else None,
-            'peak_force_n_max': max((e['peak_force_n'] for e in scored), default=None),
-            'mean_force_n_mean': float(np.mean([e['mean_force_n'] for e in scored]))
-            if scored else None, 'per_episode': scored}
+def run_closed_loop(out_dir: str | Path, *, episodes: int, **options) -> dict:
+    """Run the real nodes on sim_cell for `episodes` scored episodes; summarise them.
 
-
-def run_closed_loop(out_dir: str | Path, *, episodes: int, **run_options) -> dict:
-    """Run the real nodes on sim_cell for `episodes` scored episodes; summarise them."""
+    `options`: CellRun.simulated's. The keys are the episode summary's
+    (core/evaluation/summary.py), as the in-process loop reports them.
+    """
     wall0 = time.perf_counter()
-    with CellRun(out_dir, recorder_topics=(topics.COMMAND.name, topics.ACTION_CHUNK.name,
-                                           topics.DIAGNOSTICS.name), **run_options) as run:
+    with CellRun.simulated(out_dir, recorder_topics=(
+            topics.COMMAND.name, topics.ACTION_CHUNK.name, topics.DIAGNOSTICS.name),
+            **options) as run:
         run.wait_ready()
         scored = run.wait_episodes(episodes)
     if not scored:
         raise CellRunError(f'no episode was decided; see {run.out / "logs"}')
-    return {**outcome_summary(scored), **diagnostics_summary(run.bag_path),
+    return {**summarize_outcomes(scored), **diagnostics_summary(run.bag_path),
             'shutdown_clean': run.stop_report.clean, 'wall_s': time.perf_counter() - wall0}

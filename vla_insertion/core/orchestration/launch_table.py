@@ -97,6 +97,18 @@ def is_true(value: str) -> bool:
     return str(value).strip().lower() in TRUE_WORDS
 
 
+def launch_arguments(**values: str) -> dict[str, str]:
+    """Return every launch argument's value: its default, or the one given (a KeyError if unknown).
+
+    What `ros2 launch vla_insertion vla_insertion.launch.py name:=value ...` holds; the tools
+    that start the table's programs themselves (core/orchestration/cell_run.py) start from it.
+    """
+    unknown = sorted(set(values) - {a.name for a in LAUNCH_ARGUMENTS})
+    if unknown:
+        raise KeyError(f'no launch argument {", ".join(unknown)} in the launch table')
+    return {**{a.name: a.default for a in LAUNCH_ARGUMENTS}, **values}
+
+
 def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
     """Return the nodes that run for these launch argument values."""
     return [n for n in NODES if (not n.enabled_by or is_true(arguments.get(n.enabled_by, '')))

@@ -33,10 +33,10 @@ import numpy as np
 
 from vla_insertion.core import bag, topics
 from vla_insertion.core.bag.messages import GRIPPER_JOINT
-from vla_insertion.core.config import DEFAULT_WRIST_VIEWS, ExecutorConfig
+from vla_insertion.core.config import DEFAULT_WRIST_VIEWS, ExpertConfig, VlmConfig
 from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS
-from vla_insertion.core.executor import ChunkExecutor
-from vla_insertion.core.orchestration.builders import learned_loop
+from vla_insertion.core.orchestration.builders import (
+    executor_settings, ExecutorSettings, learned_loop)
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.contact import JAMMED
 from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
@@ -65,9 +65,8 @@ class DemoStreams:
 class LearnedDriver:
     """The learned policy that drives while the demonstrator labels (DAgger)."""
 
-    checkpoint: str                 # the expert checkpoint folder
-    vlm: object                     # VlmConfig of the VLM it runs on
-    expert: object                  # ExpertConfig: staleness limits, precision
+    vlm: VlmConfig                  # the VLM it runs on
+    expert: ExpertConfig            # its checkpoint, staleness limits and precision
 
 
 class PerturbedReference:
@@ -217,7 +216,7 @@ class _Recorder:
 
 
 def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *, seed: int = 0,
-                    first_episode: int = 0, executor: ExecutorConfig | None = None,
+                    first_episode: int = 0, executor: ExecutorSettings | None = None,
                     timing: PipelineTiming = PipelineTiming(), keep_failures: bool = False,
                     start_range_rad: float = 0.0, noise_rad: float = 0.0,
                     descent_noise: float = 0.0, driver: LearnedDriver | None = None,
@@ -229,18 +228,21 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
     the descent over the hole `descent_noise` of it. Failed episodes (rare for the
     demonstrator) are deleted unless keep_failures. With `driver` the learned policy drives
     (no noise: its own errors are the perturbation) and the demonstrator labels every tick;
-    its failed episodes are kept, they hold the states it most needs labels for.
+    its failed episodes are kept, they hold the states it most needs labels for. `executor`:
+    the cell's (builders.executor_settings of its params file, joint limits included), so that
+    the data is recorded under the limits the policy runs with; None: the defaults, armed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = replace(CellParams(), episode=replace(CellParams().episode,
                                                    start_range_rad=start_range_rad))
     cell = SimCell(params, seed=seed, first_episode=first_episode)
-    chunk_executor = ChunkExecutor(executor if executor is not None
-                                   else ExecutorConfig(start_armed=True))
+    settings = executor if executor is not None else executor_settings(
+        None, overrides={'start_armed': True})
+    chunk_executor = settings.build()
     reference = ReferencePolicy()
     if driver is not None:
-        loop = learned_loop(cell, chunk_executor, timing, driver.checkpoint, driver.vlm,
+        loop = learned_loop(cell, chunk_executor, timing, driver.expert.checkpoint, driver.vlm,
                             driver.expert, seed=seed, labeller=reference)
         keep_failures = True
     else:

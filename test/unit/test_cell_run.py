@@ -1,0 +1,119 @@
+"""The orchestrator's own rules, without a cell: scoring, arming, resets, a program that exits.
+
+CellRun's episodes come from a stand-in listener and its operator is a stand-in that records
+its calls; the program that exits is a two-line shell script (core/orchestration/cell_run.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from vla_insertion.core.orchestration import cell_run
+from vla_insertion.core.orchestration.cell_run import CellRun, CellRunError
+from vla_insertion.core.orchestration.launch_table import launch_arguments, NodeSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeOperator:
+    def __init__(self, arms: bool = True) -> None:
+        self.calls: list[str] = []
+        self._arms = arms
+
+    def enable(self, on: bool = True) -> tuple[bool, str]:
+        self.calls.append('enable')
+        return (True, 'armed') if self._arms else (False, 'no robot state received yet')
+
+    def reset_fault(self) -> tuple[bool, str]:
+        self.calls.append('reset_fault')
+        return True, 'fault force_limit cleared'
+
+
+class FakeEpisodes:
+    """What CellRun reads of an EpisodeListener: the newest report and the end reports."""
+
+    def __init__(self) -> None:
+        self.latest = None
+        self.ends: list[dict] = []
+
+    def outcomes(self) -> list[dict]:
+        return list(self.ends)
+
+
+@pytest.fixture
+def bin_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setattr(cell_run, 'installed_paths',
+                        lambda: (tmp_path, ROOT / 'config' / 'vla_insertion.yaml'))
+    return tmp_path
+
+
+def _run(tmp_path: Path, **options) -> tuple[CellRun, FakeEpisodes]:
+    run = CellRun(tmp_path / 'run', nodes=(), **options)     # no program of the table
+    episodes = FakeEpisodes()
+    run.episodes = episodes
+    return run, episodes
+
+
+def _report(episode: int) -> dict:
+    return {'episode': episode, 'success': True, 'reason': 'success'}
+
+
+def test_arming_scores_from_the_next_episode_and_resets_faults_from_then_on(bin_dir):
+    operator, scored = FakeOperator(), []
+    run, episodes = _run(bin_dir, operator=operator, on_scored=scored.append)
+    run._episode_started({'episode': 0})
+    assert operator.calls == []                    # disarmed: nothing to reset
+    episodes.latest = SimpleNamespace(episode=0)   # the arm is taken during episode 0
+    assert run.arm() and run.first_scored == 1 and operator.calls == ['enable']
+    run._episode_ended(_report(0))                 # it started before the policy drove
+    run._episode_started({'episode': 1})
+    run._episode_ended(_report(1))
+    assert operator.calls == ['enable', 'reset_fault']
+    assert [e['episode'] for e in scored] == [1]
+    episodes.ends = [_report(0), _report(1)]
+    assert [e['episode'] for e in run.scored()] == [1]
+
+
+def test_a_refused_arming_scores_nothing(bin_dir):
+    operator = FakeOperator(arms=False)
+    run, _episodes = _run(bin_dir, operator=operator)
+    assert not run.arm()
+    assert run.first_scored is None and not run.armed
+    run._episode_started({'episode': 2})
+    assert operator.calls == ['enable']
+
+
+def test_armed_at_start_resets_at_every_episode_start(bin_dir):
+    operator = FakeOperator()
+    run, _episodes = _run(bin_dir, operator=operator, armed_at_start=True)
+    run._episode_started({'episode': 0})
+    assert operator.calls == ['reset_fault']
+
+
+def test_launch_arguments_and_node_parameters_reach_the_commands(bin_dir):
+    run = CellRun(bin_dir / 'run', arguments={'reference': 'true', 'checkpoint': 'ckpt'},
+                  nodes=('reference_policy', 'chunk_executor', 'bag_recorder'),
+                  node_params={'reference_policy': {'rate_hz': 5.0}},
+                  recorder_topics=('/diagnostics',), armed_at_start=True)
+    commands = dict(run._commands)
+    assert list(commands) == ['reference_policy', 'chunk_executor', 'bag_recorder']
+    assert 'rate_hz:=5.0' in commands['reference_policy']
+    assert 'start_armed:=true' in commands['chunk_executor']
+    assert f'output_dir:={bin_dir / "run"}' in commands['bag_recorder']
+    assert run.bag_path == bin_dir / 'run' / 'bag' and run.arguments['record'] == 'true'
+    with pytest.raises(KeyError):
+        launch_arguments(no_such_argument='1')
+
+
+@pytest.mark.slow
+def test_a_program_that_exits_ends_the_wait_and_everything_stops(bin_dir):
+    script = bin_dir / 'quitter'
+    script.write_text('#!/bin/sh\nexit 3\n')
+    script.chmod(0o755)
+    with CellRun(bin_dir / 'run', nodes=()) as run:
+        run.start(NodeSpec('quitter', 'quitter', 'SimCellConfig', ros_node=False))
+        with pytest.raises(CellRunError, match=r'quitter \(exit 3, log .*quitter.log\)'):
+            run.wait_for(lambda: False, 60.0)
+    assert run.stop_report.exit_codes == {'quitter': 3} and run.stop_report.clean
