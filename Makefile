@@ -9,7 +9,7 @@ ENV := source scripts/env.sh &&
 DURATION ?= 30
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit test-ros lint bench clean
+.PHONY: setup demo test test-fast test-unit test-ros lint bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,11 @@ demo: setup
 
 test: setup
 	@$(ENV) pytest -q -p no:cacheprovider $(PYTEST_ARGS) test
+
+# Everything but the tests marked slow (programs, ROS nodes as processes, torchrun, the tiny
+# VLM, sim episodes): about a minute on 2 cores, for the edit-test loop. CI runs `test`.
+test-fast: setup
+	@$(ENV) pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) test
 
 test-unit: setup
 	@$(ENV) pytest -q -p no:cacheprovider $(PYTEST_ARGS) test/unit

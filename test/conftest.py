@@ -9,6 +9,10 @@ import zlib
 import numpy as np
 import pytest
 
+# One torch thread in the tests and the programs they start: two OpenMP threads on a busy
+# 2-core machine spin against each other (a 4 s test took 356 s); tests measure no speed.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 _USED_DOMAINS: set[int] = set()
 # ROS domains the test modules may use: 'FIRST:COUNT'. The default 120..219 keeps clear of the
 # default 0 and of the demo (77); two suites running at once on one host (two checkouts) give
@@ -26,6 +30,25 @@ def _domain_for(module_name: str) -> int:
         domain = first + (domain - first + 1) % count
     _USED_DOMAINS.add(domain)
     return domain
+
+
+# Tests that are slow by definition (the `slow` marker, setup.cfg) without saying so: those
+# that use the tiny VLM (built once, run by every test that asks for it, through any fixture)
+# or the environment of child processes (they start programs), and launch tests (they start
+# the cell). Other slow tests carry the marker themselves.
+SLOW_FIXTURES = ('tiny_vlm_dir', 'ros_env')
+
+
+@pytest.hookimpl(tryfirst=True)     # before `-m` deselects: it must see these markers
+def pytest_collection_modifyitems(items) -> None:
+    try:
+        from launch_testing.pytest.hooks import LaunchTestItem
+    except ImportError:             # no launch_testing: its tests are skipped anyway
+        LaunchTestItem = ()
+    for item in items:
+        if isinstance(item, LaunchTestItem) or any(
+                name in SLOW_FIXTURES for name in getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope='module')
@@ -155,6 +178,37 @@ def _expert_observation(contract, now_s: float, rng, feature_age_s: float, prefi
 def expert_observation():
     """Return `make(contract, now_s, rng, feature_age_s, prefix=None)`: an ExpertObservation."""
     return _expert_observation
+
+
+def _paired_dataset(features, windows, states, actions, feature_index=None):
+    """Return a `PairedDataset` of in-memory samples with a fixed pairing.
+
+    Sample i: windows[i] (W, C), states[i] (S,), actions[i] (H, A) physical, and the features
+    features[feature_index[i]] (T, F) (default: i), taken at the tick (no motion since the
+    capture). Each sample ticks 0.5 s after a VLM update of its own, the only one young enough.
+    """
+    from vla_insertion.core.train.dataset import FeatureBank, PairedDataset
+    from vla_insertion.core.train.feature_age import load_age_model
+    from vla_insertion.core.train.feature_cache import CachedBag, VlUpdate
+    from vla_insertion.core.train.split import Episode
+    states = np.asarray(states, dtype=np.float32)
+    n = states.shape[0]
+    index = np.arange(n) if feature_index is None else np.asarray(feature_index)
+    updates = [VlUpdate(run_s=float(i), stamp_s=float(i), view_stamps_s=()) for i in range(n)]
+    bank = FeatureBank([CachedBag('memory', updates,
+                                  np.asarray(features, dtype=np.float32)[index])])
+    bank.captures = states                                        # (N, S): at the tick
+    ticks = [{'tick_s': list(np.arange(n) + 0.5),
+              'windows': list(np.asarray(windows, dtype=np.float32)), 'states': list(states),
+              'actions': list(np.asarray(actions, dtype=np.float32))}]
+    return PairedDataset(bank, ticks, [0], [Episode('memory')], load_age_model('newest', 0.9),
+                         0.9)
+
+
+@pytest.fixture(scope='session')
+def paired_dataset():
+    """Return `make(features, windows, states, actions, feature_index=None)`: a PairedDataset."""
+    return _paired_dataset
 
 
 @pytest.fixture

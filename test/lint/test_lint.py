@@ -14,12 +14,14 @@ def _existing(dirs):
     return [d for d in dirs if (ROOT / d).exists()]
 
 
+@pytest.mark.slow
 def test_flake8():
     result = subprocess.run([sys.executable, '-m', 'flake8', *_existing(PY_DIRS)],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_pep257():
     result = subprocess.run([sys.executable, '-m', 'pydocstyle', *_existing(PY_DIRS)],
                             cwd=ROOT, capture_output=True, text=True)
@@ -36,6 +38,7 @@ def test_package_xml_is_valid_format3():
                for e in package.exports)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which('xmllint') is None, reason='xmllint not installed')
 def test_xmllint_well_formed():
     result = subprocess.run(['xmllint', '--noout', 'package.xml'], cwd=ROOT,

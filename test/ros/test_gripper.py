@@ -25,7 +25,7 @@ from vla_insertion import conversions as conv
 from vla_insertion.core.bag.recording import load_recording, RecordedInputs
 from vla_insertion.core.config import BagRecorderConfig
 from vla_insertion.core.expert.policy import robot_state_vector
-from vla_insertion.core.train.training import tick_targets
+from vla_insertion.core.train.dataset import tick_targets
 from vla_insertion.core.wire import RobotCodecV1, RobotMessage
 from vla_insertion.ros.qos import ROBOT_QOS
 from vla_insertion.tools.bag_recorder import BagRecorderNode

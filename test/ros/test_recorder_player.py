@@ -20,6 +20,7 @@ from vla_insertion import conversions as conv
 from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagPlayerConfig, BagRecorderConfig
 from vla_insertion.core.data import ActionChunkData, SensorWindowData
+from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.msg import ActionChunk, SensorWindow
 from vla_insertion.ros.qos import publisher, SENSOR_QOS, STATE_QOS, WINDOW_QOS
 from vla_insertion.tools.bag_player import BagPlayerNode, CLOCK_QOS
@@ -92,42 +93,75 @@ def wait_for(predicate, timeout_s):
     return predicate()
 
 
-def test_recorded_messages_and_stamps_are_intact(rclpy_context, tmp_path):
+def test_recorded_messages_and_stamps_are_intact(rclpy_context, tmp_path, monkeypatch):
+    """Every message and stamp intact, and the splits exactly where split_duration_s puts them.
+
+    The rule (core.bag.BagWriter): a split ends before the first message logged
+    split_duration_s or more after the split's first message, in the order the writer gets
+    them. The expected splits come from the log times the recorder wrote, so they hold however
+    fast this machine delivered the messages.
+    """
+    written = []                         # (topic, log time [ns]) in the order written
+    write = bag.BagWriter.write
+
+    def spy(self, topic, stamp_ns, data):
+        written.append((topic, stamp_ns))
+        write(self, topic, stamp_ns, data)
+    monkeypatch.setattr(bag.BagWriter, 'write', spy)
+    split_ns = 100_000_000
     config = BagRecorderConfig(output_dir=str(tmp_path), bag_name='rec',
-                               topics=tuple(TOPICS), split_duration_s=0.3)
+                               topics=tuple(TOPICS), split_duration_s=split_ns * 1e-9)
     recorder = BagRecorderNode(config, context=rclpy_context)
     source = Node('rec_source', context=rclpy_context)
     # the cells' QoS kinds, with deeper publisher histories so a busy machine loses nothing
     pubs = {t: source.create_publisher(cls, t, qos if qos is SENSOR_QOS else DEEP_QOS)
             for t, (cls, qos) in TOPICS.items()}
     spinner = Spinner(rclpy_context, recorder, source)
+    sent = {t: [] for t in TOPICS}
     try:
         assert wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()), 10)
-        sent = {t: [] for t in TOPICS}
-        for i in range(N):
+        # a live source at 100 Hz: N rounds, and on until the log times span 3 splits
+        ticker, deadline, i = DeadlineTicker(100.0), time.monotonic() + 30.0, 0
+        while (i < N or not written or written[-1][1] - written[0][1] < 3 * split_ns) and \
+                time.monotonic() < deadline and ticker.wait():
             for topic, pub in pubs.items():
                 msg = make(topic, i)
                 pub.publish(msg)
                 sent[topic].append(msg)
-            time.sleep(0.01)                 # pacing like a live source, not synchronisation
-        assert wait_for(lambda: all(recorder.received[f'/{t}'] >= N for t in TOPICS), 10), \
-            dict(recorder.received)
+            i += 1
+        assert wait_for(lambda: all(recorder.received[f'/{t}'] >= i for t in TOPICS), 10), \
+            (i, dict(recorder.received))
     finally:
         spinner.stop()
         recorder.destroy_node()
         source.destroy_node()
     assert recorder.drops == {}
     read = {t: [] for t in TOPICS}
-    for topic, _log_ns, msg in bag.read_messages(tmp_path / 'rec'):
+    logged = {t: [] for t in TOPICS}
+    for topic, log_ns, msg in bag.read_messages(tmp_path / 'rec'):
         if topic.lstrip('/') in read:
             read[topic.lstrip('/')].append(msg)
-    assert len(list((tmp_path / 'rec').glob('rec_*.mcap'))) > 1    # several splits
+            logged[topic.lstrip('/')].append(log_ns)
     for topic in TOPICS:
-        assert len(read[topic]) == N, topic
+        assert len(read[topic]) == i, topic
         for want, got in zip(sent[topic], read[topic]):
             assert bag.header_stamp_ns(got) == want.header.stamp.sec * 10**9 + \
                 want.header.stamp.nanosec
             np.testing.assert_array_equal(payload(got), payload(want))
+        assert logged[topic] == [t for name, t in written if name == f'/{topic}'], topic
+    splits: list[list[int]] = []
+    for _topic, log_ns in written:
+        if not splits or log_ns - splits[-1][0] >= split_ns:
+            splits.append([])
+        splits[-1].append(log_ns)
+    info = yaml.safe_load((tmp_path / 'rec' / 'metadata.yaml').read_text())[
+        'rosbag2_bagfile_information']
+    files = [(f['path'], f['message_count'], f['starting_time']['nanoseconds_since_epoch'],
+              f['duration']['nanoseconds']) for f in info['files']]
+    assert files == [(f'rec_{k}.mcap', len(s), min(s), max(s) - min(s))
+                     for k, s in enumerate(splits)]
+    assert sorted(p.name for p in (tmp_path / 'rec').iterdir()) == sorted(
+        ['metadata.yaml'] + [f'rec_{k}.mcap' for k in range(len(splits))])
 
 
 def write_timed_bag(path: Path) -> list[int]:
@@ -176,8 +210,11 @@ def test_player_keeps_timing_scaled_by_rate_and_publishes_clock(rclpy_context, t
     # arrival offsets follow the recorded offsets / rate (2 s of bag in ~1 s)
     got = np.array([t for t, _m in arrivals]) - arrivals[0][0]
     want = (np.array(times) - times[0]) * 1e-9 / 2.0
-    assert np.median(np.abs(got - want)) < 0.05
-    assert np.max(np.abs(got - want)) < 0.3
+    # never early: each message waits for its scaled time. How late they come is the machine's
+    # load (benchmarks/bench_recorder.py measures it); the loose median only tells a player
+    # at rate 2 from one at rate 1, whose second half would be 0.5-1 s late.
+    assert np.all(got >= want - 0.01), (got - want).min()
+    assert np.median(got - want) < 0.5
     # /clock carried the bag time, increasing, inside the bag's span
     assert len(clocks) > 20
     assert all(b >= a for a, b in zip(clocks, clocks[1:]))
@@ -198,13 +235,14 @@ def test_sigkilled_recorder_leaves_a_readable_bag(rclpy_context, ros_env, tmp_pa
         assert wait_for(lambda: pub.get_subscription_count() > 0, 30), 'recorder not up'
         meta = tmp_path / 'killed' / 'metadata.yaml'
         deadline = time.monotonic() + 30
+        ticker = DeadlineTicker(100.0)       # the sender's pace
         i = 0
-        while time.monotonic() < deadline and not (meta.exists() and i > 150):
+        while time.monotonic() < deadline and not (meta.exists() and i > 150) and \
+                ticker.wait():
             msg = make('robot/joint_states', i)
             pub.publish(msg)
             sent.append(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
             i += 1
-            time.sleep(0.01)                 # the sender's pace (100 Hz)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -241,9 +279,10 @@ def test_the_bag_is_as_rosbag2_writes_it(rclpy_context, tmp_path, monkeypatch):
     source = Node('rx_source', context=rclpy_context)
     pubs = [publisher(source, ActionChunk, topics.ACTION_CHUNK) for _ in range(2)]
     assert wait_for(lambda: all(p.get_subscription_count() for p in pubs), 10)
+    ticker = DeadlineTicker(50.0)        # a live source's pace
     for i in range(10):
+        assert ticker.wait()
         pubs[i % 2].publish(make('vla/action_chunk', i))
-        time.sleep(0.02)                 # pacing like a live source, not synchronisation
     spin_started_ns = time.time_ns()
     spinner = Spinner(rclpy_context, recorder, source)
     try:

@@ -177,6 +177,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_killed_writer_leaves_a_readable_bag(tmp_path, storage):
     path = tmp_path / 'killed'

@@ -12,6 +12,10 @@ from pathlib import Path
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow         # the benchmark script runs as a program
+
 SCRIPT = Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_vlm_gpu.py'
 
 

@@ -28,6 +28,7 @@ def executor():
     return ChunkExecutor(ExecutorConfig(start_armed=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['async', 'sync'])
 def test_the_reference_inserts_through_the_executor_in_both_schedules(mode):
     loop = PipelineLoop(SimCell(CellParams(), seed=21), executor(), PipelineTiming(mode=mode),
@@ -52,6 +53,7 @@ class _PressBesideTheHole:
             obs, hole_top_m=obs.hole_top_m + np.array([0.02, 0.0, -0.02])))
 
 
+@pytest.mark.slow
 def test_an_over_force_end_does_not_trip_the_next_episode():
     # the first episode ends pressed into the block; the cell then puts the arm at the next
     # start, and the next window must not carry the old contact force into the new episode

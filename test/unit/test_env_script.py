@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+pytestmark = pytest.mark.slow         # bash runs scripts/env.sh
 ROOT = Path(__file__).resolve().parents[2]
 LOOKUP = ('python -c "from ament_index_python.packages import get_resource; '
           "print(get_resource('rosidl_interfaces', 'std_msgs')[1])\"")

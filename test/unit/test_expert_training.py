@@ -1,4 +1,8 @@
-"""Behaviour cloning: the loss falls, training is deterministic, stats come from the data."""
+"""Behaviour cloning: the loss falls, training is deterministic, stats come from the data.
+
+The one training loop (`core.train.trainer.Trainer`) on a `PairedDataset` of synthetic samples
+with a known map from state to target chunk, and the targets from a recorded trajectory.
+"""
 from dataclasses import replace
 
 import numpy as np
@@ -13,8 +17,8 @@ from vla_insertion.core.expert.policy import ExpertPolicy
 from vla_insertion.core.expert.presets import PRESETS
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.interfaces import ExpertObservation
-from vla_insertion.core.train.training import (
-    chunk_targets, dataset_loss, ExpertDataset, fit_normalization, train)
+from vla_insertion.core.train.dataset import chunk_targets, PairedDataset
+from vla_insertion.core.train.trainer import draw, TrainConfig, Trainer
 
 CONTRACT = FeatureContract(model_id='tiny-test-vlm', reduction='image_token_grid_pool',
                            num_tokens=6, feature_dim=32, image_width=64, image_height=36,
@@ -31,7 +35,7 @@ def target_of(states: np.ndarray) -> np.ndarray:
     return np.concatenate([joints, gripper], axis=-1).astype(np.float32)
 
 
-def synthetic(seed: int = 0) -> ExpertDataset:
+def synthetic(make, seed: int = 0) -> PairedDataset:
     rng = np.random.default_rng(seed)
     states = np.concatenate([
         rng.uniform(-1.5, 1.5, (N, 6)), rng.normal([0.4, 0.0, 0.3], 0.05, (N, 3)),
@@ -40,8 +44,7 @@ def synthetic(seed: int = 0) -> ExpertDataset:
                          (N, 65, 7))
     windows[:5, :10] = np.nan                                     # a few incomplete windows
     features = rng.standard_normal((N // 4, 6, 32))               # each set shared by 4 ticks
-    return ExpertDataset.from_arrays(features, windows, states.astype(np.float32),
-                                     target_of(states), feature_index=np.arange(N) // 4)
+    return make(features, windows, states, target_of(states), feature_index=np.arange(N) // 4)
 
 
 def small_model(seed: int = 0) -> ActionExpert:
@@ -49,19 +52,34 @@ def small_model(seed: int = 0) -> ActionExpert:
     return ActionExpert(ExpertModelConfig(**PRESETS['small'], feature_tokens=6, feature_dim=32))
 
 
+def fit_normalization(model: ActionExpert, data: PairedDataset) -> dict:
+    """Set the model's normalisation from the data, as `core.train.fit` does; return it."""
+    stats = data.normalization(action_frame=model.cfg.action_frame)
+    model.set_normalization(stats)
+    return stats
+
+
+def trainer(model: ActionExpert, data: PairedDataset, steps: int, lr: float, batch_size: int,
+            seed: int) -> Trainer:
+    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, warmup_steps=0,
+                      val_every=0, save_every=0)
+    return Trainer(model, data, cfg, progress_bar=False)
+
+
 @pytest.fixture(scope='module')
-def trained():
+def trained(paired_dataset):
     torch.manual_seed(0)
-    data = synthetic()
+    data = synthetic(paired_dataset)
     model = small_model()
     fit_normalization(model, data)
-    before = dataset_loss(model, data)
-    losses = train(model, data, steps=300, lr=2e-3, batch_size=64, seed=0)
+    run = trainer(model, data, steps=300, lr=2e-3, batch_size=64, seed=0)
+    before = run.evaluate(data)
+    losses = run.run().losses
     return data, model, before, losses
 
 
-def test_normalization_comes_from_the_data():
-    data = synthetic()
+def test_normalization_comes_from_the_data(paired_dataset):
+    data = synthetic(paired_dataset)
     model = small_model()
     stats = fit_normalization(model, data)
     states = data.states.double().numpy()
@@ -84,13 +102,14 @@ def test_loss_decreases_by_a_large_factor(trained):
     assert np.mean(losses[-20:]) < before / 20
 
 
-def test_training_is_deterministic_for_a_seed():
-    data = synthetic()
+def test_training_is_deterministic_for_a_seed(paired_dataset):
+    data = synthetic(paired_dataset)
     runs = []
     for seed in (0, 0, 1):
         model = small_model()
         fit_normalization(model, data)
-        runs.append(train(model, data, steps=20, lr=2e-3, batch_size=32, seed=seed))
+        runs.append(trainer(model, data, steps=20, lr=2e-3, batch_size=32, seed=seed)
+                    .run().losses)
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
@@ -109,7 +128,7 @@ def test_saved_checkpoint_loads_and_predicts_the_targets(trained, tmp_path):
         obs = ExpertObservation(
             features=VLFeatureData(stamp_s=9.9, sequence=i, contract_hash=CONTRACT.digest,
                                    model_id=CONTRACT.model_id,
-                                   features=data.features[data.feature_index[i]].numpy()),
+                                   features=data.features_of(np.array([i]))[0].numpy()),
             window=SensorWindowData(stamp_s=10.0, samples=data.windows[i].numpy(),
                                     valid_samples=65, sample_rate_hz=650.0,
                                     channel_names=CHANNELS),
@@ -133,16 +152,9 @@ def test_chunk_targets_interpolate_the_trajectory():
     np.testing.assert_array_equal(chunk_targets(traj, 0.0, 2, 0.5)[:, 6], 0.0)
 
 
-def test_dataset_rejects_inconsistent_arrays():
-    with pytest.raises(ValueError):
-        ExpertDataset.from_arrays(np.zeros((2, 6, 32)), np.zeros((3, 65, 7)),
-                                  np.zeros((3, 14)), np.zeros((3, H, 7)),
-                                  feature_index=[0, 1, 2])
-
-
-def test_wrench_jitter_offsets_half_the_training_windows_and_never_the_validation():
-    from vla_insertion.core.train.trainer import draw, TrainConfig, Trainer
-    data = synthetic()
+def test_wrench_jitter_offsets_half_the_training_windows_and_never_the_validation(
+        paired_dataset):
+    data = synthetic(paired_dataset)
     model = small_model()
     fit_normalization(model, data)
     seen = []

@@ -13,8 +13,8 @@ import torch
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.expert.model import ActionExpert, ExpertModelConfig
 from vla_insertion.core.expert.presets import PRESETS
+from vla_insertion.core.train.dataset import PairedDataset
 from vla_insertion.core.train.trainer import TrainConfig, Trainer
-from vla_insertion.core.train.training import ExpertDataset, fit_normalization
 
 N, H, A = 512, 8, 7
 
@@ -29,15 +29,27 @@ def model(prefix: bool = True, seed: int = 0) -> ActionExpert:
                                           action_frame='absolute'))
 
 
-def lines() -> ExpertDataset:
+@pytest.fixture(scope='module')
+def lines(paired_dataset) -> PairedDataset:
     rng = np.random.default_rng(0)
     a0, slope = rng.normal(0, 1, (N, 1, A)), rng.normal(0, 0.5, (N, 1, A))
     actions = (a0 + slope * np.arange(H)[None, :, None]).astype(np.float32)
-    return ExpertDataset.from_arrays(rng.normal(size=(N, 6, 32)), rng.normal(size=(N, 65, 7)),
-                                     rng.normal(size=(N, 14)).astype(np.float32), actions)
+    return paired_dataset(rng.normal(size=(N, 6, 32)), rng.normal(size=(N, 65, 7)),
+                          rng.normal(size=(N, 14)), actions)
 
 
-def test_config_and_inference_guard():
+def fit_normalization(m: ActionExpert, data: PairedDataset) -> None:
+    m.set_normalization(data.normalization(action_frame=m.cfg.action_frame))
+
+
+def batch(data: PairedDataset, n: int) -> tuple[torch.Tensor, ...]:
+    """Return (features, windows, states, actions) of the first n samples."""
+    index = torch.arange(n)
+    rows, _ages = data.pair(index.numpy(), np.zeros(n))
+    return (data.features_of(rows), *data.inputs(index))
+
+
+def test_config_and_inference_guard(lines):
     with pytest.raises(ConfigError, match='flow head'):
         ExpertModelConfig(head='regression', prefix_conditioning=True)
     plain = model(prefix=False)
@@ -46,14 +58,14 @@ def test_config_and_inference_guard():
         plain.head.continue_prefix(torch.zeros(1, 128), 2, torch.zeros(1, H * A),
                                    torch.zeros(1, H * A), torch.tensor([2]))
     with pytest.raises(ConfigError, match='prefix_conditioning'):
-        Trainer(plain, lines(), TrainConfig(steps=1, max_prefix=2))
+        Trainer(plain, lines, TrainConfig(steps=1, max_prefix=2))
 
 
-def test_the_loss_ignores_the_given_actions():
+def test_the_loss_ignores_the_given_actions(lines):
     m = model()
-    data = lines()
+    data = lines
     fit_normalization(m, data)
-    f, w, s, a = data.batch(torch.arange(16))
+    f, w, s, a = batch(data, 16)
     g = torch.Generator().manual_seed(0)
     noise, t = torch.randn(16, H * A, generator=g), torch.rand(16, generator=g)
     prefix = torch.full((16,), 3)
@@ -75,14 +87,14 @@ def test_the_loss_ignores_the_given_actions():
     assert loss_with(slice(3 * A, 4 * A)) > base + 100                     # free: counted
 
 
-def test_a_prefix_conditioned_head_continues_the_prefix():
-    data = lines()
+def test_a_prefix_conditioned_head_continues_the_prefix(lines):
+    data = lines
     m = model()
     fit_normalization(m, data)
     Trainer(m, data, TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_steps=20,
                                  max_prefix=4, val_every=0, save_every=0),
             progress_bar=False).run()
-    f, w, s, a = data.batch(torch.arange(256))
+    f, w, s, a = batch(data, 256)
     noise = torch.randn(256, H * A, generator=torch.Generator().manual_seed(1))
     target = ((a - m.action_mean) / m.action_std).flatten(1)
     error = {}
@@ -97,15 +109,15 @@ def test_a_prefix_conditioned_head_continues_the_prefix():
     assert error[3] < 0.6 * error[0], error
 
 
-def test_the_policy_continues_the_executors_prefix_with_a_conditioned_head(tmp_path,
-                                                                           expert_observation):
+def test_the_policy_continues_the_executors_prefix_with_a_conditioned_head(
+        tmp_path, expert_observation, lines):
     from vla_insertion.core.expert.checkpoint import CheckpointMeta, save_checkpoint
     from vla_insertion.core.expert.policy import ExpertPolicy
     from vla_insertion.core.feature_contract import FeatureContract
     contract = FeatureContract(model_id='test', reduction='r', num_tokens=6, feature_dim=32,
                                image_width=64, image_height=36, view_names=('a',), prompt='p')
     m = model()
-    fit_normalization(m, lines())
+    fit_normalization(m, lines)
     folder = save_checkpoint(tmp_path / 'ckpt', m.eval(),
                              CheckpointMeta(model=m.cfg, contract=contract, untrained=False))
     rng = np.random.default_rng(2)

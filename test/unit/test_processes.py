@@ -4,7 +4,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from vla_insertion.core.orchestration.processes import ProcessGroup
+
+pytestmark = pytest.mark.slow         # every test starts programs
 
 CLEAN = ('import time\ntry:\n    print("ready", flush=True)\n    time.sleep(60)\n'
          'except KeyboardInterrupt:\n    pass\n')

@@ -125,6 +125,7 @@ def stable(states: list, n: int = 20, tolerance: float = 2e-4) -> bool:
     return len(states) >= n and np.ptp(np.array(states[-n:]), axis=0).max() < tolerance
 
 
+@pytest.mark.slow
 def test_robot_state_follows_commands_and_holds_when_they_stop(sim):
     cell, proc, _ = sim
     assert cell.wait_for(lambda: stable(cell.states), 60.0), proc.poll()
@@ -155,6 +156,7 @@ def test_robot_state_follows_commands_and_holds_when_they_stop(sim):
     assert np.abs(after - held).max() < 2e-4
 
 
+@pytest.mark.slow
 def test_episode_reports_arrive_and_pushing_into_the_block_fails_the_episode(sim):
     cell, proc, log = sim
     assert cell.wait_for(lambda: any(r.event == 'status' for r in cell.reports), 30.0)
@@ -215,6 +217,7 @@ def test_command_filter_keeps_the_newest_of_a_session():
         f.check(msg(3, 0xFFFFFFFF))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('busy', ['command', 'episode'])
 def test_a_busy_port_is_a_start_up_error(busy):
     with socket.socket() as holder:

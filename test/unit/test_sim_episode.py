@@ -57,6 +57,7 @@ def test_the_judge_decides_each_outcome(steps, reason):
         assert record.as_dict()['time_to_insert_s'] is None
 
 
+@pytest.mark.slow
 def test_an_idle_episode_times_out_and_the_next_one_starts_at_home():
     params = CellParams(episode=EpisodeParams(timeout_s=1.0, settle_s=0.2))
     cell = SimCell(params, seed=4)
@@ -77,6 +78,7 @@ def test_an_idle_episode_times_out_and_the_next_one_starts_at_home():
                                   cell.spec.hole_top_m)
 
 
+@pytest.mark.slow
 def test_pushing_into_the_block_fails_the_episode_as_over_force():
     cell = SimCell(CellParams(episode=EpisodeParams(settle_s=0.5)), seed=0)
     hole = cell.spec.hole_top_m

@@ -1,4 +1,10 @@
-"""DeadlineTicker: the one pacer of every fixed-rate loop (expert ticks, sim senders, replays).
+"""DeadlineTicker: the pacer of the fixed-rate loops that pace themselves.
+
+Its callers: the action expert's thread scheduler, the chunk executor's control loop, the
+reference policy, the sim cell's senders and the open-loop replay (on the recorded clock).
+Not paced by it: rclpy timers (diagnostics, the expert's `scheduler: timer`), sim_cell's
+status log, bag_player (each message at its recorded time; /clock every 1 / clock_rate_hz
+after the last), and the VLM worker (a cap on its rate, not a rate).
 
 Ticks fall on an absolute grid start + k * period of a monotonic clock, so the rate has no
 drift and a late tick does not push the next one back. A tick that is due runs at once, even a

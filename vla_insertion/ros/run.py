@@ -32,7 +32,10 @@ def _executor_for(node: Node, threads: int):
 
 
 def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
-    """Run a node as main(): init, build, spin on a multi-threaded executor, shut down.
+    """Run a node as main(): init, build, spin, shut down.
+
+    The executor is the events executor; a multi-threaded one with `threads` threads for a
+    node that needs parallel callbacks, or where rclpy has no events executor (`_executor_for`).
 
     SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's own handler invalidates
     the context at once, while worker threads may still be publishing. Instead the spin loop

@@ -13,6 +13,18 @@ the youngest update whose VLM run had started by t: a tick is refused when no fe
 yet or even the youngest is too old, as the node refuses it. Features come from a
 `FeatureBank` of cached (memory-mapped, fp16) or in-memory arrays; a training step reads them
 and nothing else: no image is decoded and no VLM runs.
+
+A sample's arrays, what the expert sees at the tick and what the robot then did:
+
+    features (T, F)   VL features of the update drawn for it (`PairedDataset.pair`)
+    window   (W, C)   the newest sensor window at the tick (NaN rows = missing samples)
+    state    (S,)     the robot state at the tick (`policy.robot_state_vector`)
+    actions  (H, A)   the recorded joint positions [rad] at tick + k * dt, k = 0..H-1, and the
+                      recorded gripper [0..1] (0 where none was recorded): `tick_targets`
+
+`normalization_stats` and `feature_stats` give the model's mean/std buffers from the samples.
+The optimisation is `core.train.trainer.Trainer`; the whole stage-1 pipeline from bags is
+`core.train.fit.fit`. ROS-free, plain PyTorch.
 """
 from __future__ import annotations
 
@@ -23,17 +35,100 @@ import torch
 
 from vla_insertion.core.bag.recording import RecordedInputs, Recording, tick_times
 from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS, VLFeatureData
+from vla_insertion.core.evaluation import metrics
 from vla_insertion.core.expert.capture import recorded_captures
+from vla_insertion.core.expert.model import to_action_frame
 from vla_insertion.core.expert.policy import robot_state_vector
 from vla_insertion.core.expert.runner import ExpertRunner
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.train.feature_age import AgeModel, pair_weights
 from vla_insertion.core.train.feature_cache import CachedBag
 from vla_insertion.core.train.split import Episode
-from vla_insertion.core.train.training import (
-    feature_stats, MIN_STD, normalization_stats, tick_targets)
 
 log = logging.getLogger(__name__)
+
+MIN_STD = 1e-3  # floor of every normalisation std (constant inputs, e.g. an unused gripper)
+
+
+def chunk_targets(trajectory: metrics.Trajectory, tick_s: float, horizon: int, dt_s: float,
+                  gripper: np.ndarray | None = None) -> np.ndarray | None:
+    """Return the (horizon, joints + 1) recorded actions after a tick, None past the recording.
+
+    Joints are interpolated at tick + k * dt; the last column is `gripper` (horizon,) or 0.
+    """
+    times = tick_s + np.arange(horizon) * dt_s
+    joints = trajectory.at(times)                                 # (H, J), NaN outside
+    if not np.isfinite(joints).all():
+        return None
+    grip = np.zeros(horizon) if gripper is None else np.asarray(gripper, dtype=np.float64)
+    return np.concatenate([joints, grip.reshape(horizon, 1)], axis=1).astype(np.float32)
+
+
+def tick_targets(inputs: RecordedInputs, tick_s: float, horizon: int, dt_s: float
+                 ) -> np.ndarray | None:
+    """Return what the robot did after a tick: (horizon, joints + 1) targets, or None.
+
+    The recorded joints at tick + k * dt and the recorded gripper of the newest robot state at
+    those times (the `gripper` joint state); None where the chunk runs past the recording.
+    """
+    robots = [inputs.robot(s) for s in tick_s + np.arange(horizon) * dt_s]
+    if any(r is None for r in robots):
+        return None
+    return chunk_targets(inputs.rec.trajectory, tick_s, horizon, dt_s,
+                         [r.gripper for r in robots])
+
+
+def normalization_stats(windows: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
+                        min_std: float = MIN_STD, action_frame: str = 'delta'
+                        ) -> dict[str, np.ndarray]:
+    """Return per-dimension mean/std of sensor channels, state and actions (stds floored).
+
+    windows (N, W, C) with NaN rows for missing samples (ignored), states (N, S), actions
+    (N, H, A) physical; the action statistics are of the actions in the model's
+    `action_frame` (delta: joint targets minus the measured joints).
+    """
+    actions = to_action_frame(actions, states, action_frame)
+    sensor = windows.reshape(-1, windows.shape[-1]).double()
+    sensor = sensor[torch.isfinite(sensor).all(dim=1)]            # valid rows only
+    if sensor.shape[0] == 0:
+        raise ValueError('no valid sensor samples to compute normalisation from')
+    stats = {}
+    for name, values in (('sensor', sensor), ('state', states.double()),
+                         ('action', actions.reshape(-1, actions.shape[-1]).double())):
+        stats[f'{name}_mean'] = values.mean(dim=0).numpy()
+        stats[f'{name}_std'] = np.maximum(values.std(dim=0, unbiased=False).numpy(), min_std)
+    return stats
+
+
+def feature_std_floor(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Floor the per-(token, dimension) stds of VL features before dividing by them.
+
+    A dimension that barely changes between images would otherwise be magnified to unit
+    variance, rounding noise included: the cache stores fp16 (a relative step of ~1e-3), so a
+    spread under a few steps of the value is treated as no information. Also floored at 1e-3
+    of the median std, and never 0.
+    """
+    floor = np.maximum(4e-3 * np.abs(mean), 1e-3 * float(np.median(std)))
+    return np.maximum(std, np.maximum(floor, 1e-8))
+
+
+def feature_stats(batches) -> dict[str, np.ndarray]:
+    """Return feature_mean, feature_std (T, F) over (b, T, F) batches of VL features.
+
+    Accumulated in float64 batch by batch (a cache need not fit in memory); the stds floored
+    by `feature_std_floor`.
+    """
+    count, total, total_sq = 0, 0.0, 0.0
+    for batch in batches:
+        x = torch.as_tensor(batch).double()                       # (b, T, F)
+        count += x.shape[0]
+        total, total_sq = total + x.sum(0), total_sq + (x * x).sum(0)
+    if count == 0:
+        raise ValueError('no VL features to compute normalisation from')
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp(min=0).sqrt()
+    return {'feature_mean': mean.numpy().astype(np.float32),
+            'feature_std': feature_std_floor(mean.numpy(), std.numpy()).astype(np.float32)}
 
 
 class FeatureBank:

@@ -240,11 +240,11 @@ class TrainResult:
 class Trainer:
     """Fit an ActionExpert on a dataset (see the module docstring).
 
-    `data` / `val_data`: `PairedDataset` or `ExpertDataset` (`pair`, `inputs`, `features_of`,
-    `__len__`). `vl`: stage 2's differentiable feature module (rows -> (B, T, F)), None when
-    the features come from the data. `save(folder, model, info)` writes a checkpoint (rank 0).
-    `on_step(info)` is called after every step with step, steps, loss, lr, grad_norm,
-    val_loss, feature_age_s, elapsed_s.
+    `data` / `val_data`: a `core.train.dataset.PairedDataset` (`pair`, `inputs`, `features_of`,
+    `captures_of`, `__len__`). `vl`: stage 2's differentiable feature module (rows ->
+    (B, T, F)), None when the features come from the data. `save(folder, model, info)` writes
+    a checkpoint (rank 0). `on_step(info)` is called after every step with step, steps, loss,
+    lr, grad_norm, val_loss, feature_age_s, elapsed_s.
     """
 
     def __init__(self, model: ActionExpert, data, cfg: TrainConfig, *, val_data=None,
