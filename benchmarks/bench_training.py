@@ -134,7 +134,7 @@ def main() -> int:
                              **time_steps(model, data, train, warm)})
 
         # the VLM in every step: frozen (stage 1 without a cache) and with LoRA (stage 2)
-        from vla_insertion.core.expert import stage2
+        from vla_insertion.core.train import stage2
         for mode, batch in (('VLM per step', args.batch_size),
                             ('LoRA (stage 2)', args.lora_batch_size)):
             cfg = FitConfig(bags=tuple(bags), val_fraction=0.0, finetune_vl='lora')

@@ -210,11 +210,12 @@ def test_player_keeps_timing_scaled_by_rate_and_publishes_clock(rclpy_context, t
     # arrival offsets follow the recorded offsets / rate (2 s of bag in ~1 s)
     got = np.array([t for t, _m in arrivals]) - arrivals[0][0]
     want = (np.array(times) - times[0]) * 1e-9 / 2.0
-    # never early: each message waits for its scaled time. How late they come is the machine's
-    # load (benchmarks/bench_recorder.py measures it); the loose median only tells a player
-    # at rate 2 from one at rate 1, whose second half would be 0.5-1 s late.
-    assert np.all(got >= want - 0.01), (got - want).min()
-    assert np.median(got - want) < 0.5
+    # the arrivals' slope against the recorded offsets / rate: 1 when the rate is kept, 2 for
+    # a player at rate 1, 0 for one publishing at once. A slope is blind to the constant part
+    # of the delivery delay; how late messages come is the machine's load, not a property of
+    # the player (benchmarks/bench_recorder.py measures it).
+    slope = np.polyfit(want, got, 1)[0]
+    assert 0.75 < slope < 1.5, slope
     # /clock carried the bag time, increasing, inside the bag's span
     assert len(clocks) > 20
     assert all(b >= a for a, b in zip(clocks, clocks[1:]))

@@ -5,7 +5,7 @@ Each component's config is a frozen dataclass whose fields carry one comment wit
 field (the comment becomes the parameter description, see `field_docs`) and tools load the same
 fields from the ROS params YAML in config/ with `core.params.load_config`.
 
-Two class attributes (not fields) tell nodes/common.py `declare_config` how a running node
+Two class attributes (not fields) tell ros/parameters.py `declare_config` how a running node
 treats its parameters:
 - `LIVE`: the fields a running node applies at once when set (`ros2 param set`), validated
   like at start-up; every other field is read-only, or for a managed node (VLM, expert)

@@ -10,7 +10,7 @@ recorded time, and the recorded header stamps are consistent with it. With `rest
 header stamps are instead shifted to the current wall clock (a constant offset per pass), for
 nodes that compare stamps with the wall clock; only the leading std_msgs/Header is shifted.
 
-Topics out: the bag's topics (documented ones with the QoS of nodes/common.py, others reliable),
+Topics out: the bag's topics (documented ones with the QoS of ros/qos.py, others reliable),
     /clock.
 Parameters: the fields of core.config.BagPlayerConfig.
 """

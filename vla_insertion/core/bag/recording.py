@@ -14,7 +14,7 @@ VL features by their arrival, an inference after their capture stamp):
 the robot state is the newest joint state and the newest pose combined by the same reader
 (`core.messages.robot_state_from_msgs`), so offline tools see exactly what the live node saw.
 Topics are found through the topic table (core/topics.py), whatever their namespace. ROS-free:
-bags are read with rosbags (core/bag/__init__.py).
+bags are read with rosbags (core/bag/reader.py).
 """
 from __future__ import annotations
 

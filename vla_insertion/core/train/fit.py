@@ -278,7 +278,7 @@ def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
     base_contract = contract
     settings = None
     if stage2:
-        from vla_insertion.core.expert import stage2 as s2
+        from vla_insertion.core.train import stage2 as s2
         settings = s2.LoraSettings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
                                    cfg.gradient_checkpointing)
         model_id = s2.finetuned_model_id(contract.model_id,

@@ -3,7 +3,7 @@
 The stock processor costs as much as the tiny model's forward pass on the CPU (73 ms for five
 640x360 views): it re-tokenises the prompt with 1495 image pads, resizes through numpy -> PIL ->
 numpy, rescales in float64 and normalises and patches with numpy copies. `FastPreprocessor`
-produces the same tensors (test/unit/test_vlm_preprocess.py: equal within 1e-5, in practice to
+produces the same tensors (test/unit/vlm/test_preprocess.py: equal within 1e-5, in practice to
 the bit) with less work:
 
 - token ids: the prompt is fixed by the view set and the instruction, and the number of image

@@ -17,7 +17,7 @@ Pillow's algorithm for 8-bit images (libImaging/Resample.c), reproduced exactly:
   rounding in between.
 
 The sums are integers below 2**31, so float64 arithmetic is exact and the result equals Pillow's
-to the bit (test/unit/test_vlm_preprocess.py checks it against the installed Pillow for both
+to the bit (test/unit/vlm/test_preprocess.py checks it against the installed Pillow for both
 pass orders). `matches_pillow` re-checks one size at run time, so a future Pillow that changes
 its algorithm makes the caller fall back to Pillow instead of silently drifting.
 """

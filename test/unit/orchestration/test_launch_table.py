@@ -11,7 +11,7 @@ from vla_insertion.core import config as config_module
 from vla_insertion.core import params as ros_params
 from vla_insertion.core.orchestration import launch_table as lt
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PARAMS = ROOT / 'config' / 'vla_insertion.yaml'
 
 

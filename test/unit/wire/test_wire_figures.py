@@ -10,7 +10,7 @@ from vla_insertion.core.config import CameraBridgeConfig, RobotBridgeConfig, Sen
 from vla_insertion.core.vlm.selection import FUTURE_TOLERANCE_S
 from vla_insertion.core.wire import make_codec, OVERSIZED, SensorBatch, WireError
 
-DOC = (Path(__file__).resolve().parents[2] / 'docs' / 'wire.md').read_text()
+DOC = (Path(__file__).resolve().parents[3] / 'docs' / 'wire.md').read_text()
 
 
 def test_default_caps():

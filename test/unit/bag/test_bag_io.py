@@ -181,7 +181,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_killed_writer_leaves_a_readable_bag(tmp_path, storage):
     path = tmp_path / 'killed'
-    code = CRASH.format(root=str(Path(__file__).resolve().parents[2]),
+    code = CRASH.format(root=str(Path(__file__).resolve().parents[3]),
                         test_dir=str(Path(__file__).parent), path=str(path), storage=storage)
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()

@@ -18,7 +18,7 @@ import numpy as np
 
 from vla_insertion.core.expert.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def train(cached_bags, out: Path, processes: int) -> list[dict]:

@@ -14,7 +14,7 @@ from vla_insertion.core.orchestration import cell_run
 from vla_insertion.core.orchestration.cell_run import CellRun, CellRunError
 from vla_insertion.core.orchestration.launch_table import launch_arguments, NodeSpec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class FakeOperator:

@@ -11,7 +11,7 @@ from vla_insertion.core.executor.limits import (
     default_limits, KEYS, limits_from_params, split_params)
 from vla_insertion.core.params import load_config, node_params
 
-PARAMS = Path(__file__).resolve().parents[2] / 'config' / 'vla_insertion.yaml'
+PARAMS = Path(__file__).resolve().parents[3] / 'config' / 'vla_insertion.yaml'
 JOINTS = ('joint_1', 'joint_2', 'joint_3', 'joint_4', 'joint_5', 'joint_6')
 
 

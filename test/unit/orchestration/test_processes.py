@@ -73,7 +73,7 @@ def test_children_die_with_a_killed_supervisor(tmp_path):
         'print(p.popen.pid, flush=True)\n'
         'time.sleep(60)\n')
     sup = subprocess.Popen([sys.executable, '-c', supervisor], stdout=subprocess.PIPE, text=True,
-                           cwd=Path(__file__).resolve().parents[2])
+                           cwd=Path(__file__).resolve().parents[3])
     child_pid = int(sup.stdout.readline())
     sup.kill()
     sup.wait()

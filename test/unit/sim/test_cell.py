@@ -23,7 +23,7 @@ from vla_insertion.core.wire import (
     CommandCodecV1, CommandMessage, EpisodeCodecV1, FLAG_ARMED, RobotCodecV1)
 from vla_insertion.tools.sim_cell import CommandFilter
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SESSION = 0x5EED
 
 

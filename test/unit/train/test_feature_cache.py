@@ -136,7 +136,7 @@ def test_training_on_the_cache_runs_no_vlm_and_decodes_no_image(cached_bags, tmp
         '("transformers", "PIL.JpegImagePlugin", "vla_insertion.core.vlm.extractor", '
         '"vla_insertion.core.vlm.model"))]}))\n')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                            timeout=300, cwd=Path(__file__).resolve().parents[2],
+                            timeout=300, cwd=Path(__file__).resolve().parents[3],
                             env={**os.environ, 'HF_HUB_OFFLINE': '1'})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
