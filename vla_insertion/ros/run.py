@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-import signal
-import threading
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -15,6 +13,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from vla_insertion.core.config import ConfigError
+from vla_insertion.core.orchestration.processes import StopRequest
 from vla_insertion.ros.lifecycle import EXIT_CONFIG, ManagedNode
 
 
@@ -48,9 +47,8 @@ def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
     propagate.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequest()                 # a flag: Event.set in a handler can deadlock
+    previous = stop.install()
     node = None
     executor = None
     try:
@@ -67,7 +65,7 @@ def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
                 return code
         executor = _executor_for(node, threads)
         executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
+        while not stop.requested and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -77,6 +75,5 @@ def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        StopRequest.restore(previous)
     return 0

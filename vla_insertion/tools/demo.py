@@ -28,7 +28,6 @@ import logging
 import math
 import os
 from pathlib import Path
-import signal
 import sys
 import time
 
@@ -39,6 +38,7 @@ from vla_insertion.core.evaluation.run_summary import (
 from vla_insertion.core.orchestration import demo_policy
 from vla_insertion.core.orchestration.cell_run import CellRun, CellRunError
 from vla_insertion.core.orchestration.launch_table import installed_paths
+from vla_insertion.core.orchestration.processes import StopRequest
 from vla_insertion.core.train.feature_age import REFERENCE_VLM_LATENCY_S
 
 log = logging.getLogger('demo')
@@ -46,21 +46,6 @@ DEFAULT_OUT = Path('artifacts/demo')
 DEFAULT_VLM = artifacts.TINY_VLM
 DEFAULT_CHECKPOINT = artifacts.UNTRAINED_CHECKPOINT
 DEMO_DOMAIN_ID = '77'  # away from the default 0, so a demo does not mix with another graph
-
-
-class _StopRequest:
-    """Set by SIGINT or SIGTERM: the run ends early, still stops every program, prints all.
-
-    A plain attribute, because a signal handler runs between two bytecodes of the main thread:
-    a lock it takes (threading.Event.set) may be held by the very code it interrupted. The
-    waits of CellRun look at the flag every POLL_S (0.1 s; a sleep resumes after the handler).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, signum, frame) -> None:
-        self.requested = True
 
 
 class _StatusLines:
@@ -125,9 +110,8 @@ def run(argv=None) -> int:
     from vla_insertion.ros.executor_operator import ExecutorOperator
     from vla_insertion.ros.monitor import MonitorThread
     recorder = RunRecorder()
-    stop = _StopRequest()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
+    stop = StopRequest()         # Ctrl-C or SIGTERM: end early, still stop all and print
+    stop.install()
     operator = ExecutorOperator() if trained else None
     try:
         cell = CellRun(
@@ -199,7 +183,7 @@ def _scored(recorder: RunRecorder, report: dict) -> None:
              f' in {report["time_to_insert_s"]:.1f} s' if report['success'] else '')
 
 
-def _watch(args, cell: CellRun, recorder: RunRecorder, stop: _StopRequest,
+def _watch(args, cell: CellRun, recorder: RunRecorder, stop: StopRequest,
            trained: bool) -> str:
     """Wait for the first chunk, arm, then measure for the duration; return a failure or ''.
 

@@ -1,5 +1,7 @@
 """The process supervisor stops programs cleanly and catches the ones that resist."""
+import os
 from pathlib import Path
+import signal
 import subprocess
 import sys
 import time
@@ -109,3 +111,20 @@ def test_sigint_reaches_a_child_of_a_supervisor_that_ignores_it(tmp_path):
     report = group.stop_all(grace_s=30.0)
     assert report.clean, report
     assert report.exit_codes['child'] == 3
+
+
+def test_stop_request_is_a_flag_that_survives_a_doubled_signal():
+    # Event.set in a handler can deadlock on its own lock when a second signal lands inside
+    # the first handler; the flag takes no lock, so a burst of signals only sets it.
+    from vla_insertion.core.orchestration.processes import StopRequest
+    stop = StopRequest()
+    previous = stop.install()
+    try:
+        assert not stop.requested
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+    finally:
+        StopRequest.restore(previous)
+    assert signal.getsignal(signal.SIGINT) is previous[signal.SIGINT]

@@ -181,3 +181,27 @@ def set_fifo_priority(priority: int) -> str | None:
     except (AttributeError, OSError) as exc:
         return str(exc)
     return None
+
+
+class StopRequest:
+    """A stop asked for by SIGINT or SIGTERM, as a plain flag that a loop polls.
+
+    A plain attribute, because a signal handler runs between two bytecodes of the main thread:
+    a lock it takes (threading.Event.set) may be held by the very code it interrupted, or by
+    the handler of the signal before it (a doubled Ctrl-C), and the program deadlocks.
+    `install()` makes it the handler and returns the previous ones for `restore()`.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+
+    def install(self, signals=(signal.SIGINT, signal.SIGTERM)) -> dict:
+        return {sig: signal.signal(sig, self) for sig in signals}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
