@@ -6,13 +6,16 @@ the last accepted command or from the arm); each refusal raises Drop with its ca
 """
 from __future__ import annotations
 
+from pathlib import Path
+import re
+
 import numpy as np
 import pytest
 
 from vla_insertion.core.bridge.stream import Drop
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.orchestration.builders import executor_settings
-from vla_insertion.core.robot.checks import CommandChecks, CommandLimits
+from vla_insertion.core.robot.checks import CHECK_CAUSES, CommandChecks, CommandLimits
 from vla_insertion.core.sim.kinematics import HOME_RAD
 from vla_insertion.core.wire import CommandMessage, FLAG_ARMED, FLAG_HOLD
 
@@ -151,3 +154,12 @@ def test_limits_come_from_the_params_file_and_are_validated(tmp_path):
         CommandLimits.from_settings(executor_settings(None), min_position=(7.0,) * 7)
     with pytest.raises(ConfigError, match='max_age_s'):
         CommandChecks(LIMITS, max_age_s=0.0)
+
+
+def test_docs_list_the_refusals_in_the_order_they_are_checked():
+    doc = (Path(__file__).resolve().parents[3] / 'docs' / 'wire.md').read_text()
+    section = doc[doc.index('## A reference robot side'):doc.index('**The age**')]
+    rows = [line.split('|')[2] for line in section.splitlines() if re.match(r'\| \d+ \|', line)]
+    documented = [c for row in rows[1:] for c in re.findall(r'`(\w+)`', row)]
+    assert rows[0].strip().startswith("the decoder's")
+    assert documented == list(CHECK_CAUSES)
