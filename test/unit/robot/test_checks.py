@@ -88,6 +88,12 @@ def test_synchronised_clocks_give_the_absolute_age():
     assert cause(checks, cmd(3, 100.61), 100.11) == ''
 
 
+def test_without_max_age_no_send_time_is_judged():
+    checks = CommandChecks(None, max_age_s=None)
+    for k, sent in enumerate((OFFSET_S, OFFSET_S + 0.01, OFFSET_S - 5.0, OFFSET_S + 9.0)):
+        assert cause(checks, cmd(k, sent), k * 0.01) == ''
+
+
 def test_targets_and_velocities_outside_the_joint_limits_are_refused():
     checks = CommandChecks(LIMITS, max_age_s=None)
     assert cause(checks, cmd(0)) == ''

@@ -20,7 +20,8 @@ counted under exactly one cause:
    - `clock_offset_s` a number: the clocks are synchronised (PTP, chrony) and differ by this
      (sender minus receiver). The age is absolute, constant delays included; a send time more
      than 50 ms after its own arrival is `future_stamp`.
-   Either way a command older than `max_age_s` on arrival is `stale` (None: no age check).
+   Either way a command older than `max_age_s` on arrival is `stale`. `max_age_s` None turns
+   the whole rule off: no send time is judged (sim_cell, whose servo follows what arrives).
 3. limits, on ARMED commands only (the others hold the arm wherever it is, their positions are
    not followed): `position_limit` for a target outside a joint's [min_position, max_position]
    (the gripper's too), `velocity_limit` for a velocity above max_velocity, `step_limit` for a
@@ -162,6 +163,8 @@ class CommandChecks:
         session.sequence = msg.sequence
 
     def _check_age(self, msg: CommandMessage, received_s: float) -> None:
+        if self.max_age_s is None:          # off: no send time is judged either
+            return
         if self.clock_offset_s is not None:
             age = received_s - (msg.sender_time_s - self.clock_offset_s)
             if age < -TOLERANCE_S:
@@ -179,7 +182,7 @@ class CommandChecks:
                                           f'{msg.sender_time_s:.3f} s fits no delay')
             age = received_s - mapping.stamp_s
         self.last_age_s = age
-        if self.max_age_s is not None and age > self.max_age_s:
+        if age > self.max_age_s:
             raise Drop(STALE, f'command {msg.sequence} is {age:.3f} s old on arrival '
                               f'(max_age_s {self.max_age_s})')
 
