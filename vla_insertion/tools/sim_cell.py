@@ -19,9 +19,10 @@ a servo-driven arm, a peg-in-hole contact model with jamming, seeded episodes ju
     sim_cell --params-file config/vla_insertion.yaml --duration-s 30
     sim_cell --faults --fault-report /tmp/faults.json
 
-Commands are decoded with CommandCodecV1; bad ones are counted by cause (logged, throttled, and
-in the periodic status line), older ones of a session (`late`) and ones from a replaced session
-(`stale_session`) too. The newest command of the current session is followed from its arrival.
+Commands come in through core/robot/receiver.py's CommandReceiver, robot_receiver's too: bad
+ones are counted by cause (logged, throttled, and in the periodic status line), older ones of a
+session (`late`) and ones from a replaced session (`stale_session`) too. The newest command of
+the current session is followed from its arrival; without one for its timeout the arm holds.
 
 With --faults each stream injects, every --fault-period-s and in a fixed cycle, one of: a
 malformed packet (bad magic), a truncated one, an oversized one (one byte over the matching
@@ -35,7 +36,6 @@ import argparse
 from collections import Counter, deque
 import json
 import logging
-import math
 import secrets
 import signal
 import socket
@@ -48,22 +48,21 @@ import numpy as np
 import zmq
 
 from vla_insertion.core import params
-from vla_insertion.core.bridge.receive import Drop, LATE, ReceiveLoop, SessionTracker, ZmqSource
 from vla_insertion.core.config import (
     CameraBridgeConfig, ConfigError, field_docs, field_types, RobotBridgeConfig,
     SensorBridgeConfig, SimCellConfig)
 from vla_insertion.core.orchestration.builders import executor_settings
+from vla_insertion.core.robot import CommandReceiver, ReceiverConfig, ServoBackend
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.episode import EpisodeParams
 from vla_insertion.core.sim.live import LiveCell
 from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
 from vla_insertion.core.sim.reference import ReferencePolicy
 from vla_insertion.core.sim.render import SceneRenderer
-from vla_insertion.core.sim.servo import ServoCommand
 from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.core.wire import (
-    CameraCodecV1, CameraMessage, CommandCodecV1, CommandMessage, EpisodeCodecV1, RobotCodecV1,
-    RobotMessage, SensorBatch, SensorCodecV1, seq_delta)
+    CameraCodecV1, CameraMessage, EpisodeCodecV1, RobotCodecV1, RobotMessage, SensorBatch,
+    SensorCodecV1)
 
 _LOG = logging.getLogger('sim_cell')
 NODE_NAME = 'sim_cell'
@@ -347,67 +346,16 @@ def _replace(record, **changes):
 
 # --- commands in, episode reports out -----------------------------------------------------
 
-class CommandFilter:
-    """Pass the newest command of the current sender session; Drop older and stale ones."""
+def command_receiver(config: SimCellConfig, cell: LiveCell, t0: float) -> CommandReceiver:
+    """Return the robot side of command_v1 in front of the cell; ConfigError if the port is busy.
 
-    def __init__(self) -> None:
-        self.sessions = SessionTracker()
-        self._last_sequence: int | None = None
-
-    def check(self, msg: CommandMessage) -> None:
-        """Return if `msg` is to be followed; raise Drop (late, stale_session) if not."""
-        if msg.session != self.sessions.current:
-            self.sessions.check(msg.session)      # Drop for a session that was replaced
-            self._last_sequence = None
-        if self._last_sequence is not None and seq_delta(msg.sequence,
-                                                         self._last_sequence) <= 0:
-            raise Drop(LATE, f'command {msg.sequence} after {self._last_sequence}')
-        self._last_sequence = msg.sequence
-
-
-class ThrottledLog:
-    """A warning per cause at most every `period_s`: a broken executor must not flood the log."""
-
-    def __init__(self, what: str, period_s: float = 2.0) -> None:
-        self._what = what
-        self._period_s = period_s
-        self._last: dict[str, float] = {}
-
-    def __call__(self, cause: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(cause, -math.inf) >= self._period_s:
-            self._last[cause] = now
-            _LOG.warning(f'{self._what} dropped ({cause}): {text}')
-
-
-class CommandReceiver:
-    """PULL socket -> CommandCodecV1 -> CommandFilter -> the live cell, stamped on arrival."""
-
-    def __init__(self, config: SimCellConfig, cell: LiveCell, t0: float) -> None:
-        self._cell = cell
-        self._t0 = t0
-        self._codec = CommandCodecV1()
-        self.filter = CommandFilter()
-        self.context = zmq.Context(1)
-        endpoint = f'tcp://{config.command_bind}:{config.command_port}'
-        self.loop = ReceiveLoop(
-            'sim_commands', lambda: ZmqSource(self.context, zmq.PULL, endpoint, bind=True,
-                                              timeout_s=0.1, max_bytes=self._codec.max_bytes),
-            self._handle, on_drop=ThrottledLog('command'))
-
-    def _handle(self, data: bytes, _t_recv: float) -> None:
-        msg = self._codec.decode(data)              # WireError: counted by cause
-        self.filter.check(msg)                      # Drop: late, stale_session
-        self._cell.command(ServoCommand.from_message(msg), time.monotonic() - self._t0)
-
-    def summary(self) -> str:
-        drops = self.loop.drops.as_dict()
-        return (f'commands {self.loop.received} received, {self._cell.commands} followed'
-                + (f', dropped {drops}' if drops else ''))
-
-    def close(self) -> None:
-        self.loop.stop()
-        self.context.destroy(linger=0)
+    core/robot/receiver.py with the age and limit checks off: the simulated robot follows what
+    the executor sends, as every closed-loop evaluation assumes (the executor limits it).
+    """
+    receiver_config = ReceiverConfig(bind_address=config.command_bind,
+                                     port=config.command_port, max_age_s=None,
+                                     name='sim_commands')
+    return CommandReceiver(receiver_config, ServoBackend(cell, t0), limits=None)
 
 
 class EpisodeSender(Sender):
@@ -533,14 +481,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.control == 'commands':
         try:
-            receiver = CommandReceiver(config, cell, t0)
+            receiver = command_receiver(config, cell, t0)
         except ConfigError as exc:
             print(f'sim_cell: {exc}', file=sys.stderr)
             episodes.stop.set()
             episodes.start()              # its thread closes the socket and returns
             episodes.join(5.0)
             return 2
-        receiver.loop.start()
+        receiver.start()
     senders = [SENDERS[s](config, cell, stop, t0) for s in config.streams]
     for s in [*senders, episodes]:
         s.start()

@@ -17,11 +17,9 @@ import numpy as np
 import pytest
 import zmq
 
-from vla_insertion.core.bridge.receive import Drop
 from vla_insertion.core.sim.kinematics import solve_ik
 from vla_insertion.core.wire import (
     CommandCodecV1, CommandMessage, EpisodeCodecV1, FLAG_ARMED, RobotCodecV1)
-from vla_insertion.tools.sim_cell import CommandFilter
 
 ROOT = Path(__file__).resolve().parents[3]
 SESSION = 0x5EED
@@ -193,28 +191,6 @@ def test_episode_reports_arrive_and_pushing_into_the_block_fails_the_episode(sim
     logged = [x for x in lines if x['event'] == 'end' and x['episode'] == episode]
     assert logged and logged[0]['reason'] == 'over_force' and logged[0]['success'] is False
     assert not [x for x in lines if x['event'] == 'status']
-
-
-def test_command_filter_keeps_the_newest_of_a_session():
-    def msg(session, sequence):
-        return CommandMessage(1.0, (0.0,) * 6, (0.0,) * 6, session=session, sequence=sequence)
-    f = CommandFilter()
-    f.check(msg(1, 5))
-    f.check(msg(1, 6))
-    for late in (6, 3):
-        with pytest.raises(Drop) as info:
-            f.check(msg(1, late))
-        assert info.value.cause == 'late'
-    f.check(msg(2, 0))                                      # a new session starts over
-    f.check(msg(2, 1))
-    with pytest.raises(Drop) as info:
-        f.check(msg(1, 7))                                  # the replaced session
-    assert info.value.cause == 'stale_session'
-    assert f.sessions.restarts == 1
-    f.check(msg(3, 0xFFFFFFFF))
-    f.check(msg(3, 0))                                      # the sequence wraps
-    with pytest.raises(Drop):
-        f.check(msg(3, 0xFFFFFFFF))
 
 
 @pytest.mark.slow

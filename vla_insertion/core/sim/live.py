@@ -1,4 +1,4 @@
-"""The simulated cell on the wall clock, shared by sim_cell's threads; no sockets here.
+"""The simulated cell, or its servo alone, on the wall clock, shared by threads; no sockets.
 
 sim_cell's senders ask for the cell at their own times (the robot state at 100 Hz, the sensor
 samples of a batch, a camera frame) and the command receiver hands in commands as they arrive.
@@ -7,17 +7,24 @@ sees the same cell and no thread has to tick the physics by itself; commands tak
 their arrival time whichever thread advances next. What advances it is the cell alone (its arm
 moved by the commands received), or core/sim/loop.py's PipelineLoop stepping a policy through
 the chunk executor in-process (the reference demonstrator).
+
+`LiveServo` is the same for the arm's joint servo alone (no contact, no episodes): the robot
+that robot_receiver's `sim` backend drives (core/robot/backends.py). Both take commands through
+`command(cmd, arrival_s)` and say where the arm is through `joints_at(t_s)`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import threading
 from typing import Protocol
 
 import numpy as np
 
+from vla_insertion.core.config import require_positive
 from vla_insertion.core.sim.cell import CellState, RUNNING, SETTLING, SimCell
 from vla_insertion.core.sim.episode import EpisodeRecord, EpisodeSpec
-from vla_insertion.core.sim.servo import ServoCommand
+from vla_insertion.core.sim.kinematics import HOME_RAD
+from vla_insertion.core.sim.servo import JointServo, ServoCommand, ServoParams
 from vla_insertion.core.wire.episode import EpisodeMessage
 
 
@@ -49,6 +56,13 @@ class LiveCell:
         with self._lock:
             self.driver.advance_to(t_s)
             return self.cell.state()
+
+    def joints_at(self, t_s: float) -> np.ndarray:
+        """Return the arm's joints [rad] and gripper at t_s, (7,)."""
+        with self._lock:
+            self.driver.advance_to(t_s)
+            servo = self.cell.servo
+            return np.append(servo.q, servo.gripper)
 
     def sensor_samples(self, t_s: float, count: int, rate_hz: float,
                        rng: np.random.Generator) -> np.ndarray:
@@ -103,3 +117,58 @@ class LiveCell:
             peak_force_n=record.peak_force_n, mean_force_n=record.mean_force_n,
             max_depth_m=record.max_depth_m, success=record.success, reason=record.reason,
             time_to_insert_s=values['time_to_insert_s'])
+
+
+@dataclass(frozen=True)
+class ServoState:
+    """The servo at one time."""
+
+    t_s: float                     # servo time [s]
+    positions: np.ndarray          # (6,) joints [rad]
+    velocities: np.ndarray         # (6,) joint velocities [rad/s]
+    gripper: float                 # 0 open .. 1 closed
+    hold_reason: str | None        # why it holds (core/sim/servo.py), None while following
+
+
+class LiveServo:
+    """A JointServo stepped on demand at `rate_hz` to the caller's time; thread-safe.
+
+    Times are the caller's time base [s] from 0 (e.g. time.monotonic() - t0). A command takes
+    effect at its arrival time, or now if the servo was already stepped past it. It starts at
+    `q` (default: the sim's home pose) at rest, holding until the first command.
+    """
+
+    def __init__(self, params: ServoParams = ServoParams(), rate_hz: float = 1000.0,
+                 q: np.ndarray | None = None, gripper: float = 1.0) -> None:
+        require_positive('rate_hz', rate_hz)
+        self.servo = JointServo(params)
+        self.servo.reset(HOME_RAD if q is None else q, gripper)      # at rest, holding
+        self.dt_s = 1.0 / rate_hz
+        self.steps = 0                       # steps since the start: time without drift
+        self.commands = 0                    # commands handed to the servo
+        self._lock = threading.Lock()
+
+    def _advance(self, t_s: float) -> None:
+        while (self.steps + 1) * self.dt_s <= t_s + 1e-12:
+            self.servo.step(self.steps * self.dt_s, self.dt_s)
+            self.steps += 1
+
+    def command(self, cmd: ServoCommand, arrival_s: float) -> None:
+        """Take a command that arrived at arrival_s [s]."""
+        with self._lock:
+            self._advance(arrival_s)
+            self.servo.command(cmd, max(arrival_s, self.steps * self.dt_s))
+            self.commands += 1
+
+    def state_at(self, t_s: float) -> ServoState:
+        """Return the servo at t_s (or later, if another caller already stepped past it)."""
+        with self._lock:
+            self._advance(t_s)
+            s = self.servo
+            return ServoState(self.steps * self.dt_s, s.q.copy(), s.v.copy(), s.gripper,
+                              s.hold_reason)
+
+    def joints_at(self, t_s: float) -> np.ndarray:
+        """Return the arm's joints [rad] and gripper at t_s, (7,)."""
+        state = self.state_at(t_s)
+        return np.append(state.positions, state.gripper)
