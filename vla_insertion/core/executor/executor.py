@@ -545,30 +545,36 @@ class ChunkExecutor:
     def trajectory_update(self) -> JointTrajectoryData | None:
         """Return the JointTrajectory to publish after the last step(), None when none is due.
 
-        Due at the step a stop began: its braking, one point per control period to rest. Due
-        while following (armed, not holding) at the first step after the plan changed (a
-        chunk joined it) or after following began (arm(), the end of a stop): trajectory().
-        Stamped with the step's time; each point's time_from_start is relative to it. Call it
-        once after every step, as the node does; what is due is forgotten at the next step.
+        Due at the step a stop began: its braking, one point per control period to rest,
+        stamped 0 (start on arrival). Due while following (armed, not holding) at the first
+        step after the plan changed (a chunk joined it) or after following began (arm(), the
+        end of a stop): trajectory(), stamped with the step's time. time_from_start counts
+        from the stamp (from arrival for 0). Call it once after every step, as the node does;
+        what is due is forgotten at the next step.
         """
         last, names = self._last_command, tuple(self._config.joint_names)
         if last is None or not last.valid or not (self._stop_due or self._plan_due):
             return None
+        # times from the stamp as lead + k T: absolute times lose 0.2 us at 1.7e9 s
+        lead, period = self._config.actuator_lead_s, self._config.period_s
         if self._stop_due:
+            # Stamp 0: the controller starts it when it first samples it. A stop from slow
+            # motion lasts a few periods; stamped, it could end before it arrives on a loaded
+            # host, and joint_trajectory_controller refuses a trajectory that ends in the past.
             self._stop_due = False
             stop = self._stop
-            return JointTrajectoryData(last.stamp_s, names, tuple(
-                TrajectoryPointData(float(t - last.stamp_s), p[:NUM_JOINTS].copy(),
+            return JointTrajectoryData(0.0, names, tuple(
+                TrajectoryPointData(lead + k * period, p[:NUM_JOINTS].copy(),
                                     v[:NUM_JOINTS].copy())
-                for t, p, v in zip(stop.times_s, stop.positions, stop.velocities)),
+                for k, (p, v) in enumerate(zip(stop.positions, stop.velocities))),
                 stop=stop.trigger)
         self._plan_due = False
         self._published_version = self._plan_version
-        points = self.trajectory(last.stamp_s)
+        points = self._lookahead(last)
         if not points:
             return None
         return JointTrajectoryData(last.stamp_s, names, tuple(
-            TrajectoryPointData(t - last.stamp_s, p, v) for t, p, v in points))
+            TrajectoryPointData(lead + k * period, p, v) for k, p, v in points))
 
     def trajectory(self, now_s: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Future (target time, (6,) positions, (6,) velocities) after the last command.
@@ -581,6 +587,11 @@ class ChunkExecutor:
         last = self._last_command
         if not self._armed or last is None or not last.valid:
             return []
+        return [(t, p, v) for k, p, v in self._lookahead(last)
+                if (t := last.target_time_s + k * self._config.period_s) > now_s]
+
+    def _lookahead(self, last: JointCommand) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(k, (6,) positions, (6,) velocities) of the limiter k periods after `last`."""
         cfg, period = self._config, self._config.period_s
         limiter = self._limiter.copy()
         total = int(math.floor(cfg.lookahead_s / period + 1e-9))
@@ -598,9 +609,8 @@ class ChunkExecutor:
                 target, velocity = self._clamp(sample, set())
             result = limiter.step(target, velocity, scale)
             at_rest = sample is None and limiter.at_rest and not result.velocity.any()
-            t = last.target_time_s + k * period
-            if t > now_s and (k % stride == 0 or at_rest):
-                points.append((t, result.position[:NUM_JOINTS].copy(),
+            if k % stride == 0 or at_rest:
+                points.append((k, result.position[:NUM_JOINTS].copy(),
                                result.velocity[:NUM_JOINTS].copy()))
             if at_rest:
                 break

@@ -25,6 +25,9 @@ limits let the commanded motion stop, and every point keeps every limit of the l
 
 - robot/joint_trajectory: the braking points, published at once (`trajectory_update`); the last
   is at rest, so joint_trajectory_controller stops there and holds, whatever it was executing.
+  Stamped 0, so the controller starts it on arrival: a short stop stamped with its step's time
+  could end before a late delivery, and the controller refuses a trajectory that ends in the
+  past (core/executor/trajectory_rules.py).
 - command_v1: HOLD at the rest position with zero velocity (`command_message`), every control
   period while the stop is in force, ARMED as the executor is: docs/wire.md has the robot
   decelerate within its own limits and stay, the positions saying where the executor stops.
@@ -57,7 +60,8 @@ class Stop:
 
     trigger: str                   # why (TRIGGERS)
     stamp_s: float                 # control time of the step it began at [s]
-    times_s: np.ndarray            # (n,) target time of each point: stamp + lead + k T [s]
+    lead_s: float                  # the first point is due this long after stamp_s [s]
+    period_s: float                # and each next one a control period later [s]
     positions: np.ndarray          # (n, 7) 6 joints [rad] and the gripper [0..1]
     velocities: np.ndarray         # (n, 7) finite differences [rad/s, 1/s]; the last row 0
 
@@ -67,9 +71,14 @@ class Stop:
         return self.positions[-1]
 
     @property
+    def times_s(self) -> np.ndarray:
+        """(n,) target time of each point: stamp + lead + k T [s]."""
+        return self.stamp_s + self.lead_s + self.period_s * np.arange(len(self.positions))
+
+    @property
     def duration_s(self) -> float:
         """From the step it began to its last point's target time [s]."""
-        return float(self.times_s[-1] - self.stamp_s)
+        return self.lead_s + self.period_s * (len(self.positions) - 1)
 
 
 def brake(trigger: str, limiter: MotionLimiter, stamp_s: float, lead_s: float,
@@ -89,7 +98,6 @@ def brake(trigger: str, limiter: MotionLimiter, stamp_s: float, lead_s: float,
         positions.append(result.position)
         velocities.append(result.velocity)
         if copy.at_rest and not result.velocity.any():
-            times = stamp_s + lead_s + period * np.arange(len(positions))
-            return Stop(trigger, float(stamp_s), times, np.array(positions),
+            return Stop(trigger, float(stamp_s), float(lead_s), period, np.array(positions),
                         np.array(velocities))
     raise RuntimeError(f'the limiter did not come to rest within {bound} periods')
