@@ -21,10 +21,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_insertion.core.bag.messages import (  # noqa: F401 - the readers, re-exported
     action_chunk_from_msg, camera_frame_from_msg, ConversionError, gripper_from_msg, GRIPPER_JOINT,
-    joint_state_from_msg, node_stats_from_msg, pose_from_msg, robot_state_from_msgs,
-    sensor_window_from_msg, time_from_msg, vl_features_from_msg)
+    joint_state_from_msg, joint_trajectory_from_msg, node_stats_from_msg, pose_from_msg,
+    robot_state_from_msgs, sensor_window_from_msg, time_from_msg, vl_features_from_msg)
 from vla_insertion.core.data import (
-    ActionChunkData, CameraFrame, NodeStatsData, RobotState, SensorWindowData, VLFeatureData)
+    ActionChunkData, CameraFrame, JointTrajectoryData, NodeStatsData, RobotState,
+    SensorWindowData, VLFeatureData)
+from vla_insertion.core.executor.trajectory_rules import duration_ns
 from vla_insertion.msg import ActionChunk, ExecutorCommand, NodeStats, SensorWindow, VLFeatures
 
 
@@ -153,21 +155,23 @@ def executor_command_to_msg(command, joint_names, sent: bool, chunk_delay_s: flo
     return msg
 
 
-def joint_trajectory_to_msg(now_s: float, joint_names, points) -> JointTrajectory:
-    """Future points [(time [s], positions (6,) [rad], velocities (6,))] as a JointTrajectory.
+def joint_trajectory_to_msg(trajectory: JointTrajectoryData) -> JointTrajectory:
+    """Write a JointTrajectory for joint_trajectory_controller (core.data.JointTrajectoryData).
 
-    header.stamp is now_s and each point's time_from_start is relative to it, as
-    joint_trajectory_controller expects; the last point is at rest.
+    header.stamp is the trajectory's stamp, each point's time_from_start relative to it in
+    whole nanoseconds (core.executor.trajectory_rules.duration_ns, which its checker uses).
     """
     msg = JointTrajectory()
-    msg.header.stamp = time_to_msg(now_s)
-    msg.joint_names = list(joint_names)
-    for t_s, positions, velocities in points:
+    msg.header.stamp = time_to_msg(trajectory.stamp_s)
+    msg.joint_names = list(trajectory.joint_names)
+    for p in trajectory.points:
         point = JointTrajectoryPoint()
-        point.positions = [float(v) for v in positions]
-        point.velocities = [float(v) for v in velocities]
-        dt_ns = int(round((t_s - now_s) * 1e9))
-        point.time_from_start.sec, point.time_from_start.nanosec = divmod(dt_ns, 1_000_000_000)
+        point.positions = [float(v) for v in p.positions]
+        point.velocities = [float(v) for v in p.velocities]
+        point.accelerations = [float(v) for v in p.accelerations]
+        point.effort = [float(v) for v in p.effort]
+        point.time_from_start.sec, point.time_from_start.nanosec = divmod(
+            duration_ns(p.time_from_start_s), 1_000_000_000)
         msg.points.append(point)
     return msg
 

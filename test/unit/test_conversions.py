@@ -7,8 +7,8 @@ import pytest
 
 from vla_insertion import conversions as conv
 from vla_insertion.core.data import (
-    ActionChunkData, CameraFrame, MODE_SYNC, NodeStatsData, RobotState, SensorWindowData,
-    VLFeatureData)
+    ActionChunkData, CameraFrame, JointTrajectoryData, MODE_SYNC, NodeStatsData, RobotState,
+    SensorWindowData, TrajectoryPointData, VLFeatureData)
 
 
 @pytest.mark.parametrize('t', [0.0, 1.5, 1700000000.123456789, 0.999999999, 12.0000000004])
@@ -124,6 +124,23 @@ def test_joint_state_without_gripper_and_with_gripper_anywhere():
     assert conv.gripper_from_msg(conv.JointState(name=['j1'], position=[0.1])) is None
     with pytest.raises(conv.ConversionError):
         conv.gripper_from_msg(conv.JointState(name=['j1', 'gripper'], position=[0.1]))
+
+
+def test_joint_trajectory_round_trip_in_whole_nanoseconds():
+    names = tuple(f'joint_{i}' for i in range(1, 7))
+    points = (TrajectoryPointData(0.02, np.arange(6) * 0.1, np.full(6, 0.5)),
+              TrajectoryPointData(1.0300000004, np.arange(6) * 0.2, np.zeros(6)))
+    for stamp in (0.0, 1700000000.25):
+        msg = conv.joint_trajectory_to_msg(JointTrajectoryData(stamp, names, points))
+        assert msg.points[1].time_from_start.sec == 1
+        assert msg.points[1].time_from_start.nanosec == 30_000_000
+        assert len(msg.points[0].accelerations) == 0 and len(msg.points[0].effort) == 0
+        back = conv.joint_trajectory_from_msg(msg)
+        assert back.stamp_s == pytest.approx(stamp) and back.joint_names == names
+        for a, b in zip(back.points, points):
+            assert a.time_from_start_s == pytest.approx(b.time_from_start_s, abs=1e-9)
+            np.testing.assert_array_equal(a.positions, b.positions)
+            np.testing.assert_array_equal(a.velocities, b.velocities)
 
 
 def test_camera_frame_round_trip():

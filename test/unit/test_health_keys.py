@@ -44,4 +44,7 @@ def test_executor_state_is_empty_without_values():
     assert health.executor_state({}) == {}
     state = health.executor_state({'armed': False, 'steps': 10})
     assert state['armed'] is False and state['commands'] == 10
+    assert state['stops'] == {} and state['stop'] == ''
+    stopped = health.executor_state({'stops.disarm': '2', 'stops.watchdog': 0, 'stop': 'disarm'})
+    assert stopped['stops'] == {'disarm': 2} and stopped['stop'] == 'disarm'
     assert math.isnan(state['chunk_delay_s_p50'])

@@ -7,6 +7,7 @@ payloads, with shape comments in the dataclasses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+import math
 
 import numpy as np
 
@@ -115,6 +116,37 @@ class ActionChunkData:
     sensor_age_s: float = 0.0
     inference_ms: float = 0.0
     mode: int = MODE_ASYNC
+
+
+def _no_values() -> np.ndarray:
+    return np.zeros(0)
+
+
+@dataclass(frozen=True)
+class TrajectoryPointData:
+    """One point of a joint trajectory (trajectory_msgs/JointTrajectoryPoint)."""
+
+    time_from_start_s: float       # after the trajectory's stamp [s]
+    positions: np.ndarray          # (J,) float64 joint positions [rad]
+    velocities: np.ndarray         # (J,) float64 [rad/s]; (0,) when not given
+    accelerations: np.ndarray = field(default_factory=_no_values)  # (J,) or (0,) [rad/s^2]
+    effort: np.ndarray = field(default_factory=_no_values)         # (J,) or (0,) [N m]
+
+
+@dataclass(frozen=True)
+class JointTrajectoryData:
+    """A joint trajectory for ros2_control's joint_trajectory_controller (JointTrajectory)."""
+
+    stamp_s: float                 # header.stamp: the points' time origin; 0 = on arrival [s]
+    joint_names: tuple[str, ...]   # the order of every point's arrays
+    points: tuple[TrajectoryPointData, ...]
+    stop: str = ''                 # the stop's trigger when it brakes to a stop ('' the plan);
+    #                                not part of the message
+
+    @property
+    def end_s(self) -> float:
+        """When the last point is due: stamp + its time_from_start [s] (NaN without points)."""
+        return self.stamp_s + self.points[-1].time_from_start_s if self.points else math.nan
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,8 @@ class HealthReport:
 # out of a node's /diagnostics values (strings in a DiagnosticStatus, numbers from
 # ChunkExecutor.stats()). The key names are the reporting side's: `drops.<cause>` (every node's
 # DropCounter), `skipped.<cause>` (the VLM's skipped view sets), `frames.<view>` (frames per
-# view), `gate.<rule>` (the executor's interventions), and the executor's and the expert's
-# named numbers below.
+# view), `gate.<rule>` (the executor's interventions), `stops.<trigger>` (the executor's
+# stops), and the executor's and the expert's named numbers below.
 
 def number(values: dict, key: str) -> float | None:
     """Return the finite number under `key`; None if missing, not a number or not finite."""
@@ -164,7 +164,7 @@ def untrained_flag(values: dict) -> bool | None:
 
 
 def executor_state(values: dict) -> dict:
-    """Return the chunk executor's commands, state, fault, interventions and starvation.
+    """Return the chunk executor's commands, state, fault, interventions, stops, starvation.
 
     Empty when the executor reported nothing (it did not run).
     """
@@ -179,6 +179,7 @@ def executor_state(values: dict) -> dict:
             'sent': int(number(values, 'commands_sent') or 0),
             'armed': str(values.get('armed')) == 'True', 'state': str(values.get('state', '')),
             'fault': str(values.get('fault', '')), 'gate': counters(values, 'gate.'),
+            'stops': counters(values, 'stops.'), 'stop': str(values.get('stop', '')),
             'starved': int(number(values, 'starved') or 0),
             'chunk_delay_s_p50': value('delay_s.p50'), 'jerk_rms': value('jerk.rms')}
 

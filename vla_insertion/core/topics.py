@@ -71,7 +71,8 @@ COMMAND = Topic('vla/command', 'vla_insertion/msg/ExecutorCommand', 'state',
 COMMITTED_PREFIX = Topic('vla/committed_prefix', 'vla_insertion/msg/ActionChunk', 'latest',
                          'merge = prefix: the actions already committed (chunk_executor)')
 JOINT_TRAJECTORY = Topic('robot/joint_trajectory', 'trajectory_msgs/msg/JointTrajectory',
-                         'state', 'future points for ros2_control, when armed (chunk_executor)')
+                         'state', 'future points for ros2_control, when armed; the braking '
+                         'of each stop at once (chunk_executor)')
 STATS = Topic('vla/stats', 'vla_insertion/msg/NodeStats', 'latest',
               'plottable health numbers of each node (every node)')
 DIAGNOSTICS = Topic('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 'diagnostics',

@@ -6,12 +6,12 @@ Subscribes (QoS from core/topics.py):
     sensor/window        vla_insertion/SensorWindow      force/torque for the gate
 Publishes:
     vla/command          vla_insertion/ExecutorCommand   every control step, armed or not
-    robot/joint_trajectory  trajectory_msgs/JointTrajectory  when armed, at the chunk rate
-                         (outputs contains joint_trajectory; for ros2_control)
+    robot/joint_trajectory  trajectory_msgs/JointTrajectory  when armed, at the chunk rate,
+                         and a stop's braking at once (outputs contains joint_trajectory)
     vla/committed_prefix vla_insertion/ActionChunk      merge = prefix: what is committed
-    /diagnostics, vla/stats: state, gate.<cause>, starvation, delays, jerk, boundary jumps
-Sends: command_v1 (docs/wire.md) over ZMQ PUSH to robot_ip:command_port, only when armed
-    (outputs contains command_v1).
+    /diagnostics, vla/stats: state, gate.<cause>, stops.<trigger>, starvation, delays, jerk
+Sends: command_v1 (docs/wire.md) over ZMQ PUSH to robot_ip:command_port when armed, and HOLD
+    while a stop is in force (outputs contains command_v1).
 Services: ~/enable (std_srvs/SetBool: arm / disarm), ~/reset_fault (std_srvs/Trigger).
 Parameters: the fields of core.config.ExecutorConfig and joint_limits.<joint>.<key> in
     ros2_control's shape (read-only).
@@ -68,7 +68,7 @@ class ChunkExecutorNode(Node):
         self._drops = DropCounter(DROPS)
         self._sent = 0
         self._rate = RateMeter(window_s=5.0)
-        self._last_trajectory_chunk = None
+        self._stop = ''                # the stop in force, to log each once
 
         subscription(self, ActionChunk, topics.ACTION_CHUNK, self._on_chunk)
         subscription(self, JointState, topics.JOINT_STATES, self._on_joints)
@@ -157,24 +157,25 @@ class ChunkExecutorNode(Node):
             self.step()
 
     def step(self, now_s: float | None = None) -> None:
-        """One control period: compute, send when armed, publish for preview and plots."""
+        """One control period: compute, send when armed or stopping, publish the preview."""
         now_s = self._now_s() if now_s is None else now_s
         with self._lock:
             command = self._executor.step(now_s)
             prefix = self._executor.committed_prefix(now_s) if self._prefix_pub else None
-            new_chunk = command.chunk_sequence != self._last_trajectory_chunk
-            points = (self._executor.trajectory(now_s)
-                      if self._trajectory_pub is not None and command.armed and new_chunk
-                      else [])
+            # a stop's braking, or the plan at the chunk rate (a few ms to build)
+            trajectory = self._executor.trajectory_update() if self._trajectory_pub else None
             delay = self._executor.last_delay_s
         self._sequence += 1
-        sent = command.armed and command.valid and self._send_command(command, now_s)
+        # the robot's outputs first: a stop leaves before anything is published for plots
+        sent = command.to_robot and self._send_command(command, now_s)
+        if trajectory is not None:
+            self._trajectory_pub.publish(conv.joint_trajectory_to_msg(trajectory))
+        if command.stop != self._stop:
+            self._stop = command.stop
+            if command.stop:
+                self.get_logger().warning(f'stop: {command.stop}, braking to rest')
         self._command_pub.publish(conv.executor_command_to_msg(
             command, self._config.joint_names, sent, delay, self._sequence))
-        if points:            # at the chunk rate: a trajectory costs a few ms to build
-            self._last_trajectory_chunk = command.chunk_sequence
-            self._trajectory_pub.publish(conv.joint_trajectory_to_msg(
-                now_s, self._config.joint_names, points))
         if prefix is not None:
             self._prefix_pub.publish(conv.action_chunk_to_msg(ActionChunkData(
                 stamp_s=prefix[0], actions=prefix[1], dt_s=self._executor.chunk_dt_s)))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from vla_insertion.core.data import (
-    ActionChunkData, CameraFrame, NodeStatsData, RobotState, SensorWindowData, ToolPose,
-    VLFeatureData)
+    ActionChunkData, CameraFrame, JointTrajectoryData, NodeStatsData, RobotState,
+    SensorWindowData, ToolPose, TrajectoryPointData, VLFeatureData)
 
 GRIPPER_JOINT = 'gripper'          # JointState name of the gripper, position 0 open .. 1 closed
 
@@ -132,3 +132,17 @@ def node_stats_from_msg(msg) -> NodeStatsData:
         stamp_s=time_from_msg(msg.header.stamp), node=msg.node, rate_hz=msg.rate_hz,
         latency_mean_ms=msg.latency_mean_ms, latency_p99_ms=msg.latency_p99_ms,
         input_age_s=msg.input_age_s, published=msg.published, dropped=msg.dropped)
+
+
+# --- executor outputs ---------------------------------------------------------------------
+
+def joint_trajectory_from_msg(msg) -> JointTrajectoryData:
+    """Return a trajectory_msgs/JointTrajectory as it is, array sizes and all (for checking)."""
+    return JointTrajectoryData(
+        stamp_s=time_from_msg(msg.header.stamp), joint_names=tuple(msg.joint_names),
+        points=tuple(TrajectoryPointData(
+            time_from_start_s=time_from_msg(p.time_from_start),
+            positions=np.array(p.positions, dtype=np.float64),
+            velocities=np.array(p.velocities, dtype=np.float64),
+            accelerations=np.array(p.accelerations, dtype=np.float64),
+            effort=np.array(p.effort, dtype=np.float64)) for p in msg.points))

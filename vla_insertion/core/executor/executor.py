@@ -7,16 +7,20 @@ threads. The node calls, from its callbacks and its control timer:
     on_robot_state(state)           robot/joint_states      -> the measured joints
     on_sensor_window(window)        sensor/window           -> the force/torque monitor
     step(now_s) -> JointCommand     every 1 / control_rate_hz -> command_v1, vla/command
+    trajectory_update()             after each step: the JointTrajectory due now, or None
     trajectory(now_s)               JointTrajectory points after the command
     committed_prefix(now_s)         what the executor has committed to (merge = prefix)
     arm(now_s), disarm(), reset_fault()   std_srvs/SetBool `enable`, std_srvs/Trigger
+    stop_now(trigger)               hold now, because of an event (disarm; an e-stop later)
     stats()                         /diagnostics key-values
 
 Timing: a chunk stamped s (its observation time) applies action k at s + k dt. A command
 computed at now_s is for the target time now_s + actuator_lead_s (the robot reaches it that
 late); the plan is sampled at that time plus the limiter's filter delay, which the filter then
 takes back. Actions whose time has passed are never sent: only the plan at future times is.
-See docs/executor.md for the timing diagram, the strategies and the gate.
+Every transition into hold is a stop (core/executor/stops.py): the braking to rest goes out at
+once on both outputs. See docs/executor.md for the timing diagram, the strategies, the gate and
+the stops.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ import numpy as np
 
 from vla_insertion.core.config import ConfigError, ExecutorConfig
 from vla_insertion.core.data import (
-    ACTION_DIM, ActionChunkData, NUM_JOINTS, RobotState, SensorWindowData)
-from vla_insertion.core.executor import gate
+    ACTION_DIM, ActionChunkData, JointTrajectoryData, NUM_JOINTS, RobotState, SensorWindowData,
+    TrajectoryPointData)
+from vla_insertion.core.executor import gate, stops
 from vla_insertion.core.executor.interpolation import ChunkTrajectory
 from vla_insertion.core.executor.limiter import MotionLimiter
 from vla_insertion.core.executor.limits import default_limits, GRIPPER, LimitsTable
@@ -68,11 +73,18 @@ class JointCommand:
     action_index: float            # fractional action index into that chunk, NaN when none
     interventions: tuple[str, ...]  # gate causes that acted in this step (gate.CAUSES order)
     valid: bool = True             # False before the first robot state: nothing to send
+    stop: str = ''                 # trigger of the stop in force ('' none): command_v1 HOLDs
+    rest: np.ndarray | None = None  # (7,) where that stop ends: 6 joints [rad], the gripper
 
     @property
     def lead_s(self) -> float:
         """How long after the command the robot should be at the target [s]."""
         return self.target_time_s - self.stamp_s
+
+    @property
+    def to_robot(self) -> bool:
+        """Whether command_v1 carries this command: armed, or a stop in force (HOLD)."""
+        return self.valid and (self.armed or bool(self.stop))
 
 
 class ChunkExecutor:
@@ -126,7 +138,15 @@ class ChunkExecutor:
         self._last_command: JointCommand | None = None
         self._last_sample: Sample | None = None
         self._speed_scale = 1.0
+        self._stop: stops.Stop | None = None   # the stop in force
+        self._stop_request = ''                # an event's trigger, for the next step
+        self._following = False                # the last step was armed and not holding
+        self._stop_due = False                 # trajectory_update: the stop that began
+        self._plan_version = 0                 # chunks joined into the plan
+        self._published_version = -1           # ... when the plan was last published
+        self._plan_due = False                 # trajectory_update: the plan changed
         # counters and summaries
+        self._stops = Counter(dict.fromkeys(stops.TRIGGERS, 0))
         self._gate = Counter(dict.fromkeys(gate.CAUSES, 0))
         self._rejected = Counter(dict.fromkeys(REJECT_REASONS, 0))
         self._inputs = Counter()           # robot/sensor/clock input problems, merge events
@@ -261,14 +281,29 @@ class ChunkExecutor:
         self._limiter.reset(self._measured)
         self._jerk.restart()
         self._armed = True
+        self._stop, self._stop_request = None, ''
+        self._published_version = -1            # the plan goes out at the first step
         return True, 'armed'
 
     def disarm(self) -> tuple[bool, str]:
-        """Keep computing commands (preview) but flag them not armed."""
+        """Stop (stop_now('disarm')); then keep computing commands as a preview, not armed."""
         was = self._armed
+        self.stop_now(stops.DISARM)
+        return True, 'disarmed' if was else 'already disarmed'
+
+    def stop_now(self, trigger: str) -> None:
+        """Hold now, because of the event `trigger` (stops.EVENTS): nothing moves until arm().
+
+        Disarms; the next step (within one control period) brakes the commanded motion to
+        rest: trajectory_update() returns the braking, command_v1 carries HOLD at its end every
+        period until arm(). Without an armed executor nothing moves: no stop is needed.
+        """
+        if trigger not in stops.EVENTS:
+            raise ValueError(f'stop_now takes one of {list(stops.EVENTS)}, got {trigger!r}')
+        if self._armed and self._stop is None:
+            self._stop_request = trigger
         self._armed = False
         self._arm_pending = False
-        return True, 'disarmed' if was else 'already disarmed'
 
     def reset_fault(self) -> tuple[bool, str]:
         """Clear a latched fault; motion resumes from the (stopped) commanded state."""
@@ -293,6 +328,7 @@ class ChunkExecutor:
             now_s = self._last_now
         self._last_now = now_s
         self._steps += 1
+        self._stop_due = self._plan_due = False
         if self._robot is None:
             self._gate[gate.NO_ROBOT_STATE] += 1
             return self._finish(self._invalid(now_s))
@@ -317,6 +353,7 @@ class ChunkExecutor:
                 now_s - self._last_accept_s > cfg.chunk_timeout_s:
             acted.add(gate.WATCHDOG)
             hold = True
+        self._update_stop(now_s, hold, acted)
         result = self._limiter.step(None if (hold or target is None) else target,
                                     target_velocity, self._scale_array())
         for flags, cause in ((result.position_limited, gate.POSITION_LIMIT),
@@ -335,10 +372,36 @@ class ChunkExecutor:
             armed=self._armed, hold=state in HOLD_STATES, fault=self._fault, state=state,
             chunk_sequence=sample.sequence if sample is not None else -1,
             action_index=sample.index if sample is not None else math.nan,
-            interventions=tuple(c for c in gate.CAUSES if c in acted))
+            interventions=tuple(c for c in gate.CAUSES if c in acted),
+            stop=self._stop.trigger if self._stop is not None else '',
+            rest=self._stop.rest.copy() if self._stop is not None else None)
         if self._armed:
             self._jerk.add(command.positions)
+        self._following = self._armed and not hold
+        self._plan_due = self._following and sample is not None and \
+            self._plan_version != self._published_version
         return self._finish(command)
+
+    def _update_stop(self, now_s: float, hold: bool, acted: set[str]) -> None:
+        """Begin a stop at a transition into hold; end it when following resumes.
+
+        The one place that says "hold now, because X" for every trigger (stops.py): an event
+        since the last step (stop_now), or the first hold after following (stops.CONDITIONS).
+        The braking starts from the limiter's state before this step's output.
+        """
+        trigger, self._stop_request = self._stop_request, ''
+        if self._stop is not None:
+            if self._armed and not hold:            # the cause cleared: follow again
+                self._stop = None
+                self._published_version = -1        # and publish the plan again
+            return
+        if not trigger and self._armed and hold and self._following:
+            trigger = next(c for c in stops.CONDITIONS if c in acted)
+        if trigger:
+            self._stop = stops.brake(trigger, self._limiter, now_s,
+                                     self._config.actuator_lead_s, self._scale_array())
+            self._stops[trigger] += 1
+            self._stop_due = True
 
     def _query_time(self, now_s: float) -> float:
         return now_s + self._config.actuator_lead_s + self._limiter.delay_s
@@ -347,6 +410,7 @@ class ChunkExecutor:
         for chunk in self._pending:
             arrival = self._merger.add(chunk, t_query, self._restart(t_query))
             self._inputs[f'merge.{arrival.mode}'] += 1
+            self._plan_version += 1
         self._pending.clear()
 
     def _restart(self, t_query: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -478,6 +542,40 @@ class ChunkExecutor:
 
     # --- outputs for the node -------------------------------------------------------------
 
+    def trajectory_update(self) -> JointTrajectoryData | None:
+        """Return the JointTrajectory to publish after the last step(), None when none is due.
+
+        Due at the step a stop began: its braking, one point per control period to rest,
+        stamped 0 (start on arrival). Due while following (armed, not holding) at the first
+        step after the plan changed (a chunk joined it) or after following began (arm(), the
+        end of a stop): trajectory(), stamped with the step's time. time_from_start counts
+        from the stamp (from arrival for 0). Call it once after every step, as the node does;
+        what is due is forgotten at the next step.
+        """
+        last, names = self._last_command, tuple(self._config.joint_names)
+        if last is None or not last.valid or not (self._stop_due or self._plan_due):
+            return None
+        # times from the stamp as lead + k T: absolute times lose 0.2 us at 1.7e9 s
+        lead, period = self._config.actuator_lead_s, self._config.period_s
+        if self._stop_due:
+            # Stamp 0: the controller starts it when it first samples it. A stop from slow
+            # motion lasts a few periods; stamped, it could end before it arrives on a loaded
+            # host, and joint_trajectory_controller refuses a trajectory that ends in the past.
+            self._stop_due = False
+            stop = self._stop
+            return JointTrajectoryData(0.0, names, tuple(
+                TrajectoryPointData(lead + k * period, p[:NUM_JOINTS].copy(),
+                                    v[:NUM_JOINTS].copy())
+                for k, (p, v) in enumerate(zip(stop.positions, stop.velocities))),
+                stop=stop.trigger)
+        self._plan_due = False
+        self._published_version = self._plan_version
+        points = self._lookahead(last)
+        if not points:
+            return None
+        return JointTrajectoryData(last.stamp_s, names, tuple(
+            TrajectoryPointData(lead + k * period, p, v) for k, p, v in points))
+
     def trajectory(self, now_s: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Future (target time, (6,) positions, (6,) velocities) after the last command.
 
@@ -489,6 +587,11 @@ class ChunkExecutor:
         last = self._last_command
         if not self._armed or last is None or not last.valid:
             return []
+        return [(t, p, v) for k, p, v in self._lookahead(last)
+                if (t := last.target_time_s + k * self._config.period_s) > now_s]
+
+    def _lookahead(self, last: JointCommand) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(k, (6,) positions, (6,) velocities) of the limiter k periods after `last`."""
         cfg, period = self._config, self._config.period_s
         limiter = self._limiter.copy()
         total = int(math.floor(cfg.lookahead_s / period + 1e-9))
@@ -506,9 +609,8 @@ class ChunkExecutor:
                 target, velocity = self._clamp(sample, set())
             result = limiter.step(target, velocity, scale)
             at_rest = sample is None and limiter.at_rest and not result.velocity.any()
-            t = last.target_time_s + k * period
-            if t > now_s and (k % stride == 0 or at_rest):
-                points.append((t, result.position[:NUM_JOINTS].copy(),
+            if k % stride == 0 or at_rest:
+                points.append((k, result.position[:NUM_JOINTS].copy(),
                                result.velocity[:NUM_JOINTS].copy()))
             if at_rest:
                 break
@@ -572,8 +674,10 @@ class ChunkExecutor:
                'starved': self._starved, 'starved_steps': self._starved_steps,
                'prefix.steps': self.prefix_steps, 'speed_scale': self._speed_scale,
                'filter_delay_s': self._limiter.delay_s,
-               'jerk.rms': self._jerk.rms, 'jerk.peak': self._jerk.peak}
+               'jerk.rms': self._jerk.rms, 'jerk.peak': self._jerk.peak,
+               'stop': self._stop.trigger if self._stop is not None else ''}
         out.update({f'gate.{k}': v for k, v in self._gate.items()})
+        out.update({f'stops.{k}': v for k, v in self._stops.items()})
         out.update({f'chunks.rejected.{k}': v for k, v in self._rejected.items()})
         out.update({f'inputs.{k}': v for k, v in sorted(self._inputs.items())})
         out.update(self._delays.summary('delay_s'))
