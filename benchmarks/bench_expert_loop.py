@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 from pathlib import Path
 import signal
@@ -46,6 +47,7 @@ from sensor_msgs.msg import CompressedImage  # noqa: E402
 from vla_insertion import conversions as conv  # noqa: E402
 from vla_insertion.core.data import (  # noqa: E402
     RobotState, SensorWindowData, VLFeatureData)
+from vla_insertion.core.ticker import DeadlineTicker  # noqa: E402
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures  # noqa: E402
 from vla_insertion.ros.qos import (  # noqa: E402
     DIAGNOSTICS_QOS, LATEST_QOS, SENSOR_QOS, STATE_QOS, WINDOW_QOS)
@@ -103,11 +105,10 @@ class Feeder(Node):
             thread.start()
 
     def _every(self, period_s: float, publish) -> None:
-        deadline = time.monotonic()
-        while not self.stop.is_set():
+        # the package's pacer; a late tick catches up at once, as a sender that loses nothing
+        ticker = DeadlineTicker(1.0 / period_s, self.stop, max_lateness_s=math.inf)
+        while ticker.wait():
             publish()
-            deadline += period_s
-            self.stop.wait(max(0.0, deadline - time.monotonic()))
 
     def _publish_features(self) -> None:
         # stands in for the VLM: features of views captured one VLM latency (0.38 s) ago

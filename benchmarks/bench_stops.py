@@ -27,6 +27,7 @@ again) and follows for --settle seconds before the next.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 import signal
@@ -55,6 +56,7 @@ from vla_insertion.core.config import ExecutorConfig  # noqa: E402
 from vla_insertion.core.data import (  # noqa: E402
     ActionChunkData, RobotState, SensorWindowData)
 from vla_insertion.core.executor import check_trajectory  # noqa: E402
+from vla_insertion.core.ticker import DeadlineTicker  # noqa: E402
 from vla_insertion.core.wire import CommandCodecV1  # noqa: E402
 from vla_insertion.msg import ActionChunk, SensorWindow  # noqa: E402
 from vla_insertion.ros.qos import (  # noqa: E402
@@ -109,11 +111,10 @@ class Cell(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _every(self, period_s: float, publish) -> None:
-        deadline = time.monotonic()
-        while not self.stop.is_set():
+        # the package's pacer; a late tick catches up at once, as a sender that loses nothing
+        ticker = DeadlineTicker(1.0 / period_s, self.stop, max_lateness_s=math.inf)
+        while ticker.wait():
             publish()
-            deadline += period_s
-            self.stop.wait(max(0.0, deadline - time.monotonic()))
 
     def _publish_state(self) -> None:
         if not self.states.is_set():
