@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from support import free_port, wait_for
 import zmq
 
 from vla_insertion.core.sim.kinematics import HOME_RAD
@@ -25,19 +26,6 @@ from vla_insertion.core.wire import CommandCodecV1, CommandMessage, FLAG_ARMED
 
 pytestmark = pytest.mark.slow           # starts programs
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.01)
-    return predicate()
 
 
 class Program:
@@ -97,9 +85,10 @@ def test_it_follows_the_commands_then_holds_and_reports(tmp_path, backend):
     program = Program('--backend', backend, '--port', str(port), '--status-period-s', '0.2',
                       '--report', str(report))
     try:
-        assert wait_for(lambda: program.saw(f'command_v1 on 127.0.0.1:{port}')), program.lines
+        listening = f'command_v1 on 127.0.0.1:{port}'
+        assert wait_for(lambda: program.saw(listening), 30.0), program.lines
         target = push_ramp(port, 30, 0.004)            # 0.4 rad/s, inside the 1 rad/s limit
-        assert wait_for(lambda: program.saw('commands 30 received')), program.lines
+        assert wait_for(lambda: program.saw('commands 30 received'), 30.0), program.lines
     finally:
         rc = program.stop()
     assert rc == 0, program.lines

@@ -11,7 +11,6 @@ benchmarks/bench_stops.py measures them.
 """
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -21,6 +20,7 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool
+from support import free_port, wait_for
 from trajectory_msgs.msg import JointTrajectory
 import zmq
 
@@ -39,22 +39,11 @@ WAIT_S = 30.0
 CHUNK_TIMEOUT_S = 0.5
 
 
-def wait_for(predicate, timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 class Robot:
     """The robot PC: keeps (arrival, CommandMessage); the arm goes where ARMED commands say."""
 
     def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.context = zmq.Context(1)
         self.pull = self.context.socket(zmq.PULL)
         self.pull.bind(f'tcp://127.0.0.1:{self.port}')
@@ -175,19 +164,20 @@ def enable(cell: Cell, on: bool) -> bool:
     client = cell.create_client(SetBool, '/chunk_executor/enable')
     assert client.wait_for_service(timeout_sec=WAIT_S)
     future = client.call_async(SetBool.Request(data=on))
-    assert wait_for(future.done), 'enable did not answer'
+    assert wait_for(future.done, WAIT_S), 'enable did not answer'
     return future.result().success
 
 
 def arm_and_follow(cell: Cell) -> None:
     cell.chunks.set()
     # arming is refused while the state is stale (right): ask until a fresh one lets it arm
-    assert wait_for(lambda: enable(cell, True))
+    assert wait_for(lambda: enable(cell, True), WAIT_S)
     t = time.monotonic()
     # 1 s of following: the catch-up from where the arm was to the chunks (up to 0.3 rad at
     # 1 rad/s) is over, the arm moves with the chunks
-    assert wait_for(lambda: sum(m.armed and not m.hold for m in cell.robot.since(t)) >= 100)
-    assert wait_for(lambda: cell.trajectories_since(t))      # the plan goes out
+    assert wait_for(lambda: sum(m.armed and not m.hold for m in cell.robot.since(t)) >= 100,
+                    WAIT_S)
+    assert wait_for(lambda: cell.trajectories_since(t), WAIT_S)      # the plan goes out
 
 
 def check_stop(cell: Cell, event_s: float, due_s: float) -> tuple[float, float]:
@@ -196,7 +186,7 @@ def check_stop(cell: Cell, event_s: float, due_s: float) -> tuple[float, float]:
     due_s: no stop of this event before then (a stale state on a loaded machine may stop the
     arm earlier, and following resume: that stop is not this one).
     """
-    assert wait_for(lambda: any(m.hold for m in cell.robot.since(due_s)))
+    assert wait_for(lambda: any(m.hold for m in cell.robot.since(due_s)), WAIT_S)
     time.sleep(0.3)                     # the stop, and anything published after it, is here now
     received = cell.trajectories_since(event_s)
     arrival, ros_now, msg = received[-1]                      # the stop is the last one
@@ -232,7 +222,7 @@ def test_a_disarm_and_the_chunks_stopping_send_an_accepted_stop_at_once(cell):
 
     arm_and_follow(cell)
     cell.chunks.clear()                                        # the policy goes silent
-    assert wait_for(lambda: time.monotonic() > cell.last_chunk + 0.05)
+    assert wait_for(lambda: time.monotonic() > cell.last_chunk + 0.05, WAIT_S)
     t_last = cell.last_chunk
     trajectory_s, hold_s = check_stop(cell, t_last, t_last + CHUNK_TIMEOUT_S - 0.05)
     assert all(m.armed for m in cell.robot.since(t_last + trajectory_s))   # still armed

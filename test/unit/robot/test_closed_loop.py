@@ -13,12 +13,12 @@ the commands stop. Waits are bounded and on conditions; nothing asserts a timing
 from __future__ import annotations
 
 import secrets
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
+from support import free_port, wait_for
 import zmq
 
 from vla_insertion.core.data import (
@@ -38,19 +38,6 @@ pytestmark = pytest.mark.slow          # a few seconds of a closed loop on the w
 # Two goals in turn, 0.2 rad apart: several chunks each, and every joint turns round.
 GOALS = (HOME_RAD + np.array([0.2, -0.15, 0.1, 0.12, -0.1, 0.2]),
          HOME_RAD + np.array([0.0, 0.05, -0.1, -0.05, 0.1, 0.0]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.005)
-    return predicate()
 
 
 class ExecutorSide:

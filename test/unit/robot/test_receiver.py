@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from support import free_port, wait_for
 import zmq
 
 from vla_insertion.core.config import ConfigError
@@ -23,19 +24,6 @@ from vla_insertion.core.wire import CommandCodecV1, CommandMessage, FLAG_ARMED, 
 
 LIMITS = CommandLimits.from_settings(executor_settings(None))
 CODEC = CommandCodecV1()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.005)
-    return predicate()
 
 
 class Recorder:

@@ -4,10 +4,10 @@ Thread tests wait on conditions (bounded); nothing here asserts a time.
 """
 from dataclasses import replace
 import threading
-import time
 
 import numpy as np
 import pytest
+from support import wait_for
 
 from vla_insertion.core.config import VlmConfig
 from vla_insertion.core.data import CameraFrame, VLFeatureData
@@ -73,15 +73,6 @@ class Cell:
         return self.worker.run(selection) if selection.ready else None
 
 
-def wait_for(predicate, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return predicate()
-
-
 @pytest.fixture
 def cells():
     """Build cells; stop their workers after the test."""
@@ -138,9 +129,9 @@ def test_the_async_thread_runs_each_new_set_once(cells):
     cell = cells()
     cell.worker.start()
     cell.put_set(NOW - 0.02)
-    assert wait_for(lambda: cell.stats.published == 1 and cell.worker.idle)
+    assert wait_for(lambda: cell.stats.published == 1 and cell.worker.idle, 30.0)
     cell.put_set(NOW - 0.01)
-    assert wait_for(lambda: cell.stats.published == 2 and cell.worker.idle)
+    assert wait_for(lambda: cell.stats.published == 2 and cell.worker.idle, 30.0)
     cell.put({'zed_1': NOW - 0.01})                 # a duplicate: refused, nothing new to run
     assert cell.stats.refused_frames.as_dict()['out_of_order'] == 1 and cell.worker.idle
     assert [f.sequence for f in cell.published] == [1, 2] and cell.skips == []
@@ -152,11 +143,11 @@ def test_the_sync_thread_runs_once_per_request_on_the_newest_views(cells):
     cell = cells(mode='sync')
     cell.worker.start()
     cell.put_set(NOW - 0.02)
-    assert wait_for(lambda: cell.worker.idle)
+    assert wait_for(lambda: cell.worker.idle, 30.0)
     assert cell.published == []                    # frames alone do not run it
     for n in (1, 2):
         cell.worker.request()
-        assert wait_for(lambda: cell.stats.published == n and cell.worker.idle)
+        assert wait_for(lambda: cell.stats.published == n and cell.worker.idle, 30.0)
     assert cell.stats.repeated_sets == 1           # the second request ran the same set again
     assert [f.stamp_s for f in cell.published] == [NOW - 0.02] * 2
 
@@ -168,7 +159,7 @@ def test_an_unexpected_error_stops_the_worker_and_is_reported(cells, monkeypatch
     monkeypatch.setattr(threading, 'excepthook', raised.append)   # the thread re-raises it
     cell.worker.start()
     cell.put_set(NOW - 0.02)
-    assert wait_for(lambda: not cell.worker._thread.is_alive())
+    assert wait_for(lambda: not cell.worker._thread.is_alive(), 30.0)
     assert cell.errors == ['RuntimeError: CUDA out of memory'] == [cell.stats.error]
     assert isinstance(raised[0].exc_value, RuntimeError)
     report, _ = cell.stats.report('active', cell.config, cell.model, 'c', NOW)
