@@ -164,8 +164,8 @@ def test_the_runner_hands_the_policy_the_state_at_the_capture(policy):
         def reset(self):
             pass
     runner = ExpertRunner(Spy(), StalenessLimits())
-    for k in range(40):                                  # the node's robot-state callback
-        runner.note_robot(robot(NOW - 0.4 + 0.01 * k, joint0=k))
+    for k in range(40):                                  # states the runner was given
+        runner.robots.add(robot(NOW - 0.4 + 0.01 * k, joint0=k))
     features, window = _tick_inputs()
     assert runner.tick(features, window, robot(NOW, joint0=99), NOW).published
     assert seen[-1].stamp_s == pytest.approx(NOW - 0.3)  # not the tick's state

@@ -10,8 +10,8 @@ start-up, when the arm is still).
 - At run time the action_expert node keeps the joint states and poses it received
   (`core.expert.inputs.LatestInputs`: a `StampedHistory` of each, by their header stamps) and
   combines the newest of each at or before the capture, as a recording answers it; the
-  in-process closed loop tells the runner every robot state (`ExpertRunner.note_robot`);
-  without either, the runner looks the capture up in the states of its ticks (`RobotHistory`).
+  in-process closed loop feeds the same `LatestInputs` every robot state it steps on; a caller
+  that gives no capture gets the one in the states of the runner's ticks (`RobotHistory`).
 - In training and offline evaluation the recording answers it (`recorded_captures`,
   `RecordedInputs.robot`).
 """

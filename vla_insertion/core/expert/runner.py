@@ -136,10 +136,6 @@ class ExpertRunner:
         self._reuse = ReuseCounter()
         self._sequence = 0
 
-    def note_robot(self, robot: RobotState) -> None:
-        """Remember a received robot state (any thread): captures fall between ticks."""
-        self.robots.add(robot)
-
     def decide(self, features: VLFeatureData | None, window: SensorWindowData | None,
                robot: RobotState | None, now_s: float) -> Decision:
         """Apply the staleness rules at `now_s`; a refusal is counted."""
