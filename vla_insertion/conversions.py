@@ -130,6 +130,7 @@ def action_chunk_to_msg(chunk: ActionChunkData) -> ActionChunk:
     msg.sensor_age_s = float(chunk.sensor_age_s)
     msg.inference_ms = float(chunk.inference_ms)
     msg.mode = int(chunk.mode)
+    msg.untrained = bool(chunk.untrained)
     return msg
 
 

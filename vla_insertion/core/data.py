@@ -116,6 +116,7 @@ class ActionChunkData:
     sensor_age_s: float = 0.0
     inference_ms: float = 0.0
     mode: int = MODE_ASYNC
+    untrained: bool = False        # the expert's weights are random: never executed
 
 
 def _no_values() -> np.ndarray:

@@ -124,7 +124,8 @@ def action_chunk_from_msg(msg) -> ActionChunkData:
         feature_age_s=float(msg.feature_age_s), reuse_index=int(msg.reuse_index),
         sensor_stamp_s=time_from_msg(msg.sensor_window_stamp),
         sensor_age_s=float(msg.sensor_age_s), inference_ms=float(msg.inference_ms),
-        mode=int(msg.mode))
+        # Bags recorded before the field existed carry no flag.
+        mode=int(msg.mode), untrained=bool(getattr(msg, 'untrained', False)))
 
 
 def node_stats_from_msg(msg) -> NodeStatsData:
