@@ -33,7 +33,7 @@ import time
 from vla_insertion.core import artifacts
 from vla_insertion.core.config import ConfigError, EXECUTOR_MERGES, ExpertConfig, VlmConfig
 from vla_insertion.core.orchestration.builders import (
-    executor_settings, SimConfiguration, SimEvaluator)
+    executor_settings, SIM_EXECUTOR, SimConfiguration, SimEvaluator)
 from vla_insertion.core.params import load_config
 from vla_insertion.core.sim.loop import EpisodeMetrics, PipelineTiming
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file,
                                  overrides={'checkpoint': args.checkpoint})
         # the cell's executor, its joint limits included, armed as in every offline run
-        executor = executor_settings(args.params_file, overrides={'start_armed': True})
+        executor = executor_settings(args.params_file, overrides=SIM_EXECUTOR)
     except (ConfigError, OSError) as exc:
         print(f'closed_loop: {exc}', file=sys.stderr)
         return 2

@@ -13,10 +13,13 @@ SIGTERM) and prints a summary.
 --policy trained (default): the action expert runs a policy trained on this machine
 (core/orchestration/demo_policy.py: demonstrations, feature cache, stage-1 training, built on
 the first run and reused after), and once the first chunk arrives the demo arms the chunk
-executor through its ~/enable service, as an operator would, and clears a latched fault at
-each episode start; the summary gives the success rate of the episodes that started armed.
+executor through its ~/enable service, as an operator would, and at each episode start clears
+a latched fault and re-arms it (every stop disarms); the summary gives the success rate of the
+episodes that started armed. The VLM is the tiny untrained one (no real weights exist here):
+the executor arms on its features only because the demo, as the sim, sets
+allow_untrained_vlm, and the log and the summary's `arming` line say so.
 --policy untrained: the tiny untrained expert, the executor previewing disarmed (nothing moves
-the arm).
+the arm); the demo asks it to arm, and it refuses: an untrained expert is never armed.
 
 Exits non-zero if a program died, the shutdown needed force, or no action chunk was published.
 """
@@ -112,7 +115,7 @@ def run(argv=None) -> int:
     recorder = RunRecorder()
     stop = StopRequest()         # Ctrl-C or SIGTERM: end early, still stop all and print
     stop.install()
-    operator = ExecutorOperator() if trained else None
+    operator = ExecutorOperator()
     try:
         cell = CellRun(
             args.out, params_file=params_file,
@@ -157,6 +160,7 @@ def run(argv=None) -> int:
     duration = max(0.0, end_s - measured_from)
     print('\n=== vla_insertion demo summary ===')
     print(f'  {"policy".ljust(18)}  {args.policy} ({checkpoint})')
+    print(f'  {"arming".ljust(18)}  {cell.arming or "not asked"}')
     print(format_summary(summary, duration))
     if trained:
         rate = (f'{summary["successes"]}/{summary["episodes"]} = {summary["success_rate"]:.0%}'
@@ -199,8 +203,12 @@ def _watch(args, cell: CellRun, recorder: RunRecorder, stop: StopRequest,
     first_chunk_s = recorder.chunks[0].recv_s
     log.info('first action chunk after %.1f s; measuring for %.0f s',
              first_chunk_s - start, args.duration)
-    if trained and not cell.arm():
+    # Untrained: ask too, to show the rule: the executor never arms an untrained expert.
+    armed = cell.arm()
+    if trained and not armed:
         return 'the chunk executor refused to arm'
+    if not trained and armed:
+        return 'the chunk executor ARMED an untrained expert'
     left_s = first_chunk_s + args.duration - time.monotonic()
     if cell.wait_for(lambda: stop.requested, max(0.0, left_s), poll=status):
         return 'interrupted'

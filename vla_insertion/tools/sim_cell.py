@@ -51,7 +51,7 @@ from vla_insertion.core import params
 from vla_insertion.core.config import (
     CameraBridgeConfig, ConfigError, field_docs, field_types, RobotBridgeConfig,
     SensorBridgeConfig, SimCellConfig)
-from vla_insertion.core.orchestration.builders import executor_settings
+from vla_insertion.core.orchestration.builders import executor_settings, SIM_EXECUTOR
 from vla_insertion.core.robot import CommandReceiver, ReceiverConfig, ServoBackend
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.episode import EpisodeParams
@@ -442,7 +442,7 @@ def build_cell(config: SimCellConfig, params_file: str | None = None) -> LiveCel
     cell = SimCell(params, seed=config.seed)
     if config.control == 'commands':
         return LiveCell(cell, control='commands')
-    executor = executor_settings(params_file, overrides={'start_armed': True}).build()
+    executor = executor_settings(params_file, overrides=SIM_EXECUTOR).build()
     # reference_latency_s is the whole observation -> chunk delay, as the expert's would be
     timing = PipelineTiming(expert_latency_s=config.reference_latency_s, transport_s=0.0)
     loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy(), seed=config.seed)

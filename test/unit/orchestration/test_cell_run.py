@@ -70,7 +70,7 @@ def test_arming_scores_from_the_next_episode_and_resets_faults_from_then_on(bin_
     run._episode_ended(_report(0))                 # it started before the policy drove
     run._episode_started({'episode': 1})
     run._episode_ended(_report(1))
-    assert operator.calls == ['enable', 'reset_fault']
+    assert operator.calls == ['enable', 'reset_fault', 'enable']   # every stop disarms
     assert [e['episode'] for e in scored] == [1]
     episodes.ends = [_report(0), _report(1)]
     assert [e['episode'] for e in run.scored()] == [1]
@@ -85,11 +85,11 @@ def test_a_refused_arming_scores_nothing(bin_dir):
     assert operator.calls == ['enable']
 
 
-def test_armed_at_start_resets_at_every_episode_start(bin_dir):
+def test_armed_at_start_resets_and_rearms_at_every_episode_start(bin_dir):
     operator = FakeOperator()
     run, _episodes = _run(bin_dir, operator=operator, armed_at_start=True)
     run._episode_started({'episode': 0})
-    assert operator.calls == ['reset_fault']
+    assert operator.calls == ['reset_fault', 'enable']
 
 
 def test_launch_arguments_and_node_parameters_reach_the_commands(bin_dir):

@@ -15,7 +15,8 @@ outcomes, and the run does what an operator does between episodes:
   arm moved, `wait_ready`, or the operator armed the executor, `arm`): the current one ran its
   first seconds without a policy;
 - once the executor is armed, a fault the last episode latched is cleared at the next
-  episode's start (the executor's ~/reset_fault), so one over-force does not end the run.
+  episode's start (the executor's ~/reset_fault) and re-arms it (every stop disarms), so one
+  over-force does not end the run.
 
 The operator (`enable(on)`, `reset_fault()`, each returning (success, message)) is
 `ros/executor_operator.py`'s ExecutorOperator, passed in by the tool: this module stays
@@ -41,7 +42,7 @@ from vla_insertion.core.orchestration.builders import widened_feature_age_s
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.orchestration.launch_table import (
     command_for, enabled_nodes, installed_paths, is_true, launch_arguments, NodeSpec,
-    params_on_free_ports)
+    params_on_free_ports, sim_allows_untrained_vlm)
 from vla_insertion.core.orchestration.processes import ManagedProcess, ProcessGroup, StopReport
 from vla_insertion.core.params import load_config
 from vla_insertion.core.wire import RobotCodecV1
@@ -101,7 +102,7 @@ class CellRun:
     nodes: run only these of the enabled programs (default: all of them).
     node_params: per program, parameters set after the launch arguments' overrides.
     recorder_topics: also record these topics with bag_recorder into out/<bag_name>.
-    armed_at_start: the executor arms itself at its first fresh state (`start_armed`);
+    armed_at_start: the executor arms itself at its first chunk (`start_armed`);
         otherwise `arm()` arms it through the operator.
     on_scored(report): each scored episode's end report, as it arrives (a listener thread).
     """
@@ -123,6 +124,9 @@ class CellRun:
             params_on_free_ports(params_file or shipped, self.params)
         self.arguments = launch_arguments(**{'params_file': str(self.params),
                                              **(arguments or {})})
+        note = sim_allows_untrained_vlm(self.arguments)
+        if note:
+            log.warning('%s', note)
         extra = {name: dict(values) for name, values in (node_params or {}).items()}
         self.bag_path = self.out / bag_name
         if recorder_topics:
@@ -142,6 +146,7 @@ class CellRun:
                                    env=dict(os.environ if env is None else env))
         self.operator = operator
         self.armed = armed_at_start
+        self.arming = ''               # what the executor answered to arm()
         self._on_scored = on_scored
         self.episodes: EpisodeListener | None = None
         self._watcher: ArmWatcher | None = None
@@ -240,7 +245,8 @@ class CellRun:
     def arm(self) -> bool:
         """Arm the chunk executor through the operator (its ~/enable); score from then on."""
         ok, message = self.operator.enable(True)
-        log.info('arming the chunk executor: %s', message or ('armed' if ok else 'refused'))
+        self.arming = message or ('armed' if ok else 'refused')
+        log.info('arming the chunk executor: %s', self.arming)
         if ok:
             self.armed = True
             self.start_scoring()
@@ -256,10 +262,15 @@ class CellRun:
         return self.first_scored is not None and report['episode'] >= self.first_scored
 
     def _episode_started(self, report: dict) -> None:
+        # The operator's part at each new episode: a stop in the last one (a fault, the
+        # watchdog) disarmed the executor, and nothing moves until it is armed again.
         if self.operator is not None and self.armed:
             _ok, message = self.operator.reset_fault()
             if message != 'no fault latched':
                 log.info('episode %d starts: reset_fault: %s', report['episode'], message)
+            _ok, message = self.operator.enable(True)
+            if message != 'already armed':
+                log.info('episode %d starts: re-arming: %s', report['episode'], message)
 
     def _episode_ended(self, report: dict) -> None:
         if self._on_scored is not None and self._is_scored(report):

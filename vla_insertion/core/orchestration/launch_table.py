@@ -57,6 +57,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback; with '
                    'checkpoint and vlm_model empty, the tiny untrained demo models are used '
                    '(found in ./artifacts or ~/.cache/vla_insertion, written there if missing)'),
+    LaunchArgument('allow_untrained_vlm', '', 'true: the executor may arm on features of a '
+                   'VLM with random weights (the sim and the demo, which have no real VLM '
+                   'weights); never on a real cell. An untrained expert is never armed '
+                   '(empty: the params file value, false)'),
     LaunchArgument('reference', 'false', 'drive the simulated cell with the scripted '
                    'demonstrator (reference_policy) instead of the VLM and the action expert'),
     LaunchArgument('record', 'false', 'also record a rosbag2 bag of the documented topic set'),
@@ -81,7 +85,7 @@ NODES: tuple[NodeSpec, ...] = (
     NodeSpec('reference_policy', 'reference_policy', 'ReferencePolicyConfig',
              enabled_by='reference'),
     NodeSpec('chunk_executor', 'chunk_executor', 'ExecutorConfig', enabled_by='execute',
-             overrides={'robot_ip': 'robot_ip'}),
+             overrides={'robot_ip': 'robot_ip', 'allow_untrained_vlm': 'allow_untrained_vlm'}),
     NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record',
              required=False, overrides={'record_dir': 'output_dir'}),
 )
@@ -152,7 +156,24 @@ def prepare_arguments(arguments: dict[str, str], params_file: Path | str,
         args.update(vlm_model=str(vlm), checkpoint=str(checkpoint))
         notes.append(f'sim: the UNTRAINED demo models {vlm} and {checkpoint}'
                      + (f' (written now: {", ".join(steps)})' if steps else ''))
+    note = sim_allows_untrained_vlm(args)
+    if note:
+        notes.append(note)
     return args, notes
+
+
+def sim_allows_untrained_vlm(args: dict[str, str]) -> str:
+    """With `sim` true and `allow_untrained_vlm` empty, set it true; return what was done.
+
+    No real VLM weights exist where the sim runs: the executor may arm on the random VLM's
+    features, and the log says so. A trained expert is still needed: an untrained one is never
+    armed. The launch file (prepare_arguments) and the tools (CellRun) both apply this.
+    """
+    if not is_true(args.get('sim', '')) or args.get('allow_untrained_vlm'):
+        return ''
+    args['allow_untrained_vlm'] = 'true'
+    return ('sim: allow_untrained_vlm:=true, the executor may arm on features of an UNTRAINED '
+            'VLM (never on a real cell)')
 
 
 def spec_named(name: str) -> NodeSpec:

@@ -303,6 +303,7 @@ class PipelineLoop:
             ep.next_command += self._command_period
             robot = cell.state().robot_state(t)
             self.executor.on_robot_state(robot)
+            self.executor.on_tool_pose(robot.tool_pose)
             if self.runner is not None:     # the features' capture falls between ticks
                 self.inputs.put_robot(robot)
             self.executor.on_sensor_window(self.window(t))

@@ -36,7 +36,7 @@ from vla_insertion.core.bag.messages import GRIPPER_JOINT
 from vla_insertion.core.config import DEFAULT_WRIST_VIEWS, ExpertConfig, VlmConfig
 from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS
 from vla_insertion.core.orchestration.builders import (
-    executor_settings, ExecutorSettings, learned_loop)
+    executor_settings, ExecutorSettings, learned_loop, SIM_EXECUTOR)
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.contact import JAMMED
 from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
@@ -238,7 +238,7 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                                                    start_range_rad=start_range_rad))
     cell = SimCell(params, seed=seed, first_episode=first_episode)
     settings = executor if executor is not None else executor_settings(
-        None, overrides={'start_armed': True})
+        None, overrides=SIM_EXECUTOR)
     chunk_executor = settings.build()
     reference = ReferencePolicy()
     if driver is not None:
