@@ -15,12 +15,12 @@ from __future__ import annotations
 import threading
 import time
 
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 from support import free_port, wait_for
