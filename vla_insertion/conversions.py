@@ -132,6 +132,7 @@ def action_chunk_to_msg(chunk: ActionChunkData) -> ActionChunk:
     msg.inference_ms = float(chunk.inference_ms)
     msg.mode = int(chunk.mode)
     msg.untrained = bool(chunk.untrained)
+    msg.features_untrained = bool(chunk.features_untrained)
     return msg
 
 

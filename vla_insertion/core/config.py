@@ -651,11 +651,20 @@ class ExecutorConfig:
     # Never 0, so the policy can still back out of a contact near the hard limit.
     min_speed_scale: float = 0.1   # speed scale just below the hard limits (1 at the soft) [1]
     command_timeout_s: float = 0.1  # command_v1 timeout: the robot holds without a newer one [s]
-    start_armed: bool = False      # arm at the first fresh robot state instead of on enable
+    start_armed: bool = False      # arm at the first chunk that arm() accepts, not on enable
     delay_window: int = 100        # chunks in the delay statistics [chunks]
     outputs: tuple[str, ...] = ('command_v1',)  # command_v1 and/or joint_trajectory
     robot_ip: str = '127.0.0.1'    # host of the robot PC's command_v1 PULL socket
     command_port: int = 5557       # TCP port the robot PC binds for command_v1
+    # Arming rules and the cell's safety inputs (core/executor/safety.py, docs/safety.md). An
+    # untrained expert is never armed; no field allows it.
+    allow_untrained_vlm: bool = False  # arm on features of a random-weight VLM (sim, demo only)
+    estop_input: bool = False      # safety/estop is wired: arming needs a known, released state
+    deadman_timeout_s: float = 0.0  # > 0: stop without a true safety/heartbeat this long [s]
+    workspace_min_m: tuple[float, ...] = ()  # tool box corner in the base frame; () none [m]
+    workspace_max_m: tuple[float, ...] = ()  # the opposite corner [m]
+    # What the arm surely brakes the tool at under the joint limits; measure it (docs/safety.md).
+    workspace_decel_mps2: float = 0.5  # tool deceleration assumed for the stopping distance
     # ros2_control cells (docs/bringup.md): the joint states, and the gripper as a joint
     joint_state_source: str = 'robot_bridge'  # robot_bridge, or joint_states from ros2_control
     gripper_joint: str = 'gripper'  # the gripper joint's ros2_control name, '' = none (reads 0)
@@ -707,9 +716,19 @@ class ExecutorConfig:
         require(self.command_timeout_s >= 1.0 / self.control_rate_hz,
                 f'command_timeout_s must be at least one control period, got '
                 f'{self.command_timeout_s!r}')
-        for name in ('require_sensor', 'start_armed'):
+        for name in ('require_sensor', 'start_armed', 'allow_untrained_vlm', 'estop_input'):
             require(isinstance(getattr(self, name), bool),
                     f'{name} must be a bool, got {getattr(self, name)!r}')
+        require_non_negative('deadman_timeout_s', self.deadman_timeout_s)
+        require(len(self.workspace_min_m) == len(self.workspace_max_m) in (0, 3),
+                f'workspace_min_m and workspace_max_m must both be [x, y, z] or both empty, got '
+                f'{list(self.workspace_min_m)} and {list(self.workspace_max_m)}')
+        require(all(isinstance(v, (int, float)) and math.isfinite(v) and lo < hi
+                    for lo, hi in zip(self.workspace_min_m, self.workspace_max_m)
+                    for v in (lo, hi)),
+                f'workspace_min_m must be finite and below workspace_max_m on every axis, got '
+                f'{list(self.workspace_min_m)} and {list(self.workspace_max_m)}')
+        require_positive('workspace_decel_mps2', self.workspace_decel_mps2)
         require_int_range('delay_window', self.delay_window, 1, 100_000, ' chunks')
         require(len(self.outputs) > 0 and set(self.outputs) <= set(EXECUTOR_OUTPUTS)
                 and len(set(self.outputs)) == len(self.outputs),

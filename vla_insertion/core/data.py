@@ -117,6 +117,7 @@ class ActionChunkData:
     inference_ms: float = 0.0
     mode: int = MODE_ASYNC
     untrained: bool = False        # the expert's weights are random: never executed
+    features_untrained: bool = False  # the VL features came from a random-weight VLM
 
 
 def _no_values() -> np.ndarray:

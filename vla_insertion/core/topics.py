@@ -73,6 +73,12 @@ COMMITTED_PREFIX = Topic('vla/committed_prefix', 'vla_insertion/msg/ActionChunk'
 JOINT_TRAJECTORY = Topic('robot/joint_trajectory', 'trajectory_msgs/msg/JointTrajectory',
                          'state', 'future points for ros2_control, when armed; the braking '
                          'of each stop at once (chunk_executor)')
+ESTOP = Topic('safety/estop', 'std_msgs/msg/Bool', 'static',
+              "true while the cell's e-stop or protective stop is active: the executor stops "
+              'and latches a fault (the cell safety PLC bridge)')
+HEARTBEAT = Topic('safety/heartbeat', 'std_msgs/msg/Bool', 'latest',
+                  'operator deadman: true while held, at least every deadman_timeout_s '
+                  '(an operator console)')
 STATS = Topic('vla/stats', 'vla_insertion/msg/NodeStats', 'latest',
               'plottable health numbers of each node (every node)')
 DIAGNOSTICS = Topic('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 'diagnostics',
@@ -89,8 +95,8 @@ CLOCK = Topic('/clock', 'rosgraph_msgs/msg/Clock', 'clock',
 
 TOPICS: tuple[Topic, ...] = (CAMERAS, JOINT_STATES, POSE, SENSOR_WINDOW, FEATURES,
                              FEATURE_CONTRACT, FEATURE_REQUEST, ACTION_CHUNK, COMMAND,
-                             COMMITTED_PREFIX, JOINT_TRAJECTORY, STATS, DIAGNOSTICS,
-                             ROS2_JOINT_STATES, GRIPPER_COMMAND, CLOCK)
+                             COMMITTED_PREFIX, JOINT_TRAJECTORY, ESTOP, HEARTBEAT, STATS,
+                             DIAGNOSTICS, ROS2_JOINT_STATES, GRIPPER_COMMAND, CLOCK)
 
 
 # The documented recorded set (docs/evaluation.md): every camera view the cell publishes (a

@@ -173,6 +173,9 @@ def test_a_latched_fault_stops_at_once_and_holds_until_reset():
     command, trajectory, _ = node.steps[mark]
     np.testing.assert_array_equal(trajectory.points[0].positions, command.positions)
     assert node.ex.reset_fault()[0]
+    node.run(0.2, ramp())
+    assert not node.ex.armed and node.steps[-1][2].flags & FLAG_HOLD   # until re-armed
+    assert node.ex.arm(node.t) == (True, 'armed')
     mark = len(node.steps)
     node.run(0.2, ramp())
     resumed = node.steps[mark]
@@ -189,7 +192,10 @@ def test_the_watchdog_stops_within_a_period_of_the_timeout():
     stamp = node.steps[index][0].stamp_s
     assert accepted + 0.3 - 1e-9 < stamp <= accepted + 0.3 + T + 1e-9
     check_limits(stop_stream(node, index), node.ex)
-    node.run(0.2, ramp())                                     # chunks again: following resumes
+    node.run(0.2, ramp())                                     # chunks again: still stopped
+    assert not node.ex.armed and node.steps[-1][2].flags & FLAG_HOLD
+    assert node.ex.arm(node.t) == (True, 'armed')            # until re-armed
+    node.run(0.2, ramp())
     assert node.steps[-1][0].state == 'tracking' and node.ex.stats()['stop'] == ''
 
 

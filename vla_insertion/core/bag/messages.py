@@ -135,7 +135,8 @@ def action_chunk_from_msg(msg) -> ActionChunkData:
         sensor_stamp_s=time_from_msg(msg.sensor_window_stamp),
         sensor_age_s=float(msg.sensor_age_s), inference_ms=float(msg.inference_ms),
         # Bags recorded before the field existed carry no flag.
-        mode=int(msg.mode), untrained=bool(getattr(msg, 'untrained', False)))
+        mode=int(msg.mode), untrained=bool(getattr(msg, 'untrained', False)),
+        features_untrained=bool(getattr(msg, 'features_untrained', False)))
 
 
 def node_stats_from_msg(msg) -> NodeStatsData:

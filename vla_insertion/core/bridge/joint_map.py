@@ -16,8 +16,8 @@ JointMapError (cause `missing_joint`), one with fewer positions than names too
 
 The tool pose is not in a JointState: it comes from robot/pose when something publishes it
 (robot_bridge from the robot wire, or a pose_broadcaster remapped there) and is otherwise
-absent: the expert then refuses its ticks as `no_tool_pose`, the executor needs none
-(docs/bringup.md "ros2_control").
+absent: the expert then refuses its ticks as `no_tool_pose`, the executor needs it only for
+a workspace box (docs/bringup.md "ros2_control").
 
 `joint_state_reader(config)` and `joint_state_topic(config)` give a node the reader and the topic
 of its configured source; with `robot_bridge` they are robot/joint_states and its reader

@@ -23,6 +23,12 @@ cause (the /diagnostics key is `gate.<cause>`, the count is of control steps in 
     force_limit, torque_limit  |F| or |tau| at or above the hard limit: hold and latch a fault
                            (ERROR) until reset_fault(); counted every step the fault holds
     watchdog               no accepted chunk for chunk_timeout_s -> hold
+    tool_pose_too_old      a workspace box is set and the newest tool pose (robot/pose) is
+                           older than max_robot_age_s -> hold
+    workspace              the tool, at its measured velocity, would come to rest outside the
+                           workspace box -> hold and latch a fault (core/executor/safety.py)
+    estop                  safety/estop is true: latched fault until it is false and
+                           reset_fault() (counted every step the fault holds)
     gripper_range          the gripper's part of position_limit: its target outside
                            joint_limits.gripper's range is clipped (core/executor/gripper.py)
     gripper_rate           the gripper's part of velocity_limit: held to its max_velocity
@@ -55,10 +61,14 @@ TORQUE_SOFT = 'torque_soft'
 FORCE_LIMIT = 'force_limit'
 TORQUE_LIMIT = 'torque_limit'
 WATCHDOG = 'watchdog'
+TOOL_POSE_TOO_OLD = 'tool_pose_too_old'
+WORKSPACE = 'workspace'
+ESTOP = 'estop'
 CAUSES = (NON_FINITE, NO_ROBOT_STATE, ROBOT_STATE_TOO_OLD, CHUNK_TOO_OLD, NO_SENSOR_WINDOW,
           SENSOR_TOO_OLD, POSITION_LIMIT, MAX_DISTANCE, VELOCITY_LIMIT, ACCELERATION_LIMIT,
-          JERK_LIMIT, FORCE_SOFT, TORQUE_SOFT, FORCE_LIMIT, TORQUE_LIMIT, WATCHDOG)
-LATCHING = (FORCE_LIMIT, TORQUE_LIMIT)
+          JERK_LIMIT, FORCE_SOFT, TORQUE_SOFT, FORCE_LIMIT, TORQUE_LIMIT, WATCHDOG,
+          TOOL_POSE_TOO_OLD, WORKSPACE, ESTOP)
+LATCHING = (FORCE_LIMIT, TORQUE_LIMIT, WORKSPACE, ESTOP)
 
 # The gripper's range and rate, counted apart from the arm joints' (core/executor/gripper.py).
 GRIPPER_RANGE = 'gripper_range'
