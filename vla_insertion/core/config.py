@@ -66,6 +66,35 @@ def require_unique_names(name: str, values) -> None:
     require(len(set(values)) == len(values), f'{name} must not repeat names, got {values!r}')
 
 
+# ros2_control cells (docs/bringup.md "ros2_control"): where a node's joint states come from, and
+# how the chunk executor commands the gripper there.
+JOINT_STATE_SOURCES = ('robot_bridge', 'joint_states')
+GRIPPER_OUTPUTS = ('none', 'trajectory_joint', 'forward_command')
+
+
+def require_joint_state_map(config) -> None:
+    """Validate the joint-state fields ExpertConfig and ExecutorConfig share (joint_names too).
+
+    joint_names: the 6 arm joints in action order; with joint_state_source joint_states, the
+    names joint_state_broadcaster gives them (core/bridge/joint_map.py).
+    """
+    require_one_of('joint_state_source', config.joint_state_source, JOINT_STATE_SOURCES)
+    require_unique_names('joint_names', config.joint_names)
+    require(len(config.joint_names) == 6,
+            f'joint_names must name the 6 arm joints, got {list(config.joint_names)}')
+    require(isinstance(config.gripper_joint, str)
+            and config.gripper_joint not in config.joint_names,
+            "gripper_joint must be a name other than the arm joints' or empty, got "
+            f'{config.gripper_joint!r}')
+    for name in ('gripper_open_position', 'gripper_closed_position'):
+        value = getattr(config, name)
+        require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value), f'{name} must be a finite number, got {value!r}')
+    require(config.gripper_open_position != config.gripper_closed_position,
+            f'gripper_open_position and gripper_closed_position must differ, both are '
+            f'{config.gripper_open_position!r}')
+
+
 # --- introspection: field comments become parameter descriptions --------------------------
 
 @functools.lru_cache(maxsize=None)
@@ -249,6 +278,13 @@ class ExpertConfig:
     scheduler: str = 'thread'      # 'thread': absolute-deadline loop; 'timer': rclpy timer
     realtime_priority: int = 0     # SCHED_FIFO priority of the loop thread 1..99, 0 = normal
     precision: str = 'fp32'        # big Linear weights: fp32, int8, fp16 (converted at load, cpu)
+    # ros2_control cells: the joints from joint_state_broadcaster (docs/bringup.md)
+    joint_state_source: str = 'robot_bridge'  # robot_bridge, or joint_states from ros2_control
+    joint_names: tuple[str, ...] = (  # the 6 arm joints in action order, named as joint_states
+        'joint_1', 'joint_2', 'joint_3', 'joint_4', 'joint_5', 'joint_6')
+    gripper_joint: str = 'gripper'  # joint_states: the gripper joint's name, '' = none (reads 0)
+    gripper_open_position: float = 0.0  # joint_states: that joint when open [controller units]
+    gripper_closed_position: float = 1.0  # joint_states: ... when closed [controller units]
 
     def __post_init__(self) -> None:
         require(isinstance(self.checkpoint, str) and bool(self.checkpoint.strip()),
@@ -276,6 +312,7 @@ class ExpertConfig:
         require_one_of('precision', self.precision, EXPERT_PRECISIONS)
         require(self.precision == 'fp32' or self.device == 'cpu',
                 f'precision {self.precision} is a CPU kernel (fbgemm); use fp32 on {self.device}')
+        require_joint_state_map(self)
 
 
 # --- cell I/O: bridges and simulated cell -------------------------------------------------
@@ -628,6 +665,12 @@ class ExecutorConfig:
     workspace_max_m: tuple[float, ...] = ()  # the opposite corner [m]
     # What the arm surely brakes the tool at under the joint limits; measure it (docs/safety.md).
     workspace_decel_mps2: float = 0.5  # tool deceleration assumed for the stopping distance
+    # ros2_control cells (docs/bringup.md): the joint states, and the gripper as a joint
+    joint_state_source: str = 'robot_bridge'  # robot_bridge, or joint_states from ros2_control
+    gripper_joint: str = 'gripper'  # the gripper joint's ros2_control name, '' = none (reads 0)
+    gripper_open_position: float = 0.0  # that joint when open [controller units]
+    gripper_closed_position: float = 1.0  # that joint when closed [controller units]
+    gripper_output: str = 'none'   # ros2_control gripper: none, trajectory_joint, forward_command
 
     def __post_init__(self) -> None:
         require_positive('control_rate_hz', self.control_rate_hz)
@@ -693,6 +736,13 @@ class ExecutorConfig:
                 f'{list(self.outputs)}')
         require_host('robot_ip', self.robot_ip)
         require_port('command_port', self.command_port)
+        require_joint_state_map(self)
+        require_one_of('gripper_output', self.gripper_output, GRIPPER_OUTPUTS)
+        require(self.gripper_output == 'none' or bool(self.gripper_joint),
+                f"gripper_output {self.gripper_output} needs gripper_joint, got ''")
+        require(self.gripper_output != 'trajectory_joint' or 'joint_trajectory' in self.outputs,
+                f'gripper_output trajectory_joint needs joint_trajectory in outputs, got '
+                f'{list(self.outputs)}')
 
     @property
     def period_s(self) -> float:

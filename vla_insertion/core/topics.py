@@ -83,13 +83,20 @@ STATS = Topic('vla/stats', 'vla_insertion/msg/NodeStats', 'latest',
               'plottable health numbers of each node (every node)')
 DIAGNOSTICS = Topic('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 'diagnostics',
                     'status, reasons and counters of each node (every node)')
+# ros2_control cells (docs/bringup.md "ros2_control"): what its controllers publish and take.
+ROS2_JOINT_STATES = Topic('joint_states', 'sensor_msgs/msg/JointState', 'robot',
+                          "joint_state_broadcaster's joints, in the controllers' units "
+                          '(joint_state_source: joint_states reads it through joint_names)')
+GRIPPER_COMMAND = Topic('gripper/commands', 'std_msgs/msg/Float64MultiArray', 'state',
+                        'the gripper position for a forward_command_controller while the '
+                        'robot may move (chunk_executor, gripper_output: forward_command)')
 CLOCK = Topic('/clock', 'rosgraph_msgs/msg/Clock', 'clock',
               'bag time while replaying (bag_player)', recorded=False)
 
 TOPICS: tuple[Topic, ...] = (CAMERAS, JOINT_STATES, POSE, SENSOR_WINDOW, FEATURES,
                              FEATURE_CONTRACT, FEATURE_REQUEST, ACTION_CHUNK, COMMAND,
                              COMMITTED_PREFIX, JOINT_TRAJECTORY, ESTOP, HEARTBEAT, STATS,
-                             DIAGNOSTICS, CLOCK)
+                             DIAGNOSTICS, ROS2_JOINT_STATES, GRIPPER_COMMAND, CLOCK)
 
 
 # The documented recorded set (docs/evaluation.md): every camera view the cell publishes (a

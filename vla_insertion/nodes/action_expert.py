@@ -3,7 +3,7 @@
 Subscribes (newest kept; QoS from core/topics.py):
     vla/features         vla_insertion/VLFeatures
     sensor/window        vla_insertion/SensorWindow
-    robot/joint_states   sensor_msgs/JointState [rad], with the `gripper` entry [0..1]
+    robot/joint_states   sensor_msgs/JointState [rad] and `gripper` [0..1], or joint_states
     robot/pose           geometry_msgs/PoseStamped
     vla/committed_prefix vla_insertion/ActionChunk   the executor's committed actions (prefix)
     vla/feature_contract std_msgs/String (JSON)      the VLM's: a mismatch names what differs
@@ -34,7 +34,6 @@ import threading
 
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from sensor_msgs.msg import JointState
 from std_msgs.msg import Header, String
 
 from vla_insertion import conversions as conv
@@ -53,6 +52,7 @@ from vla_insertion.ros.lifecycle import ManagedNode
 from vla_insertion.ros.monitoring import NodeMonitor
 from vla_insertion.ros.parameters import declare_config
 from vla_insertion.ros.qos import lifecycle_publisher, subscription
+from vla_insertion.ros.ros2_control import joint_state_source
 from vla_insertion.ros.run import run_node
 
 # Every torch op releases the GIL and takes it back; with the default 5 ms switch interval a busy
@@ -97,7 +97,7 @@ class ActionExpertNode(ManagedNode):
                 (VLFeatures, topics.FEATURES, inputs.put_features, conv.vl_features_from_msg),
                 (SensorWindow, topics.SENSOR_WINDOW, inputs.put_window,
                  conv.sensor_window_from_msg),
-                (JointState, topics.JOINT_STATES, inputs.put_joints, conv.robot_state_from_msgs),
+                joint_state_source(cfg, inputs.put_joints),   # robot_bridge's or ros2_control's
                 (PoseStamped, topics.POSE, inputs.put_pose, conv.pose_from_msg),
                 (ActionChunk, topics.COMMITTED_PREFIX, inputs.put_prefix,
                  conv.action_chunk_from_msg)):

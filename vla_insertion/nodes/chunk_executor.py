@@ -2,7 +2,8 @@
 
 Subscribes (QoS from core/topics.py):
     vla/action_chunk     vla_insertion/ActionChunk      chunks of the action expert
-    robot/joint_states   sensor_msgs/JointState          measured joints and gripper
+    robot/joint_states   sensor_msgs/JointState          measured joints and gripper, or
+                         ros2_control's joint_states (joint_state_source: joint_states)
     sensor/window        vla_insertion/SensorWindow      force/torque for the gate
     robot/pose           geometry_msgs/PoseStamped       the tool, for the workspace box
     safety/estop         std_msgs/Bool                   true: stop, latch fault `estop`
@@ -12,6 +13,7 @@ Publishes:
     robot/joint_trajectory  trajectory_msgs/JointTrajectory  when armed, at the chunk rate,
                          and a stop's braking at once (outputs contains joint_trajectory)
     vla/committed_prefix vla_insertion/ActionChunk      merge = prefix: what is committed
+    gripper/commands     std_msgs/Float64MultiArray     gripper_output: forward_command
     /diagnostics, vla/stats: state, gate.<cause>, stops.<trigger>, starvation, delays, jerk
 Sends: command_v1 (docs/wire.md) over ZMQ PUSH to robot_ip:command_port when armed, and HOLD
     while a stop is in force (outputs contains command_v1).
@@ -35,7 +37,6 @@ import time
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -54,10 +55,11 @@ from vla_insertion.msg import ActionChunk, ExecutorCommand, SensorWindow
 from vla_insertion.ros.monitoring import NodeMonitor
 from vla_insertion.ros.parameters import declare_config
 from vla_insertion.ros.qos import publisher, subscription
+from vla_insertion.ros.ros2_control import GripperCommand, JOINT_STATE_DROPS, JointStateInput
 from vla_insertion.ros.run import run_node
 
 # Inputs and sends this shell drops (the executor counts its own chunk rejections).
-DROPS = ('bad_chunk', 'bad_sensor_window', 'send_queue_full')
+DROPS = ('bad_chunk', 'bad_sensor_window', 'send_queue_full') + JOINT_STATE_DROPS
 
 
 class ChunkExecutorNode(Node):
@@ -74,7 +76,7 @@ class ChunkExecutorNode(Node):
         self._stop = ''                # the stop in force, to log each once
 
         subscription(self, ActionChunk, topics.ACTION_CHUNK, self._on_chunk)
-        subscription(self, JointState, topics.JOINT_STATES, self._on_joints)
+        JointStateInput(self, cfg, self._executor.on_robot_state, self._drops, self._lock)
         subscription(self, SensorWindow, topics.SENSOR_WINDOW, self._on_window)
         subscription(self, PoseStamped, topics.POSE, self._on_pose)
         subscription(self, Bool, topics.ESTOP, self._on_estop)
@@ -84,6 +86,7 @@ class ChunkExecutorNode(Node):
                                 if 'joint_trajectory' in cfg.outputs else None)
         self._prefix_pub = (publisher(self, ActionChunk, topics.COMMITTED_PREFIX)
                             if cfg.merge == 'prefix' else None)
+        self._gripper = GripperCommand(self, cfg)    # gripper_output: forward_command
         self.create_service(SetBool, '~/enable', self._on_enable)
         self.create_service(Trigger, '~/reset_fault', self._on_reset_fault)
         self._sender = (CommandSender(cfg, secrets.randbits(32))
@@ -119,10 +122,6 @@ class ChunkExecutorNode(Node):
         if chunk is not None:
             with self._lock:
                 self._executor.on_chunk(chunk, self._now_s())
-
-    def _on_joints(self, msg: JointState) -> None:
-        with self._lock:
-            self._executor.on_robot_state(conv.robot_state_from_msgs(msg))
 
     def _on_window(self, msg: SensorWindow) -> None:
         window = self._read(conv.sensor_window_from_msg, msg, 'bad_sensor_window')
@@ -184,6 +183,7 @@ class ChunkExecutorNode(Node):
         self._sequence += 1
         # the robot's outputs first: a stop leaves before anything is published for plots
         sent = command.to_robot and self._send_command(command, now_s)
+        self._gripper.publish(command)
         if trajectory is not None:
             self._trajectory_pub.publish(conv.joint_trajectory_to_msg(trajectory))
         if command.stop != self._stop:

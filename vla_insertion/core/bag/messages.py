@@ -81,6 +81,16 @@ def robot_state_from_msgs(joints, pose=None) -> RobotState:
     return state if pose is None else state.with_pose(pose_from_msg(pose))
 
 
+def robot_state_from_joint_states(joints, joint_map) -> RobotState:
+    """Read a ros2_control JointState through a JointStateMap (core/bridge/joint_map.py).
+
+    The arm's joints and the gripper by the map's names, every other joint ignored; the tool
+    pose left out. A joint the map needs and does not find raises its JointMapError.
+    """
+    return joint_map.robot_state(time_from_msg(joints.header.stamp), joints.name,
+                                 joints.position)
+
+
 def pose_from_msg(msg) -> ToolPose:
     """Return the tool pose of a PoseStamped."""
     p, o = msg.pose.position, msg.pose.orientation

@@ -38,7 +38,7 @@ from vla_insertion.core.config import ConfigError, ExecutorConfig
 from vla_insertion.core.data import (
     ACTION_DIM, ActionChunkData, JointTrajectoryData, NUM_JOINTS, RobotState, SensorWindowData,
     ToolPose, TrajectoryPointData)
-from vla_insertion.core.executor import gate, stops
+from vla_insertion.core.executor import gate, gripper, stops
 from vla_insertion.core.executor.interpolation import ChunkTrajectory
 from vla_insertion.core.executor.limiter import MotionLimiter
 from vla_insertion.core.executor.limits import default_limits, GRIPPER, LimitsTable
@@ -122,6 +122,7 @@ class ChunkExecutor:
         except ValueError as exc:
             raise ConfigError(f'joint_limits: {exc}') from None
         self._accel = accel
+        self._gripper = gripper.GripperOutput.from_config(config)   # in the trajectory or not
         self._safety = SafetyInputs(SafetySettings(
             estop_input=config.estop_input, deadman_timeout_s=config.deadman_timeout_s,
             workspace_min_m=config.workspace_min_m, workspace_max_m=config.workspace_max_m,
@@ -463,8 +464,7 @@ class ChunkExecutor:
                              (result.velocity_limited, gate.VELOCITY_LIMIT),
                              (result.acceleration_limited, gate.ACCELERATION_LIMIT),
                              (result.jerk_limited, gate.JERK_LIMIT)):
-            if flags.any():
-                acted.add(cause)
+            acted |= gripper.split_causes(flags, cause)       # the gripper's apart
         state = self._state(hold, sample)
         self._account(state, sample, acted)
         command = JointCommand(
@@ -562,7 +562,7 @@ class ChunkExecutor:
         target, velocity = sample.position.copy(), sample.velocity.copy()
         clipped, changed = gate.clamp(target, self._limiter.lower, self._limiter.upper)
         if changed:
-            acted.add(gate.POSITION_LIMIT)
+            acted |= gripper.split_causes(clipped != target, gate.POSITION_LIMIT)
             velocity[clipped != target] = 0.0
             target = clipped
         d = np.full(ACTION_DIM, math.inf)
@@ -656,7 +656,7 @@ class ChunkExecutor:
         from the stamp (from arrival for 0). Call it once after every step, as the node does;
         what is due is forgotten at the next step.
         """
-        last, names = self._last_command, tuple(self._config.joint_names)
+        last, names = self._last_command, self._gripper.joint_names(self._config.joint_names)
         if last is None or not last.valid or not (self._stop_due or self._plan_due):
             return None
         # times from the stamp as lead + k T: absolute times lose 0.2 us at 1.7e9 s
@@ -668,8 +668,7 @@ class ChunkExecutor:
             self._stop_due = False
             stop = self._stop
             return JointTrajectoryData(0.0, names, tuple(
-                TrajectoryPointData(lead + k * period, p[:NUM_JOINTS].copy(),
-                                    v[:NUM_JOINTS].copy())
+                TrajectoryPointData(lead + k * period, *self._gripper.columns(p, v))
                 for k, (p, v) in enumerate(zip(stop.positions, stop.velocities))),
                 stop=stop.trigger)
         self._plan_due = False
@@ -678,7 +677,8 @@ class ChunkExecutor:
         if not points:
             return None
         return JointTrajectoryData(last.stamp_s, names, tuple(
-            TrajectoryPointData(lead + k * period, p, v) for k, p, v in points))
+            TrajectoryPointData(lead + k * period, *self._gripper.columns(p, v))
+            for k, p, v in points))
 
     def trajectory(self, now_s: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Future (target time, (6,) positions, (6,) velocities) after the last command.
@@ -691,11 +691,11 @@ class ChunkExecutor:
         last = self._last_command
         if not self._armed or last is None or not last.valid:
             return []
-        return [(t, p, v) for k, p, v in self._lookahead(last)
+        return [(t, p[:NUM_JOINTS], v[:NUM_JOINTS]) for k, p, v in self._lookahead(last)
                 if (t := last.target_time_s + k * self._config.period_s) > now_s]
 
     def _lookahead(self, last: JointCommand) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """(k, (6,) positions, (6,) velocities) of the limiter k periods after `last`."""
+        """(k, (7,) positions, (7,) velocities) of the limiter k periods after `last`."""
         cfg, period = self._config, self._config.period_s
         limiter = self._limiter.copy()
         total = int(math.floor(cfg.lookahead_s / period + 1e-9))
@@ -714,8 +714,7 @@ class ChunkExecutor:
             result = limiter.step(target, velocity, scale)
             at_rest = sample is None and limiter.at_rest and not result.velocity.any()
             if k % stride == 0 or at_rest:
-                points.append((k, result.position[:NUM_JOINTS].copy(),
-                               result.velocity[:NUM_JOINTS].copy()))
+                points.append((k, result.position.copy(), result.velocity.copy()))
             if at_rest:
                 break
         return points

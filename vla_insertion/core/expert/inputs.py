@@ -58,6 +58,7 @@ class TickInputs:
     capture: RobotState | None = None  # the robot at the features' stamp (their capture)
     prefix: np.ndarray | None = None   # (d', A) committed actions applying from now_s
     malformed: tuple[tuple[str, str], ...] = ()   # (stream, detail), in FEATURES..ROBOT order
+    no_pose: bool = False              # joint states held but no tool pose: robot is None
 
 
 class LatestInputs:
@@ -142,7 +143,9 @@ class LatestInputs:
             robot = capture = None
         prefix = None if committed is None else align_prefix(
             committed.stamp_s, committed.actions, committed.dt_s, now_s)
-        return TickInputs(features, held[WINDOW], robot, capture, prefix, tuple(malformed))
+        no_pose = joints is not None and not isinstance(joints, Malformed) and pose is None
+        return TickInputs(features, held[WINDOW], robot, capture, prefix, tuple(malformed),
+                          no_pose)
 
     # --- sync mode: features asked for ------------------------------------------------------
 
@@ -189,4 +192,4 @@ def tick_newest(runner: ExpertRunner, inputs: LatestInputs,
     if refused is not None:
         return refused, got
     return runner.tick(got.features, got.window, got.robot, now_s, prefix=got.prefix,
-                       capture_robot=got.capture), got
+                       capture_robot=got.capture, no_pose=got.no_pose), got

@@ -137,10 +137,10 @@ class ExpertRunner:
         self._sequence = 0
 
     def decide(self, features: VLFeatureData | None, window: SensorWindowData | None,
-               robot: RobotState | None, now_s: float) -> Decision:
+               robot: RobotState | None, now_s: float, no_pose: bool = False) -> Decision:
         """Apply the staleness rules at `now_s`; a refusal is counted."""
         decision = check_inputs(features, window, robot, now_s, self.limits,
-                                self.contract_digest, self.feature_shape)
+                                self.contract_digest, self.feature_shape, no_pose)
         if not decision.publish:
             self.stats.add_refusal(decision)
         return decision
@@ -148,15 +148,16 @@ class ExpertRunner:
     def tick(self, features: VLFeatureData | None, window: SensorWindowData | None,
              robot: RobotState | None, now_s: float,
              prefix: np.ndarray | None = None,
-             capture_robot: RobotState | None = None) -> TickResult:
+             capture_robot: RobotState | None = None, no_pose: bool = False) -> TickResult:
         """One tick at `now_s` on the newest inputs; `prefix` (d, A): committed actions.
 
         `capture_robot`: the robot state when the features' views were taken, where the caller
         knows it (a recording); otherwise the runner looks it up in the states it was given.
+        `no_pose`: robot is None for want of a tool pose alone (the refusal no_tool_pose).
         """
         if robot is not None:
             self.robots.add(robot)
-        decision = self.decide(features, window, robot, now_s)
+        decision = self.decide(features, window, robot, now_s, no_pose)
         if not decision.publish:
             return TickResult(decision)
         if capture_robot is None:

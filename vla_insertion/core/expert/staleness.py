@@ -11,6 +11,8 @@ rules are checked in a fixed order and the first that fails is the reason:
     window_incomplete    fewer valid samples than the window length (require_complete_window)
     sensor_too_old       now - window.stamp_s > max_sensor_age_s
     no_robot_state       joint states or tool pose not received yet
+    no_tool_pose         joint states but no tool pose: nothing publishes robot/pose (a
+                         ros2_control cell reading joint_states without it; docs/bringup.md)
     robot_state_too_old  now - (older of the joint and pose stamps) > max_robot_age_s
 
 `core.expert.runner.ExpertRunner` applies them at every tick, live and offline.
@@ -30,9 +32,10 @@ NO_SENSOR_WINDOW = 'no_sensor_window'
 WINDOW_INCOMPLETE = 'window_incomplete'
 SENSOR_TOO_OLD = 'sensor_too_old'
 NO_ROBOT_STATE = 'no_robot_state'
+NO_TOOL_POSE = 'no_tool_pose'
 ROBOT_STATE_TOO_OLD = 'robot_state_too_old'
 REASONS = (NO_FEATURES, CONTRACT_MISMATCH, FEATURES_TOO_OLD, NO_SENSOR_WINDOW, WINDOW_INCOMPLETE,
-           SENSOR_TOO_OLD, NO_ROBOT_STATE, ROBOT_STATE_TOO_OLD)
+           SENSOR_TOO_OLD, NO_ROBOT_STATE, NO_TOOL_POSE, ROBOT_STATE_TOO_OLD)
 # After the rules: the policy refused the observation (shape, channels, non-finite values), and
 # sync mode's wait for requested features timed out.
 BAD_OBSERVATION = 'bad_observation'
@@ -76,9 +79,12 @@ class Decision:
 
 def check_inputs(features: VLFeatureData | None, window: SensorWindowData | None,
                  robot: RobotState | None, now_s: float, limits: StalenessLimits,
-                 contract_digest: str, feature_shape: tuple[int, int] | None = None
-                 ) -> Decision:
-    """Apply the rules in order; `robot` stamps are the older of joints and pose."""
+                 contract_digest: str, feature_shape: tuple[int, int] | None = None,
+                 no_pose: bool = False) -> Decision:
+    """Apply the rules in order; `robot` stamps are the older of joints and pose.
+
+    `no_pose`: robot is None because joint states are held but no tool pose (no_tool_pose).
+    """
     if features is None:
         return Decision(False, NO_FEATURES, 'no VL features received yet')
     shape = tuple(features.features.shape)
@@ -105,6 +111,10 @@ def check_inputs(features: VLFeatureData | None, window: SensorWindowData | None
         return Decision(False, SENSOR_TOO_OLD,
                         f'sensor window is {sensor_age:.3f} s old '
                         f'(max_sensor_age_s {limits.max_sensor_age_s})',
+                        feature_age_s=feature_age, sensor_age_s=sensor_age)
+    if robot is None and no_pose:
+        return Decision(False, NO_TOOL_POSE, 'joint states but no tool pose on robot/pose: the '
+                        "policy's state needs it (robot_bridge or a pose_broadcaster)",
                         feature_age_s=feature_age, sensor_age_s=sensor_age)
     if robot is None:
         return Decision(False, NO_ROBOT_STATE, 'no robot joint state and tool pose received yet',
