@@ -7,7 +7,7 @@ at 640 x 360 and 10 FPS, then times:
     read      the bags read and sampled on the frame grid, every frame's JPEGs read back
     decode    those JPEGs decoded to RGB (PIL), once per capture
     export    the whole export (read, decode, encode, stats, parquet, metadata), per format
-              and codec
+              and codec, after an untimed warm-up export per codec
 
 Reported: dataset frames per second of wall time (one frame = every view's image + state,
 wrench, action) and images per second, the CPU time of the process (the encoders' threads
@@ -20,6 +20,7 @@ and the time per stage. Single-threaded Python; libx264 and libsvtav1 use their 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 import sys
 import tempfile
@@ -76,6 +77,10 @@ def main() -> None:
             rgb_from_image(data)
         decode_s = time.perf_counter() - t
 
+        os.environ.setdefault('SVT_LOG', '2')          # libsvtav1: no configuration dump
+        for codec in args.codecs:                      # warm-up (imports, encoder start), untimed
+            export_dataset(bags[:1], tmp / f'warmup_{codec}', ExportOptions(
+                task='benchmark', fps=args.fps, vcodec=codec))
         rows = []
         for version in args.formats:
             for codec in args.codecs:

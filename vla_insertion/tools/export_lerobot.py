@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from vla_insertion.core import bag
@@ -61,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault('SVT_LOG', '2')    # libsvtav1: warnings, not its configuration dump
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format='[export_lerobot] %(message)s')
     try:
