@@ -213,10 +213,7 @@ def prepare_data(cfg: FitConfig, vlm_config: VlmConfig | None, limits: Staleness
     intervals = intervals_from_episode_log(cfg.episode_log) if cfg.episode_log else None
     episodes = []
     for b in cfg.bags:
-        rec = recordings[b]
-        mine = None if intervals is None else \
-            [(a, z) for a, z in intervals if z > rec.start_s and a < rec.end_s]
-        episodes += bag_episodes(b, mine)
+        episodes += bag_episodes(b, intervals, (recordings[b].start_s, recordings[b].end_s))
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.train.seed,
                                         cfg.val_bags)
 
