@@ -41,7 +41,7 @@ from vla_insertion.core.orchestration.builders import widened_feature_age_s
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.orchestration.launch_table import (
     command_for, enabled_nodes, installed_paths, is_true, launch_arguments, NodeSpec,
-    params_on_free_ports)
+    params_on_free_ports, REMOTE_POLICIES)
 from vla_insertion.core.orchestration.processes import ManagedProcess, ProcessGroup, StopReport
 from vla_insertion.core.params import load_config
 from vla_insertion.core.wire import RobotCodecV1
@@ -156,14 +156,18 @@ class CellRun:
         """Return the cell of closed-loop evaluations and demonstrations: a policy drives sim_cell.
 
         On free ports, sim_cell moved by command_v1 (episodes of `seed`), the executor armed
-        at its first fresh state; `policy` 'reference' is the scripted demonstrator. An added
-        VLM delay moves the expert's staleness limit with it (a heavier VLM, not a broken one).
+        at its first fresh state; `policy` 'reference' is the scripted demonstrator, 'openpi'
+        or 'gr00t' the same demonstrator served over that protocol (serve_policy) to
+        policy_client, which sends the committed prefix over gr00t when `merge` is 'prefix'.
+        An added VLM delay moves the expert's staleness limit with it (a heavier VLM, not a
+        broken one).
         `options`: the constructor's (recorder_topics, operator, on_scored, env).
         """
         node_params = {'sim_cell': {'control': 'commands', 'seed': seed},
                        'chunk_executor': {'merge': merge} if merge else {},
                        'vlm_node': {'artificial_delay_s': vlm_delay_s, 'mode': mode},
-                       'action_expert': {'mode': mode}}
+                       'action_expert': {'mode': mode},
+                       'policy_client': {'send_prefix': policy == 'gr00t' and merge == 'prefix'}}
         if vlm_delay_s > 0:
             expert = load_config(ExpertConfig, 'action_expert',
                                  params_file or installed_paths()[1])
@@ -171,7 +175,9 @@ class CellRun:
                 expert, vlm_delay_s)
         return cls(out_dir, arguments={
             'sim': 'true', 'execute': 'true', 'vlm_model': vlm_model, 'checkpoint': checkpoint,
-            'reference': 'true' if policy == 'reference' else 'false'},
+            'reference': 'true' if policy == 'reference' else 'false',
+            **({'policy': policy, 'serve_reference': 'true'} if policy in REMOTE_POLICIES
+               else {})},
             params_file=params_file, free_ports=True, node_params=node_params,
             armed_at_start=True, **options)
 
