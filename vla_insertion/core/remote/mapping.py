@@ -208,9 +208,10 @@ class ActionMapping:
             raise BadReply(BAD_SHAPE, f'{server.shape[0]} actions < action_horizon '
                                       f'{self.horizon}')
         server = server[:self.horizon] if self.horizon else server
-        ours = server[:, self.indices] * self.scale + self.offset             # (H, 7)
-        if self.delta:
-            ours[:, :NUM_JOINTS] += np.asarray(sent_joints, dtype=np.float64)
+        with np.errstate(over='ignore', invalid='ignore'):   # absurd values: non_finite
+            ours = server[:, self.indices] * self.scale + self.offset         # (H, 7)
+            if self.delta:
+                ours[:, :NUM_JOINTS] += np.asarray(sent_joints, dtype=np.float64)
         if not np.isfinite(ours).all():
             raise BadReply(NON_FINITE, 'NaN or inf among the mapped actions')
         self.widths = tuple(a.shape[1] for a in arrays)

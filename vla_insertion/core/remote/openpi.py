@@ -21,6 +21,7 @@ ever unpickled. openpi has no input for a committed prefix: the executor blends 
 from __future__ import annotations
 
 from collections.abc import Callable
+import contextlib
 import http
 import logging
 import threading
@@ -63,14 +64,15 @@ class OpenpiConnection:
         self._token = api_token
         self._max = max_reply_bytes
         self._ws = None
+        self._stack = contextlib.ExitStack()   # connect() is a context manager (websockets 17)
 
     def connect(self, timeout_s: float) -> dict:
         """Connect and read the metadata handshake; return the metadata map."""
         headers = {'Authorization': f'Api-Key {self._token}'} if self._token else None
         try:
-            self._ws = connect(self.address, open_timeout=timeout_s,
-                               close_timeout=CLOSE_TIMEOUT_S, compression=None,
-                               max_size=self._max, additional_headers=headers)
+            self._ws = self._stack.enter_context(connect(
+                self.address, open_timeout=timeout_s, close_timeout=CLOSE_TIMEOUT_S,
+                compression=None, max_size=self._max, additional_headers=headers))
             first = self._ws.recv(timeout=timeout_s)
         except TimeoutError:
             raise ServerUnreachable(f'{self.address}: no handshake within {timeout_s} s') \
@@ -110,9 +112,8 @@ class OpenpiConnection:
         return doc, rtt_ms
 
     def close(self) -> None:
-        if self._ws is not None:
-            self._ws.close()
-            self._ws = None
+        self._ws = None
+        self._stack.close()
 
 
 def server_ms(reply: dict) -> float:
