@@ -12,10 +12,10 @@ import pickle
 
 import numpy as np
 from PIL import Image
-import pytest
-
 from protocol_servers import ERROR, Gr00tTestServer, OpenpiTestServer, RAW, SILENT
+import pytest
 from support import free_port, wait_for
+
 from vla_insertion.core.config import PolicyClientConfig
 from vla_insertion.core.data import CameraFrame, RobotState, SensorWindowData
 from vla_insertion.core.remote.mapping import NewestViews
@@ -31,15 +31,15 @@ FAST = {'reply_timeout_s': 0.5, 'connect_timeout_s': 1.0, 'reconnect_min_s': 0.0
 MAPPING = {'action_keys': ('arm', 'hand'), 'action_indices': (0, 1, 2, 3, 4, 5, 7),
            'action_scale': (DEG,) * 6 + (1 / 255.0,), 'action_horizon': 8}
 LAYOUT = {
-    'openpi': dict(image_views=('zed_1', 'oak'),
-                   image_keys=('observation/exterior_image_1_left',
-                               'observation/wrist_image_left'),
-                   state_keys=('observation/joint_position=joints',
-                               'observation/gripper_position=gripper'),
-                   prompt_key='prompt'),
-    'gr00t': dict(image_views=('zed_1', 'oak'), image_keys=('ego_view', 'wrist_view'),
-                  state_keys=('arm=joints', 'hand=gripper'),
-                  prompt_key='annotation.human.task_description'),
+    'openpi': {'image_views': ('zed_1', 'oak'),
+               'image_keys': ('observation/exterior_image_1_left',
+                              'observation/wrist_image_left'),
+               'state_keys': ('observation/joint_position=joints',
+                              'observation/gripper_position=gripper'),
+               'prompt_key': 'prompt'},
+    'gr00t': {'image_views': ('zed_1', 'oak'), 'image_keys': ('ego_view', 'wrist_view'),
+              'state_keys': ('arm=joints', 'hand=gripper'),
+              'prompt_key': 'annotation.human.task_description'},
 }
 
 

@@ -7,9 +7,9 @@ import pickle
 from hypothesis import given, settings, strategies as st
 import msgpack
 import numpy as np
+from protocol_servers import gr00t_array_in, gr00t_array_out, openpi_array_in, openpi_array_out
 import pytest
 
-from protocol_servers import gr00t_array_in, gr00t_array_out, openpi_array_in, openpi_array_out
 from vla_insertion.core.remote import codec
 from vla_insertion.core.remote.refusals import (
     BAD_ARRAY, BadReply, NOT_MSGPACK, OVERSIZED, PICKLED)

@@ -11,8 +11,8 @@ import io
 import numpy as np
 from PIL import Image
 import pytest
-
 from support import wait_for
+
 from vla_insertion.core.config import PolicyClientConfig
 from vla_insertion.core.data import CameraFrame, SensorWindowData
 from vla_insertion.core.remote.gr00t import Gr00tServer
