@@ -7,7 +7,8 @@
            |      v                              | openpi server error
         +-------------+   <----------------------+
         |  waiting    |   backoff: reconnect_min_s, doubled after each failed connect up to
-        +-------------+   reconnect_max_s, back to the minimum once connected
+        +-------------+   reconnect_max_s, back to the minimum once connected; none after an
+                          openpi server error (the server is up, it failed one request)
 
 A daemon thread makes the connection (and remakes it): the tick that calls `infer` never waits
 for a connect. While there is no connection, `infer` refuses at once (`server_unreachable`,
@@ -66,6 +67,7 @@ class RemoteClient:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._conn: Connection | None = None
+        self._retry_now = False        # the last drop was an openpi server error
         self.state = CONNECTING
         self.why = 'connecting'        # why there is no connection
         self.metadata: dict = {}
@@ -113,7 +115,7 @@ class RemoteClient:
             raise
         except ServerError as exc:
             if conn.closes_on_error:
-                self._drop(conn, f'the server failed and closed: {exc}')
+                self._drop(conn, f'the server failed and closed: {exc}', retry_now=True)
             raise
         except BadReply as exc:
             self.bad_replies.count(exc.cause)
@@ -141,11 +143,12 @@ class RemoteClient:
         """Count a reply that decoded but does not map (ActionMapping.to_ours)."""
         self.bad_replies.count(exc.cause)
 
-    def _drop(self, conn: Connection, why: str) -> None:
+    def _drop(self, conn: Connection, why: str, retry_now: bool = False) -> None:
         with self._cond:
             if self._conn is not conn:
                 return
             self._conn, self.state, self.why = None, WAITING, why
+            self._retry_now = retry_now
             self.disconnects += 1
             self._cond.notify_all()
         conn.close()
@@ -159,7 +162,8 @@ class RemoteClient:
                     self._cond.wait_for(lambda: self._conn is None or self._stop.is_set())
                 if self._stop.is_set():
                     return
-                if self.connects or self.failed_connects:     # not the first try: back off
+                retry_now, self._retry_now = self._retry_now, False
+                if (self.connects or self.failed_connects) and not retry_now:   # back off
                     self.state = WAITING
                     if self._stop.wait(delay):
                         return
