@@ -7,8 +7,9 @@ Subscribes (newest kept; QoS from core/topics.py):
     robot/pose           geometry_msgs/PoseStamped
     vla/committed_prefix vla_insertion/ActionChunk   the executor's committed actions (GR00T RTC)
 Publishes:
-    vla/action_chunk     vla_insertion/ActionChunk, one per accepted tick, stamped with the tick,
-                         `untrained` false (a server's weights are its concern)
+    vla/action_chunk     vla_insertion/ActionChunk, one per accepted tick, stamped with the
+                         robot state sent (core/remote/policy.py says why), `untrained` false
+                         (a server's weights are its concern)
     /diagnostics, vla/stats: the action expert's keys (chunks, refusals `drops.<reason>`,
                          inference_ms = the whole request), and the server's: `connection`,
                          `rtt_ms_*` (round trip per chunk), `bad_reply.<cause>`, reconnects

@@ -116,7 +116,7 @@ def test_chunks_equal_the_reply_mapped_and_requests_follow_the_protocol(served):
         chunk = result.chunk
         np.testing.assert_allclose(chunk.actions, mapped(replies.sent[i]), rtol=1e-6, atol=1e-7)
         assert chunk.actions.shape == (8, 7) and chunk.dt_s == 0.1
-        assert chunk.stamp_s == 100.0 + i and chunk.sequence == i + 1
+        assert chunk.stamp_s == 100.0 + i - 0.01 and chunk.sequence == i + 1   # the state's
         assert chunk.untrained is False and chunk.inference_ms > 0
         assert chunk.feature_age_s == pytest.approx(0.06)          # the oldest view's age
     request = server.requests[0]

@@ -76,6 +76,7 @@ class RemoteClient:
         self.disconnects = 0           # connections dropped
         self.bad_replies = DropCounter(REPLY_CAUSES)
         self.rtt_ms = LatencyStats(maxlen=600)
+        self.last_rtt_ms = float('nan')
         self.failed = ''               # an unexpected error that stopped the connector
         self._thread = threading.Thread(target=self._connector, daemon=True,
                                         name='policy_connector')
@@ -121,6 +122,7 @@ class RemoteClient:
             self.bad_replies.count(exc.cause)
             raise
         self.rtt_ms.add(rtt_ms)
+        self.last_rtt_ms = rtt_ms
         return Reply(reply, rtt_ms)
 
     def values(self) -> dict:

@@ -6,8 +6,17 @@
             ObservationMapping.build      our views, state and prompt in the server's keys
             RemoteClient.infer            one request on the protocol's connection
             ActionMapping.to_ours         the reply in our 7 dims and units
-        -> ActionChunkData stamped with the tick (as the expert's), dt chunk_dt_s,
-           inference_ms = the whole call, untrained False (a server's weights are its concern)
+        -> ActionChunkData stamped with the observation: the robot state sent (the older of
+           its joints and pose stamps), where the server's first action starts, as the
+           reference_policy node stamps; dt chunk_dt_s; inference_ms = the whole call;
+           untrained False (a server's weights are its concern)
+
+Why not the tick's time, as the expert's chunks: a server answers for the state it was sent;
+stamped later by that state's age, a chunk that starts at the measured joints would pull a
+moving arm back by its speed times that age at every chunk (in the closed loop on a loaded
+machine: velocity jumps of 3-4 rad/s at chunk boundaries and contact faults, against none once
+stamped with the state). The committed prefix is aligned to the tick (core/expert/inputs.py),
+a state's age (tens of ms) earlier than the chunk it conditions.
 
 A refused call raises a PolicyRefusal, which the runner counts under its reason (refusals.py).
 `remote_runner(config)` builds the runner of the policy_client node; the benchmark and the
@@ -82,7 +91,7 @@ class RemotePolicy:
             self.client.count_bad_reply(exc)
             raise
         return ActionChunkData(
-            stamp_s=obs.now_s, actions=actions, dt_s=self.config.chunk_dt_s,
+            stamp_s=obs.robot.stamp_s, actions=actions, dt_s=self.config.chunk_dt_s,
             feature_sequence=obs.features.sequence,
             feature_age_s=obs.now_s - obs.features.stamp_s,
             sensor_stamp_s=obs.window.stamp_s, sensor_age_s=obs.now_s - obs.window.stamp_s,
