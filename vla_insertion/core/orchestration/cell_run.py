@@ -208,6 +208,10 @@ class CellRun:
         return self._group.start(spec.name, command_for(spec, self.lib_dir, self.params,
                                                         self.arguments, params))
 
+    def process(self, name: str) -> ManagedProcess:
+        """Return the program `name` of the run (a test stops one to see the others react)."""
+        return next(p for p in self._group.processes if p.name == name)
+
     def check_alive(self, ignore: tuple[ManagedProcess, ...] = ()) -> None:
         """Raise CellRunError naming every program that exited (those in `ignore` aside)."""
         dead = [p for p in self._group.exited() if p not in ignore]
