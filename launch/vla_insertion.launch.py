@@ -47,7 +47,11 @@ def _launch_setup(context):
     except ArtifactError as exc:
         return _stop(f'sim:=true: {exc}; or pass checkpoint:= and vlm_model:=')
     actions = [LogInfo(msg=note) for note in notes]
-    for spec in enabled_nodes(args):
+    try:
+        specs = enabled_nodes(args)
+    except ValueError as exc:         # an unknown policy:=
+        return _stop(str(exc))
+    for spec in specs:
         if not spec.ros_node:
             action = ExecuteProcess(
                 cmd=command_for(spec, lib_dir, params_file, args), name=spec.name,

@@ -762,3 +762,136 @@ class ReferencePolicyConfig:
         require(self.rate_hz <= 1000.0, f'rate_hz must be <= 1000, got {self.rate_hz!r}')
         require_host('episode_host', self.episode_host)
         require_port('episode_port', self.episode_port)
+
+
+# --- remote policy servers (core/remote/) -------------------------------------------------
+
+POLICY_PROTOCOLS = ('openpi', 'gr00t')
+IMAGE_RESIZES = ('pad', 'stretch')
+IMAGE_LAYOUTS = ('hwc', 'chw')
+ACTION_MODES = ('absolute', 'delta')
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyClientConfig:
+    """policy_client: a remote policy server (openpi, GR00T) in the action expert's place.
+
+    The observation and action mappings are docs/remote_policy.md's (core/remote/mapping.py);
+    the defaults talk to `serve_policy`, the scripted demonstrator served on the sim cell.
+    """
+
+    protocol: str = 'openpi'       # openpi (websocket, msgpack) or gr00t (ZMQ REQ/REP, msgpack)
+    server_host: str = '127.0.0.1'  # the policy server's host
+    # openpi serves on 8000 by default; GR00T's default 5555 is our camera port: move one
+    server_port: int = 8000        # the policy server's port
+    api_token: str = ''            # openpi: 'Authorization: Api-Key' header; gr00t: api_token
+    rate_hz: float = 10.0          # requests (chunks) per second [Hz]
+    max_feature_age_s: float = 1.0  # refuse when the oldest mapped camera view is older [s]
+    max_sensor_age_s: float = 0.1  # refuse sensor windows whose newest sample is older [s]
+    max_robot_age_s: float = 0.2   # refuse robot joint states or poses older than this [s]
+    require_complete_window: bool = True  # refuse sensor windows with missing (NaN) rows
+    reply_timeout_s: float = 1.0   # no reply this long after a request: refuse, reconnect [s]
+    connect_timeout_s: float = 2.0  # longest connect + handshake (openpi metadata, GR00T ping) [s]
+    reconnect_min_s: float = 0.2   # first wait before a reconnect; doubles per failure [s]
+    reconnect_max_s: float = 5.0   # longest wait between reconnect attempts [s]
+    max_reply_bytes: int = 16000000  # larger replies are refused [bytes]
+    image_views: tuple[str, ...] = ('oak',)  # our camera views sent, in image_keys order
+    image_keys: tuple[str, ...] = ('wrist',)  # the server's image key of each view
+    image_width: int = 224         # every image sent is this wide [pixels]
+    image_height: int = 224        # every image sent is this high [pixels]
+    image_resize: str = 'pad'      # pad (aspect kept, black bars, openpi's) or stretch
+    image_layout: str = 'hwc'      # uint8 (H, W, 3) 'hwc' or (3, H, W) 'chw' (ALOHA-style)
+    state_keys: tuple[str, ...] = (  # 'server key=part+part', parts: core/remote/mapping.py
+        'joints=joints', 'gripper=gripper', 'tool=tool_position+tool_orientation')
+    prompt: str = 'Insert the needle into the target.'  # the task instruction sent
+    prompt_key: str = 'task'       # the server's key of the prompt (openpi's 'prompt')
+    action_keys: tuple[str, ...] = ('joints', 'gripper')  # reply arrays, concatenated (H, D)
+    action_indices: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)  # server dim of joint_1..6, gripper
+    action_scale: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # ours = server x this
+    action_offset: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # ... + this [rad, 1]
+    action_mode: str = 'absolute'  # absolute joint targets, or delta: added to the joints sent
+    action_horizon: int = 0        # actions kept of each reply [actions], 0 = all
+    chunk_dt_s: float = 0.1        # time between the server's actions [s]
+    send_prefix: bool = False      # gr00t: send the committed prefix as previous actions (RTC)
+    rtc_ramp_rate: float = 6.0     # gr00t, send_prefix: the RTC option rtc_ramp_rate [1]
+
+    def __post_init__(self) -> None:
+        from vla_insertion.core.remote.mapping import parse_state_keys  # imports no config
+        require_one_of('protocol', self.protocol, POLICY_PROTOCOLS)
+        require_host('server_host', self.server_host)
+        require_port('server_port', self.server_port)
+        require(isinstance(self.api_token, str), f'api_token must be a string, got '
+                                                 f'{self.api_token!r}')
+        require_positive('rate_hz', self.rate_hz)
+        require(self.rate_hz <= 1000.0, f'rate_hz must be <= 1000, got {self.rate_hz!r}')
+        for name in ('max_feature_age_s', 'max_sensor_age_s', 'max_robot_age_s',
+                     'reply_timeout_s', 'connect_timeout_s', 'reconnect_min_s',
+                     'reconnect_max_s', 'chunk_dt_s', 'rtc_ramp_rate'):
+            require_positive(name, getattr(self, name))
+        require(self.reconnect_min_s <= self.reconnect_max_s,
+                f'reconnect_min_s ({self.reconnect_min_s}) must not exceed reconnect_max_s '
+                f'({self.reconnect_max_s})')
+        for name in ('require_complete_window', 'send_prefix'):
+            require(isinstance(getattr(self, name), bool),
+                    f'{name} must be a bool, got {getattr(self, name)!r}')
+        require_int_range('max_reply_bytes', self.max_reply_bytes, 1024, 1 << 30, ' bytes')
+        require_unique_names('image_views', self.image_views)
+        require_unique_names('image_keys', self.image_keys)
+        require(len(self.image_keys) == len(self.image_views),
+                f'image_keys must name one key per view of image_views '
+                f'({len(self.image_views)}), got {list(self.image_keys)}')
+        for name in ('image_width', 'image_height'):
+            require_int_range(name, getattr(self, name), 8, 4096, ' pixels')
+        require_one_of('image_resize', self.image_resize, IMAGE_RESIZES)
+        require_one_of('image_layout', self.image_layout, IMAGE_LAYOUTS)
+        require(self.protocol != 'gr00t' or self.image_layout == 'hwc',
+                'image_layout must be hwc for gr00t (its video arrays are (B, T, H, W, 3))')
+        try:
+            state = parse_state_keys(self.state_keys)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        require(isinstance(self.prompt, str) and isinstance(self.prompt_key, str)
+                and bool(self.prompt_key), 'prompt must be a string and prompt_key a '
+                f'non-empty string, got {self.prompt!r}, {self.prompt_key!r}')
+        keys = [*self.image_keys, *(k for k, _ in state), self.prompt_key]
+        require(len(set(keys)) == len(keys), f'image, state and prompt keys must differ, got '
+                                             f'{keys}')
+        require_unique_names('action_keys', self.action_keys)
+        for name in ('action_indices', 'action_scale', 'action_offset'):
+            require(len(getattr(self, name)) == 7,
+                    f'{name} must have 7 entries (joint_1..joint_6, gripper), got '
+                    f'{list(getattr(self, name))}')
+        require(all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 4096
+                    for i in self.action_indices),
+                f'action_indices must be server dims 0..4095, got {list(self.action_indices)}')
+        require(all(isinstance(v, (int, float)) and math.isfinite(v) and v != 0
+                    for v in self.action_scale),
+                f'action_scale must be finite and non-zero, got {list(self.action_scale)}')
+        require(all(isinstance(v, (int, float)) and math.isfinite(v)
+                    for v in self.action_offset),
+                f'action_offset must be finite, got {list(self.action_offset)}')
+        require_one_of('action_mode', self.action_mode, ACTION_MODES)
+        require_int_range('action_horizon', self.action_horizon, 0, 10000, ' actions')
+        require(not self.send_prefix or self.protocol == 'gr00t',
+                'send_prefix needs protocol gr00t (openpi has no input for a prefix)')
+
+
+@dataclasses.dataclass(frozen=True)
+class ServePolicyConfig:
+    """serve_policy: the sim cell's demonstrator served over openpi's or GR00T's protocol."""
+
+    protocol: str = 'openpi'       # openpi (websocket) or gr00t (ZMQ REP)
+    bind: str = '127.0.0.1'        # interface the server listens on
+    port: int = 8000               # port the server listens on
+    api_token: str = ''            # refuse requests without this token ('' = no token)
+    episode_host: str = '127.0.0.1'  # where sim_cell publishes its episode reports
+    episode_port: int = 5558       # sim_cell's episode_port
+
+    def __post_init__(self) -> None:
+        require_one_of('protocol', self.protocol, POLICY_PROTOCOLS)
+        require_host('bind', self.bind)
+        require_port('port', self.port)
+        require(isinstance(self.api_token, str), f'api_token must be a string, got '
+                                                 f'{self.api_token!r}')
+        require_host('episode_host', self.episode_host)
+        require_port('episode_port', self.episode_port)

@@ -40,7 +40,7 @@ from vla_insertion import conversions as conv
 from vla_insertion.core import topics
 from vla_insertion.core.config import ConfigError, ExpertConfig
 from vla_insertion.core.data import NodeStatsData
-from vla_insertion.core.expert.inputs import LatestInputs, Malformed, ROBOT, tick_newest
+from vla_insertion.core.expert.inputs import LatestInputs, put_converted, ROBOT, tick_newest
 from vla_insertion.core.expert.live import apply_live, ExpertDiagnostics, load_runner
 from vla_insertion.core.expert.runner import ExpertRunner, TickResult
 from vla_insertion.core.expert.staleness import SYNC_TIMEOUT
@@ -102,7 +102,7 @@ class ActionExpertNode(ManagedNode):
                 (ActionChunk, topics.COMMITTED_PREFIX, inputs.put_prefix,
                  conv.action_chunk_from_msg)):
             self._topics.append(subscription(self, msg_type, topic,
-                                             functools.partial(self._store, put, read)))
+                                             functools.partial(put_converted, put, read)))
         self._chunk_pub = lifecycle_publisher(self, ActionChunk, topics.ACTION_CHUNK)
         self._request_pub = (lifecycle_publisher(self, Header, topics.FEATURE_REQUEST)
                              if self._sync else None)
@@ -163,15 +163,6 @@ class ActionExpertNode(ManagedNode):
             self._activate()
 
     # --- inputs: converted at the edge, the newest kept by LatestInputs --------------------
-
-    @staticmethod
-    def _store(put, read, msg) -> None:
-        """Put `read(msg)`; a message that does not convert is held as Malformed (ticks refuse)."""
-        try:
-            item = read(msg)
-        except ValueError as exc:     # ConversionError, or fewer positions than joint names
-            item = Malformed(str(exc), conv.time_from_msg(msg.header.stamp))
-        put(item)
 
     def _on_contract(self, msg: String) -> None:
         try:

@@ -25,8 +25,8 @@ from vla_insertion.core.expert.capture import RobotHistory
 from vla_insertion.core.expert.checkpoint import ContractMismatch
 from vla_insertion.core.expert.policy import ObservationError
 from vla_insertion.core.expert.staleness import (
-    BAD_OBSERVATION, check_inputs, CONTRACT_MISMATCH, Decision, REFUSALS, ReuseCounter,
-    StalenessLimits)
+    BAD_OBSERVATION, check_inputs, CONTRACT_MISMATCH, Decision, PolicyRefusal, REFUSALS,
+    ReuseCounter, StalenessLimits)
 from vla_insertion.core.health import DropCounter, HealthReport, LatencyStats
 from vla_insertion.core.interfaces import ExpertObservation
 
@@ -47,11 +47,14 @@ class TickResult:
 
 
 class RunnerStats:
-    """What the runner counts; the node turns it into /diagnostics and vla/stats."""
+    """What the runner counts; the node turns it into /diagnostics and vla/stats.
 
-    def __init__(self) -> None:
+    `reasons`: refusal reasons of the policy's own (PolicyRefusal), reported from the start.
+    """
+
+    def __init__(self, reasons: tuple[str, ...] = ()) -> None:
         self.published = 0
-        self.refused = DropCounter()
+        self.refused = DropCounter(reasons)
         self.inference_ms = LatencyStats(maxlen=600)
         self.reuse_index = LatencyStats(maxlen=100)
         self.chunks_per_features = LatencyStats(maxlen=50)  # chunks each feature set served
@@ -104,7 +107,7 @@ class RunnerStats:
 
     def status_line(self, rate_hz: float) -> str:
         """Return the one-line status a person watching the terminal wants."""
-        refused = self.refused.as_dict()
+        refused = {k: v for k, v in self.refused.as_dict().items() if v}
         line = (f'Actions: {self.published} | rate {rate_hz:.1f} Hz | avg '
                 f'{self.inference_ms.summary()["mean"]:.1f} ms | reuse avg '
                 f'{self.chunks_per_features.summary()["mean"]:.1f} | feature age avg '
@@ -117,21 +120,25 @@ class RunnerStats:
 class ExpertRunner:
     """Apply the staleness rules, run the policy and stamp the chunk, at a given time.
 
-    `policy` is an ExpertPolicy (or anything with `infer`, `reset` and `meta`). Training-sample
-    collection, which only needs the decisions, passes `policy=None` with the contract digest
-    and feature shape the checkpoint will have.
+    `policy` is an ExpertPolicy (or anything with `infer`, `reset` and `meta`: a remote policy,
+    core/remote/policy.py, whose meta has no contract digest). Training-sample collection, which
+    only needs the decisions, passes `policy=None` with the contract digest and feature shape
+    the checkpoint will have. `refusals`: the reasons the policy may refuse with
+    (PolicyRefusal), counted from 0.
     """
 
     def __init__(self, policy, limits: StalenessLimits, mode: int = MODE_ASYNC, *,
                  contract_digest: str | None = None,
-                 feature_shape: tuple[int, int] | None = None) -> None:
+                 feature_shape: tuple[int, int] | None = None,
+                 refusals: tuple[str, ...] = ()) -> None:
         self.policy = policy
         self.limits = limits
         self.mode = mode
         meta = policy.meta if policy is not None else None
         self.contract_digest = contract_digest or (meta.contract_digest if meta else '')
         self.feature_shape = feature_shape or (meta.feature_shape if meta else None)
-        self.stats = RunnerStats()
+        self.refusals = refusals
+        self.stats = RunnerStats(refusals)
         self.robots = RobotHistory()   # for the robot state at the features' capture
         self._reuse = ReuseCounter()
         self._sequence = 0
@@ -171,6 +178,9 @@ class ExpertRunner:
         except ObservationError as exc:
             return self._refused(replace(decision, publish=False, reason=BAD_OBSERVATION,
                                          detail=str(exc)))
+        except PolicyRefusal as exc:   # the policy's own reason (a remote server's error)
+            return self._refused(replace(decision, publish=False, reason=exc.reason,
+                                         detail=str(exc)))
         self._sequence += 1
         chunk = replace(chunk, sequence=self._sequence, mode=self.mode,
                         reuse_index=self._reuse.use(features.sequence))
@@ -192,7 +202,7 @@ class ExpertRunner:
         self._reuse.reset()
         self._sequence = 0
         self.robots.clear()
-        self.stats = RunnerStats()
+        self.stats = RunnerStats(self.refusals)
 
 
 def expert_health(stats: RunnerStats, published_before: int, rate_hz: float,

@@ -15,7 +15,11 @@ rules are checked in a fixed order and the first that fails is the reason:
                          ros2_control cell reading joint_states without it; docs/bringup.md)
     robot_state_too_old  now - (older of the joint and pose stamps) > max_robot_age_s
 
-`core.expert.runner.ExpertRunner` applies them at every tick, live and offline.
+`core.expert.runner.ExpertRunner` applies them at every tick, live and offline. A remote policy
+(core/remote/, the policy_client node) ticks through the same runner and rules: its "features"
+are the camera views it sends (`core.remote.mapping.ViewSet`, stamped with the oldest view), it
+has no feature contract (`contract_digest` None skips that rule), and it refuses a tick for
+reasons of its own by raising a `PolicyRefusal`.
 """
 from __future__ import annotations
 
@@ -41,6 +45,17 @@ REASONS = (NO_FEATURES, CONTRACT_MISMATCH, FEATURES_TOO_OLD, NO_SENSOR_WINDOW, W
 BAD_OBSERVATION = 'bad_observation'
 SYNC_TIMEOUT = 'sync_timeout'
 REFUSALS = REASONS + (BAD_OBSERVATION, SYNC_TIMEOUT)
+
+
+class PolicyRefusal(Exception):
+    """A policy refuses an observation for a reason of its own (a remote server's error).
+
+    `reason` is the refusal's key, counted like the rules' (`drops.<reason>`).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -79,20 +94,23 @@ class Decision:
 
 def check_inputs(features: VLFeatureData | None, window: SensorWindowData | None,
                  robot: RobotState | None, now_s: float, limits: StalenessLimits,
-                 contract_digest: str, feature_shape: tuple[int, int] | None = None,
+                 contract_digest: str | None, feature_shape: tuple[int, int] | None = None,
                  no_pose: bool = False) -> Decision:
     """Apply the rules in order; `robot` stamps are the older of joints and pose.
 
     `no_pose`: robot is None because joint states are held but no tool pose (no_tool_pose).
+    `contract_digest` None: the inputs have no feature contract (a remote policy's camera
+    views), and the contract rule is skipped.
     """
     if features is None:
         return Decision(False, NO_FEATURES, 'no VL features received yet')
-    shape = tuple(features.features.shape)
-    if features.contract_hash != contract_digest or \
-            (feature_shape is not None and shape != tuple(feature_shape)):
-        return Decision(False, CONTRACT_MISMATCH,
-                        f'features contract {features.contract_hash!r} shape {shape} != '
-                        f'checkpoint contract {contract_digest!r} shape {feature_shape}')
+    if contract_digest is not None:
+        shape = tuple(features.features.shape)
+        if features.contract_hash != contract_digest or \
+                (feature_shape is not None and shape != tuple(feature_shape)):
+            return Decision(False, CONTRACT_MISMATCH,
+                            f'features contract {features.contract_hash!r} shape {shape} != '
+                            f'checkpoint contract {contract_digest!r} shape {feature_shape}')
     feature_age = now_s - features.stamp_s
     if feature_age > limits.max_feature_age_s:
         return Decision(False, FEATURES_TOO_OLD,

@@ -42,7 +42,7 @@ from vla_insertion.core.orchestration.builders import widened_feature_age_s
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.orchestration.launch_table import (
     command_for, enabled_nodes, installed_paths, is_true, launch_arguments, NodeSpec,
-    params_on_free_ports, sim_allows_untrained_vlm)
+    params_on_free_ports, REMOTE_POLICIES, sim_allows_untrained_vlm)
 from vla_insertion.core.orchestration.processes import ManagedProcess, ProcessGroup, StopReport
 from vla_insertion.core.params import load_config
 from vla_insertion.core.wire import RobotCodecV1
@@ -161,14 +161,18 @@ class CellRun:
         """Return the cell of closed-loop evaluations and demonstrations: a policy drives sim_cell.
 
         On free ports, sim_cell moved by command_v1 (episodes of `seed`), the executor armed
-        at its first fresh state; `policy` 'reference' is the scripted demonstrator. An added
-        VLM delay moves the expert's staleness limit with it (a heavier VLM, not a broken one).
+        at its first fresh state; `policy` 'reference' is the scripted demonstrator, 'openpi'
+        or 'gr00t' the same demonstrator served over that protocol (serve_policy) to
+        policy_client, which sends the committed prefix over gr00t when `merge` is 'prefix'.
+        An added VLM delay moves the expert's staleness limit with it (a heavier VLM, not a
+        broken one).
         `options`: the constructor's (recorder_topics, operator, on_scored, env).
         """
         node_params = {'sim_cell': {'control': 'commands', 'seed': seed},
                        'chunk_executor': {'merge': merge} if merge else {},
                        'vlm_node': {'artificial_delay_s': vlm_delay_s, 'mode': mode},
-                       'action_expert': {'mode': mode}}
+                       'action_expert': {'mode': mode},
+                       'policy_client': {'send_prefix': policy == 'gr00t' and merge == 'prefix'}}
         if vlm_delay_s > 0:
             expert = load_config(ExpertConfig, 'action_expert',
                                  params_file or installed_paths()[1])
@@ -176,7 +180,9 @@ class CellRun:
                 expert, vlm_delay_s)
         return cls(out_dir, arguments={
             'sim': 'true', 'execute': 'true', 'vlm_model': vlm_model, 'checkpoint': checkpoint,
-            'reference': 'true' if policy == 'reference' else 'false'},
+            'reference': 'true' if policy == 'reference' else 'false',
+            **({'policy': policy, 'serve_reference': 'true'} if policy in REMOTE_POLICIES
+               else {})},
             params_file=params_file, free_ports=True, node_params=node_params,
             armed_at_start=True, **options)
 
@@ -206,6 +212,10 @@ class CellRun:
         """Start one more program with the run's arguments (the replay's bag player)."""
         return self._group.start(spec.name, command_for(spec, self.lib_dir, self.params,
                                                         self.arguments, params))
+
+    def process(self, name: str) -> ManagedProcess:
+        """Return the program `name` of the run (a test stops one to see the others react)."""
+        return next(p for p in self._group.processes if p.name == name)
 
     def check_alive(self, ignore: tuple[ManagedProcess, ...] = ()) -> None:
         """Raise CellRunError naming every program that exited (those in `ignore` aside)."""

@@ -37,6 +37,13 @@ class NodeSpec:
     overrides: dict[str, str] = field(default_factory=dict)
     lifecycle: bool = False        # a managed node (rclpy LifecycleNode)
     required: bool = True          # its exit ends the launch, with the reason
+    policies: tuple[str, ...] = ()  # runs only for these values of `policy` (() = any)
+
+
+# What makes the action chunks (the `policy` launch argument): the VLM and the action expert,
+# or policy_client with a remote policy server of either protocol (docs/remote_policy.md).
+POLICIES = ('expert', 'openpi', 'gr00t')
+REMOTE_POLICIES = ('openpi', 'gr00t')
 
 
 LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
@@ -70,6 +77,16 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('autostart', 'true', 'the managed nodes (vlm_node, action_expert) configure '
                    'and activate themselves at start; false: they wait unconfigured for '
                    '`ros2 lifecycle set`'),
+    LaunchArgument('policy', 'expert', 'what makes the action chunks: expert (vlm_node and '
+                   'action_expert), or policy_client with a remote policy server speaking '
+                   'openpi (websocket) or gr00t (ZMQ) at policy_host:policy_port'),
+    LaunchArgument('policy_host', '', 'policy:=openpi|gr00t: host of the policy server '
+                   '(empty: the params file value, 127.0.0.1 by default)'),
+    LaunchArgument('policy_port', '', 'policy:=openpi|gr00t: port of the policy server '
+                   '(empty: the params file value, 8000 by default)'),
+    LaunchArgument('serve_reference', 'false', 'policy:=openpi|gr00t: also start serve_policy, '
+                   'the scripted demonstrator served over that protocol on policy_port (with '
+                   'sim:=true: try policy_client without a model)'),
 )
 
 NODES: tuple[NodeSpec, ...] = (
@@ -79,9 +96,18 @@ NODES: tuple[NodeSpec, ...] = (
              overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('sensor_bridge', 'sensor_bridge', 'SensorBridgeConfig'),
     NodeSpec('vlm_node', 'vlm_node', 'VlmConfig', lifecycle=True, disabled_by='reference',
-             overrides={'vlm_model': 'model', 'instruction': 'instruction'}),
+             overrides={'vlm_model': 'model', 'instruction': 'instruction'},
+             policies=('expert',)),
     NodeSpec('action_expert', 'action_expert', 'ExpertConfig', lifecycle=True,
-             disabled_by='reference', overrides={'checkpoint': 'checkpoint'}),
+             disabled_by='reference', overrides={'checkpoint': 'checkpoint'},
+             policies=('expert',)),
+    NodeSpec('policy_client', 'policy_client', 'PolicyClientConfig', disabled_by='reference',
+             policies=REMOTE_POLICIES,
+             overrides={'policy': 'protocol', 'policy_host': 'server_host',
+                        'policy_port': 'server_port'}),
+    NodeSpec('serve_policy', 'serve_policy', 'ServePolicyConfig', enabled_by='serve_reference',
+             disabled_by='reference', ros_node=False, policies=REMOTE_POLICIES,
+             overrides={'policy': 'protocol', 'policy_port': 'port'}),
     NodeSpec('reference_policy', 'reference_policy', 'ReferencePolicyConfig',
              enabled_by='reference'),
     NodeSpec('chunk_executor', 'chunk_executor', 'ExecutorConfig', enabled_by='execute',
@@ -114,9 +140,16 @@ def launch_arguments(**values: str) -> dict[str, str]:
 
 
 def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
-    """Return the nodes that run for these launch argument values."""
+    """Return the nodes that run for these launch argument values.
+
+    Raises ValueError for a `policy` that is none of POLICIES.
+    """
+    policy = arguments.get('policy') or 'expert'
+    if policy not in POLICIES:
+        raise ValueError(f'policy:={policy} is none of {", ".join(POLICIES)}')
     return [n for n in NODES if (not n.enabled_by or is_true(arguments.get(n.enabled_by, '')))
-            and not (n.disabled_by and is_true(arguments.get(n.disabled_by, '')))]
+            and not (n.disabled_by and is_true(arguments.get(n.disabled_by, '')))
+            and (not n.policies or policy in n.policies)]
 
 
 def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, object]:
@@ -191,7 +224,9 @@ CELL_LINKS = {
     'robot': ('tcp', (('robot_bridge', 'port'), ('sim_cell', 'robot_port'))),
     'sensor': ('udp', (('sensor_bridge', 'port'), ('sim_cell', 'sensor_port'))),
     'command': ('tcp', (('chunk_executor', 'command_port'), ('sim_cell', 'command_port'))),
-    'episode': ('tcp', (('sim_cell', 'episode_port'), ('reference_policy', 'episode_port'))),
+    'episode': ('tcp', (('sim_cell', 'episode_port'), ('reference_policy', 'episode_port'),
+                        ('serve_policy', 'episode_port'))),
+    'policy': ('tcp', (('policy_client', 'server_port'), ('serve_policy', 'port'))),
 }
 
 
