@@ -160,8 +160,8 @@ def main(args=None) -> int:
     # threads and only then is the context shut down, whatever signals follow
     rclpy.init(args=['bag_player', *rest, *ros_args],
                signal_handler_options=SignalHandlerOptions.NO)
-    stop = StopRequest()               # kept until the process exits: no default handler
-    stop.install()                     # can cut the cleanup short or kill it on its way out
+    stop = StopRequest()
+    stop.install()
     node = None
     try:
         try:
@@ -176,7 +176,7 @@ def main(args=None) -> int:
             executor.spin_once(timeout_sec=0.1)
     except ExternalShutdownException:
         pass
-    finally:
+    finally:                               # the flag stays: no signal cuts the close short
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

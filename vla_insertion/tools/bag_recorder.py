@@ -354,8 +354,8 @@ def main(args=None) -> int:
     # bag runs to its end whatever signals follow, so the bag is always readable.
     rclpy.init(args=['bag_recorder', *rest, *ros_args],
                signal_handler_options=SignalHandlerOptions.NO)
-    stop = StopRequest()               # kept until the process exits: no default handler
-    stop.install()                     # can cut the cleanup short or kill it on its way out
+    stop = StopRequest()
+    stop.install()
     node = None
     try:
         try:
@@ -370,7 +370,7 @@ def main(args=None) -> int:
             executor.spin_once(timeout_sec=0.1)
     except ExternalShutdownException:
         pass
-    finally:
+    finally:                               # the flag stays: no signal cuts the close short
         if node is not None:
             node.destroy_node()
             node.get_logger().info(f'closed {node.path}: {sum(node.written.values())} '

@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             _LOG.info('sent ' + ', '.join(f'{s.stream} {s.sent}' for s in senders)
                       + (f'; {receiver.summary()}' if receiver else ''))
         time.sleep(_POLL_S)                # polls the signal flag
-    stop.set()
+    stop.set()                             # the flag stays: no signal cuts the stop short
     for s in [*senders, episodes]:
         s.join(timeout=5.0)
     if receiver is not None:

@@ -15,6 +15,7 @@ A supervisor always stops its programs (docs/safety_supervisors.md):
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 from dataclasses import dataclass, field
@@ -236,7 +237,8 @@ class StopRequest:
     the handler of the signal before it (a doubled Ctrl-C), and the program deadlocks. For the
     same reason the handler never logs (logging takes a lock). `signals` holds each signal
     number received. `install()` makes it the handler and returns the previous ones for
-    `restore()`. test/lint/test_signal_handlers.py keeps every handler of the package this way.
+    `restore()`; a program that installs one ignores both signals at its exit (`exiting`).
+    test/lint/test_signal_handlers.py keeps every handler of the package this way.
     """
 
     def __init__(self) -> None:
@@ -248,12 +250,26 @@ class StopRequest:
         self.requested = True
 
     def install(self, signals=(signal.SIGINT, signal.SIGTERM)) -> dict:
+        atexit.unregister(StopRequest.exiting)       # once, however many installs
+        atexit.register(StopRequest.exiting, tuple(signals))
         return {sig: signal.signal(sig, self) for sig in signals}
 
     @staticmethod
     def restore(previous: dict) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+    @staticmethod
+    def exiting(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
+        """Ignore these signals from now on: the program has cleaned up and exits.
+
+        Run at exit (atexit) by every program that installed a StopRequest: the interpreter's
+        exit puts every Python handler back to the default, which would end the program by
+        the signal (a non-zero status) in its last milliseconds; an ignored signal stays
+        ignored. A program that hangs on its way out still ends by SIGKILL.
+        """
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 class HeldSignals:
