@@ -347,9 +347,16 @@ def test_demo_stops_every_program_under_signal_bursts(tmp_path, tiny_vlm_dir, ro
     why = f'{name} (sent {sent}):\n{demo.text[-4000:]}'
     assert code == 130, why                        # interrupted, everything stopped
     summary = json.loads((tmp_path / 'demo' / 'summary.json').read_text())
-    assert summary['forced'] == [] and summary['orphans'] == [], why
+    codes = summary['exit_codes']
+    assert summary['orphans'] == [], why
+    # Each program gets one SIGINT from stop_all, whatever the demo received. On a loaded
+    # machine the VLM node's stop (its last inference, freeing the model) once outlasted the
+    # 10 s grace: SIGTERM then, the same clean stop for a node (exit 0). Never a SIGKILL.
+    assert all(codes[name] == 0 for name in summary['forced']), why
     if moment != 'startup':                        # every program was up: each exits 0
-        assert all(c == 0 for c in summary['exit_codes'].values()), why
+        assert all(c == 0 for c in codes.values()), why
+    else:                                          # or ends by its SIGINT while importing
+        assert set(codes.values()) <= {0, 1, -signal.SIGINT}, why
     pids = demo.started_pids()
     assert 'chunk_executor' in pids and 'watchdog' in pids, why
     assert not [n for n, pid in pids.items() if _alive(pid)], why
