@@ -88,6 +88,10 @@ def _parse_args(argv):
 
 def run(argv=None) -> int:
     args = _parse_args(argv)
+    # Ctrl-C or SIGTERM from here on: end early, still stop all and print (a flag: a handler
+    # that takes a lock can deadlock). The cell's waits end on it; after the cell, it is 130.
+    stop = StopRequest()
+    stop.install()
     logging.basicConfig(level=logging.INFO, format='[demo] %(message)s')
     os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -107,14 +111,14 @@ def run(argv=None) -> int:
                 echo=lambda line: print(line, flush=True))
     except artifacts.ArtifactError as exc:
         print(f'FAILED: {exc}')
-        return 1
+        return 130 if stop.requested else 1
+    if stop.requested:                 # during the preparation: nothing was started
+        return 130
 
     # The rclpy pieces of the tool: the operator who arms the executor (trained), the monitor.
     from vla_insertion.ros.executor_operator import ExecutorOperator
     from vla_insertion.ros.monitor import MonitorThread
     recorder = RunRecorder()
-    stop = StopRequest()         # Ctrl-C or SIGTERM: end early, still stop all and print
-    stop.install()
     operator = ExecutorOperator()
     try:
         cell = CellRun(
@@ -129,7 +133,7 @@ def run(argv=None) -> int:
             if trained else None,
             operator=operator,
             on_scored=(lambda report: _scored(recorder, report)) if trained
-            else recorder.add_episode)
+            else recorder.add_episode, stop=stop)
     except (ConfigError, OSError) as exc:
         if operator is not None:
             operator.close()
@@ -145,9 +149,9 @@ def run(argv=None) -> int:
                 cell.start_scoring()   # nothing arms: every episode is the untrained preview's
             monitor = MonitorThread(recorder)
             try:
-                failure = _watch(args, cell, recorder, stop, trained)
+                failure = _watch(args, cell, recorder, trained)
             except CellRunError as exc:
-                failure = str(exc)
+                failure = 'interrupted' if stop.requested else str(exc)
             end_s = time.monotonic()
     finally:
         if monitor is not None:
@@ -187,19 +191,15 @@ def _scored(recorder: RunRecorder, report: dict) -> None:
              f' in {report["time_to_insert_s"]:.1f} s' if report['success'] else '')
 
 
-def _watch(args, cell: CellRun, recorder: RunRecorder, stop: StopRequest,
-           trained: bool) -> str:
+def _watch(args, cell: CellRun, recorder: RunRecorder, trained: bool) -> str:
     """Wait for the first chunk, arm, then measure for the duration; return a failure or ''.
 
-    Raises CellRunError when a program exits.
+    Raises CellRunError when a program exits or a signal asks to stop.
     """
     start = time.monotonic()
     status = _StatusLines(recorder, args.status_period, start)
-    if not cell.wait_for(lambda: recorder.chunks or stop.requested, args.startup_timeout,
-                         poll=status):
+    if not cell.wait_for(lambda: recorder.chunks, args.startup_timeout, poll=status):
         return f'no action chunk within {args.startup_timeout:.0f} s'
-    if stop.requested:
-        return 'interrupted'
     first_chunk_s = recorder.chunks[0].recv_s
     log.info('first action chunk after %.1f s; measuring for %.0f s',
              first_chunk_s - start, args.duration)
@@ -210,8 +210,7 @@ def _watch(args, cell: CellRun, recorder: RunRecorder, stop: StopRequest,
     if not trained and armed:
         return 'the chunk executor ARMED an untrained expert'
     left_s = first_chunk_s + args.duration - time.monotonic()
-    if cell.wait_for(lambda: stop.requested, max(0.0, left_s), poll=status):
-        return 'interrupted'
+    cell.wait_for(lambda: False, max(0.0, left_s), poll=status)
     return ''
 
 

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'robot_receiver: {exc}', file=sys.stderr)
         return 2
     stop = StopRequest()                     # a flag: Event.set in a handler can deadlock
-    previous = stop.install()
+    stop.install()
     receiver.start()
     age = ('off' if config.max_age_s is None else
            f'{config.max_age_s:g} s ' + ('(offset estimated)' if config.clock_offset_s is None
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 next_status = now + args.status_period_s
                 _LOG.info(_status(receiver, now))
             time.sleep(_POLL_S)              # polls the signal flag (see StopRequest)
-    finally:
-        StopRequest.restore(previous)
+    finally:                                 # the flag stays: no signal cuts close() short
         receiver.close()
     now = time.monotonic()
     _LOG.info(f'stopped; {_status(receiver, now)}')

@@ -37,7 +37,6 @@ from collections import Counter, deque
 import json
 import logging
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -52,6 +51,7 @@ from vla_insertion.core.config import (
     CameraBridgeConfig, ConfigError, field_docs, field_types, RobotBridgeConfig,
     SensorBridgeConfig, SimCellConfig)
 from vla_insertion.core.orchestration.builders import executor_settings, SIM_EXECUTOR
+from vla_insertion.core.orchestration.processes import StopRequest
 from vla_insertion.core.robot import CommandReceiver, ReceiverConfig, ServoBackend
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.episode import EpisodeParams
@@ -72,6 +72,8 @@ EXPECTED_CAUSE = {'malformed': 'drops.bad_magic', 'truncated': 'drops.truncated'
                   'oversized': 'drops.oversized', 'nan': 'drops.non_finite',
                   'out_of_order': 'drops.late', 'restart': 'sender_restarts'}
 _RESTART_HOLDOFF_S = 1.0    # no fault right after a (re)start: subscribers are reconnecting
+_STATUS_PERIOD_S = 5.0      # between the status lines [s]
+_POLL_S = 0.1               # how often the main loop looks at the signal flag [s]
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -464,9 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f'sim_cell: invalid configuration: {exc}', file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level, format='[sim_cell] %(message)s')
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = threading.Event()           # the senders' stop, set by this thread, never a handler
+    interrupt = StopRequest()          # SIGINT/SIGTERM: a flag (Event.set there can deadlock)
+    interrupt.install()
     try:
         cell = build_cell(config, args.params_file)
     except ConfigError as exc:            # the params file's chunk_executor section
@@ -505,12 +507,17 @@ def main(argv: list[str] | None = None) -> int:
               + '; '.join(targets[s] for s in config.streams)
               + (f'; faults every {config.fault_period_s:g} s' if config.faults else ''))
     deadline = t0 + config.duration_s if config.duration_s > 0 else float('inf')
-    while not stop.wait(min(5.0, max(0.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
+    next_status = t0 + _STATUS_PERIOD_S
+    while not interrupt.requested and not stop.is_set():
+        now = time.monotonic()
+        if now >= deadline:
             break
-        _LOG.info('sent ' + ', '.join(f'{s.stream} {s.sent}' for s in senders)
-                  + (f'; {receiver.summary()}' if receiver else ''))
-    stop.set()
+        if now >= next_status:
+            next_status = now + _STATUS_PERIOD_S
+            _LOG.info('sent ' + ', '.join(f'{s.stream} {s.sent}' for s in senders)
+                      + (f'; {receiver.summary()}' if receiver else ''))
+        time.sleep(_POLL_S)                # polls the signal flag
+    stop.set()                             # the flag stays: no signal cuts the stop short
     for s in [*senders, episodes]:
         s.join(timeout=5.0)
     if receiver is not None:

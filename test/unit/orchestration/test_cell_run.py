@@ -117,3 +117,38 @@ def test_a_program_that_exits_ends_the_wait_and_everything_stops(bin_dir):
         with pytest.raises(CellRunError, match=r'quitter \(exit 3, log .*quitter.log\)'):
             run.wait_for(lambda: False, 60.0)
     assert run.stop_report.exit_codes == {'quitter': 3} and run.stop_report.clean
+
+
+def test_a_signal_ends_the_waits_and_reaches_the_tool_after_the_stop(bin_dir):
+    """A run without a `stop` of its own holds SIGINT and SIGTERM while it runs.
+
+    Its wait ends with CellRunError, everything stops, and only then does the tool's handler
+    see the signal.
+    """
+    import os
+    import signal
+
+    from vla_insertion.core.orchestration.processes import StopRequest
+    tool = StopRequest()
+    previous = tool.install()
+    try:
+        with pytest.raises(CellRunError, match='interrupted'):
+            with CellRun(bin_dir / 'run', nodes=()) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert run.interrupted and not tool.requested      # held while it runs
+                run.wait_for(lambda: False, 60.0)
+        assert run.stop_report is not None and tool.signals == {signal.SIGTERM: True}
+    finally:
+        StopRequest.restore(previous)
+
+
+def test_the_tools_own_stop_request_ends_the_waits(bin_dir):
+    from vla_insertion.core.orchestration.processes import StopRequest
+    stop = StopRequest()
+    run, _episodes = _run(bin_dir, operator=FakeOperator(), stop=stop)
+    assert run.wait_for(lambda: True, 1.0)
+    stop.requested = True
+    with pytest.raises(CellRunError, match='interrupted'):
+        run.wait_for(lambda: False, 60.0)
+    with pytest.raises(CellRunError, match='interrupted'):
+        run.arm()                       # the operator's call runs in a thread; the wait ends

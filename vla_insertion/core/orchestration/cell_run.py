@@ -18,6 +18,12 @@ outcomes, and the run does what an operator does between episodes:
   episode's start (the executor's ~/reset_fault) and re-arms it (every stop disarms), so one
   over-force does not end the run.
 
+A run always stops its programs (docs/safety_supervisors.md): SIGINT or SIGTERM ends its waits
+with CellRunError and `__exit__` stops everything, whatever signals follow; the signal then
+reaches the tool's own handler (a tool that passes its StopRequest as `stop` sees the flag). If
+the tool's main loop hangs, the ProcessGroup's watchdog stops the programs after
+`heartbeat_timeout_s` without a `wait_for`.
+
 The operator (`enable(on)`, `reset_fault()`, each returning (success, message)) is
 `ros/executor_operator.py`'s ExecutorOperator, passed in by the tool: this module stays
 ROS-free, everything ROS happens in the children.
@@ -28,6 +34,7 @@ from collections.abc import Callable
 import logging
 import os
 from pathlib import Path
+import threading
 import time
 from typing import Protocol
 
@@ -43,12 +50,15 @@ from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.orchestration.launch_table import (
     command_for, enabled_nodes, installed_paths, is_true, launch_arguments, NodeSpec,
     params_on_free_ports, REMOTE_POLICIES, sim_allows_untrained_vlm)
-from vla_insertion.core.orchestration.processes import ManagedProcess, ProcessGroup, StopReport
+from vla_insertion.core.orchestration.processes import (
+    HeldSignals, ManagedProcess, ProcessGroup, StopReport, StopRequest)
 from vla_insertion.core.params import load_config
 from vla_insertion.core.wire import RobotCodecV1
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1                       # how often a wait looks at its condition and the programs
+HEARTBEAT_TIMEOUT_S = 10.0         # main loop silent this long: the watchdog stops all [s]
+ARM_TIMEOUT_S = 60.0               # beyond the operator's own timeouts (service, call) [s]
 
 
 class CellRunError(RuntimeError):
@@ -105,6 +115,10 @@ class CellRun:
     armed_at_start: the executor arms itself at its first chunk (`start_armed`);
         otherwise `arm()` arms it through the operator.
     on_scored(report): each scored episode's end report, as it arrives (a listener thread).
+    stop: the tool's StopRequest, installed as its SIGINT/SIGTERM handler; None: the run holds
+        the signals itself while it runs (HeldSignals) and passes them on after stopping all.
+        Either way a signal ends the waits with CellRunError.
+    heartbeat_timeout_s: the watchdog's bound on a hung main loop (ProcessGroup); None: none.
     """
 
     def __init__(self, out_dir: str | Path, *, arguments: dict[str, str] | None = None,
@@ -114,7 +128,8 @@ class CellRun:
                  recorder_topics: tuple[str, ...] = (), bag_name: str = 'bag',
                  armed_at_start: bool = False, operator: Operator | None = None,
                  on_scored: Callable[[dict], None] | None = None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, stop: StopRequest | None = None,
+                 heartbeat_timeout_s: float | None = HEARTBEAT_TIMEOUT_S) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.lib_dir, shipped = installed_paths()
@@ -143,7 +158,10 @@ class CellRun:
         self.sim = (load_config(SimCellConfig, 'sim_cell', self.params)
                     if is_true(self.arguments['sim']) else None)
         self._group = ProcessGroup(log_dir=self.out / 'logs',
-                                   env=dict(os.environ if env is None else env))
+                                   env=dict(os.environ if env is None else env),
+                                   heartbeat_timeout_s=heartbeat_timeout_s)
+        self._stop = stop
+        self._held: HeldSignals | None = None
         self.operator = operator
         self.armed = armed_at_start
         self.arming = ''               # what the executor answered to arm()
@@ -187,6 +205,8 @@ class CellRun:
             armed_at_start=True, **options)
 
     def __enter__(self) -> CellRun:
+        if self._stop is None:
+            self._held = HeldSignals().__enter__()
         try:
             for name, cmd in self._commands:
                 self._group.start(name, cmd)
@@ -202,11 +222,23 @@ class CellRun:
         return self
 
     def __exit__(self, *exc) -> None:
-        for part in (self.episodes, self._watcher):
-            if part is not None:
-                part.stop()
-        log.info('stopping: SIGINT to every process')
-        self.stop_report = self._group.stop_all(grace_s=10.0)
+        try:
+            with HeldSignals():          # a second Ctrl-C cannot leave programs running
+                for part in (self.episodes, self._watcher):
+                    if part is not None:
+                        part.stop()
+                log.info('stopping: SIGINT to every process')
+                self.stop_report = self._group.stop_all(grace_s=10.0)
+        finally:
+            held, self._held = self._held, None
+            if held is not None:         # the signals reach the tool's handlers now
+                held.__exit__()
+
+    @property
+    def interrupted(self) -> bool:
+        """Return whether SIGINT or SIGTERM asked the run to stop."""
+        flag = self._stop if self._stop is not None else self._held
+        return flag is not None and flag.requested
 
     def start(self, spec: NodeSpec, params: dict | None = None) -> ManagedProcess:
         """Start one more program with the run's arguments (the replay's bag player)."""
@@ -229,11 +261,15 @@ class CellRun:
                  ignore: tuple[ManagedProcess, ...] = ()) -> bool:
         """Return True once `condition()` holds, False when timeout_s passed first.
 
-        Raises CellRunError as soon as a program exits (`ignore` aside). `poll()` runs at each
-        look (the demo's status lines).
+        Raises CellRunError as soon as a program exits (`ignore` aside) or a signal asks to
+        stop. `poll()` runs at each look (the demo's status lines). Each look is a heartbeat
+        for the watchdog: a main loop that stops looking is a hung supervisor.
         """
         deadline = time.monotonic() + timeout_s
         while True:
+            self._group.beat()
+            if self.interrupted:
+                raise CellRunError('interrupted by a signal')
             self.check_alive(ignore)
             if condition():
                 return True
@@ -253,8 +289,24 @@ class CellRun:
         return moved
 
     def arm(self) -> bool:
-        """Arm the chunk executor through the operator (its ~/enable); score from then on."""
-        ok, message = self.operator.enable(True)
+        """Arm the chunk executor through the operator (its ~/enable); score from then on.
+
+        The call (bounded by the operator's timeouts) runs in a thread while this one waits
+        in wait_for: the heartbeat goes on, a signal or an exiting program ends the wait.
+        """
+        answer: list = []
+
+        def call() -> None:
+            try:
+                answer.append(self.operator.enable(True))
+            except BaseException as exc:  # noqa: B902 - raised again in this thread
+                answer.append(exc)
+        threading.Thread(target=call, name='arm', daemon=True).start()
+        if not self.wait_for(lambda: answer, ARM_TIMEOUT_S):
+            raise CellRunError(f'the operator did not answer within {ARM_TIMEOUT_S:g} s')
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        ok, message = answer[0]
         self.arming = message or ('armed' if ok else 'refused')
         log.info('arming the chunk executor: %s', self.arming)
         if ok:
