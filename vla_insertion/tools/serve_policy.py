@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 
@@ -25,6 +24,7 @@ from vla_insertion.core import params
 from vla_insertion.core.config import ConfigError, field_docs, POLICY_PROTOCOLS, \
     ServePolicyConfig
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
+from vla_insertion.core.orchestration.processes import StopRequest
 from vla_insertion.core.remote.gr00t import Gr00tServer
 from vla_insertion.core.remote.openpi import OpenpiServer
 from vla_insertion.core.remote.reference import METADATA, ServedReference
@@ -84,10 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f'{NODE_NAME}: invalid configuration: {exc}', file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format=f'[{NODE_NAME}] %(message)s')
-    stop: list[int] = []          # a flag: an Event set from a signal handler can deadlock
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: stop.append(signum))
-    return serve(config, lambda: bool(stop))
+    stop = StopRequest()          # a flag: an Event set from a signal handler can deadlock
+    stop.install()
+    return serve(config, lambda: stop.requested)
 
 
 if __name__ == '__main__':
