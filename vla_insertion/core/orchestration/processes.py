@@ -5,7 +5,7 @@ started, like `ros2 launch` does on Ctrl-C; whatever has not exited after a grac
 SIGTERM, then SIGKILL, and `stop_all` reports who needed force, so a test can prove that a clean
 shutdown leaves no orphans.
 
-A supervisor always stops its programs (docs/safety_supervisors.md):
+A supervisor always stops its programs (docs/safety.md "Supervisors that always stop"):
 - signal handlers only set a flag (`StopRequest`); loops poll it with bounded waits;
 - `stop_all` runs with SIGINT and SIGTERM held (`HeldSignals`): a second Ctrl-C cannot cut it
   short, and the held signal goes to the handler before it once every program is stopped;
