@@ -18,11 +18,11 @@ outcomes, and the run does what an operator does between episodes:
   episode's start (the executor's ~/reset_fault) and re-arms it (every stop disarms), so one
   over-force does not end the run.
 
-A run always stops its programs (docs/safety.md "Supervisors that always stop"): SIGINT or SIGTERM ends its waits
-with CellRunError and `__exit__` stops everything, whatever signals follow; the signal then
-reaches the tool's own handler (a tool that passes its StopRequest as `stop` sees the flag). If
-the tool's main loop hangs, the ProcessGroup's watchdog stops the programs after
-`heartbeat_timeout_s` without a `wait_for`.
+A run always stops its programs (docs/safety.md "Supervisors that always stop"): SIGINT or
+SIGTERM ends its waits with CellRunError and `__exit__` stops everything, whatever signals
+follow; the signal then reaches the tool's own handler (a tool that passes its StopRequest as
+`stop` sees the flag). If the tool's main loop hangs, the ProcessGroup's watchdog stops the
+programs after `heartbeat_timeout_s` without a `wait_for`.
 
 The operator (`enable(on)`, `reset_fault()`, each returning (success, message)) is
 `ros/executor_operator.py`'s ExecutorOperator, passed in by the tool: this module stays
