@@ -46,6 +46,8 @@ BAD = [
     (cfg.RobotBridgeConfig, 'max_message_bytes', 10),
     (cfg.SensorBridgeConfig, 'window_size', 0), (cfg.SensorBridgeConfig, 'min_fill', 100),
     (cfg.SensorBridgeConfig, 'max_datagram_bytes', 70000),
+    (cfg.SensorBridgeConfig, 'allowed_sources', ()),
+    (cfg.SensorBridgeConfig, 'allowed_sources', ('sensor-pc.local',)),
     (cfg.SimCellConfig, 'streams', ('video',)),
     (cfg.SimCellConfig, 'clock_offset_s', math.inf), (cfg.SimCellConfig, 'faults', 'yes'),
     (cfg.BagRecorderConfig, 'storage', 'db3'), (cfg.BagRecorderConfig, 'bag_name', 'a/b'),

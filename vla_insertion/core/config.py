@@ -290,6 +290,20 @@ def require_host(name: str, value: str) -> None:
             f'{name} must be a host name or IP address (no scheme or port), got {value!r}')
 
 
+def require_networks(name: str, values) -> None:
+    """Require a non-empty list of IP addresses or networks ('10.0.0.2', '10.0.0.0/24')."""
+    import ipaddress
+    require(isinstance(values, (tuple, list)) and len(values) > 0,
+            f'{name} must list at least one address or network (0.0.0.0/0: any), '
+            f'got {values!r}')
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f'{name} must hold IP addresses or networks (a.b.c.d or '
+                              f'a.b.c.d/n), got {value!r}') from None
+
+
 def require_wire_format(name: str, value: str, stream: str) -> None:
     from vla_insertion.core.wire import codec_names   # the registry imports nothing from here
     require_one_of(name, value, codec_names(stream))
@@ -308,7 +322,7 @@ class CameraBridgeConfig:
         'port': (1, 65535), 'max_message_bytes': (1024, 1 << 30),
         'calibration_batches': (1, 100_000)}
 
-    bind_address: str = '127.0.0.1'  # interface the PULL socket binds; 0.0.0.0 on a cell
+    bind_address: str = '127.0.0.1'  # address the PULL socket binds: the cell interface's own
     port: int = 5555               # TCP port the camera sender pushes to
     view_names: tuple[str, ...] = DEFAULT_VIEWS  # view ids accepted; one topic each
     wire_format: str = 'camera_v1'  # decoder name (docs/wire.md)
@@ -374,8 +388,10 @@ class SensorBridgeConfig:
         'port': (1, 65535), 'window_size': (1, 100_000), 'max_datagram_bytes': (64, 65507),
         'socket_buffer_bytes': (4096, 1 << 28), 'calibration_batches': (1, 100_000)}
 
-    bind_address: str = '127.0.0.1'  # interface the UDP socket binds; 0.0.0.0 on a cell
+    bind_address: str = '127.0.0.1'  # address the UDP socket binds: the cell interface's own
     port: int = 9999               # UDP port the sensor sender sends to
+    # Datagrams from other source addresses are dropped and counted (drops.source).
+    allowed_sources: tuple[str, ...] = ('127.0.0.1',)  # sender addresses or networks (CIDR)
     wire_format: str = 'sensor_v1'  # decoder name (docs/wire.md)
     channel_names: tuple[str, ...] = DEFAULT_SENSOR_CHANNELS  # channels in datagram order
     sample_rate_hz: float = 650.0  # nominal sender sample rate [Hz]
@@ -390,6 +406,7 @@ class SensorBridgeConfig:
     def __post_init__(self) -> None:
         require_host('bind_address', self.bind_address)
         require_port('port', self.port)
+        require_networks('allowed_sources', self.allowed_sources)
         require_wire_format('wire_format', self.wire_format, 'sensor')
         require_unique_names('channel_names', self.channel_names)
         require_int_range('len(channel_names)', len(self.channel_names), 1, 64)
