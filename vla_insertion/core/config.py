@@ -304,6 +304,11 @@ def require_networks(name: str, values) -> None:
                               f'a.b.c.d/n), got {value!r}') from None
 
 
+def require_keys_dir(name: str, value: str) -> None:
+    """Require a CURVE keys folder (core/wire/curve.py) or '' for plain TCP (read at start)."""
+    require(isinstance(value, str), f'{name} must be a folder path or empty, got {value!r}')
+
+
 def require_wire_format(name: str, value: str, stream: str) -> None:
     from vla_insertion.core.wire import codec_names   # the registry imports nothing from here
     require_one_of(name, value, codec_names(stream))
@@ -331,10 +336,12 @@ class CameraBridgeConfig:
     calibration_batches: int = 50  # frames used to calibrate the clock offset [frames]
     min_fps: float = 4.0           # per-view rate below which diagnostics warn [Hz]
     stale_after_s: float = 1.0     # no frame for this long is an error in diagnostics [s]
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_host('bind_address', self.bind_address)
         require_port('port', self.port)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require_unique_names('view_names', self.view_names)
         require_wire_format('wire_format', self.wire_format, 'camera')
         require_int_range('max_message_bytes', self.max_message_bytes, 1024, 1 << 30, ' bytes')
@@ -363,10 +370,12 @@ class RobotBridgeConfig:
     base_frame: str = 'base_link'  # frame_id of robot/pose
     min_rate_hz: float = 50.0      # state rate below which diagnostics warn [Hz]
     stale_after_s: float = 0.5     # no state for this long is an error in diagnostics [s]
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_host('robot_ip', self.robot_ip)
         require_port('port', self.port)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require_wire_format('wire_format', self.wire_format, 'robot')
         require_int_range('max_message_bytes', self.max_message_bytes, 128, 1 << 24, ' bytes')
         require_positive('receive_timeout_s', self.receive_timeout_s)
@@ -459,10 +468,13 @@ class SimCellConfig:
     faults: bool = False           # inject malformed, truncated, oversized, NaN, stale packets
     fault_period_s: float = 0.5    # time between injected faults per stream [s]
     fault_report: str = ''         # write injected-fault counts as JSON here on exit ('' = no)
+    # The camera sender's, robot PC's keys (camera, robot and command links; not episodes).
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         for name in ('camera_host', 'robot_bind', 'sensor_host', 'command_bind', 'episode_bind'):
             require_host(name, getattr(self, name))
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         for name in ('camera_port', 'robot_port', 'sensor_port', 'command_port', 'episode_port'):
             require_port(name, getattr(self, name))
         require(len(self.streams) > 0 and set(self.streams) <= set(SIM_STREAMS),
@@ -636,9 +648,11 @@ class ExecutorConfig:
     outputs: tuple[str, ...] = ('command_v1',)  # command_v1 and/or joint_trajectory
     robot_ip: str = '127.0.0.1'    # host of the robot PC's command_v1 PULL socket
     command_port: int = 5557       # TCP port the robot PC binds for command_v1
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_positive('control_rate_hz', self.control_rate_hz)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require(self.control_rate_hz <= 1000.0,
                 f'control_rate_hz must be <= 1000 Hz, got {self.control_rate_hz!r}')
         require_unique_names('joint_names', self.joint_names)

@@ -45,6 +45,7 @@ from vla_insertion.core.executor.limits import limits_from_params, LimitsTable, 
 from vla_insertion.core.health import DropCounter, HealthReport, RateMeter
 from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.core.wire import CommandCodecV1
+from vla_insertion.core.wire.curve import CurveLink, link_keys
 from vla_insertion.msg import ActionChunk, ExecutorCommand, SensorWindow
 from vla_insertion.ros.monitoring import NodeMonitor
 from vla_insertion.ros.parameters import declare_config
@@ -87,6 +88,8 @@ class ChunkExecutorNode(Node):
             self._push.setsockopt(zmq.LINGER, 0)
             self._push.setsockopt(zmq.SNDHWM, 2)       # a command is stale within a period
             self._push.setsockopt(zmq.IMMEDIATE, 1)    # queue nothing while no robot listens
+            keys = link_keys(cfg.curve_keys_dir, 'command', 'chunk_executor')  # None: no CURVE
+            CurveLink(keys).secure(self._push)
             self._push.connect(f'tcp://{cfg.robot_ip}:{cfg.command_port}')
         self._codec = CommandCodecV1()
         self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)

@@ -87,13 +87,16 @@ class ZmqSource:
     """A PULL (bind) or SUB (connect) socket returning one message per recv(), or None.
 
     A socket monitor counts connections, disconnects and failed handshakes (`take_events`).
+    `secure(socket)` sets the security options before the bind or connect (CURVE keys); a
+    peer whose handshake fails shows up as a `handshake_failures` event.
     A connection that ZMQ drops for a message over ZMQ_MAXMSGSIZE is not re-established by a
     connecting socket (libzmq treats it as a protocol error), so a SUB reconnects itself once
     the messages it already holds are read.
     """
 
     def __init__(self, context: zmq.Context, socket_type: int, endpoint: str, bind: bool,
-                 timeout_s: float, max_bytes: int) -> None:
+                 timeout_s: float, max_bytes: int,
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
         self._socket = context.socket(socket_type)
         self._endpoint = endpoint
         self._bind = bind
@@ -113,6 +116,8 @@ class ZmqSource:
         self._events: list[str] = []
         self._reconnect = False     # a connect-mode socket lost its connection
         try:
+            if secure is not None:  # CURVE keys (core/wire/curve.py CurveLink.secure)
+                secure(self._socket)
             (self._socket.bind if bind else self._socket.connect)(endpoint)
         except zmq.ZMQError:
             self.close()
@@ -339,14 +344,19 @@ class ReceiveLoop:
         self._on_drop(cause, text)
 
 
-def close_bridge(loop: ReceiveLoop | None, zmq_context=None) -> None:
-    """Stop a bridge's receive loop, then close its ZMQ context; either may be None.
+def close_bridge(loop: ReceiveLoop | None, zmq_context=None, curve=None) -> None:
+    """Stop a bridge's receive loop, its CURVE handler, then close its ZMQ context.
+
+    Any of them may be None; `curve` is a core.wire.curve.CurveLink (its ZAP thread uses the
+    context, so it stops first).
 
     Bridge nodes call this from destroy_node(), which also runs for a node whose __init__
     failed half-way (a port already in use), so nothing here may assume it was built.
     """
     if loop is not None:
         loop.stop()
+    if curve is not None:
+        curve.close()
     if zmq_context is not None:
         zmq_context.destroy(linger=0)
 
