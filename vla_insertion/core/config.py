@@ -176,10 +176,22 @@ class VlmConfig:
     preprocess_threads: int = 2    # threads decoding and resizing views (fast path) [threads]
     torch_compile: str = 'auto'    # on, off, auto (on for cuda once measured to help)
     compile_mode: str = 'default'  # default, reduce-overhead, max-autotune-no-cudagraphs
+    # The hub is contacted only with hub_download, and only for a pinned revision; otherwise
+    # a hub id is read from the local cache (HF_HUB_OFFLINE). The digest of the weight files
+    # is in the feature contract either way (docs/vlm.md, "Which weights").
+    revision: str = ''             # hub commit (40 hex) of a hub-id model, '' = the cached main
+    hub_download: bool = False     # fetch a hub-id model missing from the cache at configure
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, str) and bool(self.model.strip()),
                 f'model must be a hub id or a folder, got {self.model!r}')
+        require(isinstance(self.revision, str)
+                and (self.revision == '' or re.fullmatch(r'[0-9a-f]{40}', self.revision)),
+                f'revision must be a 40-hex-digit hub commit or empty, got {self.revision!r}')
+        require(isinstance(self.hub_download, bool),
+                f'hub_download must be a bool, got {self.hub_download!r}')
+        require(not self.hub_download or self.revision,
+                'hub_download needs a pinned revision (the commit to fetch), got none')
         require(isinstance(self.device, str)
                 and re.fullmatch(r'auto|cpu|cuda(:\d+)?', self.device) is not None,
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")

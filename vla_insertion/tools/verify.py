@@ -65,7 +65,7 @@ def check_models(vlm_config, expert_config) -> list[CheckResult]:
     rows = []
     contract = None
     try:
-        source = resolve_model(vlm_config.model, download=False)
+        source = resolve_model(vlm_config.model, download=False, revision=vlm_config.revision)
         contract = feature_contract_for(vlm_config, source)
         if source.untrained:
             rows.append(CheckResult('vlm model', WARN, f'{source.model_id} in {source.folder} '
