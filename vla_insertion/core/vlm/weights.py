@@ -10,7 +10,7 @@ file's SHA-256 is found without reading gigabytes at every configure:
 - in a Hugging Face cache snapshot a weight file is a link to `blobs/<sha256>`: the hub names
   an LFS blob by the SHA-256 of its content, so the link's target is the file's digest and
   nothing is read;
-- any other file is hashed once (a 3B model's 7.5 GB in about 10 s at disk speed) and its
+- any other file is hashed once (as long as reading it: 7.5 GB for the 3B in bf16) and its
   digest remembered in `cache_root()/weight_digests.json` under its resolved path with its
   size and modification time; a later configure re-hashes only a file whose size or mtime
   changed. (A file rewritten with its old size and mtime forged would keep its old digest:
