@@ -205,10 +205,22 @@ class VlmConfig:
     preprocess_threads: int = 2    # threads decoding and resizing views (fast path) [threads]
     torch_compile: str = 'auto'    # on, off, auto (on for cuda once measured to help)
     compile_mode: str = 'default'  # default, reduce-overhead, max-autotune-no-cudagraphs
+    # The hub is contacted only with hub_download, and only for a pinned revision; otherwise
+    # a hub id is read from the local cache (HF_HUB_OFFLINE). The digest of the weight files
+    # is in the feature contract either way (docs/vlm.md, "Which weights").
+    revision: str = ''             # hub commit (40 hex) of a hub-id model, '' = the cached main
+    hub_download: bool = False     # fetch a hub-id model missing from the cache at configure
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, str) and bool(self.model.strip()),
                 f'model must be a hub id or a folder, got {self.model!r}')
+        require(isinstance(self.revision, str)
+                and (self.revision == '' or re.fullmatch(r'[0-9a-f]{40}', self.revision)),
+                f'revision must be a 40-hex-digit hub commit or empty, got {self.revision!r}')
+        require(isinstance(self.hub_download, bool),
+                f'hub_download must be a bool, got {self.hub_download!r}')
+        require(not self.hub_download or self.revision,
+                'hub_download needs a pinned revision (the commit to fetch), got none')
         require(isinstance(self.device, str)
                 and re.fullmatch(r'auto|cpu|cuda(:\d+)?', self.device) is not None,
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
@@ -327,6 +339,25 @@ def require_host(name: str, value: str) -> None:
             f'{name} must be a host name or IP address (no scheme or port), got {value!r}')
 
 
+def require_networks(name: str, values) -> None:
+    """Require a non-empty list of IP addresses or networks ('10.0.0.2', '10.0.0.0/24')."""
+    import ipaddress
+    require(isinstance(values, (tuple, list)) and len(values) > 0,
+            f'{name} must list at least one address or network (0.0.0.0/0: any), '
+            f'got {values!r}')
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f'{name} must hold IP addresses or networks (a.b.c.d or '
+                              f'a.b.c.d/n), got {value!r}') from None
+
+
+def require_keys_dir(name: str, value: str) -> None:
+    """Require a CURVE keys folder (core/wire/curve.py) or '' for plain TCP (read at start)."""
+    require(isinstance(value, str), f'{name} must be a folder path or empty, got {value!r}')
+
+
 def require_wire_format(name: str, value: str, stream: str) -> None:
     from vla_insertion.core.wire import codec_names   # the registry imports nothing from here
     require_one_of(name, value, codec_names(stream))
@@ -345,7 +376,7 @@ class CameraBridgeConfig:
         'port': (1, 65535), 'max_message_bytes': (1024, 1 << 30),
         'calibration_batches': (1, 100_000)}
 
-    bind_address: str = '127.0.0.1'  # interface the PULL socket binds; 0.0.0.0 on a cell
+    bind_address: str = '127.0.0.1'  # address the PULL socket binds: the cell interface's own
     port: int = 5555               # TCP port the camera sender pushes to
     view_names: tuple[str, ...] = DEFAULT_VIEWS  # view ids accepted; one topic each
     wire_format: str = 'camera_v1'  # decoder name (docs/wire.md)
@@ -354,10 +385,12 @@ class CameraBridgeConfig:
     calibration_batches: int = 50  # frames used to calibrate the clock offset [frames]
     min_fps: float = 4.0           # per-view rate below which diagnostics warn [Hz]
     stale_after_s: float = 1.0     # no frame for this long is an error in diagnostics [s]
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_host('bind_address', self.bind_address)
         require_port('port', self.port)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require_unique_names('view_names', self.view_names)
         require_wire_format('wire_format', self.wire_format, 'camera')
         require_int_range('max_message_bytes', self.max_message_bytes, 1024, 1 << 30, ' bytes')
@@ -386,10 +419,12 @@ class RobotBridgeConfig:
     base_frame: str = 'base_link'  # frame_id of robot/pose
     min_rate_hz: float = 50.0      # state rate below which diagnostics warn [Hz]
     stale_after_s: float = 0.5     # no state for this long is an error in diagnostics [s]
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_host('robot_ip', self.robot_ip)
         require_port('port', self.port)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require_wire_format('wire_format', self.wire_format, 'robot')
         require_int_range('max_message_bytes', self.max_message_bytes, 128, 1 << 24, ' bytes')
         require_positive('receive_timeout_s', self.receive_timeout_s)
@@ -411,8 +446,10 @@ class SensorBridgeConfig:
         'port': (1, 65535), 'window_size': (1, 100_000), 'max_datagram_bytes': (64, 65507),
         'socket_buffer_bytes': (4096, 1 << 28), 'calibration_batches': (1, 100_000)}
 
-    bind_address: str = '127.0.0.1'  # interface the UDP socket binds; 0.0.0.0 on a cell
+    bind_address: str = '127.0.0.1'  # address the UDP socket binds: the cell interface's own
     port: int = 9999               # UDP port the sensor sender sends to
+    # Datagrams from other source addresses are dropped and counted (drops.source).
+    allowed_sources: tuple[str, ...] = ('127.0.0.1',)  # sender addresses or networks (CIDR)
     wire_format: str = 'sensor_v1'  # decoder name (docs/wire.md)
     channel_names: tuple[str, ...] = DEFAULT_SENSOR_CHANNELS  # channels in datagram order
     sample_rate_hz: float = 650.0  # nominal sender sample rate [Hz]
@@ -427,6 +464,7 @@ class SensorBridgeConfig:
     def __post_init__(self) -> None:
         require_host('bind_address', self.bind_address)
         require_port('port', self.port)
+        require_networks('allowed_sources', self.allowed_sources)
         require_wire_format('wire_format', self.wire_format, 'sensor')
         require_unique_names('channel_names', self.channel_names)
         require_int_range('len(channel_names)', len(self.channel_names), 1, 64)
@@ -479,10 +517,13 @@ class SimCellConfig:
     faults: bool = False           # inject malformed, truncated, oversized, NaN, stale packets
     fault_period_s: float = 0.5    # time between injected faults per stream [s]
     fault_report: str = ''         # write injected-fault counts as JSON here on exit ('' = no)
+    # The camera sender's, robot PC's keys (camera, robot and command links; not episodes).
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         for name in ('camera_host', 'robot_bind', 'sensor_host', 'command_bind', 'episode_bind'):
             require_host(name, getattr(self, name))
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         for name in ('camera_port', 'robot_port', 'sensor_port', 'command_port', 'episode_port'):
             require_port(name, getattr(self, name))
         require(len(self.streams) > 0 and set(self.streams) <= set(SIM_STREAMS),
@@ -671,9 +712,11 @@ class ExecutorConfig:
     gripper_open_position: float = 0.0  # that joint when open [controller units]
     gripper_closed_position: float = 1.0  # that joint when closed [controller units]
     gripper_output: str = 'none'   # ros2_control gripper: none, trajectory_joint, forward_command
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_positive('control_rate_hz', self.control_rate_hz)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require(self.control_rate_hz <= 1000.0,
                 f'control_rate_hz must be <= 1000 Hz, got {self.control_rate_hz!r}')
         require_unique_names('joint_names', self.joint_names)

@@ -24,6 +24,11 @@ ones are counted by cause (logged, throttled, and in the periodic status line), 
 session (`late`) and ones from a replaced session (`stale_session`) too. The newest command of
 the current session is followed from its arrival; without one for its timeout the arm holds.
 
+With --curve-keys-dir (a folder written by cell_keys) the ZMQ links are CURVE-secured as on a
+cell (core/wire/curve.py): the camera PUSH is the camera sender's client, the robot PUB and the
+command PULL are the robot PC's servers, admitting only robot_bridge / cell_observer and the
+chunk executor. The episode stream stays plain (a simulator's reports).
+
 With --faults each stream injects, every --fault-period-s and in a fixed cycle, one of: a
 malformed packet (bad magic), a truncated one, an oversized one (one byte over the matching
 bridge's default cap), one with NaN, a stale repeat of an older packet, and a sender restart
@@ -63,6 +68,7 @@ from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.core.wire import (
     CameraCodecV1, CameraMessage, EpisodeCodecV1, RobotCodecV1, RobotMessage, SensorBatch,
     SensorCodecV1)
+from vla_insertion.core.wire.curve import CurveLink, link_keys
 
 _LOG = logging.getLogger('sim_cell')
 NODE_NAME = 'sim_cell'
@@ -233,6 +239,7 @@ class CameraSender(Sender):
         context = zmq.Context(1)
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.SNDHWM, 100)
+        CurveLink(link_keys(self.config.curve_keys_dir, 'camera', 'camera_sender')).secure(push)
         push.connect(f'tcp://{self.config.camera_host}:{self.config.camera_port}')
         return context, push
 
@@ -247,7 +254,7 @@ class RobotSender(Sender):
         rng = np.random.default_rng(cfg.seed + 1)
         old: deque[bytes] = deque(maxlen=5)
         sequence = 0
-        context, pub = self._bind()
+        context, pub, curve = self._bind()
         pacer = DeadlineTicker(cfg.robot_rate_hz, self.stop)
         try:
             while pacer.wait():
@@ -263,10 +270,11 @@ class RobotSender(Sender):
                 kind = self.faults.due(have_old_packet=len(old) == old.maxlen)
                 if kind == 'restart':
                     pub.close(linger=0)
+                    curve.close()
                     context.term()
                     self.session, sequence = new_session(), 0
                     old.clear()
-                    context, pub = self._bind()
+                    context, pub, curve = self._bind()
                     continue
                 if kind == 'nan':
                     pub.send(codec.encode(_replace(msg, joints_deg=(float('nan'),) * 6)))
@@ -279,13 +287,16 @@ class RobotSender(Sender):
                 self.sent += 1
         finally:
             pub.close(linger=0)
+            curve.close()
             context.term()
 
-    def _bind(self) -> tuple[zmq.Context, zmq.Socket]:
+    def _bind(self) -> tuple[zmq.Context, zmq.Socket, CurveLink]:
         context = zmq.Context(1)
+        curve = CurveLink(link_keys(self.config.curve_keys_dir, 'robot'), context)
         pub = context.socket(zmq.PUB)
+        curve.secure(pub)
         pub.bind(f'tcp://{self.config.robot_bind}:{self.config.robot_port}')
-        return context, pub
+        return context, pub, curve
 
 
 class SensorSender(Sender):
@@ -356,7 +367,7 @@ def command_receiver(config: SimCellConfig, cell: LiveCell, t0: float) -> Comman
     """
     receiver_config = ReceiverConfig(bind_address=config.command_bind,
                                      port=config.command_port, max_age_s=None,
-                                     name='sim_commands')
+                                     name='sim_commands', curve_keys_dir=config.curve_keys_dir)
     return CommandReceiver(receiver_config, ServoBackend(cell, t0), limits=None)
 
 
@@ -459,9 +470,21 @@ def fault_report(senders: list[Sender]) -> dict:
             'sent': {s.stream: s.sent for s in senders}}
 
 
+def check_keys(config: SimCellConfig) -> str:
+    """Read every CURVE key the configured streams need (CurveError); describe the links."""
+    ends = {'cameras': ('camera', 'camera_sender'), 'robot': ('robot', None)}
+    links = [ends[s] for s in config.streams if s in ends]
+    if config.control == 'commands':
+        links.append(('command', None))
+    found = [link_keys(config.curve_keys_dir, link, role) for link, role in links]
+    return ('CURVE on ' + ', '.join(k.link for k in found) if found and all(found)
+            else 'plain TCP')
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config, args = load_config(argv)
+        security = check_keys(config)
     except (ConfigError, OSError) as exc:
         print(f'sim_cell: invalid configuration: {exc}', file=sys.stderr)
         return 2
@@ -500,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         'robot': f'robot: {config.robot_rate_hz:g} Hz on {config.robot_bind}:{config.robot_port}',
         'sensor': f'sensor: {config.sensor_rate_hz:g} Hz in batches of {config.sensor_batch} -> '
                   f'{config.sensor_host}:{config.sensor_port}'}
-    _LOG.info(f'control {config.control}'
+    _LOG.info(f'{security}; control {config.control}'
               + (f', commands on {config.command_bind}:{config.command_port}' if receiver
                  else '')
               + f', episodes on {config.episode_bind}:{config.episode_port}; sending '

@@ -9,6 +9,7 @@ from vla_insertion.core.data import NUM_JOINTS
 from vla_insertion.core.executor.executor import JointCommand
 from vla_insertion.core.wire.command import (
     CommandCodecV1, CommandMessage, FLAG_ARMED, FLAG_HOLD)
+from vla_insertion.core.wire.curve import CurveLink, link_keys
 
 
 def command_message(command: JointCommand, config: ExecutorConfig, *, session: int,
@@ -49,6 +50,9 @@ class CommandSender:
         self._push.setsockopt(zmq.LINGER, 0)
         self._push.setsockopt(zmq.SNDHWM, 2)       # a command is stale within a period
         self._push.setsockopt(zmq.IMMEDIATE, 1)    # queue nothing while no robot listens
+        # CURVE when a keys folder is set (docs/wire.md); None keys: plain TCP
+        CurveLink(link_keys(config.curve_keys_dir, 'command', 'chunk_executor')).secure(
+            self._push)
         self.endpoint = f'tcp://{config.robot_ip}:{config.command_port}'
         self._push.connect(self.endpoint)
         self.sent = 0

@@ -54,6 +54,7 @@ from vla_insertion.core.orchestration.processes import (
     HeldSignals, ManagedProcess, ProcessGroup, StopReport, StopRequest)
 from vla_insertion.core.params import load_config
 from vla_insertion.core.wire import RobotCodecV1
+from vla_insertion.core.wire.curve import CurveLink, link_keys
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1                       # how often a wait looks at its condition and the programs
@@ -74,16 +75,22 @@ class Operator(Protocol):
 
 
 class ArmWatcher:
-    """Watch sim_cell's robot stream (robot_v1 over ZMQ SUB) for the arm leaving home."""
+    """Watch sim_cell's robot stream (robot_v1 over ZMQ SUB) for the arm leaving home.
 
-    def __init__(self, host: str, port: int, threshold_rad: float = 0.01) -> None:
+    `curve_keys_dir`: sim_cell's keys folder; the watcher is the robot link's `cell_observer`.
+    """
+
+    def __init__(self, host: str, port: int, threshold_rad: float = 0.01,
+                 curve_keys_dir: str = '') -> None:
         self._codec = RobotCodecV1()
+        curve = CurveLink(link_keys(curve_keys_dir, 'robot', 'cell_observer'))
         self._context = zmq.Context(1)
         self._first: np.ndarray | None = None
         self._threshold = threshold_rad
         self.moved = False
         self._loop = ReceiveLoop('arm_watcher', lambda: ZmqSource(
-            self._context, zmq.SUB, f'tcp://{host}:{port}', False, 0.1, 4096), self._on_state)
+            self._context, zmq.SUB, f'tcp://{host}:{port}', False, 0.1, 4096, curve.secure),
+            self._on_state)
         self._loop.start()
 
     def _on_state(self, data: bytes, t_recv: float) -> None:
@@ -215,7 +222,8 @@ class CellRun:
                     _reachable(self.sim.episode_bind), self.sim.episode_port,
                     on_end=self._episode_ended, on_start=self._episode_started)
                 self.episodes.start()
-                self._watcher = ArmWatcher(_reachable(self.sim.robot_bind), self.sim.robot_port)
+                self._watcher = ArmWatcher(_reachable(self.sim.robot_bind), self.sim.robot_port,
+                                           curve_keys_dir=self.sim.curve_keys_dir)
         except BaseException:
             self.__exit__()            # stop whatever started before re-raising
             raise

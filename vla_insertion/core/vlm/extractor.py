@@ -60,10 +60,12 @@ class VlmFeatureExtractor:
     missing part) and VlmInputError from `infer` for unusable views.
     """
 
-    def __init__(self, config: VlmConfig, *, download: bool = True) -> None:
+    def __init__(self, config: VlmConfig, *, download: bool | None = None) -> None:
+        """`download` None: the config's hub_download (off by default: the local cache only)."""
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
-        source = resolve_model(config.model, download=download)
+        source = resolve_model(config.model, revision=config.revision,
+                               download=config.hub_download if download is None else download)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         processor = load_processor(source)
