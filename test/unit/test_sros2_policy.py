@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 from vla_insertion.core import topics
+from vla_insertion.core.orchestration.launch_table import NODES
 
 POLICY = Path(__file__).resolve().parents[2] / 'config' / 'sros2_policy.xml'
 EXECUTOR = '/vla_insertion/chunk_executor'
@@ -75,7 +76,10 @@ def test_each_topic_s_publisher_has_its_grant_and_the_recorder_hears_the_recorde
         owner = re.findall(r'\(([a-z_ ]+)\)', topic.description)[-1]
         if owner == 'bag_player':          # replays run on a development machine, unsecured
             continue
-        owners = ([p for p in publish if p != '/vla_insertion/operator']
+        # every node of the package; the operator and the cell's own publishers (its safety
+        # relay, joint_state_broadcaster) have enclaves too, but publish no diagnostics
+        ours = {f'/vla_insertion/{spec.name}' for spec in NODES if spec.ros_node}
+        owners = ([p for p in publish if p in ours]
                   if owner == 'every node' else [f'/vla_insertion/{owner}'])
         for enclave in owners:
             assert allowed(publish[enclave], name), (enclave, name)

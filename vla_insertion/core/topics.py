@@ -75,21 +75,23 @@ JOINT_TRAJECTORY = Topic('robot/joint_trajectory', 'trajectory_msgs/msg/JointTra
                          'of each stop at once (chunk_executor)')
 ESTOP = Topic('safety/estop', 'std_msgs/msg/Bool', 'static',
               "true while the cell's e-stop or protective stop is active: the executor stops "
-              'and latches a fault (the cell safety PLC bridge)')
+              "and latches a fault; published by the cell's relay of its safety PLC "
+              '(safety_relay)')
 HEARTBEAT = Topic('safety/heartbeat', 'std_msgs/msg/Bool', 'latest',
-                  'operator deadman: true while held, at least every deadman_timeout_s '
-                  '(an operator console)')
+                  "the operator's deadman: true while held, at least every "
+                  'deadman_timeout_s, from a hold-to-run console (operator)')
 STATS = Topic('vla/stats', 'vla_insertion/msg/NodeStats', 'latest',
               'plottable health numbers of each node (every node)')
 DIAGNOSTICS = Topic('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 'diagnostics',
                     'status, reasons and counters of each node (every node)')
 # ros2_control cells (docs/bringup.md "ros2_control"): what its controllers publish and take.
 ROS2_JOINT_STATES = Topic('joint_states', 'sensor_msgs/msg/JointState', 'robot',
-                          "joint_state_broadcaster's joints, in the controllers' units "
-                          '(joint_state_source: joint_states reads it through joint_names)')
+                          "joint_state_broadcaster's joints in the controllers' units, read "
+                          'through joint_names with joint_state_source: joint_states '
+                          '(joint_state_broadcaster)')
 GRIPPER_COMMAND = Topic('gripper/commands', 'std_msgs/msg/Float64MultiArray', 'state',
                         'the gripper position for a forward_command_controller while the '
-                        'robot may move (chunk_executor, gripper_output: forward_command)')
+                        'robot may move, with gripper_output: forward_command (chunk_executor)')
 CLOCK = Topic('/clock', 'rosgraph_msgs/msg/Clock', 'clock',
               'bag time while replaying (bag_player)', recorded=False)
 
