@@ -1,6 +1,7 @@
 """Shared fixtures: ROS domain isolation, an rclpy context per module, bounded waits."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -209,6 +210,14 @@ def _paired_dataset(features, windows, states, actions, feature_index=None):
 def paired_dataset():
     """Return `make(features, windows, states, actions, feature_index=None)`: a PairedDataset."""
     return _paired_dataset
+
+
+@pytest.fixture
+def spin(rclpy_context):
+    """Return `start(*nodes)`: spin them in the background until the test ends (support.py)."""
+    from support import spinning
+    with contextlib.ExitStack() as stack:
+        yield lambda *nodes: stack.enter_context(spinning(rclpy_context, *nodes))
 
 
 @pytest.fixture

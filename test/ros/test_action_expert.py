@@ -21,7 +21,6 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
 import pytest
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
@@ -172,39 +171,6 @@ class FakeCell(Node):
 def checkpoint(tmp_path_factory):
     return make_untrained_checkpoint(tmp_path_factory.mktemp('expert') / 'small', CONTRACT,
                                      preset='small', seed=0)
-
-
-@pytest.fixture
-def spin(rclpy_context):
-    """Spin nodes in a background executor; stop, then destroy them after the test.
-
-    The thread spins in short steps and is joined before the executor shuts down: shutting an
-    executor down while another thread is inside spin() races with its guard conditions.
-    """
-    started = []
-
-    def start(*nodes) -> None:
-        executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-        for node in nodes:
-            executor.add_node(node)
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                executor.spin_once(timeout_sec=0.05)
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        started.append((executor, thread, stop, nodes))
-
-    yield start
-    for executor, thread, stop, nodes in started:
-        stop.set()
-        thread.join(timeout=10.0)
-        for node in nodes:
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown(timeout_sec=5.0)
 
 
 def expert_node(context, checkpoint, start: bool = True, **params) -> ActionExpertNode:

@@ -26,7 +26,6 @@ from diagnostic_msgs.msg import DiagnosticArray
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType
 from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 import yaml
@@ -90,26 +89,6 @@ class Probe(Node):
 
 def _named(name, value) -> ParameterMsg:
     return ParameterMsg(name=name, value=value)
-
-
-@pytest.fixture
-def spin(rclpy_context):
-    started = []
-
-    def start(*nodes) -> None:
-        executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-        for node in nodes:
-            executor.add_node(node)
-        thread = threading.Thread(target=executor.spin, daemon=True)
-        thread.start()
-        started.append((executor, thread, nodes))
-
-    yield start
-    for executor, thread, nodes in started:
-        executor.shutdown(timeout_sec=5.0)
-        thread.join(timeout=10.0)
-        for node in nodes:
-            node.destroy_node()
 
 
 def _wait(predicate, timeout_s: float = WAIT_S) -> bool:

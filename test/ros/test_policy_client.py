@@ -18,11 +18,10 @@ import numpy as np
 from PIL import Image
 from protocol_servers import ERROR, Gr00tTestServer, OpenpiTestServer, RAW
 import pytest
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage
-from support import wait_for
+from support import spinning, wait_for
 
 from vla_insertion import conversions as conv
 from vla_insertion.core.data import CameraFrame, RobotState, SensorWindowData
@@ -115,24 +114,8 @@ def setup(request, rclpy_context):
     node = PolicyClientNode(context=rclpy_context, parameter_overrides=[
         Parameter(k, value=v) for k, v in params.items()])
     cell = Cell(rclpy_context)
-    executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-    for n in (node, cell):
-        executor.add_node(n)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.05)
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    yield replies, server, cell
-    stop.set()
-    thread.join(10.0)
-    for n in (node, cell):
-        executor.remove_node(n)
-        n.destroy_node()
-    executor.shutdown(timeout_sec=5.0)
+    with spinning(rclpy_context, node, cell):
+        yield replies, server, cell
     server.stop()
 
 

@@ -19,7 +19,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -125,35 +125,6 @@ class Broadcaster(Node):
     def diagnostic(self, key: str) -> int:
         with self.lock:
             return int(self.diagnostics[-1][key]) if self.diagnostics else 0
-
-
-@pytest.fixture
-def spin(rclpy_context):
-    """Spin nodes in a background executor; stop, then destroy them after the test."""
-    started = []
-
-    def start(*nodes) -> None:
-        executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-        for node in nodes:
-            executor.add_node(node)
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                executor.spin_once(timeout_sec=0.05)
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        started.append((executor, thread, stop, nodes))
-
-    yield start
-    for executor, thread, stop, nodes in started:
-        stop.set()
-        thread.join(timeout=10.0)
-        for node in nodes:
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown(timeout_sec=5.0)
 
 
 def executor_node(context, gripper_output: str) -> ChunkExecutorNode:
