@@ -66,7 +66,9 @@ def test_setup_bash_alone_does_not():
 @pytest.mark.parametrize('args, distro', [([], 'kilted'), (['ROS_DISTRO=jazzy'], 'jazzy')])
 def test_the_makefile_exports_the_distribution_to_its_recipes(args, distro):
     """`make test ROS_DISTRO=jazzy` reaches env.sh and pytest; kilted by default."""
-    env = {k: v for k, v in os.environ.items() if k != 'ROS_DISTRO'}
+    # not the outer make's command-line variables either (a suite run by `make test`)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('ROS_DISTRO', 'MAKEFLAGS', 'MFLAGS', 'MAKELEVEL')}
     result = subprocess.run(['make', '-s', '--eval', 'print-distro: ; @echo "$$ROS_DISTRO"',
                              'print-distro', *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=60, env=env)
