@@ -60,6 +60,7 @@ from vla_insertion import conversions as conv  # noqa: E402
 from vla_insertion.core.config import ExecutorConfig  # noqa: E402
 from vla_insertion.core.data import (  # noqa: E402
     ActionChunkData, RobotState, SensorWindowData)
+from vla_insertion.core.distro import localhost_discovery  # noqa: E402
 from vla_insertion.core.executor import check_trajectory  # noqa: E402
 from vla_insertion.core.ticker import DeadlineTicker  # noqa: E402
 from vla_insertion.core.wire import CommandCodecV1  # noqa: E402
@@ -304,7 +305,7 @@ def main() -> int:
                         help='ROS domain of the node and this script')
     args = parser.parse_args()
     os.environ['ROS_DOMAIN_ID'] = str(args.domain)
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(os.environ)
     config = ExecutorConfig()
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

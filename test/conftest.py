@@ -10,6 +10,8 @@ import zlib
 import numpy as np
 import pytest
 
+from vla_insertion.core.distro import localhost_discovery
+
 # One torch thread in the tests and the programs they start: two OpenMP threads on a busy
 # 2-core machine spin against each other (a 4 s test took 356 s); tests measure no speed.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
@@ -62,7 +64,7 @@ def ros_env(ros_domain_id) -> dict:
     """Return the environment for child processes that join this module's ROS domain."""
     env = dict(os.environ)
     env['ROS_DOMAIN_ID'] = str(ros_domain_id)
-    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(env)             # the variable of this distribution
     env['PYTHONUNBUFFERED'] = '1'
     return env
 

@@ -36,6 +36,7 @@ import time
 
 from vla_insertion.core import artifacts
 from vla_insertion.core.config import ConfigError
+from vla_insertion.core.distro import localhost_discovery
 from vla_insertion.core.evaluation.run_summary import (
     format_summary, RunRecorder, status_line, summarize)
 from vla_insertion.core.orchestration import demo_policy
@@ -94,7 +95,7 @@ def run(argv=None) -> int:
     stop.install()
     logging.basicConfig(level=logging.INFO, format='[demo] %(message)s')
     os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(os.environ)
     os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')  # live node logs in logs/
     lib_dir, installed_params = installed_paths()
     params_file = args.params_file or installed_params

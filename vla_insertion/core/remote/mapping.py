@@ -123,7 +123,7 @@ def fit_image(image: Image.Image, width: int, height: int, resize: str) -> np.nd
         else:
             ratio = max(image.width / width, image.height / height)
             inner = image.resize((max(1, int(image.width / ratio)),
-                                  max(1, int(image.height / ratio))), Image.Resampling.BILINEAR)
+                                  max(1, int(image.height / ratio))), Image.BILINEAR)
             image = Image.new('RGB', (width, height))
             image.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
     return np.asarray(image, dtype=np.uint8)

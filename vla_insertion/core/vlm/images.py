@@ -38,4 +38,4 @@ def resize_image(image: Image.Image, width: int, height: int) -> Image.Image:
     """Resize to exactly width x height (bilinear; the aspect ratio follows the target)."""
     if image.size == (width, height):
         return image
-    return image.resize((width, height), Image.Resampling.BILINEAR)
+    return image.resize((width, height), Image.BILINEAR)
