@@ -45,31 +45,12 @@ from vla_insertion.ros.executor_operator import ExecutorOperator
 log = logging.getLogger('record_demonstrations')
 
 
-def _record_range(job: tuple) -> list[dict]:
-    """One worker: episodes first..first+count-1 into `out` (a picklable top-level function)."""
-    from vla_insertion.core.train.demonstrations import record_episodes
-    out, first, count, streams, executor, driver, args = job
-    total = args.first_episode + args.episodes
-    if driver is not None and args.workers > 1:
-        import torch
-        torch.set_num_threads(1)            # the workers share the cores
-    return record_episodes(
-        out, count, streams, seed=args.seed, first_episode=first,
-        keep_failures=args.keep_failures, start_range_rad=args.start_range_rad,
-        noise_rad=args.noise_rad, descent_noise=args.descent_noise, driver=driver,
-        executor=executor,
-        on_episode=lambda e: log.info(
-            f'episode {e["episode"]} (of {args.first_episode}..{total - 1}): {e["reason"]} '
-            f'in {e["duration_s"]:.1f} s'))
-
-
 def record_in_process(args: argparse.Namespace, out: Path) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-
     from vla_insertion.core.config import ExpertConfig, VlmConfig
     from vla_insertion.core.orchestration.builders import executor_settings
     from vla_insertion.core.params import load_config
-    from vla_insertion.core.train.demonstrations import DemoStreams, LearnedDriver
+    from vla_insertion.core.train.demonstrations import (
+        DemoStreams, LearnedDriver, record_parallel)
     driver = None
     try:
         vlm = load_config(VlmConfig, 'vlm_node', args.params_file,
@@ -89,15 +70,11 @@ def record_in_process(args: argparse.Namespace, out: Path) -> int:
         return 2
     streams = DemoStreams(vlm.view_names, width=vlm.image_width, height=vlm.image_height,
                           camera_fps=args.camera_fps)
-    workers = max(1, min(args.workers, args.episodes))
-    bounds = [args.first_episode + args.episodes * k // workers for k in range(workers + 1)]
-    jobs = [(out, lo, hi - lo, streams, executor, driver, args)
-            for lo, hi in zip(bounds, bounds[1:])]
-    if workers == 1:
-        manifest = _record_range(jobs[0])
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            manifest = [e for part in pool.map(_record_range, jobs) for e in part]
+    manifest = record_parallel(
+        out, args.episodes, streams, workers=args.workers, first_episode=args.first_episode,
+        log_prefix='[demos] ', seed=args.seed, keep_failures=args.keep_failures,
+        start_range_rad=args.start_range_rad, noise_rad=args.noise_rad,
+        descent_noise=args.descent_noise, driver=driver, executor=executor)
     (out / 'episodes.json').write_text(json.dumps(
         {'seed': args.seed, 'backend': 'sim', 'recorded': args.episodes, 'kept': len(manifest),
          'first_episode': args.first_episode, 'start_range_rad': args.start_range_rad,

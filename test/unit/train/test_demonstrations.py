@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vla_insertion.core import bag, topics
-from vla_insertion.core.bag.recording import load_recording
+from vla_insertion.core.bag.recording import load_recording, RecordedInputs
 from vla_insertion.core.data import RobotState
 from vla_insertion.core.sim.kinematics import forward_kinematics, HOME_RAD
 from vla_insertion.core.sim.reference import ReferenceObservation, ReferencePolicy
@@ -143,9 +143,11 @@ def test_recorded_chunks_are_the_clean_labels_and_the_chunk_targets(tmp_path):
     spec = episode_spec(5, manifest[0]['episode'])
     clean, noisy = ReferencePolicy(), PerturbedReference(ReferencePolicy(), 0.05, seed=5)
     gap_clean, gap_noisy = 0.0, 0.0
+    inputs = RecordedInputs(rec)           # the recorded window: what the sensor felt then
     for chunk in rec.chunks:
         obs = ReferenceObservation(robot=rec.robot(chunk.stamp_s), hole_top_m=spec.hole_top_m,
-                                   approach_offset_m=spec.approach_offset_m)
+                                   approach_offset_m=spec.approach_offset_m,
+                                   window=inputs.window(chunk.stamp_s))
         gap_clean = max(gap_clean, np.abs(clean.infer(obs).actions - chunk.actions).max())
         gap_noisy = max(gap_noisy, np.abs(noisy.infer(obs).actions - chunk.actions).max())
     assert gap_clean < 1e-4 and gap_noisy > 0.01, (gap_clean, gap_noisy)
@@ -190,7 +192,7 @@ def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick
     entry = manifest[0]                              # kept, though the policy did not insert
     # it lets go of the peg within a second, far from the hole: never wedged in the rim
     assert not entry['success'] and entry['reason'] == 'dropped'
-    assert entry['unlabelled_jammed'] == 0
+    assert entry['jammed_ticks'] == 0
     rec = load_recording(tmp_path / 'dagger' / entry['bag'], views=())
     # so a label at every 10 Hz expert tick, from the episode's start to its end
     stamps = np.array([c.stamp_s for c in rec.chunks])
@@ -198,9 +200,11 @@ def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick
     np.testing.assert_allclose(np.diff(stamps), 0.1, atol=1e-6)
     spec = episode_spec(5, entry['episode'])
     reference, gap = ReferencePolicy(), 0.0
+    inputs = RecordedInputs(rec)
     for chunk in rec.chunks:
         obs = ReferenceObservation(robot=rec.robot(chunk.stamp_s), hole_top_m=spec.hole_top_m,
-                                   approach_offset_m=spec.approach_offset_m)
+                                   approach_offset_m=spec.approach_offset_m,
+                                   window=inputs.window(chunk.stamp_s))
         gap = max(gap, np.abs(reference.infer(obs).actions - chunk.actions).max())
     assert gap < 1e-4
     # the labels drove nothing: the demonstrator's first answer heads for the hole, while the

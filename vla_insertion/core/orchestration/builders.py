@@ -191,7 +191,43 @@ class SimEvaluator:
         return loop
 
     def run(self, config: SimConfiguration, episodes: int,
-            on_episode: Callable[[EpisodeMetrics], None] | None = None) -> dict:
-        """Run `episodes` episodes of `config`; return summarize_episodes() of them."""
-        return summarize_episodes(self.loop(config).run_episodes(episodes,
-                                                                 on_episode=on_episode))
+            on_episode: Callable[[EpisodeMetrics], None] | None = None,
+            workers: int = 1) -> dict:
+        """Run `episodes` episodes of `config`; return summarize_episodes() of them.
+
+        `workers` > 1: disjoint ranges of the episodes in that many spawned processes (each
+        builds its own VLM); the same episodes as one process runs, since every episode is
+        seeded by its index (PipelineLoop._begin). `on_episode` then sees each range's
+        episodes when the range is done.
+        """
+        return summarize_episodes(self.episodes(config, episodes, on_episode, workers))
+
+    def episodes(self, config: SimConfiguration, episodes: int,
+                 on_episode: Callable[[EpisodeMetrics], None] | None = None,
+                 workers: int = 1) -> list[EpisodeMetrics]:
+        """Run `episodes` episodes of `config`; return each one's metrics, in order."""
+        workers = max(1, min(workers, episodes))
+        if workers == 1:
+            return self.loop(config).run_episodes(episodes, on_episode=on_episode)
+        import multiprocessing
+        from concurrent.futures import as_completed, ProcessPoolExecutor
+        bounds = [episodes * k // workers for k in range(workers + 1)]
+        jobs = [(replace(config, first_episode=config.first_episode + lo), hi - lo)
+                for lo, hi in zip(bounds, bounds[1:])]
+        out: list[EpisodeMetrics] = []
+        with ProcessPoolExecutor(workers,
+                                 mp_context=multiprocessing.get_context('spawn')) as pool:
+            for done in as_completed([pool.submit(_run_range, job) for job in jobs]):
+                part = done.result()
+                out += part
+                for metrics in part if on_episode is not None else ():
+                    on_episode(metrics)
+        return sorted(out, key=lambda m: m.record.index)
+
+
+def _run_range(job: tuple[SimConfiguration, int]) -> list[EpisodeMetrics]:
+    """One worker process of SimEvaluator.episodes: `count` episodes of a configuration."""
+    import torch
+    torch.set_num_threads(1)                 # the workers share the cores
+    config, count = job
+    return SimEvaluator().loop(config).run_episodes(count)

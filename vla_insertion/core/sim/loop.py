@@ -149,7 +149,8 @@ class PipelineLoop:
         self.inputs = LatestInputs()      # what the action_expert node holds, fed in-process
         self.views, self.reference, self.quality = tuple(views), reference, jpeg_quality
         self.labeller = labeller
-        self._rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)     # the sensor's noise; again per episode
         self._command_period = executor.config.period_s
         self._tick_period = 1.0 / timing.rate_hz
         self.observer = None          # observer(t): every physics step (e.g. a bag recorder)
@@ -176,18 +177,23 @@ class PipelineLoop:
         return VlmObservation(frames=frames, sequence=sequence)
 
     def _tick(self, t: float, features, metrics: EpisodeMetrics) -> ActionChunkData | None:
-        """One expert tick at t: the learned runner, or the reference demonstrator."""
+        """One expert tick at t: the learned runner, or the reference demonstrator.
+
+        Both see the same sensor window of the tick (the demonstrator decides on its force);
+        a labeller sees what the policy sees.
+        """
+        window = self.window(t)
         if self.labeller is not None and self.on_label is not None:
-            self.on_label(t, self.labeller.infer(reference_observation(self.cell)))
+            self.on_label(t, self.labeller.infer(reference_observation(self.cell, window)))
         if self.reference is not None:
-            return self.reference.infer(reference_observation(self.cell))
+            return self.reference.infer(reference_observation(self.cell, window))
         # the node's input lookup (newest of each, robot at the capture, aligned prefix)
         if self.executor.config.merge == 'prefix':
             committed = self.executor.committed_prefix(t)
             self.inputs.put_prefix(None if committed is None else ActionChunkData(
                 stamp_s=committed[0], actions=committed[1], dt_s=self.executor.chunk_dt_s))
         self.inputs.put_features(features)
-        self.inputs.put_window(self.window(t))
+        self.inputs.put_window(window)
         self.inputs.put_robot(self.cell.state().robot_state(t))
         result, _ = tick_newest(self.runner, self.inputs, t)
         if not result.published:
@@ -249,7 +255,13 @@ class PipelineLoop:
         return out
 
     def _begin(self) -> None:
-        """Start the pipeline on the cell's current episode: every component afresh."""
+        """Start the pipeline on the cell's current episode: every component afresh.
+
+        The sensor's noise is seeded by (seed, episode), as the cell seeds the episode: an
+        episode plays the same whatever ran before it, so a run split over processes by
+        episode ranges gives the episodes of one run.
+        """
+        self._rng = np.random.default_rng([self._seed, self.cell.spec.index])
         self.executor.reset()
         if self.vlm is not None:
             self.vlm.reset()

@@ -17,9 +17,10 @@ second per episode and the feature cache and train_expert read it unchanged:
 With a `LearnedDriver` (DAgger) the learned policy drives instead and the demonstrator only
 labels: `vla/action_chunk` holds its answer to the observation of every tick of the learned
 policy, so the bags show the states the policy itself visits (a peg a millimetre off over the
-hole, pressed on the block top) with what the demonstrator would do there. It answers any
-observation (a function of what it sees), except a peg wedged in the rim, which it would press
-further in: those ticks get no label (counted in the manifest, `unlabelled_jammed`).
+hole, pressed on the block top, wedged in the rim) with what the demonstrator would do there.
+It answers any observation (a function of what it sees, the sensor window included): it lifts
+a wedged peg out and searches beside the hole (core/sim/reference.py), so every tick gets a
+label (the manifest counts the wedged ones, `jammed_ticks`).
 
 Times are the cell's clock shifted to a fixed epoch; the log time of every message is its
 stamp (what the live recorder sees within milliseconds). ROS-free.
@@ -259,13 +260,12 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
         path = out / f'episode_{index:04d}'
         sink = _BagSink(path, streams)
         loop.observer = _Recorder(loop, sink, renderer)
-        jammed = [0]
+        jammed, labels = [0], [0]
         if driver is not None:
             def label(t: float, chunk) -> None:
-                if cell.state().contact == JAMMED:
-                    jammed[0] += 1
-                else:
-                    sink.chunk(t, chunk)
+                jammed[0] += cell.state().contact == JAMMED   # labelled too: lift it out
+                labels[0] += 1
+                sink.chunk(t, chunk)
             loop.on_label = label
         elif isinstance(reference, PerturbedReference):
             # the label is what the demonstrator meant, the executed command carries the noise
@@ -284,7 +284,7 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                  'reason': record.reason, 'duration_s': record.duration_s,
                  'messages': bag.bag_info(path).message_count}
         if driver is not None:
-            entry['unlabelled_jammed'] = jammed[0]
+            entry.update(labels=labels[0], jammed_ticks=jammed[0])
         if record.success or keep_failures:
             manifest.append(entry)
         else:
@@ -293,3 +293,39 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
         if on_episode is not None:
             on_episode(entry)
     return manifest
+
+
+def _record_range(job: tuple) -> list[dict]:
+    """One worker: `record_episodes(out, count, streams, first_episode=first, **kwargs)`."""
+    out, first, count, streams, kwargs, log_prefix = job
+    if kwargs.get('driver') is not None:
+        import torch
+        torch.set_num_threads(1)            # the workers share the cores
+    if log_prefix is not None:
+        import logging
+        logging.basicConfig(level=logging.INFO, format=f'{log_prefix}%(message)s')
+        kwargs = {**kwargs, 'on_episode': lambda e: logging.getLogger('demos').info(
+            f'episode {e["episode"]}: {e["reason"]} in {e["duration_s"]:.1f} s')}
+    return record_episodes(out, count, streams, first_episode=first, **kwargs)
+
+
+def record_parallel(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
+                    workers: int = 1, first_episode: int = 0, log_prefix: str | None = None,
+                    **kwargs) -> list[dict]:
+    """`record_episodes` over `workers` processes, each a disjoint range of the episodes.
+
+    The manifest in episode order. `kwargs`: record_episodes' (seed, driver, noise, ...).
+    Workers are spawned, not forked (a parent that has run torch must not fork its thread
+    pools); `log_prefix`: each worker logs its episodes with it (None: quiet).
+    """
+    workers = max(1, min(workers, episodes))
+    bounds = [first_episode + episodes * k // workers for k in range(workers + 1)]
+    jobs = [(out_dir, lo, hi - lo, streams, kwargs, log_prefix)
+            for lo, hi in zip(bounds, bounds[1:])]
+    if workers == 1:
+        return record_episodes(out_dir, episodes, streams, first_episode=first_episode,
+                               **kwargs) if log_prefix is None else _record_range(jobs[0])
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+        return [e for part in pool.map(_record_range, jobs) for e in part]
