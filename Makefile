@@ -6,7 +6,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONUNBUFFERED := 1
 ENV := source scripts/env.sh &&
-DURATION ?= 30
+DURATION ?= 120
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast test-unit test-ros lint bench clean

@@ -16,14 +16,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vla_insertion.core.config import ExecutorConfig, ExpertConfig, require, VlmConfig
+from vla_insertion.core.config import (
+    ExecutorConfig, ExpertConfig, require, require_one_of, VlmConfig)
 from vla_insertion.core.evaluation.summary import summarize_episodes
 from vla_insertion.core.executor import ChunkExecutor
 from vla_insertion.core.executor.limits import limits_from_params, LimitsTable
 from vla_insertion.core.expert.staleness import StalenessLimits
 from vla_insertion.core.params import load_config, node_params
 from vla_insertion.core.sim.cell import CellParams, SimCell
-from vla_insertion.core.sim.loop import EpisodeMetrics, PipelineLoop, PipelineTiming
+from vla_insertion.core.sim.loop import (
+    EpisodeMetrics, PipelineLoop, PipelineTiming, SENSOR_INPUTS)
 from vla_insertion.core.sim.reference import ReferencePolicy
 
 if TYPE_CHECKING:                      # torch is imported where a learned policy is built
@@ -155,11 +157,13 @@ class SimConfiguration:
     seed: int = 0                      # seed of the episodes' hole positions
     first_episode: int = 0             # index of the first episode (another range, same seed)
     noise_seed: int = 0                # sensor noise, a flow head's noise, torch
+    sensor_input: str = 'recorded'     # the learned policy's sensor window: or 'zeroed'
 
     def __post_init__(self) -> None:
         require((self.vlm is None) == (self.expert is None),
                 'give the vlm and the expert config (the learned policy) or neither (the '
                 f'reference), got vlm {self.vlm is not None}, expert {self.expert is not None}')
+        require_one_of('sensor_input', self.sensor_input, SENSOR_INPUTS)
 
     @property
     def learned(self) -> bool:
@@ -186,7 +190,8 @@ class SimEvaluator:
                                 seed=config.noise_seed)
         shared = self._vlm[1] if self._vlm is not None and self._vlm[0] == config.vlm else None
         loop = learned_loop(cell, executor, config.timing, config.expert.checkpoint,
-                            config.vlm, config.expert, vlm=shared, seed=config.noise_seed)
+                            config.vlm, config.expert, vlm=shared, seed=config.noise_seed,
+                            sensor_input=config.sensor_input)
         self._vlm = (config.vlm, loop.vlm)
         return loop
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import math
 
 import numpy as np
@@ -51,6 +51,7 @@ from vla_insertion.core.sim.reference import reference_observation
 from vla_insertion.core.sim.servo import ServoCommand
 
 MODES = ('async', 'sync')
+SENSOR_INPUTS = ('recorded', 'zeroed')   # what the learned policy's ticks get of the sensor
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,20 @@ class PipelineLoop:
 
     `labeller` (the demonstrator, while the learned policy drives: DAgger) answers the
     observation of every tick too; `on_label(t, chunk)` gets its chunk, which drives nothing.
+
+    `sensor_input`: 'zeroed' gives the learned policy's ticks a sensor window of zeros (the
+    ablation of policy_report: what the sensor is worth); the executor's force monitor and a
+    labeller still feel the real one.
     """
 
     def __init__(self, cell: SimCell, executor, timing: PipelineTiming = PipelineTiming(), *,
                  vlm=None, runner=None, renderer=None, views: tuple[str, ...] = (),
-                 reference=None, labeller=None, jpeg_quality: int = 80, seed: int = 0) -> None:
+                 reference=None, labeller=None, jpeg_quality: int = 80, seed: int = 0,
+                 sensor_input: str = 'recorded') -> None:
         require((vlm is not None and runner is not None and renderer is not None)
                 or reference is not None, 'give a vlm, runner and renderer, or a reference')
+        require_one_of('sensor_input', sensor_input, SENSOR_INPUTS)
+        self.sensor_input = sensor_input
         self.cell, self.executor, self.timing = cell, executor, timing
         self.vlm, self.runner, self.renderer = vlm, runner, renderer
         self.inputs = LatestInputs()      # what the action_expert node holds, fed in-process
@@ -193,7 +201,8 @@ class PipelineLoop:
             self.inputs.put_prefix(None if committed is None else ActionChunkData(
                 stamp_s=committed[0], actions=committed[1], dt_s=self.executor.chunk_dt_s))
         self.inputs.put_features(features)
-        self.inputs.put_window(window)
+        self.inputs.put_window(window if self.sensor_input == 'recorded' else replace(
+            window, samples=np.zeros_like(window.samples)))
         self.inputs.put_robot(self.cell.state().robot_state(t))
         result, _ = tick_newest(self.runner, self.inputs, t)
         if not result.published:

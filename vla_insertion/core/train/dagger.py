@@ -13,7 +13,8 @@
 
 Each round is a row of the rounds table (`rounds.json`, `rounds.md` under `out`): the driver's
 own success on the driven holes (new holes it was never trained on), the labels, the training
-samples and validation loss, the held-out success and outcomes, seconds per stage. The best
+samples and validation loss, the held-out success and outcomes (`held_out`: the whole episode
+summary, core/evaluation/summary.py), seconds per stage. The best
 round by held-out success (the later of equals: it saw more data) is the result. ROS-free;
 `tools/dagger.py` is the command, the demo's build runs it for its rounds.
 
@@ -164,7 +165,8 @@ def run_dagger(config: DaggerConfig, start: str | Path, fit_config, *, vlm, expe
 
     def held_out(row: dict, summary: dict) -> None:
         row.update(held_out_episodes=summary['episodes'],
-                   held_out_success=summary['success_rate'], outcomes=summary['outcomes'])
+                   held_out_success=summary['success_rate'], outcomes=summary['outcomes'],
+                   held_out={k: v for k, v in summary.items() if k != 'per_episode'})
 
     rows: list[dict] = []
     current = Path(start)
