@@ -49,14 +49,14 @@ EVALUATION = 'evaluation.json'   # the held-out evaluation of the build
 class DemoRecipe:
     """What the demo's policy is trained on and how long."""
 
-    episodes: int = 100            # demonstration episodes (each ~7 s of cell time)
+    episodes: int = 60             # demonstration episodes (each ~7 s of cell time)
     seed: int = 1000               # their holes' seed: not the demo's (sim_cell seed 0)
     start_range_rad: float = 0.15  # randomised start pose per joint [rad]
     noise_rad: float = 0.03        # the demonstrator's DART noise [rad]
     descent_noise: float = 0.15    # ... in the descent over the hole, a fraction of it [1]
     camera_fps: float = 5.0        # recorded frames per view per second [Hz]
     preset: str = 'medium'         # expert size
-    steps: int = 3000              # optimizer steps on the demonstrations
+    steps: int = 2500              # optimizer steps on the demonstrations
     targets: str = 'chunks'        # the demonstrator's clean chunks (train_expert --targets)
     # the demonstrator feels the block and a wedge: the expert must read the sensor as it is
     wrench_jitter_n: float = 0.0   # (train_expert --wrench-jitter) [N]
@@ -65,8 +65,8 @@ class DemoRecipe:
     feature_age: str = 'newest'    # (train_expert --feature-age)
     batch_size: int = 64
     dagger_rounds: int = 1         # DAgger rounds after the first training (dagger --rounds)
-    dagger_episodes: int = 40      # driven, labelled episodes per round
-    dagger_steps: int = 1500       # optimizer steps per round, from the last checkpoint
+    dagger_episodes: int = 30      # driven, labelled episodes per round
+    dagger_steps: int = 1000       # optimizer steps per round, from the last checkpoint
     eval_episodes: int = 20        # held-out closed-loop episodes ending the build
     eval_seed: int = 7             # their holes' seed (closed_loop --seed 7)
     workers: int = 2               # recording and evaluating processes
@@ -127,7 +127,7 @@ def prepare_demo_policy(vlm: Path, params_file: Path, contract_digest: str, *,
     common = ['--params-file', str(params_file), '--vlm-model', str(vlm)]
     steps: list[str] = []
     seconds: dict[str, float] = {}
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), _children_cpu_s()
     echo(f'[demo policy] building a trained policy in {root} (first run only; '
          f'{recipe.episodes} demonstrations, {recipe.steps} training steps, '
          f'{recipe.dagger_rounds} DAgger round(s) of {recipe.dagger_episodes} episodes, '
@@ -182,12 +182,15 @@ def prepare_demo_policy(vlm: Path, params_file: Path, contract_digest: str, *,
                                where='in-process, when the policy was built')
     (root / EVALUATION).write_text(json.dumps(held, indent=2))
     build_s = time.monotonic() - t0
+    cpu_s = _children_cpu_s() - cpu0
     (root / 'recipe.json').write_text(json.dumps(
         {'recipe': recipe.as_dict(), 'contract_digest': contract_digest,
-         'build_s': round(build_s, 1), 'steps_s': seconds}, indent=2))
+         'build_s': round(build_s, 1), 'steps_s': seconds, 'cpu_s': round(cpu_s, 1)},
+        indent=2))
     (root / 'building.json').unlink(missing_ok=True)
     echo(f'[demo policy] ready after {build_s:.0f} s ('
-         + ', '.join(f'{k} {v:.0f} s' for k, v in seconds.items()) + f'): {checkpoint}')
+         + ', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())
+         + f'; CPU {cpu_s:.0f} s): {checkpoint}')
     echo(f'[demo policy] held-out holes (seed {recipe.eval_seed}, in-process): '
          f'{success_text(held)} inserted')
     return steps
@@ -228,10 +231,22 @@ def _remove(path: Path) -> None:
 
 def _run(bin_dir: Path | None, program: str, args: list[str], echo, steps: list[str],
          seconds: dict[str, float]) -> None:
-    """Run one step; append its name to `steps` and its wall time [s] to `seconds`."""
+    """Run one step; append its name to `steps` and its wall time [s] to `seconds`.
+
+    Its CPU time (the child's and its workers', user + system) is printed too: on a busy
+    machine the wall time says little, the CPU time what a quiet one would need.
+    """
     echo(f'[demo policy] {program} ...')
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), _children_cpu_s()
     run_program(bin_dir, program, args, echo)
     seconds[program] = round(time.monotonic() - t0, 1)
     steps.append(program)
-    echo(f'[demo policy] {program} done in {seconds[program]:.0f} s')
+    echo(f'[demo policy] {program} done in {seconds[program]:.0f} s (CPU '
+         f'{_children_cpu_s() - cpu0:.0f} s)')
+
+
+def _children_cpu_s() -> float:
+    """Return the user + system CPU time [s] of this process's finished children."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

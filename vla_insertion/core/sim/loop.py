@@ -165,7 +165,10 @@ class PipelineLoop:
         self.on_chunk = None          # on_chunk(t, chunk): every chunk reaching the executor
         self.on_label = None          # on_label(t, chunk): the labeller's answer at every tick
         self._episode: _Episode | None = None   # None until the first step
-        self._resume_s = -math.inf    # the pipeline waits until then: the cell settles [s]
+        # the pipeline waits until then [s]: the cell settles. It starts on every episode one
+        # step after the episode's start, the first one too, so that an episode plays the
+        # same as the first of a run or after others (runs split by episode ranges)
+        self._resume_s = cell.t_s + cell.dt_s
 
     # --- the pieces the nodes would do ------------------------------------------------------
 
