@@ -54,6 +54,7 @@ class DemoRecipe:
     start_range_rad: float = 0.15  # randomised start pose per joint [rad]
     noise_rad: float = 0.03        # the demonstrator's DART noise [rad]
     descent_noise: float = 0.15    # ... in the descent over the hole, a fraction of it [1]
+    misled_fraction: float = 0.5   # episodes descending on a hole believed 1.2-3 mm off [1]
     camera_fps: float = 5.0        # recorded frames per view per second [Hz]
     preset: str = 'medium'         # expert size
     steps: int = 2500              # optimizer steps on the demonstrations
@@ -138,6 +139,7 @@ def prepare_demo_policy(vlm: Path, params_file: Path, contract_digest: str, *,
             '--backend', 'sim', '--episodes', str(recipe.episodes), '--seed', str(recipe.seed),
             '--start-range-rad', str(recipe.start_range_rad),
             '--noise-rad', str(recipe.noise_rad), '--descent-noise', str(recipe.descent_noise),
+            '--misled-fraction', str(recipe.misled_fraction),
             '--camera-fps', str(recipe.camera_fps),
             '--workers', str(recipe.workers), '--params-file', str(params_file),
             '-o', str(demos)], echo, steps, seconds)
@@ -220,7 +222,8 @@ def _recorded(demos: Path, recipe: DemoRecipe) -> bool:
     # recorded as this recipe says: the same holes, starts, noise and frame rate
     wanted = {'recorded': recipe.episodes, 'seed': recipe.seed,
               'start_range_rad': recipe.start_range_rad, 'noise_rad': recipe.noise_rad,
-              'descent_noise': recipe.descent_noise, 'camera_fps': recipe.camera_fps}
+              'descent_noise': recipe.descent_noise, 'misled_fraction': recipe.misled_fraction,
+              'camera_fps': recipe.camera_fps}
     return (all(manifest.get(k) == v for k, v in wanted.items())
             and all((demos / e['bag']).is_dir() for e in manifest['episodes']))
 

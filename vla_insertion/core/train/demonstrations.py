@@ -41,7 +41,7 @@ from vla_insertion.core.orchestration.builders import (
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.contact import JAMMED
 from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
-from vla_insertion.core.sim.reference import APPROACH, DESCEND, ReferencePolicy
+from vla_insertion.core.sim.reference import APPROACH, DESCEND, felt_force, ReferencePolicy
 from vla_insertion.core.sim.render import SceneRenderer
 
 EPOCH_NS = 1_700_000_000 * 10**9        # the cell's t = 0 in the bags' time
@@ -88,28 +88,59 @@ class PerturbedReference:
     beside the hole. Near the rim the demonstrator must align to 0.5 mm to insert: with the
     noise on down to the rim 2 of 30 episodes succeeded, with the fade 30 of 30. The insertion
     itself is clean (noise in the hole wedges the peg, which the demonstrator cannot undo).
+
+    Misled descents (`misled_fraction` of the episodes): the commands come from a demonstrator
+    that believes the hole `misled_range_m` off (a random direction), as a learned policy with
+    a wrong estimate from the wrist camera would, until the sensor feels the block top or a
+    wedge (`contact_force_n`); from there the demonstrator drives: it searches or lifts and
+    inserts. The recordings then show what a policy meets at the rim and what to do there.
+    The labels are always the demonstrator's answers to what it sees (`clean`).
     """
 
     def __init__(self, reference: ReferencePolicy, sigma_rad: float, tau_s: float = 0.5,
                  fade_m: float = 0.04, descent_fraction: float = 0.0,
-                 descent_floor_m: float = 0.004, seed: int = 0) -> None:
+                 descent_floor_m: float = 0.004, misled_fraction: float = 0.0,
+                 misled_range_m: tuple[float, float] = (0.0012, 0.003), seed: int = 0) -> None:
         self.reference, self.sigma, self.tau, self.fade_m = reference, sigma_rad, tau_s, fade_m
         self.descent_fraction, self.descent_floor_m = descent_fraction, descent_floor_m
+        self.misled_fraction, self.misled_range_m = misled_fraction, misled_range_m
+        self._misled = ReferencePolicy(reference.params)
+        self._shift: np.ndarray | None = None   # (3,) where it believes the hole is, off [m]
         self._rng = np.random.default_rng(seed)
         self._offset = np.zeros(6)
         self._clean: dict[int, object] = {}     # sequence -> the chunk before the offset
 
+    @property
+    def misled(self) -> bool:
+        """Whether the commands still come from the misled demonstrator."""
+        return self._shift is not None
+
     def reset(self) -> None:
         self.reference.reset()
+        self._misled.reset()
         self._offset = np.zeros(6)
         self._clean.clear()
+        self._shift = None
+        if self.misled_fraction > 0.0 and self._rng.random() < self.misled_fraction:
+            size, angle = self._rng.uniform(*self.misled_range_m), self._rng.uniform(0, 2 * np.pi)
+            self._shift = np.array([size * np.cos(angle), size * np.sin(angle), 0.0])
 
     def clean(self, chunk):
         """Return the demonstrator's chunk before the offset for a chunk `infer` returned."""
         return self._clean.get(chunk.sequence, chunk)
 
     def infer(self, obs):
-        chunk = self.reference.infer(obs)
+        chunk = self.reference.infer(obs)            # the label, whoever drives
+        driving, phase = chunk, self.reference.phase
+        if self._shift is not None:
+            params = self.reference.params
+            if felt_force(obs.window, params.force_samples)[2] >= params.contact_force_n:
+                self._shift = None                   # it felt the block: the demonstrator on
+            else:
+                driving = replace(self._misled.infer(replace(
+                    obs, hole_top_m=obs.hole_top_m + self._shift,
+                    approach_offset_m=np.zeros(2))), sequence=chunk.sequence)
+                phase = self._misled.phase
         decay = np.exp(-chunk.dt_s / self.tau)
         self._offset = decay * self._offset + self.sigma * np.sqrt(1.0 - decay ** 2) * \
             self._rng.standard_normal(6)
@@ -120,16 +151,16 @@ class PerturbedReference:
         # low beside the hole into the block top (over-force), which shows nothing to learn
         height = float(obs.robot.tool_position_m[2] - obs.hole_top_m[2])
         scale *= float(np.clip((height - 0.01) / self.fade_m, 0.0, 1.0))
-        if self.reference.phase == DESCEND:
+        if phase == DESCEND:
             scale = self.descent_fraction * float(np.clip(
                 (height - self.descent_floor_m) / (4 * self.descent_floor_m), 0.0, 1.0))
-        elif self.reference.phase != APPROACH:
+        elif phase != APPROACH:
             scale = 0.0
-        actions = np.array(chunk.actions, dtype=np.float32)
+        actions = np.array(driving.actions, dtype=np.float32)
         actions[:, :6] += (scale * self._offset).astype(np.float32)
         self._clean = {k: v for k, v in self._clean.items() if k > chunk.sequence - 16}
         self._clean[chunk.sequence] = chunk
-        return replace(chunk, actions=actions)
+        return replace(driving, actions=actions)
 
 
 class _BagSink:
@@ -220,13 +251,14 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                     first_episode: int = 0, executor: ExecutorSettings | None = None,
                     timing: PipelineTiming = PipelineTiming(), keep_failures: bool = False,
                     start_range_rad: float = 0.0, noise_rad: float = 0.0,
-                    descent_noise: float = 0.0, driver: LearnedDriver | None = None,
-                    on_episode=None) -> list[dict]:
+                    descent_noise: float = 0.0, misled_fraction: float = 0.0,
+                    driver: LearnedDriver | None = None, on_episode=None) -> list[dict]:
     """Record `episodes` demonstration episodes, one bag each (episode_<index>); the manifest.
 
     `start_range_rad`: each episode starts from home + U(+- this) per joint; `noise_rad`: the
     demonstrator's commands carry a smooth random offset of this size (PerturbedReference), in
-    the descent over the hole `descent_noise` of it. Failed episodes (rare for the
+    the descent over the hole `descent_noise` of it; `misled_fraction` of the episodes descend
+    on a hole believed 1.2-3 mm off until the sensor feels the block. Failed episodes (rare for the
     demonstrator) are deleted unless keep_failures. With `driver` the learned policy drives
     (no noise: its own errors are the perturbation) and the demonstrator labels every tick;
     its failed episodes are kept, they hold the states it most needs labels for. `executor`:
@@ -247,10 +279,11 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                             driver.expert, seed=seed, labeller=reference)
         keep_failures = True
     else:
-        if noise_rad > 0:
+        if noise_rad > 0 or misled_fraction > 0:
             # seeded by the first episode too: recorders of disjoint episode ranges (workers)
             # must not all draw the same noise
             reference = PerturbedReference(reference, noise_rad, descent_fraction=descent_noise,
+                                           misled_fraction=misled_fraction,
                                            seed=seed * 100_003 + first_episode)
         loop = PipelineLoop(cell, chunk_executor, timing, reference=reference, seed=seed)
     renderer = SceneRenderer(streams.views, streams.width, streams.height, streams.wrist_views)
