@@ -68,6 +68,37 @@ def test_perturbed_reference_is_off_the_path_far_from_the_hole_and_clean_near_it
     assert largest_offset(tip - np.array([0.03, 0.0, 0.005])) == 0.0
 
 
+def test_a_misled_descent_drives_until_the_sensor_feels_the_block_and_labels_stay_true():
+    from vla_insertion.core.data import SensorWindowData
+    tip = forward_kinematics(HOME_RAD)[7, :3, 3]
+    robot = RobotState(stamp_s=0.0, joint_positions_rad=HOME_RAD.copy(), tool_position_m=tip,
+                       tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0]), gripper=1.0)
+    hole = tip - np.array([0.0, 0.0, 0.004])            # 4 mm over the hole, on its axis
+
+    def window(fz: float) -> SensorWindowData:
+        samples = np.zeros((65, 7), np.float32)
+        samples[:, 2] = fz
+        return SensorWindowData(stamp_s=0.0, samples=samples, valid_samples=65,
+                                sample_rate_hz=650.0,
+                                channel_names=('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance'))
+
+    noisy = PerturbedReference(ReferencePolicy(), 0.0, misled_fraction=1.0, seed=2)
+    noisy.reset()
+    assert noisy.misled
+    obs = ReferenceObservation(robot=robot, hole_top_m=hole, window=window(0.0))
+    driven = noisy.infer(obs)
+    label = noisy.clean(driven)
+    np.testing.assert_array_equal(label.actions, ReferencePolicy().infer(obs).actions)
+    tips = forward_kinematics(driven.actions[:, :6].astype(np.float64))[:, 7, :3, 3]
+    off = np.hypot(*(tips[-1, :2] - hole[:2]))
+    assert 0.0005 < off < 0.0035                 # heading for a hole 1.2-3 mm off
+    pressed = ReferenceObservation(robot=robot, hole_top_m=hole, window=window(6.0))
+    driven = noisy.infer(pressed)                # it felt the block: the demonstrator drives
+    assert not noisy.misled
+    np.testing.assert_array_equal(driven.actions, noisy.clean(driven).actions)
+    assert PerturbedReference(ReferencePolicy(), 0.0, seed=2).misled is False
+
+
 def test_perturbed_reference_pushes_the_descent_off_the_axis_until_a_few_mm_over_the_block():
     """Demonstrations must show the funnel pulling a low, slightly-off peg back over the hole.
 
