@@ -161,7 +161,9 @@ def run_dagger(config: DaggerConfig, start: str | Path, fit_config, *, vlm, expe
         return evaluator.run(SimConfiguration(
             executor, timing, vlm, replace(expert, checkpoint=str(checkpoint)),
             seed=config.eval_seed, noise_seed=config.eval_seed), config.eval_episodes,
-            workers=config.workers)
+            workers=config.workers, on_episode=lambda m: say(
+                f'[dagger]   held-out episode {m.record.index}: {m.record.reason} in '
+                f'{m.record.duration_s:.1f} s'))
 
     def held_out(row: dict, summary: dict) -> None:
         row.update(held_out_episodes=summary['episodes'],
@@ -197,7 +199,8 @@ def run_dagger(config: DaggerConfig, start: str | Path, fit_config, *, vlm, expe
                 'labels')
             manifest = record_parallel(
                 folder / 'bags', config.episodes, streams, workers=config.workers,
-                first_episode=first, seed=config.seed, driver=LearnedDriver(
+                first_episode=first, seed=config.seed, log_prefix=f'[dagger] round {k}: ',
+                driver=LearnedDriver(
                     vlm, replace(expert, checkpoint=str(current))), executor=executor)
             (folder / 'bags' / 'episodes.json').write_text(json.dumps(
                 {'seed': config.seed, 'backend': 'sim', 'recorded': config.episodes,
