@@ -147,3 +147,20 @@ def test_the_evaluator_builds_one_vlm_and_widens_the_limit_by_the_timings_delay(
     assert loops[1].vlm is loops[0].vlm                   # built once, both checkpoints
     assert loops[0].runner is not loops[1].runner
     assert [loop.runner.limits.max_feature_age_s for loop in loops] == pytest.approx([1.0, 1.8])
+
+
+def test_the_sensor_ablation_zeroes_only_the_policys_window(learned):
+    """policy_report's ablation: the expert ticks on zeros, the executor's gate on the sensor."""
+    vlm, (checkpoint, _) = learned
+    windows = []
+    for sensor in ('recorded', 'zeroed'):
+        loop = SimEvaluator().loop(SimConfiguration(
+            executor_settings(None, overrides={'start_armed': True}), PipelineTiming(),
+            vlm=vlm, expert=ExpertConfig(checkpoint=checkpoint), sensor_input=sensor))
+        loop.advance_to(0.5)
+        windows.append(loop.inputs.held('window').samples)
+        # the sensor itself (what the executor and a labeller read): the laser sees the block
+        assert loop.window(0.5).samples[:, 6].min() > 0.01
+    assert np.abs(windows[0][:, 6]).min() > 0.01 and not windows[1].any()
+    with pytest.raises(ConfigError, match='sensor_input'):
+        SimConfiguration(executor_settings(None), PipelineTiming(), sensor_input='half')
