@@ -12,9 +12,10 @@ Where the tip should go next is a goal chosen from the geometry, reached along a
 v = (goal - tip) / `time_constant_s`, capped at the phase's speed:
 
     approach   far from the hole or high over it: toward a funnel over the hole, whose allowed
-               height grows with the lateral error (`funnel_slope` mm per mm, between
-               `pre_contact_m` and `above_m` over the rim), aiming off by the approach offset
-               while high and on the hole at the rim, at up to `approach_speed_m_s`
+               height grows with the lateral error beyond `search_radius_m` (`funnel_slope` mm
+               per mm, between `pre_contact_m` and `above_m` over the rim), aiming off by the
+               approach offset while high and on the hole at the rim, at up to
+               `approach_speed_m_s`
     descend    within `descend_radius_m` of the aim: the same funnel, at up to `descend_speed_m_s`
     insert     within `align_m` of the hole's axis at the rim's height, or already in the hole
                (below the rim within `in_hole_m` of the axis): down the axis to INSERT_DEPTH_M
@@ -200,7 +201,12 @@ class ReferencePolicy:
         share = np.clip((height - p.pre_contact_m) / (p.above_m - p.pre_contact_m), 0.0, 1.0)
         aim = hole[:2] + share * offset
         error = float(np.hypot(*(aim - tip[:2])))
-        allowed = np.clip(p.pre_contact_m + p.funnel_slope * error, p.pre_contact_m, p.above_m)
+        # flat at the bottom within the search radius: a policy that knows the hole to a
+        # millimetre or two gets one answer there (go down to the funnel's bottom, centre
+        # there), not "rise by 3 mm per mm of an error it cannot see", whose average over its
+        # uncertainty holds it hovering a centimetre up
+        allowed = np.clip(p.pre_contact_m + p.funnel_slope * max(0.0, error - p.search_radius_m),
+                          p.pre_contact_m, p.above_m)
         phase = DESCEND if error <= p.descend_radius_m and height <= p.above_m + 0.005 \
             else APPROACH
         return phase, np.r_[aim, hole[2] + allowed]
