@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 # (its own venv, build-jazzy/ and install-jazzy/; scripts/setup.sh). Exported: bags name it.
 export ROS_DISTRO ?= kilted
 ENV := source scripts/env.sh &&
-DURATION ?= 30
+DURATION ?= 120
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast test-unit test-ros lint bench clean

@@ -1,7 +1,8 @@
 """The demo's trained policy: built once, reused, rebuilt when its recipe or contract changes.
 
-A tiny recipe (2 episodes, a few steps) runs the same programs
-the real one does (record_demonstrations, cache_features, train_expert) in about a minute.
+A tiny recipe (2 episodes, a few steps, a DAgger round of 1 episode, 1 held-out episode) runs
+the same programs the real one does (record_demonstrations, cache_features, train_expert,
+dagger, or closed_loop without rounds) in a few minutes.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from vla_insertion.core.orchestration.demo_policy import DemoRecipe, prepare_dem
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / 'config' / 'vla_insertion.yaml'
-TINY = DemoRecipe(episodes=2, steps=4, batch_size=8, workers=1, threads=1, camera_fps=3.0)
+TINY = DemoRecipe(episodes=2, steps=4, batch_size=8, workers=1, threads=1, camera_fps=3.0,
+                  dagger_episodes=1, dagger_steps=2, eval_episodes=1)
 
 
 def test_built_once_reused_and_rebuilt_on_a_new_recipe(tiny_vlm_dir, tmp_path):
@@ -28,24 +30,35 @@ def test_built_once_reused_and_rebuilt_on_a_new_recipe(tiny_vlm_dir, tmp_path):
     lines: list[str] = []
     steps = prepare_demo_policy(tiny_vlm_dir, PARAMS, digest, root=tmp_path, recipe=TINY,
                                 echo=lines.append)
-    assert steps == ['record_demonstrations', 'cache_features', 'train_expert']
+    assert steps == ['record_demonstrations', 'cache_features', 'train_expert', 'dagger']
     checkpoint = demo_policy.demo_policy_checkpoint(tmp_path)
     config = json.loads((checkpoint / 'config.json').read_text())
     assert config['contract_digest'] == digest
+    # the DAgger round's expert: trained on the demonstrations and the driven episode
+    assert len(config['extra']['bags']) == 3
     assert any('train_expert:' in line for line in lines)           # the children's output
     assert demo_policy.ready(tmp_path, TINY, digest)
+    # the build's held-out evaluation, for the demo's summary; the build timed itself
+    held = demo_policy.held_out(tmp_path)
+    assert held['episodes'] == 1 and held['seed'] == 7 and 0.0 <= held['success_rate'] <= 1.0
+    built = json.loads((tmp_path / 'recipe.json').read_text())
+    assert built['build_s'] > 0 and set(built['steps_s']) == set(steps)
+    assert any('ready after' in line and 'dagger' in line for line in lines)
+    assert any('held-out holes (seed 7, in-process)' in line for line in lines)
     # reused: nothing runs
     assert prepare_demo_policy(tiny_vlm_dir, PARAMS, digest, root=tmp_path, recipe=TINY,
                                echo=lines.append) == []
     # another contract (another VLM or prompt): not ready
     assert not demo_policy.ready(tmp_path, TINY, 'another digest')
-    # another recipe: built again from the demonstrations on
-    more = replace(TINY, steps=6)
+    # another recipe: built again from the demonstrations on; without DAgger rounds the
+    # held-out evaluation is closed_loop's
+    more = replace(TINY, steps=6, dagger_rounds=0)
     lines.clear()
     assert prepare_demo_policy(tiny_vlm_dir, PARAMS, digest, root=tmp_path, recipe=more,
                                echo=lines.append) == [
-        'record_demonstrations', 'cache_features', 'train_expert']
+        'record_demonstrations', 'cache_features', 'train_expert', 'closed_loop']
     assert any('another recipe' in line for line in lines)
+    assert not (tmp_path / 'dagger').exists() and demo_policy.held_out(tmp_path)['episodes'] == 1
 
 
 def test_a_failed_step_is_named(tiny_vlm_dir, tmp_path):
@@ -80,10 +93,12 @@ def test_policy_report_on_the_tiny_build(tiny_vlm_dir, tmp_path):
     assert len(bins) == 7 and any(b['pairs'] for b in bins)
     assert all(np.isfinite([b['loss'], b['excess']]).all() for b in bins if b['pairs'])
     assert set(report['closed_loop']) == {'trained', 'reference'}
-    for results in report['closed_loop'].values():
-        (only,) = results.values()
-        assert only['episodes'] == 1 and 0.0 <= only['success_rate'] <= 1.0
+    for results in report['closed_loop'].values():     # the sensor as recorded, and zeroed
+        assert set(results) == {'async 0s', 'async 0s, sensor zeroed'}
+        for result in results.values():
+            assert result['episodes'] == 1 and 0.0 <= result['success_rate'] <= 1.0
     assert report['closed_loop']['reference']['async 0s']['success_rate'] == 1.0
     text = (out / 'report.md').read_text()
     assert '| trained | held_out |' in text and '| trained excess |' in text
+    assert 'What the sensor is worth' in text and '| trained | ' in text.split('worth')[1]
     assert (out / 'report_age.png').is_file() and (out / 'report_success.png').is_file()

@@ -3,6 +3,8 @@
 Subscribes:
     robot/joint_states   sensor_msgs/JointState     the measured arm (and gripper)
     robot/pose           geometry_msgs/PoseStamped  the measured tool pose
+    sensor/window        vla_insertion/SensorWindow the wrist sensor: the demonstrator feels the
+                                                    block top and a wedge (core/sim/reference.py)
 Reads: sim_cell's episode stream (episode_v1, ZMQ SUB on episode_host:episode_port): which
     episode runs, hence the hole (privileged: this is the demonstrator, not a policy).
 Publishes:
@@ -34,7 +36,7 @@ from vla_insertion.core.health import HealthReport, RateMeter
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.sim.reference import EpisodeReference
 from vla_insertion.core.ticker import DeadlineTicker
-from vla_insertion.msg import ActionChunk
+from vla_insertion.msg import ActionChunk, SensorWindow
 from vla_insertion.ros.monitoring import NodeMonitor
 from vla_insertion.ros.parameters import declare_config
 from vla_insertion.ros.qos import publisher, subscription
@@ -49,11 +51,12 @@ class ReferencePolicyNode(Node):
         self._config = cfg = declare_config(self, ReferencePolicyConfig)
         self._reference = EpisodeReference()
         self._lock = threading.Lock()
-        self._joints = self._pose = None
+        self._joints = self._pose = self._window = None
         self._sequence = 0
         self._rate = RateMeter()
         subscription(self, JointState, topics.JOINT_STATES, self._store('_joints'))
         subscription(self, PoseStamped, topics.POSE, self._store('_pose'))
+        subscription(self, SensorWindow, topics.SENSOR_WINDOW, self._store('_window'))
         self._chunk_pub = publisher(self, ActionChunk, topics.ACTION_CHUNK)
         self._episodes = EpisodeListener(cfg.episode_host, cfg.episode_port)
         self._episodes.start()
@@ -76,10 +79,14 @@ class ReferencePolicyNode(Node):
 
     def tick(self) -> None:
         with self._lock:
-            joints, pose = self._joints, self._pose
+            joints, pose, window = self._joints, self._pose, self._window
         robot = None if joints is None or pose is None else \
             conv.robot_state_from_msgs(joints, pose)
-        chunk = self._reference.act(self._episodes.latest, robot)
+        try:        # no window yet, or an unreadable one: geometry alone decides
+            window = None if window is None else conv.sensor_window_from_msg(window)
+        except conv.ConversionError:
+            window = None
+        chunk = self._reference.act(self._episodes.latest, robot, window)
         if chunk is None:
             return
         self._sequence += 1       # stamped with the observation: the measured state's time

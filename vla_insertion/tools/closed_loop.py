@@ -121,10 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--vlm-model', help='VLM (default: from the params file, else '
                         f'{artifacts.TINY_VLM})')
     parser.add_argument('--checkpoint', help='expert checkpoint (default: from the params file)')
+    parser.add_argument('--workers', type=int, default=1,
+                        help='sim backend: processes sharing the episodes (the same episodes '
+                        'as one process runs)')
     parser.add_argument('-o', '--output', default='artifacts/closed_loop')
     args = parser.parse_args(argv)
     if args.policy in ('openpi', 'gr00t') and args.backend != 'ros':
         parser.error(f'--policy {args.policy} runs the real nodes: add --backend ros')
+    if args.workers < 1:
+        parser.error('--workers must be >= 1')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = evaluator.run(SimConfiguration(
                     executor.with_config(merge=merge), timing, **policy, seed=args.seed,
                     first_episode=args.first_episode, noise_seed=args.seed), args.episodes,
-                    on_episode=progress)
+                    on_episode=progress, workers=args.workers)
             else:
                 results[name] = run_ros(args, vlm_cfg, expert_cfg, merge, mode, delay)
         except (ConfigError, OSError, RuntimeError, ValueError) as exc:   # CellRunError too

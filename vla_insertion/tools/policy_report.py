@@ -11,7 +11,9 @@ For every checkpoint:
 2. the held-out loss against feature age (how fast the expert degrades with stale features);
 3. closed-loop success on held-out seeds (`--seed`, never used for demonstrations) through the
    params file's executor, async and sync, with a VLM delay of 0 and 0.8 s (core/sim/loop.py,
-   run by core/orchestration/builders.py's SimEvaluator, as closed_loop runs it);
+   run by core/orchestration/builders.py's SimEvaluator, as closed_loop runs it), each with
+   the policy's sensor window as recorded and zeroed (`--sensor`: the ablation says what the
+   sensor is worth, in success points; the executor's force monitor feels the real one);
 and the scripted reference as the ceiling. Output in -o: report.json, report.md and
 report_age.png / report_success.png.
 """
@@ -37,6 +39,7 @@ from vla_insertion.core.sim.loop import PipelineTiming
 from vla_insertion.core.train.feature_cache import FeatureCache
 
 log = logging.getLogger('policy_report')
+ZEROED = ', sensor zeroed'       # a configuration name's suffix: the ablation
 AGE_EDGES_S = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.6])
 
 
@@ -120,7 +123,31 @@ def markdown(report: dict) -> str:
         lines.append(f'| {name} | ' + ' | '.join(
             f'{fmt(results[c]["success_rate"], 2)}; {fmt(results[c]["time_to_insert_s_mean"])}'
             for c in configs) + ' |')
+    worth = sensor_worth(report)
+    if worth:
+        pairs = list(next(iter(worth.values())))
+        lines += ['', 'What the sensor is worth: success with the window as recorded minus '
+                  'with it zeroed [points of 100]:', '',
+                  '| policy | ' + ' | '.join(pairs) + ' |', '|' + '---|' * (len(pairs) + 1)]
+        lines += [f'| {name} | ' + ' | '.join(f'{row[c]:+.0f}' for c in pairs) + ' |'
+                  for name, row in worth.items()]
     return '\n'.join(lines) + '\n'
+
+
+def sensor_worth(report: dict) -> dict[str, dict[str, float]]:
+    """Return per policy and configuration: success as recorded minus zeroed [points]."""
+    out = {}
+    for name, results in report['closed_loop'].items():
+        row = {c: 100.0 * (results[c]['success_rate'] - results[c + ZEROED]['success_rate'])
+               for c in results if not c.endswith(ZEROED) and c + ZEROED in results}
+        if row:
+            out[name] = row
+    return out
+
+
+def config_name(mode: str, delay_s: float, sensor: str) -> str:
+    """Return a closed-loop column's name: 'async 0.8s' (the sensor as recorded) or + ZEROED."""
+    return f'{mode} {delay_s:g}s' + (ZEROED if sensor == 'zeroed' else '')
 
 
 def plots(out: Path, report: dict) -> None:
@@ -172,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--configs', nargs='+', default=['async:0', 'sync:0', 'async:0.8',
                                                          'sync:0.8'],
                         help='closed-loop MODE:DELAY pairs')
+    parser.add_argument('--sensor', choices=('recorded', 'zeroed', 'both'), default='both',
+                        help="the learned policy's sensor window in closed loop: as recorded, "
+                        'zeroed (the ablation), or both')
+    parser.add_argument('--workers', type=int, default=1,
+                        help='processes sharing the closed-loop episodes')
     parser.add_argument('-o', '--output', default='artifacts/report')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -188,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, ValueError) as exc:
         print(f'policy_report: {exc}', file=sys.stderr)
         return 2
-    configs = [(c.split(':')[0], float(c.split(':')[1])) for c in args.configs]
+    sensors = ('recorded', 'zeroed') if args.sensor == 'both' else (args.sensor,)
+    configs = [(c.split(':')[0], float(c.split(':')[1]), sensor)
+               for c in args.configs for sensor in sensors]
     report = {'seed': args.seed, 'episodes': args.episodes, 'vlm_latency_s': args.vlm_latency,
               'cache': str(args.cache), 'checkpoints': {}, 'closed_loop': {}}
     t0 = time.perf_counter()
@@ -209,19 +243,21 @@ def main(argv: list[str] | None = None) -> int:
         # the learned policy of the checkpoint; none: the scripted reference drives
         policy = {} if folder is None else {
             'vlm': vlm_cfg, 'expert': dataclasses.replace(expert_cfg, checkpoint=folder)}
-        for mode, delay in configs:
-            if folder is None and (mode, delay) != configs[0]:
+        for mode, delay, sensor in configs:
+            if folder is None and (mode, delay, sensor) != configs[0]:
                 continue              # the demonstrator has no VLM: one configuration
-            log.info(f'{name}: closed loop, {mode}, VLM delay {delay:g} s')
+            log.info(f'{name}: closed loop, {mode}, VLM delay {delay:g} s, sensor {sensor}')
             timing = PipelineTiming(mode=mode, vlm_latency_s=args.vlm_latency,
                                     vlm_delay_s=delay)
-            result = evaluator.run(SimConfiguration(executor, timing, **policy, seed=args.seed),
-                                   args.episodes)
+            result = evaluator.run(SimConfiguration(
+                executor, timing, **policy, seed=args.seed, noise_seed=args.seed,
+                **({} if folder is None else {'sensor_input': sensor})), args.episodes,
+                workers=args.workers)
             result.pop('per_episode')
-            report['closed_loop'][name][f'{mode} {delay:g}s'] = result
+            report['closed_loop'][name][config_name(mode, delay, sensor)] = result
     reference = report['closed_loop']['reference']     # the same in every column
-    for mode, delay in configs:
-        reference.setdefault(f'{mode} {delay:g}s', next(iter(reference.values())))
+    for mode, delay, sensor in configs:
+        reference.setdefault(config_name(mode, delay, sensor), next(iter(reference.values())))
     report['wall_s'] = time.perf_counter() - t0
     (out / 'report.json').write_text(json.dumps(report, indent=2, default=float))
     text = markdown(report)

@@ -16,9 +16,10 @@ train and validation by these bags.
 (core/train/demonstrations.py: the demonstrator through the real executor, the params file's
 with its joint limits, on the sim cell), faster than real time, for the hundreds of episodes a
 policy needs: episodes start from a randomised pose (--start-range-rad) and the demonstrator's
-commands carry smooth noise it has to recover from (--noise-rad, DART), so the recordings show
-corrections and not only the nominal path; --workers N records disjoint episode ranges in N
-processes.
+commands carry smooth noise it has to recover from (--noise-rad, DART), and a share of the
+episodes descends on a hole believed off until the sensor feels the block (--misled-fraction),
+so the recordings show corrections, searches and lifts and not only the nominal path;
+--workers N records disjoint episode ranges in N processes.
 
 --driver CHECKPOINT (with --backend sim) is DAgger: the learned policy of the checkpoint (with
 the VLM of --vlm-model / the params file) drives, and the demonstrator labels what it sees at
@@ -45,31 +46,12 @@ from vla_insertion.ros.executor_operator import ExecutorOperator
 log = logging.getLogger('record_demonstrations')
 
 
-def _record_range(job: tuple) -> list[dict]:
-    """One worker: episodes first..first+count-1 into `out` (a picklable top-level function)."""
-    from vla_insertion.core.train.demonstrations import record_episodes
-    out, first, count, streams, executor, driver, args = job
-    total = args.first_episode + args.episodes
-    if driver is not None and args.workers > 1:
-        import torch
-        torch.set_num_threads(1)            # the workers share the cores
-    return record_episodes(
-        out, count, streams, seed=args.seed, first_episode=first,
-        keep_failures=args.keep_failures, start_range_rad=args.start_range_rad,
-        noise_rad=args.noise_rad, descent_noise=args.descent_noise, driver=driver,
-        executor=executor,
-        on_episode=lambda e: log.info(
-            f'episode {e["episode"]} (of {args.first_episode}..{total - 1}): {e["reason"]} '
-            f'in {e["duration_s"]:.1f} s'))
-
-
 def record_in_process(args: argparse.Namespace, out: Path) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-
     from vla_insertion.core.config import ExpertConfig, VlmConfig
     from vla_insertion.core.orchestration.builders import executor_settings, SIM_EXECUTOR
     from vla_insertion.core.params import load_config
-    from vla_insertion.core.train.demonstrations import DemoStreams, LearnedDriver
+    from vla_insertion.core.train.demonstrations import (
+        DemoStreams, LearnedDriver, record_parallel)
     driver = None
     try:
         vlm = load_config(VlmConfig, 'vlm_node', args.params_file,
@@ -89,20 +71,18 @@ def record_in_process(args: argparse.Namespace, out: Path) -> int:
         return 2
     streams = DemoStreams(vlm.view_names, width=vlm.image_width, height=vlm.image_height,
                           camera_fps=args.camera_fps)
-    workers = max(1, min(args.workers, args.episodes))
-    bounds = [args.first_episode + args.episodes * k // workers for k in range(workers + 1)]
-    jobs = [(out, lo, hi - lo, streams, executor, driver, args)
-            for lo, hi in zip(bounds, bounds[1:])]
-    if workers == 1:
-        manifest = _record_range(jobs[0])
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            manifest = [e for part in pool.map(_record_range, jobs) for e in part]
+    manifest = record_parallel(
+        out, args.episodes, streams, workers=args.workers, first_episode=args.first_episode,
+        log_prefix='[demos] ', seed=args.seed, keep_failures=args.keep_failures,
+        start_range_rad=args.start_range_rad, noise_rad=args.noise_rad,
+        descent_noise=args.descent_noise, misled_fraction=args.misled_fraction, driver=driver,
+        executor=executor)
     (out / 'episodes.json').write_text(json.dumps(
         {'seed': args.seed, 'backend': 'sim', 'recorded': args.episodes, 'kept': len(manifest),
          'first_episode': args.first_episode, 'start_range_rad': args.start_range_rad,
          'noise_rad': args.noise_rad, 'descent_noise': args.descent_noise,
-         'camera_fps': args.camera_fps, 'driver': args.driver,
+         'misled_fraction': args.misled_fraction, 'camera_fps': args.camera_fps,
+         'driver': args.driver,
          'labels': 'demonstrator' if driver is None else 'demonstrator, learned policy driving',
          'episodes': manifest},
         indent=2))
@@ -132,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument('--descent-noise', type=float, default=0.15,
                      help='the noise in the descent over the hole, as a fraction of --noise-rad '
                      '(fading out 4 mm over the block) [1]')
+    sim.add_argument('--misled-fraction', type=float, default=0.0,
+                     help='share of the episodes descending on a hole believed 1.2-3 mm off '
+                     'until the sensor feels the block (then the demonstrator searches) [1]')
     sim.add_argument('--camera-fps', type=float, default=5.0,
                      help='frames per view per second (the VLM uses ~2.6 of them) [Hz]')
     sim.add_argument('--workers', type=int, default=1, help='processes recording in parallel')
@@ -143,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1 or args.first_episode < 0 or args.workers < 1:
         parser.error('--episodes and --workers must be >= 1, --first-episode >= 0')
     if not (0.0 <= args.noise_rad <= 0.2 and 0.0 <= args.descent_noise <= 1.0
-            and args.camera_fps > 0.0):
-        parser.error('--noise-rad must be in 0..0.2, --descent-noise in 0..1, --camera-fps > 0')
+            and 0.0 <= args.misled_fraction <= 1.0 and args.camera_fps > 0.0):
+        parser.error('--noise-rad must be in 0..0.2, --descent-noise and --misled-fraction in '
+                     '0..1, --camera-fps > 0')
     try:                       # the cell's own check of the start range
         EpisodeParams(start_range_rad=args.start_range_rad)
     except ConfigError as exc:

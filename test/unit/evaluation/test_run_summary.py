@@ -96,6 +96,31 @@ def test_scored_episodes_are_summarised_in_the_keys_of_every_episode_summary():
             'peak force 30.0 N') in format_summary(s, duration_s=10.0)
 
 
+def test_the_demo_summary_carries_the_episode_count_and_the_held_out_evaluation():
+    from vla_insertion.core.evaluation.summary import (
+        held_out_evaluation, success_text, summarize_outcomes)
+    rec = _synthetic_run()
+    for k in range(10):
+        rec.add_episode(_end(k, k != 4, 'success' if k != 4 else 'timeout',
+                             5.0 if k != 4 else None, 12.0))
+    build = summarize_outcomes([_end(k, k != 7, 'success' if k != 7 else 'over_force',
+                                     6.0 if k != 7 else None, 20.0) for k in range(20)])
+    held = held_out_evaluation(build, seed=7, where='in-process, when the policy was built')
+    assert (held['episodes'], held['successes'], held['seed']) == (20, 19, 7)
+    assert 'per_episode' not in held
+    s = summarize(rec, held_out=held)
+    assert (s['episodes'], s['successes']) == (10, 9) and s['held_out'] == held
+    assert success_text(s) == '9/10 = 90%' and success_text(held) == '19/20 = 95%'
+    text = format_summary(s, duration_s=120.0)
+    assert '9/10 succeeded (90%)' in text
+    assert ('held-out holes      19/20 = 95% (in-process, when the policy was built, seed 7, '
+            'episodes 0..19), outcomes over_force=1, success=19') in text
+    # a run without a build's evaluation says nothing of one
+    assert summarize(rec)['held_out'] is None
+    assert 'held-out' not in format_summary(summarize(rec), duration_s=1.0)
+    assert success_text(summarize(RunRecorder())) == 'no episode'
+
+
 def test_no_episode_and_no_success_leave_the_means_empty():
     s = summarize(RunRecorder())
     assert (s['episodes'], s['successes'], s['success_rate']) == (0, 0, None)

@@ -88,6 +88,23 @@ def test_the_sim_evaluator_runs_the_given_executor(tmp_path):
         + 0.5, runs
 
 
+@pytest.mark.slow
+def test_episodes_split_over_workers_are_the_episodes_of_one_process():
+    """Each episode seeds its own sensor noise: a run split by episode ranges is the same run."""
+    config = SimConfiguration(executor_settings(None, overrides={'start_armed': True}),
+                              PipelineTiming(), seed=4, first_episode=2, noise_seed=9)
+    one = SimEvaluator().episodes(config, 3)
+    split = SimEvaluator().episodes(config, 3, workers=2)
+    assert [m.record.index for m in split] == [2, 3, 4]
+    for a, b in zip(split, one):      # equal but for float rounding of the absolute times
+        assert (a.record.reason, a.record.hole_top_m, a.chunks) == \
+            (b.record.reason, b.record.hole_top_m, b.chunks)
+        assert (a.record.duration_s, a.record.peak_force_n, a.record.mean_force_n,
+                a.record.max_depth_m) == pytest.approx(
+            (b.record.duration_s, b.record.peak_force_n, b.record.mean_force_n,
+             b.record.max_depth_m), rel=1e-9)
+
+
 def test_an_added_vlm_delay_widens_only_the_feature_age_limit():
     expert = ExpertConfig(max_feature_age_s=1.0, max_sensor_age_s=0.3)
     limits = staleness_limits(expert, 0.8)
@@ -130,3 +147,20 @@ def test_the_evaluator_builds_one_vlm_and_widens_the_limit_by_the_timings_delay(
     assert loops[1].vlm is loops[0].vlm                   # built once, both checkpoints
     assert loops[0].runner is not loops[1].runner
     assert [loop.runner.limits.max_feature_age_s for loop in loops] == pytest.approx([1.0, 1.8])
+
+
+def test_the_sensor_ablation_zeroes_only_the_policys_window(learned):
+    """policy_report's ablation: the expert ticks on zeros, the executor's gate on the sensor."""
+    vlm, (checkpoint, _) = learned
+    windows = []
+    for sensor in ('recorded', 'zeroed'):
+        loop = SimEvaluator().loop(SimConfiguration(
+            executor_settings(None, overrides={'start_armed': True}), PipelineTiming(),
+            vlm=vlm, expert=ExpertConfig(checkpoint=checkpoint), sensor_input=sensor))
+        loop.advance_to(0.5)
+        windows.append(loop.inputs.held('window').samples)
+        # the sensor itself (what the executor and a labeller read): the laser sees the block
+        assert loop.window(0.5).samples[:, 6].min() > 0.01
+    assert np.abs(windows[0][:, 6]).min() > 0.01 and not windows[1].any()
+    with pytest.raises(ConfigError, match='sensor_input'):
+        SimConfiguration(executor_settings(None), PipelineTiming(), sensor_input='half')

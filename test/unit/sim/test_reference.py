@@ -100,10 +100,14 @@ def test_the_funnel_decides_from_the_geometry():
     phase, goal = policy.goal(hole + [0.05, 0.0, 0.2], hole, offset)
     assert phase == APPROACH
     np.testing.assert_allclose(goal, hole + np.r_[offset, p.above_m])
-    # 1 mm off the axis at 10 mm: the allowed height is 3 mm per mm of lateral error
+    # 1 mm off the axis at 10 mm: within the search radius the funnel is flat at its bottom
     phase, goal = policy.goal(hole + [0.001, 0.0, 0.010], hole, np.zeros(2))
     assert phase == DESCEND
-    np.testing.assert_allclose(goal, hole + [0.0, 0.0, p.pre_contact_m + 3.0 * 0.001])
+    np.testing.assert_allclose(goal, hole + [0.0, 0.0, p.pre_contact_m])
+    # 4.5 mm off: beyond it the allowed height grows by 3 mm per mm of lateral error
+    phase, goal = policy.goal(hole + [0.0045, 0.0, 0.010], hole, np.zeros(2))
+    assert phase == DESCEND
+    np.testing.assert_allclose(goal, hole + [0.0, 0.0, p.pre_contact_m + 3.0 * 0.0005])
     # on the axis at the funnel's bottom: insert, down the axis
     phase, goal = policy.goal(hole + [0.0002, 0.0, p.pre_contact_m], hole, offset)
     assert phase == INSERT

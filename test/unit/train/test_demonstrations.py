@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vla_insertion.core import bag, topics
-from vla_insertion.core.bag.recording import load_recording
+from vla_insertion.core.bag.recording import load_recording, RecordedInputs
 from vla_insertion.core.data import RobotState
 from vla_insertion.core.sim.kinematics import forward_kinematics, HOME_RAD
 from vla_insertion.core.sim.reference import ReferenceObservation, ReferencePolicy
@@ -66,6 +66,37 @@ def test_perturbed_reference_is_off_the_path_far_from_the_hole_and_clean_near_it
     assert largest_offset(tip - np.array([0.0, 0.0, above_m])) == 0.0
     # low over the block, 3 cm beside the hole: no noise either (it would push into the block)
     assert largest_offset(tip - np.array([0.03, 0.0, 0.005])) == 0.0
+
+
+def test_a_misled_descent_drives_until_the_sensor_feels_the_block_and_labels_stay_true():
+    from vla_insertion.core.data import SensorWindowData
+    tip = forward_kinematics(HOME_RAD)[7, :3, 3]
+    robot = RobotState(stamp_s=0.0, joint_positions_rad=HOME_RAD.copy(), tool_position_m=tip,
+                       tool_orientation_xyzw=np.array([0.0, 0.0, 0.0, 1.0]), gripper=1.0)
+    hole = tip - np.array([0.0, 0.0, 0.004])            # 4 mm over the hole, on its axis
+
+    def window(fz: float) -> SensorWindowData:
+        samples = np.zeros((65, 7), np.float32)
+        samples[:, 2] = fz
+        return SensorWindowData(stamp_s=0.0, samples=samples, valid_samples=65,
+                                sample_rate_hz=650.0,
+                                channel_names=('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance'))
+
+    noisy = PerturbedReference(ReferencePolicy(), 0.0, misled_fraction=1.0, seed=2)
+    noisy.reset()
+    assert noisy.misled
+    obs = ReferenceObservation(robot=robot, hole_top_m=hole, window=window(0.0))
+    driven = noisy.infer(obs)
+    label = noisy.clean(driven)
+    np.testing.assert_array_equal(label.actions, ReferencePolicy().infer(obs).actions)
+    tips = forward_kinematics(driven.actions[:, :6].astype(np.float64))[:, 7, :3, 3]
+    off = np.hypot(*(tips[-1, :2] - hole[:2]))
+    assert 0.0005 < off < 0.0035                 # heading for a hole 1.2-3 mm off
+    pressed = ReferenceObservation(robot=robot, hole_top_m=hole, window=window(6.0))
+    driven = noisy.infer(pressed)                # it felt the block: the demonstrator drives
+    assert not noisy.misled
+    np.testing.assert_array_equal(driven.actions, noisy.clean(driven).actions)
+    assert PerturbedReference(ReferencePolicy(), 0.0, seed=2).misled is False
 
 
 def test_perturbed_reference_pushes_the_descent_off_the_axis_until_a_few_mm_over_the_block():
@@ -143,9 +174,11 @@ def test_recorded_chunks_are_the_clean_labels_and_the_chunk_targets(tmp_path):
     spec = episode_spec(5, manifest[0]['episode'])
     clean, noisy = ReferencePolicy(), PerturbedReference(ReferencePolicy(), 0.05, seed=5)
     gap_clean, gap_noisy = 0.0, 0.0
+    inputs = RecordedInputs(rec)           # the recorded window: what the sensor felt then
     for chunk in rec.chunks:
         obs = ReferenceObservation(robot=rec.robot(chunk.stamp_s), hole_top_m=spec.hole_top_m,
-                                   approach_offset_m=spec.approach_offset_m)
+                                   approach_offset_m=spec.approach_offset_m,
+                                   window=inputs.window(chunk.stamp_s))
         gap_clean = max(gap_clean, np.abs(clean.infer(obs).actions - chunk.actions).max())
         gap_noisy = max(gap_noisy, np.abs(noisy.infer(obs).actions - chunk.actions).max())
     assert gap_clean < 1e-4 and gap_noisy > 0.01, (gap_clean, gap_noisy)
@@ -190,7 +223,7 @@ def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick
     entry = manifest[0]                              # kept, though the policy did not insert
     # it lets go of the peg within a second, far from the hole: never wedged in the rim
     assert not entry['success'] and entry['reason'] == 'dropped'
-    assert entry['unlabelled_jammed'] == 0
+    assert entry['jammed_ticks'] == 0
     rec = load_recording(tmp_path / 'dagger' / entry['bag'], views=())
     # so a label at every 10 Hz expert tick, from the episode's start to its end
     stamps = np.array([c.stamp_s for c in rec.chunks])
@@ -198,9 +231,11 @@ def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick
     np.testing.assert_allclose(np.diff(stamps), 0.1, atol=1e-6)
     spec = episode_spec(5, entry['episode'])
     reference, gap = ReferencePolicy(), 0.0
+    inputs = RecordedInputs(rec)
     for chunk in rec.chunks:
         obs = ReferenceObservation(robot=rec.robot(chunk.stamp_s), hole_top_m=spec.hole_top_m,
-                                   approach_offset_m=spec.approach_offset_m)
+                                   approach_offset_m=spec.approach_offset_m,
+                                   window=inputs.window(chunk.stamp_s))
         gap = max(gap, np.abs(reference.infer(obs).actions - chunk.actions).max())
     assert gap < 1e-4
     # the labels drove nothing: the demonstrator's first answer heads for the hole, while the

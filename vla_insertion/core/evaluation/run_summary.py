@@ -14,7 +14,7 @@ import numpy as np
 
 from vla_insertion.core import health
 from vla_insertion.core.data import ActionChunkData, SensorWindowData, VLFeatureData
-from vla_insertion.core.evaluation.summary import summarize_outcomes
+from vla_insertion.core.evaluation.summary import success_text, summarize_outcomes
 
 
 @dataclass
@@ -119,8 +119,13 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(np.percentile(arr, 99))
 
 
-def summarize(rec: RunRecorder, since_s: float = -math.inf) -> dict:
-    """Summarise everything received at or after `since_s` (receive time, seconds)."""
+def summarize(rec: RunRecorder, since_s: float = -math.inf,
+              held_out: dict | None = None) -> dict:
+    """Summarise everything received at or after `since_s` (receive time, seconds).
+
+    `held_out`: the policy's held-out evaluation (summary.held_out_evaluation), carried as
+    `held_out` beside the live episodes; None: none known.
+    """
     chunks, features = rec.snapshot()
     chunks = [c for c in chunks if c.recv_s >= since_s]
     features = [f for f in features if f.recv_s >= since_s]
@@ -162,6 +167,7 @@ def summarize(rec: RunRecorder, since_s: float = -math.inf) -> dict:
         'executor': health.executor_state(rec.executor),
         # the scored episodes, in the keys of every episode summary (episodes, successes, ...)
         **summarize_outcomes(rec.episode_reports()),
+        'held_out': held_out,
     }
 
 
@@ -239,5 +245,11 @@ def format_summary(s: dict, duration_s: float) -> str:
                      + ', '.join(f'{k}={v}' for k, v in sorted(s['outcomes'].items()))
                      + f', time to insert avg {_float(s["time_to_insert_s_mean"], ".1f")} s, '
                      f'peak force {_float(s["peak_force_n_max"], ".1f")} N'))
+    held = s.get('held_out')
+    if held:
+        rows.append(('held-out holes', f'{success_text(held)} ({held["where"]}, seed '
+                     f'{held["seed"]}, episodes {held["first_episode"]}..'
+                     f'{held["first_episode"] + held["episodes"] - 1}), outcomes '
+                     + ', '.join(f'{k}={v}' for k, v in sorted(held['outcomes'].items()))))
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'  {k.ljust(width)}  {v}' for k, v in rows)

@@ -8,6 +8,9 @@ summary (core/evaluation/run_summary.py).
 
     episodes, successes, success_rate, outcomes (reason -> count), time_to_insert_s_mean,
     peak_force_n_mean, peak_force_n_max, mean_force_n_mean, per_episode
+
+The demo's summary adds `held_out`: the closed-loop evaluation its policy's build ran on
+held-out holes (`held_out_evaluation`), printed beside the live episodes (`success_text`).
 """
 from __future__ import annotations
 
@@ -77,3 +80,24 @@ def summarize_episodes(episodes: list[EpisodeMetrics]) -> dict:
             'feature_age_s_mean': _mean(r['feature_age_s_mean'] for r in rows),
             'chunk_delay_s_mean': _mean(r['chunk_delay_s_mean'] for r in rows),
             'refused': refused, 'gate': gate, 'per_episode': per_episode}
+
+
+HELD_OUT_KEYS = ('episodes', 'successes', 'success_rate', 'outcomes', 'time_to_insert_s_mean')
+
+
+def held_out_evaluation(summary: Mapping, *, seed: int, first_episode: int = 0,
+                        where: str = 'in-process') -> dict:
+    """Return the short form of a held-out evaluation for the demo's summary.
+
+    `summary`: an episode summary of the held-out episodes (these keys); `seed` and
+    `first_episode`: their holes; `where`: how they ran.
+    """
+    return {**{k: summary.get(k) for k in HELD_OUT_KEYS}, 'seed': seed,
+            'first_episode': first_episode, 'where': where}
+
+
+def success_text(summary: Mapping) -> str:
+    """Return 'S/N = P%' of an episode summary, or 'no episode' without episodes."""
+    if not summary.get('episodes'):
+        return 'no episode'
+    return f'{summary["successes"]}/{summary["episodes"]} = {summary["success_rate"]:.0%}'

@@ -16,14 +16,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vla_insertion.core.config import ExecutorConfig, ExpertConfig, require, VlmConfig
+from vla_insertion.core.config import (
+    ExecutorConfig, ExpertConfig, require, require_one_of, VlmConfig)
 from vla_insertion.core.evaluation.summary import summarize_episodes
 from vla_insertion.core.executor import ChunkExecutor
 from vla_insertion.core.executor.limits import limits_from_params, LimitsTable
 from vla_insertion.core.expert.staleness import StalenessLimits
 from vla_insertion.core.params import load_config, node_params
 from vla_insertion.core.sim.cell import CellParams, SimCell
-from vla_insertion.core.sim.loop import EpisodeMetrics, PipelineLoop, PipelineTiming
+from vla_insertion.core.sim.loop import (
+    EpisodeMetrics, PipelineLoop, PipelineTiming, SENSOR_INPUTS)
 from vla_insertion.core.sim.reference import ReferencePolicy
 
 if TYPE_CHECKING:                      # torch is imported where a learned policy is built
@@ -162,11 +164,13 @@ class SimConfiguration:
     seed: int = 0                      # seed of the episodes' hole positions
     first_episode: int = 0             # index of the first episode (another range, same seed)
     noise_seed: int = 0                # sensor noise, a flow head's noise, torch
+    sensor_input: str = 'recorded'     # the learned policy's sensor window: or 'zeroed'
 
     def __post_init__(self) -> None:
         require((self.vlm is None) == (self.expert is None),
                 'give the vlm and the expert config (the learned policy) or neither (the '
                 f'reference), got vlm {self.vlm is not None}, expert {self.expert is not None}')
+        require_one_of('sensor_input', self.sensor_input, SENSOR_INPUTS)
 
     @property
     def learned(self) -> bool:
@@ -193,12 +197,49 @@ class SimEvaluator:
                                 seed=config.noise_seed)
         shared = self._vlm[1] if self._vlm is not None and self._vlm[0] == config.vlm else None
         loop = learned_loop(cell, executor, config.timing, config.expert.checkpoint,
-                            config.vlm, config.expert, vlm=shared, seed=config.noise_seed)
+                            config.vlm, config.expert, vlm=shared, seed=config.noise_seed,
+                            sensor_input=config.sensor_input)
         self._vlm = (config.vlm, loop.vlm)
         return loop
 
     def run(self, config: SimConfiguration, episodes: int,
-            on_episode: Callable[[EpisodeMetrics], None] | None = None) -> dict:
-        """Run `episodes` episodes of `config`; return summarize_episodes() of them."""
-        return summarize_episodes(self.loop(config).run_episodes(episodes,
-                                                                 on_episode=on_episode))
+            on_episode: Callable[[EpisodeMetrics], None] | None = None,
+            workers: int = 1) -> dict:
+        """Run `episodes` episodes of `config`; return summarize_episodes() of them.
+
+        `workers` > 1: disjoint ranges of the episodes in that many spawned processes (each
+        builds its own VLM); the same episodes as one process runs, since every episode is
+        seeded by its index (PipelineLoop._begin). `on_episode` then sees each range's
+        episodes when the range is done.
+        """
+        return summarize_episodes(self.episodes(config, episodes, on_episode, workers))
+
+    def episodes(self, config: SimConfiguration, episodes: int,
+                 on_episode: Callable[[EpisodeMetrics], None] | None = None,
+                 workers: int = 1) -> list[EpisodeMetrics]:
+        """Run `episodes` episodes of `config`; return each one's metrics, in order."""
+        workers = max(1, min(workers, episodes))
+        if workers == 1:
+            return self.loop(config).run_episodes(episodes, on_episode=on_episode)
+        import multiprocessing
+        from concurrent.futures import as_completed, ProcessPoolExecutor
+        bounds = [episodes * k // workers for k in range(workers + 1)]
+        jobs = [(replace(config, first_episode=config.first_episode + lo), hi - lo)
+                for lo, hi in zip(bounds, bounds[1:])]
+        out: list[EpisodeMetrics] = []
+        with ProcessPoolExecutor(workers,
+                                 mp_context=multiprocessing.get_context('spawn')) as pool:
+            for done in as_completed([pool.submit(_run_range, job) for job in jobs]):
+                part = done.result()
+                out += part
+                for metrics in part if on_episode is not None else ():
+                    on_episode(metrics)
+        return sorted(out, key=lambda m: m.record.index)
+
+
+def _run_range(job: tuple[SimConfiguration, int]) -> list[EpisodeMetrics]:
+    """One worker process of SimEvaluator.episodes: `count` episodes of a configuration."""
+    import torch
+    torch.set_num_threads(1)                 # the workers share the cores
+    config, count = job
+    return SimEvaluator().loop(config).run_episodes(count)

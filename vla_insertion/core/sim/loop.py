@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import math
 
 import numpy as np
@@ -51,6 +51,7 @@ from vla_insertion.core.sim.reference import reference_observation
 from vla_insertion.core.sim.servo import ServoCommand
 
 MODES = ('async', 'sync')
+SENSOR_INPUTS = ('recorded', 'zeroed')   # what the learned policy's ticks get of the sensor
 
 
 @dataclass(frozen=True)
@@ -137,19 +138,27 @@ class PipelineLoop:
 
     `labeller` (the demonstrator, while the learned policy drives: DAgger) answers the
     observation of every tick too; `on_label(t, chunk)` gets its chunk, which drives nothing.
+
+    `sensor_input`: 'zeroed' gives the learned policy's ticks a sensor window of zeros (the
+    ablation of policy_report: what the sensor is worth); the executor's force monitor and a
+    labeller still feel the real one.
     """
 
     def __init__(self, cell: SimCell, executor, timing: PipelineTiming = PipelineTiming(), *,
                  vlm=None, runner=None, renderer=None, views: tuple[str, ...] = (),
-                 reference=None, labeller=None, jpeg_quality: int = 80, seed: int = 0) -> None:
+                 reference=None, labeller=None, jpeg_quality: int = 80, seed: int = 0,
+                 sensor_input: str = 'recorded') -> None:
         require((vlm is not None and runner is not None and renderer is not None)
                 or reference is not None, 'give a vlm, runner and renderer, or a reference')
+        require_one_of('sensor_input', sensor_input, SENSOR_INPUTS)
+        self.sensor_input = sensor_input
         self.cell, self.executor, self.timing = cell, executor, timing
         self.vlm, self.runner, self.renderer = vlm, runner, renderer
         self.inputs = LatestInputs()      # what the action_expert node holds, fed in-process
         self.views, self.reference, self.quality = tuple(views), reference, jpeg_quality
         self.labeller = labeller
-        self._rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)     # the sensor's noise; again per episode
         self._command_period = executor.config.period_s
         self._tick_period = 1.0 / timing.rate_hz
         self.observer = None          # observer(t): every physics step (e.g. a bag recorder)
@@ -157,7 +166,10 @@ class PipelineLoop:
         self.on_label = None          # on_label(t, chunk): the labeller's answer at every tick
         self.on_command = None        # on_command(t, command): every control step (vla/command)
         self._episode: _Episode | None = None   # None until the first step
-        self._resume_s = -math.inf    # the pipeline waits until then: the cell settles [s]
+        # the pipeline waits until then [s]: the cell settles. It starts on every episode one
+        # step after the episode's start, the first one too, so that an episode plays the
+        # same as the first of a run or after others (runs split by episode ranges)
+        self._resume_s = cell.t_s + cell.dt_s
 
     # --- the pieces the nodes would do ------------------------------------------------------
 
@@ -177,18 +189,24 @@ class PipelineLoop:
         return VlmObservation(frames=frames, sequence=sequence)
 
     def _tick(self, t: float, features, metrics: EpisodeMetrics) -> ActionChunkData | None:
-        """One expert tick at t: the learned runner, or the reference demonstrator."""
+        """One expert tick at t: the learned runner, or the reference demonstrator.
+
+        Both see the same sensor window of the tick (the demonstrator decides on its force);
+        a labeller sees what the policy sees.
+        """
+        window = self.window(t)
         if self.labeller is not None and self.on_label is not None:
-            self.on_label(t, self.labeller.infer(reference_observation(self.cell)))
+            self.on_label(t, self.labeller.infer(reference_observation(self.cell, window)))
         if self.reference is not None:
-            return self.reference.infer(reference_observation(self.cell))
+            return self.reference.infer(reference_observation(self.cell, window))
         # the node's input lookup (newest of each, robot at the capture, aligned prefix)
         if self.executor.config.merge == 'prefix':
             committed = self.executor.committed_prefix(t)
             self.inputs.put_prefix(None if committed is None else ActionChunkData(
                 stamp_s=committed[0], actions=committed[1], dt_s=self.executor.chunk_dt_s))
         self.inputs.put_features(features)
-        self.inputs.put_window(self.window(t))
+        self.inputs.put_window(window if self.sensor_input == 'recorded' else replace(
+            window, samples=np.zeros_like(window.samples)))
         self.inputs.put_robot(self.cell.state().robot_state(t))
         result, _ = tick_newest(self.runner, self.inputs, t)
         if not result.published:
@@ -250,7 +268,13 @@ class PipelineLoop:
         return out
 
     def _begin(self) -> None:
-        """Start the pipeline on the cell's current episode: every component afresh."""
+        """Start the pipeline on the cell's current episode: every component afresh.
+
+        The sensor's noise is seeded by (seed, episode), as the cell seeds the episode: an
+        episode plays the same whatever ran before it, so a run split over processes by
+        episode ranges gives the episodes of one run.
+        """
+        self._rng = np.random.default_rng([self._seed, self.cell.spec.index])
         self.executor.reset()
         if self.vlm is not None:
             self.vlm.reset()

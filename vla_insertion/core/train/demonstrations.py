@@ -19,9 +19,10 @@ second per episode and the feature cache and train_expert read it unchanged:
 With a `LearnedDriver` (DAgger) the learned policy drives instead and the demonstrator only
 labels: `vla/action_chunk` holds its answer to the observation of every tick of the learned
 policy, so the bags show the states the policy itself visits (a peg a millimetre off over the
-hole, pressed on the block top) with what the demonstrator would do there. It answers any
-observation (a function of what it sees), except a peg wedged in the rim, which it would press
-further in: those ticks get no label (counted in the manifest, `unlabelled_jammed`).
+hole, pressed on the block top, wedged in the rim) with what the demonstrator would do there.
+It answers any observation (a function of what it sees, the sensor window included): it lifts
+a wedged peg out and searches beside the hole (core/sim/reference.py), so every tick gets a
+label (the manifest counts the wedged ones, `jammed_ticks`).
 
 Times are the cell's clock shifted to a fixed epoch; the log time of every message is its
 stamp (what the live recorder sees within milliseconds). ROS-free.
@@ -43,7 +44,7 @@ from vla_insertion.core.orchestration.builders import (
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.contact import JAMMED
 from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
-from vla_insertion.core.sim.reference import APPROACH, DESCEND, ReferencePolicy
+from vla_insertion.core.sim.reference import APPROACH, DESCEND, felt_force, ReferencePolicy
 from vla_insertion.core.sim.render import SceneRenderer
 
 EPOCH_NS = 1_700_000_000 * 10**9        # the cell's t = 0 in the bags' time
@@ -90,28 +91,59 @@ class PerturbedReference:
     beside the hole. Near the rim the demonstrator must align to 0.5 mm to insert: with the
     noise on down to the rim 2 of 30 episodes succeeded, with the fade 30 of 30. The insertion
     itself is clean (noise in the hole wedges the peg, which the demonstrator cannot undo).
+
+    Misled descents (`misled_fraction` of the episodes): the commands come from a demonstrator
+    that believes the hole `misled_range_m` off (a random direction), as a learned policy with
+    a wrong estimate from the wrist camera would, until the sensor feels the block top or a
+    wedge (`contact_force_n`); from there the demonstrator drives: it searches or lifts and
+    inserts. The recordings then show what a policy meets at the rim and what to do there.
+    The labels are always the demonstrator's answers to what it sees (`clean`).
     """
 
     def __init__(self, reference: ReferencePolicy, sigma_rad: float, tau_s: float = 0.5,
                  fade_m: float = 0.04, descent_fraction: float = 0.0,
-                 descent_floor_m: float = 0.004, seed: int = 0) -> None:
+                 descent_floor_m: float = 0.004, misled_fraction: float = 0.0,
+                 misled_range_m: tuple[float, float] = (0.0012, 0.003), seed: int = 0) -> None:
         self.reference, self.sigma, self.tau, self.fade_m = reference, sigma_rad, tau_s, fade_m
         self.descent_fraction, self.descent_floor_m = descent_fraction, descent_floor_m
+        self.misled_fraction, self.misled_range_m = misled_fraction, misled_range_m
+        self._misled = ReferencePolicy(reference.params)
+        self._shift: np.ndarray | None = None   # (3,) where it believes the hole is, off [m]
         self._rng = np.random.default_rng(seed)
         self._offset = np.zeros(6)
         self._clean: dict[int, object] = {}     # sequence -> the chunk before the offset
 
+    @property
+    def misled(self) -> bool:
+        """Whether the commands still come from the misled demonstrator."""
+        return self._shift is not None
+
     def reset(self) -> None:
         self.reference.reset()
+        self._misled.reset()
         self._offset = np.zeros(6)
         self._clean.clear()
+        self._shift = None
+        if self.misled_fraction > 0.0 and self._rng.random() < self.misled_fraction:
+            size, angle = self._rng.uniform(*self.misled_range_m), self._rng.uniform(0, 2 * np.pi)
+            self._shift = np.array([size * np.cos(angle), size * np.sin(angle), 0.0])
 
     def clean(self, chunk):
         """Return the demonstrator's chunk before the offset for a chunk `infer` returned."""
         return self._clean.get(chunk.sequence, chunk)
 
     def infer(self, obs):
-        chunk = self.reference.infer(obs)
+        chunk = self.reference.infer(obs)            # the label, whoever drives
+        driving, phase = chunk, self.reference.phase
+        if self._shift is not None:
+            params = self.reference.params
+            if felt_force(obs.window, params.force_samples)[2] >= params.contact_force_n:
+                self._shift = None                   # it felt the block: the demonstrator on
+            else:
+                driving = replace(self._misled.infer(replace(
+                    obs, hole_top_m=obs.hole_top_m + self._shift,
+                    approach_offset_m=np.zeros(2))), sequence=chunk.sequence)
+                phase = self._misled.phase
         decay = np.exp(-chunk.dt_s / self.tau)
         self._offset = decay * self._offset + self.sigma * np.sqrt(1.0 - decay ** 2) * \
             self._rng.standard_normal(6)
@@ -122,16 +154,16 @@ class PerturbedReference:
         # low beside the hole into the block top (over-force), which shows nothing to learn
         height = float(obs.robot.tool_position_m[2] - obs.hole_top_m[2])
         scale *= float(np.clip((height - 0.01) / self.fade_m, 0.0, 1.0))
-        if self.reference.phase == DESCEND:
+        if phase == DESCEND:
             scale = self.descent_fraction * float(np.clip(
                 (height - self.descent_floor_m) / (4 * self.descent_floor_m), 0.0, 1.0))
-        elif self.reference.phase != APPROACH:
+        elif phase != APPROACH:
             scale = 0.0
-        actions = np.array(chunk.actions, dtype=np.float32)
+        actions = np.array(driving.actions, dtype=np.float32)
         actions[:, :6] += (scale * self._offset).astype(np.float32)
         self._clean = {k: v for k, v in self._clean.items() if k > chunk.sequence - 16}
         self._clean[chunk.sequence] = chunk
-        return replace(chunk, actions=actions)
+        return replace(driving, actions=actions)
 
 
 class _BagSink:
@@ -247,13 +279,14 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                     first_episode: int = 0, executor: ExecutorSettings | None = None,
                     timing: PipelineTiming = PipelineTiming(), keep_failures: bool = False,
                     start_range_rad: float = 0.0, noise_rad: float = 0.0,
-                    descent_noise: float = 0.0, driver: LearnedDriver | None = None,
-                    on_episode=None) -> list[dict]:
+                    descent_noise: float = 0.0, misled_fraction: float = 0.0,
+                    driver: LearnedDriver | None = None, on_episode=None) -> list[dict]:
     """Record `episodes` demonstration episodes, one bag each (episode_<index>); the manifest.
 
     `start_range_rad`: each episode starts from home + U(+- this) per joint; `noise_rad`: the
     demonstrator's commands carry a smooth random offset of this size (PerturbedReference), in
-    the descent over the hole `descent_noise` of it. Failed episodes (rare for the
+    the descent over the hole `descent_noise` of it; `misled_fraction` of the episodes descend
+    on a hole believed 1.2-3 mm off until the sensor feels the block. Failed episodes (rare for the
     demonstrator) are deleted unless keep_failures. With `driver` the learned policy drives
     (no noise: its own errors are the perturbation) and the demonstrator labels every tick;
     its failed episodes are kept, they hold the states it most needs labels for. `executor`:
@@ -274,10 +307,11 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                             driver.expert, seed=seed, labeller=reference)
         keep_failures = True
     else:
-        if noise_rad > 0:
+        if noise_rad > 0 or misled_fraction > 0:
             # seeded by the first episode too: recorders of disjoint episode ranges (workers)
             # must not all draw the same noise
             reference = PerturbedReference(reference, noise_rad, descent_fraction=descent_noise,
+                                           misled_fraction=misled_fraction,
                                            seed=seed * 100_003 + first_episode)
         loop = PipelineLoop(cell, chunk_executor, timing, reference=reference, seed=seed)
     renderer = SceneRenderer(streams.views, streams.width, streams.height, streams.wrist_views)
@@ -288,13 +322,12 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
         sink = _BagSink(path, streams, tuple(chunk_executor.config.joint_names))
         loop.observer = _Recorder(loop, sink, renderer)
         loop.on_command = functools.partial(_write_command, sink, chunk_executor)
-        jammed = [0]
+        jammed, labels = [0], [0]
         if driver is not None:
             def label(t: float, chunk) -> None:
-                if cell.state().contact == JAMMED:
-                    jammed[0] += 1
-                else:
-                    sink.chunk(t, chunk)
+                jammed[0] += cell.state().contact == JAMMED   # labelled too: lift it out
+                labels[0] += 1
+                sink.chunk(t, chunk)
             loop.on_label = label
         elif isinstance(reference, PerturbedReference):
             # the label is what the demonstrator meant, the executed command carries the noise
@@ -313,7 +346,7 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                  'reason': record.reason, 'duration_s': record.duration_s,
                  'messages': bag.bag_info(path).message_count}
         if driver is not None:
-            entry['unlabelled_jammed'] = jammed[0]
+            entry.update(labels=labels[0], jammed_ticks=jammed[0])
         if record.success or keep_failures:
             manifest.append(entry)
         else:
@@ -322,3 +355,39 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
         if on_episode is not None:
             on_episode(entry)
     return manifest
+
+
+def _record_range(job: tuple) -> list[dict]:
+    """One worker: `record_episodes(out, count, streams, first_episode=first, **kwargs)`."""
+    out, first, count, streams, kwargs, log_prefix = job
+    if kwargs.get('driver') is not None:
+        import torch
+        torch.set_num_threads(1)            # the workers share the cores
+    if log_prefix is not None:
+        import logging
+        logging.basicConfig(level=logging.INFO, format=f'{log_prefix}%(message)s')
+        kwargs = {**kwargs, 'on_episode': lambda e: logging.getLogger('demos').info(
+            f'episode {e["episode"]}: {e["reason"]} in {e["duration_s"]:.1f} s')}
+    return record_episodes(out, count, streams, first_episode=first, **kwargs)
+
+
+def record_parallel(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
+                    workers: int = 1, first_episode: int = 0, log_prefix: str | None = None,
+                    **kwargs) -> list[dict]:
+    """`record_episodes` over `workers` processes, each a disjoint range of the episodes.
+
+    The manifest in episode order. `kwargs`: record_episodes' (seed, driver, noise, ...).
+    Workers are spawned, not forked (a parent that has run torch must not fork its thread
+    pools); `log_prefix`: each worker logs its episodes with it (None: quiet).
+    """
+    workers = max(1, min(workers, episodes))
+    bounds = [first_episode + episodes * k // workers for k in range(workers + 1)]
+    jobs = [(out_dir, lo, hi - lo, streams, kwargs, log_prefix)
+            for lo, hi in zip(bounds, bounds[1:])]
+    if workers == 1:
+        return record_episodes(out_dir, episodes, streams, first_episode=first_episode,
+                               **kwargs) if log_prefix is None else _record_range(jobs[0])
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+        return [e for part in pool.map(_record_range, jobs) for e in part]
