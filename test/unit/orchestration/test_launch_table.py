@@ -152,3 +152,57 @@ def test_demo_models_have_an_absolute_home(tmp_path, monkeypatch):
     monkeypatch.delenv('XDG_CACHE_HOME')
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
     assert artifacts.cache_root() == tmp_path / 'home' / '.cache' / 'vla_insertion'
+
+
+def _names(**values: str) -> list[str]:
+    return [n.name for n in lt.enabled_nodes(lt.launch_arguments(**values))]
+
+
+def test_roles_split_the_cell_between_a_gpu_host_and_a_robot_host():
+    # images stay on the GPU host, the robot's streams, chunks and commands on the robot host
+    assert _names(role='gpu_host', sim='true', record='true') == [
+        'camera_bridge', 'vlm_node', 'bag_recorder']
+    assert _names(role='robot_host', sim='true', record='true') == [
+        'sim_cell', 'robot_bridge', 'sensor_bridge', 'action_expert', 'chunk_executor',
+        'bag_recorder']
+    assert _names(role='robot_host', reference='true') == [
+        'robot_bridge', 'sensor_bridge', 'reference_policy', 'chunk_executor']
+    every = _names(sim='true', record='true')                 # role all: one host, as before
+    assert every == [n.name for n in lt.NODES if n.name != 'reference_policy']
+    assert sorted(_names(role='gpu_host', sim='true') + _names(role='robot_host', sim='true')) \
+        == sorted(_names(sim='true'))                         # each program on one host
+    assert {n.host for n in lt.NODES} <= set(lt.ROLES[1:]) | {''}
+    with pytest.raises(ValueError, match="one of all, gpu_host, robot_host, got 'gpu'"):
+        _names(role='gpu')
+
+
+def test_dds_profile_selects_a_shipped_or_given_fastdds_file(tmp_path):
+    config = ROOT / 'config'
+    assert lt.dds_environment(lt.launch_arguments(), config) == {}
+    env = lt.dds_environment(lt.launch_arguments(dds_profile='two_hosts'), config)
+    shipped = str(config / 'fastdds_two_hosts.xml')
+    assert env == {'FASTDDS_DEFAULT_PROFILES_FILE': shipped,
+                   'FASTRTPS_DEFAULT_PROFILES_FILE': shipped}
+    own = tmp_path / 'mine.xml'
+    own.write_text('<dds/>')
+    assert set(lt.dds_environment({'dds_profile': str(own)}, config).values()) == {str(own)}
+    with pytest.raises(ValueError, match='no file'):
+        lt.dds_environment({'dds_profile': str(tmp_path / 'missing.xml')}, config)
+
+
+def test_the_two_host_profile_fragments_at_the_dds_level_with_large_buffers():
+    import xml.etree.ElementTree as ET
+    root = ET.parse(ROOT / 'config' / lt.DDS_PROFILES['two_hosts']).getroot()
+    ns = {'d': 'http://www.eprosima.com'}
+    udp = [t for t in root.iterfind('.//d:transport_descriptor', ns)
+           if t.findtext('d:type', namespaces=ns) == 'UDPv4']
+    assert len(udp) == 1
+    assert int(udp[0].findtext('d:maxMessageSize', namespaces=ns)) <= 1472   # no IP fragments
+    for size in ('sendBufferSize', 'receiveBufferSize'):
+        assert int(udp[0].findtext(f'd:{size}', namespaces=ns)) >= 4 * 2**20
+    participant = root.find('.//d:participant', ns)
+    assert participant.get('is_default_profile') == 'true'              # rmw_fastrtps uses it
+    assert participant.findtext('.//d:useBuiltinTransports', namespaces=ns) == 'false'
+    used = {t.text for t in participant.iterfind('.//d:userTransports/d:transport_id', ns)}
+    assert used == {t.findtext('d:transport_id', namespaces=ns)
+                    for t in root.iterfind('.//d:transport_descriptor', ns)}
