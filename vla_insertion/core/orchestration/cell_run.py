@@ -40,7 +40,7 @@ from vla_insertion.core.evaluation.summary import summarize_outcomes
 from vla_insertion.core.orchestration.builders import widened_feature_age_s
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.orchestration.launch_table import (
-    command_for, enabled_nodes, installed_paths, is_true, launch_arguments, NodeSpec,
+    command_for, dds_environment, enabled_nodes, installed_paths, launch_arguments, NodeSpec,
     params_on_free_ports)
 from vla_insertion.core.orchestration.processes import ManagedProcess, ProcessGroup, StopReport
 from vla_insertion.core.params import load_config
@@ -95,7 +95,8 @@ def _reachable(bind: str) -> str:
 class CellRun:
     """Start the table's programs; follow the episodes, arm and reset; stop everything.
 
-    arguments: launch arguments over the table's defaults (`sim`, `execute`, `vlm_model`, ...).
+    arguments: launch arguments over the table's defaults (`sim`, `execute`, `vlm_model`, ...;
+        `role` runs one host of a two-host cell, `dds_profile` sets every program's DDS profile).
     params_file: the ROS params file (default: the installed one); `free_ports` runs on a copy
         with every cell link on a free loopback port (out/params.yaml), beside any other cell.
     nodes: run only these of the enabled programs (default: all of them).
@@ -104,6 +105,10 @@ class CellRun:
     armed_at_start: the executor arms itself at its first fresh state (`start_armed`);
         otherwise `arm()` arms it through the operator.
     on_scored(report): each scored episode's end report, as it arrives (a listener thread).
+    prefix: every program's command starts with it, e.g. nsenter into the network namespace of
+        one host (core/orchestration/two_hosts.py). The run's own listeners connect from this
+        process and would not reach sim_cell there: with a prefix none is started, and
+        wait_ready, arm and wait_episodes are not for such a run.
     """
 
     def __init__(self, out_dir: str | Path, *, arguments: dict[str, str] | None = None,
@@ -113,7 +118,7 @@ class CellRun:
                  recorder_topics: tuple[str, ...] = (), bag_name: str = 'bag',
                  armed_at_start: bool = False, operator: Operator | None = None,
                  on_scored: Callable[[dict], None] | None = None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, prefix: tuple[str, ...] = ()) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.lib_dir, shipped = installed_paths()
@@ -132,14 +137,16 @@ class CellRun:
                 topics=tuple(recorder_topics))
         if armed_at_start:
             extra.setdefault('chunk_executor', {})['start_armed'] = True
-        self._commands = [(spec.name, command_for(spec, self.lib_dir, self.params,
-                                                  self.arguments, extra.get(spec.name)))
-                          for spec in enabled_nodes(self.arguments)
-                          if nodes is None or spec.name in nodes]
-        self.sim = (load_config(SimCellConfig, 'sim_cell', self.params)
-                    if is_true(self.arguments['sim']) else None)
-        self._group = ProcessGroup(log_dir=self.out / 'logs',
-                                   env=dict(os.environ if env is None else env))
+        self.prefix = tuple(prefix)
+        self._commands = [(spec.name, [*self.prefix, *command_for(
+            spec, self.lib_dir, self.params, self.arguments, extra.get(spec.name))])
+            for spec in enabled_nodes(self.arguments) if nodes is None or spec.name in nodes]
+        self.sim = (load_config(SimCellConfig, 'sim_cell', self.params)   # on this host
+                    if any(s.name == 'sim_cell' for s in enabled_nodes(self.arguments))
+                    else None)
+        environment = dict(os.environ if env is None else env)
+        environment.update(dds_environment(self.arguments, shipped.parent))
+        self._group = ProcessGroup(log_dir=self.out / 'logs', env=environment)
         self.operator = operator
         self.armed = armed_at_start
         self._on_scored = on_scored
@@ -179,7 +186,7 @@ class CellRun:
         try:
             for name, cmd in self._commands:
                 self._group.start(name, cmd)
-            if self.sim is not None:
+            if self.sim is not None and not self.prefix:
                 self.episodes = EpisodeListener(
                     _reachable(self.sim.episode_bind), self.sim.episode_port,
                     on_end=self._episode_ended, on_start=self._episode_started)
@@ -199,8 +206,8 @@ class CellRun:
 
     def start(self, spec: NodeSpec, params: dict | None = None) -> ManagedProcess:
         """Start one more program with the run's arguments (the replay's bag player)."""
-        return self._group.start(spec.name, command_for(spec, self.lib_dir, self.params,
-                                                        self.arguments, params))
+        return self._group.start(spec.name, [*self.prefix, *command_for(
+            spec, self.lib_dir, self.params, self.arguments, params)])
 
     def check_alive(self, ignore: tuple[ManagedProcess, ...] = ()) -> None:
         """Raise CellRunError naming every program that exited (those in `ignore` aside)."""
@@ -233,6 +240,8 @@ class CellRun:
 
         Returns False if the arm never moved within timeout_s.
         """
+        if self._watcher is None:
+            raise CellRunError('this run does not watch the arm (no sim_cell, or a prefix)')
         moved = self.wait_for(lambda: self._watcher.moved, timeout_s)
         self.start_scoring()
         return moved
