@@ -1,0 +1,50 @@
+"""Feature delivery across a link: what arrived of vla/features, and how old.
+
+A listener on the robot host (tools/link_probe.py) notes each feature set's sequence and age
+(arrival on its clock minus the header stamp); the numbers here say how many of those published
+arrived at all, how many in time (no older than the expert's `max_feature_age_s`, so it would
+act on them), and their ages. ROS-free, shared by the two-host test and benchmark.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def feature_delivery(arrivals: Iterable[tuple[int, float]], max_age_s: float,
+                     published: Iterable[int] | None = None) -> dict:
+    """Return delivery and ages of a window of published feature sets.
+
+    arrivals: (sequence, age_s) of each feature set that arrived; a repeated sequence counts
+        once, at its first arrival.
+    max_age_s: the oldest a feature set may be and still count as in time [s].
+    published: the sequences published in the window, when the sender says (the synthetic
+        sender); arrivals of others are left out. Otherwise every sequence from the first to
+        the last that arrived (a set lost at either end of the window is not seen).
+
+    Keys: published, delivered, in_time, delivered_fraction, in_time_fraction (of published;
+    NaN when none), age_s_p50, age_s_p99, age_s_max (of those delivered; NaN when none).
+    """
+    first: dict[int, float] = {}
+    for sequence, age_s in arrivals:
+        first.setdefault(int(sequence), float(age_s))
+    if published is not None:
+        expected = {int(s) for s in published}
+        first = {s: age for s, age in first.items() if s in expected}
+        count = len(expected)
+    else:
+        count = max(first) - min(first) + 1 if first else 0
+    ages = np.array(list(first.values()), dtype=float)
+    in_time = int((ages <= max_age_s).sum())
+
+    def fraction(n: int) -> float:
+        return n / count if count else float('nan')
+
+    def percentile(q: float) -> float:
+        return float(np.percentile(ages, q)) if ages.size else float('nan')
+
+    return {'published': count, 'delivered': len(first), 'in_time': in_time,
+            'delivered_fraction': fraction(len(first)), 'in_time_fraction': fraction(in_time),
+            'age_s_p50': percentile(50), 'age_s_p99': percentile(99),
+            'age_s_max': float(ages.max()) if ages.size else float('nan')}
