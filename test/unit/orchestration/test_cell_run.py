@@ -12,7 +12,8 @@ import pytest
 
 from vla_insertion.core.orchestration import cell_run
 from vla_insertion.core.orchestration.cell_run import CellRun, CellRunError
-from vla_insertion.core.orchestration.launch_table import launch_arguments, NodeSpec
+from vla_insertion.core.orchestration.launch_table import (
+    dds_environment, launch_arguments, NodeSpec)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -127,9 +128,9 @@ def test_one_host_of_two_runs_its_role_under_the_prefix_with_the_dds_profile(bin
     assert [name for name, _ in gpu._commands] == ['camera_bridge', 'vlm_node']
     assert all(tuple(cmd[:len(prefix)]) == prefix for _, cmd in gpu._commands)
     assert gpu.sim is None                       # sim_cell runs on the robot host
-    profile = str(ROOT / 'config' / 'fastdds_two_hosts.xml')
-    assert gpu._group._env == {'PATH': '/bin', 'FASTDDS_DEFAULT_PROFILES_FILE': profile,
-                               'FASTRTPS_DEFAULT_PROFILES_FILE': profile}
+    assert gpu._group._env == {'PATH': '/bin', **dds_environment(
+        gpu.arguments, ROOT / 'config')}                      # the profile's variable
+    assert str(ROOT / 'config' / 'fastdds_two_hosts.xml') in gpu._group._env.values()
     robot = CellRun(bin_dir / 'robot', arguments={'role': 'robot_host', 'sim': 'true'},
                     prefix=prefix, env={})
     assert [name for name, _ in robot._commands] == [

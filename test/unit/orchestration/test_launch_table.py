@@ -179,10 +179,15 @@ def test_roles_split_the_cell_between_a_gpu_host_and_a_robot_host():
 def test_dds_profile_selects_a_shipped_or_given_fastdds_file(tmp_path):
     config = ROOT / 'config'
     assert lt.dds_environment(lt.launch_arguments(), config) == {}
-    env = lt.dds_environment(lt.launch_arguments(dds_profile='two_hosts'), config)
+    two_hosts = lt.launch_arguments(dds_profile='two_hosts')
     shipped = str(config / 'fastdds_two_hosts.xml')
-    assert env == {'FASTDDS_DEFAULT_PROFILES_FILE': shipped,
-                   'FASTRTPS_DEFAULT_PROFILES_FILE': shipped}
+    assert lt.dds_environment(two_hosts, config, 'kilted') == {
+        'FASTDDS_DEFAULT_PROFILES_FILE': shipped}             # Fast DDS 3
+    assert lt.dds_environment(two_hosts, config, '') == {     # the Kilted wheels set none
+        'FASTDDS_DEFAULT_PROFILES_FILE': shipped}
+    for distro in ('humble', 'jazzy'):                        # Fast DDS 2
+        assert lt.dds_environment(two_hosts, config, distro) == {
+            'FASTRTPS_DEFAULT_PROFILES_FILE': shipped}
     own = tmp_path / 'mine.xml'
     own.write_text('<dds/>')
     assert set(lt.dds_environment({'dds_profile': str(own)}, config).values()) == {str(own)}

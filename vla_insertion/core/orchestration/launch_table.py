@@ -138,8 +138,11 @@ ALL_HOSTS, GPU_HOST, ROBOT_HOST = 'all', 'gpu_host', 'robot_host'
 ROLES = (ALL_HOSTS, GPU_HOST, ROBOT_HOST)
 # `dds_profile` names of the profiles shipped in config/ (any other value is a file's path)
 DDS_PROFILES = {'two_hosts': 'fastdds_two_hosts.xml'}
-# Fast DDS 3 (Kilted) reads the first, Fast DDS 2 (Humble, Jazzy) the second
-DDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+# The variable naming the profiles file: Fast DDS 2 (Humble, Jazzy) reads FASTRTPS_..., Fast
+# DDS 3 (Kilted on) FASTDDS_... and its RMW warns at every node about the old name.
+DDS_PROFILE_VARIABLE = 'FASTDDS_DEFAULT_PROFILES_FILE'
+DDS_PROFILE_VARIABLE_FASTDDS2 = 'FASTRTPS_DEFAULT_PROFILES_FILE'
+FASTDDS2_DISTROS = ('humble', 'iron', 'jazzy')
 
 
 def host_role(arguments: dict[str, str]) -> str:
@@ -169,14 +172,20 @@ def dds_profile_path(profile: str, config_dir: Path | str) -> Path | None:
     return path
 
 
-def dds_environment(arguments: dict[str, str], config_dir: Path | str) -> dict[str, str]:
+def dds_environment(arguments: dict[str, str], config_dir: Path | str,
+                    distro: str | None = None) -> dict[str, str]:
     """Return the environment variables every program gets for the `dds_profile` argument.
 
-    Empty when it is empty: the environment's own choice stands. ValueError as
-    dds_profile_path.
+    Empty when it is empty: the environment's own choice stands. The variable is the one the
+    Fast DDS of `distro` reads (default: $ROS_DISTRO; unset is the Kilted wheels').
+    ValueError as dds_profile_path.
     """
     path = dds_profile_path(arguments.get('dds_profile', ''), config_dir)
-    return {} if path is None else {name: str(path) for name in DDS_PROFILE_VARIABLES}
+    if path is None:
+        return {}
+    distro = os.environ.get('ROS_DISTRO', '') if distro is None else distro
+    return {DDS_PROFILE_VARIABLE_FASTDDS2 if distro.strip().lower() in FASTDDS2_DISTROS
+            else DDS_PROFILE_VARIABLE: str(path)}
 
 
 def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, object]:
