@@ -21,10 +21,11 @@ the features arrive in time; during a 3 s partition the expert refuses its featu
 no chunk is made (the executor holds: its watchdog), and chunks resume once the link returns.
 The counters are the nodes' own, read from /diagnostics by link_probe on the robot host.
 
-In time: the link adds at most the expert's max_feature_age_s less VLM_3B_AGE_S, the age of the
-3B VLM's features when published on the reference GPU (docs/vlm.md); the link's part is DDS
-reception less the writer's source timestamp. The age since capture is not the test's
-measure: on this shared 2-core machine the tiny VLM's own latency varies more than the link's.
+In time: the link adds at most core/evaluation/link.py's link_budget_s, the expert's
+max_feature_age_s less the age of the 3B VLM's features when published on the reference GPU
+(docs/vlm.md); the link's part is DDS reception less the writer's source timestamp. The age
+since capture is not the test's measure: on this shared 2-core machine the tiny VLM's own
+latency varies more than the link's.
 Two views of 112 x 56 pixels at 10 FPS keep the sim cell and the VLM light on those cores; the
 VLM publishes at the 3B's rate, so a feature set has the time a cell gives it to cross.
 """
@@ -40,7 +41,7 @@ import yaml
 
 from vla_insertion.core import health, topics
 from vla_insertion.core.config import ExpertConfig
-from vla_insertion.core.evaluation.link import feature_delivery
+from vla_insertion.core.evaluation.link import feature_delivery, link_budget_s
 from vla_insertion.core.expert.staleness import FEATURES_TOO_OLD
 from vla_insertion.core.orchestration.cell_run import CellRun, CellRunError
 from vla_insertion.core.orchestration.launch_table import installed_paths
@@ -51,7 +52,6 @@ from vla_insertion.tools import make_untrained_checkpoint
 
 pytestmark = pytest.mark.slow
 UNAVAILABLE = unavailable_reason()
-VLM_3B_AGE_S = 0.4                 # age of the 3B's features at publication (docs/vlm.md) [s]
 VLM_RATE_HZ = 2.6                  # the 3B's feature rate on the reference GPU [Hz]
 LOSS = 0.01                        # of the UDP datagrams leaving each host
 LOSS_FEATURES = 20                 # feature sets published under loss before judging
@@ -141,7 +141,7 @@ def test_features_cross_survive_loss_and_a_partition(tiny_vlm_dir, params_file, 
             t_partition = time.time()
             net.partition()
             lossy = feature_delivery([(f['sequence'], f['link_s']) for f in under_loss
-                                      if f['stamp_s'] < t_partition], max_age_s - VLM_3B_AGE_S)
+                                      if f['stamp_s'] < t_partition], link_budget_s(max_age_s))
             assert lossy['in_time_fraction'] >= 0.95, lossy
             assert sum(net.dropped().values()) > 0            # the filter did drop datagrams
 

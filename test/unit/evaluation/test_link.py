@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from vla_insertion.core.evaluation.link import feature_delivery
+from vla_insertion.core.evaluation.link import feature_delivery, link_budget_s
 
 
 def test_gaps_between_the_first_and_last_arrival_are_lost_and_late_ones_not_in_time():
@@ -28,3 +28,8 @@ def test_nothing_arrived():
     assert out['published'] == out['delivered'] == 0
     assert math.isnan(out['in_time_fraction']) and math.isnan(out['age_s_p99'])
     assert feature_delivery([], 1.0, published=[1, 2])['in_time_fraction'] == 0.0
+
+
+def test_the_links_budget_is_what_the_vlm_leaves_of_the_experts_limit():
+    assert link_budget_s(1.0) == pytest.approx(0.6)
+    assert link_budget_s(1.0, vlm_age_s=0.25) == pytest.approx(0.75)

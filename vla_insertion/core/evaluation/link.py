@@ -11,6 +11,16 @@ from collections.abc import Iterable
 
 import numpy as np
 
+# How old the 3B VLM's features already are when published, on the reference GPU (docs/vlm.md:
+# 381 ms of inference, feature age 400 ms at 2.6 Hz) [s]. What is left of the expert's
+# max_feature_age_s is the link's budget: a set that takes longer to cross arrives stale.
+VLM_3B_AGE_S = 0.4
+
+
+def link_budget_s(max_feature_age_s: float, vlm_age_s: float = VLM_3B_AGE_S) -> float:
+    """Return the most the link may add to a feature set's age for it to arrive in time [s]."""
+    return max_feature_age_s - vlm_age_s
+
 
 def feature_delivery(arrivals: Iterable[tuple[int, float]], max_age_s: float,
                      published: Iterable[int] | None = None) -> dict:
