@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import re
 import time
 
 import pytest
@@ -131,6 +132,10 @@ def test_features_cross_survive_loss_and_a_partition(tiny_vlm_dir, params_file, 
 
             # features cross: they arrive on the robot host, over the veth, and the expert acts
             assert wait(lambda: features() and chunks(), START_TIMEOUT_S), _logs(gpu, robot)
+            # the profile took: the nodes' UDP sockets have its 4 MB buffers (the kernel shows
+            # twice what was asked), not the default 208 KB
+            sockets = net.run(ROBOT, 'ss', '-u', '-a', '-m', '-n')
+            assert max(int(b) for b in re.findall(r'rb(\d+)', sockets)) >= 8 * 2**20, sockets
 
             # 1 % loss each way: at least 95 % of the features arrive, and in time
             t_loss = time.time()

@@ -198,16 +198,25 @@ def test_dds_profile_selects_a_shipped_or_given_fastdds_file(tmp_path):
 def test_the_two_host_profile_fragments_at_the_dds_level_with_large_buffers():
     import xml.etree.ElementTree as ET
     root = ET.parse(ROOT / 'config' / lt.DDS_PROFILES['two_hosts']).getroot()
-    ns = {'d': 'http://www.eprosima.com'}
-    udp = [t for t in root.iterfind('.//d:transport_descriptor', ns)
-           if t.findtext('d:type', namespaces=ns) == 'UDPv4']
+
+    def local(element) -> str:                      # the tag without its XML namespace
+        return element.tag.rsplit('}', 1)[-1]
+
+    def find(element, name: str) -> list:
+        return [e for e in element.iter() if local(e) == name]
+
+    def text(element, name: str) -> str:
+        return find(element, name)[0].text.strip()
+
+    assert local(root) == 'dds'
+    descriptors = find(root, 'transport_descriptor')
+    udp = [t for t in descriptors if text(t, 'type') == 'UDPv4']
     assert len(udp) == 1
-    assert int(udp[0].findtext('d:maxMessageSize', namespaces=ns)) <= 1472   # no IP fragments
+    assert int(text(udp[0], 'maxMessageSize')) <= 1472              # no IP fragments
     for size in ('sendBufferSize', 'receiveBufferSize'):
-        assert int(udp[0].findtext(f'd:{size}', namespaces=ns)) >= 4 * 2**20
-    participant = root.find('.//d:participant', ns)
-    assert participant.get('is_default_profile') == 'true'              # rmw_fastrtps uses it
-    assert participant.findtext('.//d:useBuiltinTransports', namespaces=ns) == 'false'
-    used = {t.text for t in participant.iterfind('.//d:userTransports/d:transport_id', ns)}
-    assert used == {t.findtext('d:transport_id', namespaces=ns)
-                    for t in root.iterfind('.//d:transport_descriptor', ns)}
+        assert int(text(udp[0], size)) >= 4 * 2**20
+    participant = find(root, 'participant')[0]
+    assert participant.get('is_default_profile') == 'true'          # rmw_fastrtps uses it
+    assert text(participant, 'useBuiltinTransports') == 'false'
+    used = {e.text for e in find(find(participant, 'userTransports')[0], 'transport_id')}
+    assert used == {text(t, 'transport_id') for t in descriptors}
