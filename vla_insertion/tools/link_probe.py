@@ -2,6 +2,7 @@
 
     link_probe send --duration 20                  # on the GPU host: 3B-size VLFeatures, 2.6 Hz
     link_probe listen --duration 25 > robot.jsonl  # on the robot host: one JSON line a message
+    link_probe listen --duration 25 > gpu.jsonl    # and on the GPU host, to compare arrivals
 
 `send` publishes synthetic VLFeatures on vla/features, of the real 3B model's size by default
 (41 tokens x 2048 float32 = 336 KB) at its rate, stamped when published, numbered from 0, with
@@ -11,14 +12,16 @@ for each, and {"published": n} at the end.
 
 `listen` subscribes to vla/features, vla/action_chunk and /diagnostics with the table's QoS and
 prints, per message, a JSON line with its arrival time `t_s` on this host's clock:
-    {"topic": "vla/features", "t_s", "stamp_s", "age_s", "link_s", "sequence", "bytes"}
+    {"topic": "vla/features", "t_s", "stamp_s", "age_s", "sequence", "bytes"}
     {"topic": "vla/action_chunk", "t_s", "stamp_s", "sequence"}
     {"topic": "/diagnostics", "t_s", "node", "level", "values": {key: value}}
 `age_s` is the arrival less the header stamp (the capture time of the newest view, for
-vlm_node's features): what the expert's max_feature_age_s compares. `link_s` is the part the
-link added: DDS reception less the writer's source timestamp (null where rclpy gives no
-message info, before Iron). Both need the two hosts' clocks in sync (docs/bringup.md "Two
-hosts": chrony or PTP); core/evaluation/link.py turns the lines into delivery and age figures.
+vlm_node's features): what the expert's max_feature_age_s compares. What the link adds is the
+arrival here less the same sequence's arrival at a `listen` on the sending host
+(core/evaluation/link.py `link_delays`); DDS's own source and reception timestamps do not say
+it for a fragmented sample (a 336 KB set over a 50 Mbit/s link: 1.6 ms between them, 70 ms
+from publish to callback). Ages across hosts need their clocks in sync (docs/bringup.md "Two
+hosts": chrony or PTP).
 
 `--reliability` and `--depth` replace the features' QoS, to measure the alternatives
 (benchmarks/bench_two_hosts.py); both ends must agree. SIGINT or SIGTERM end either mode.
@@ -37,10 +40,6 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-try:
-    from rclpy.subscription import MessageInfo
-except ImportError:                # rclpy before Iron: no reception and source timestamps
-    MessageInfo = None
 
 from vla_insertion import conversions as conv
 from vla_insertion.core import topics
@@ -73,22 +72,16 @@ class ListenNode(Node):
 
     def __init__(self, qos: QoSProfile) -> None:
         super().__init__('link_probe')
-        on_features = self._on_features_info if MessageInfo is not None else self._on_features
-        self.create_subscription(VLFeatures, topics.FEATURES.name, on_features, qos)
+        self.create_subscription(VLFeatures, topics.FEATURES.name, self._on_features, qos)
         self.create_subscription(ActionChunk, topics.ACTION_CHUNK.name, self._on_chunk,
                                  qos_profile(topics.ACTION_CHUNK.qos))
         self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS.name,
                                  self._on_diagnostics, qos_profile(topics.DIAGNOSTICS.qos))
 
-    def _on_features(self, msg: VLFeatures, link_s: float | None = None) -> None:
+    def _on_features(self, msg: VLFeatures) -> None:
         now, stamp = time.time(), conv.time_from_msg(msg.header.stamp)
         _emit({'topic': topics.FEATURES.name, 't_s': now, 'stamp_s': stamp,
-               'age_s': now - stamp, 'link_s': link_s, 'sequence': int(msg.sequence),
-               'bytes': 4 * len(msg.data)})
-
-    def _on_features_info(self, msg: VLFeatures, info: MessageInfo) -> None:
-        # both stamps are the hosts' system clocks [ns]: the writer's, then this reader's
-        self._on_features(msg, (info['received_timestamp'] - info['source_timestamp']) * 1e-9)
+               'age_s': now - stamp, 'sequence': int(msg.sequence), 'bytes': 4 * len(msg.data)})
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         _emit({'topic': topics.ACTION_CHUNK.name, 't_s': time.time(),

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from vla_insertion.core.evaluation.link import feature_delivery, link_budget_s
+from vla_insertion.core.evaluation.link import feature_delivery, link_budget_s, link_delays
 
 
 def test_gaps_between_the_first_and_last_arrival_are_lost_and_late_ones_not_in_time():
@@ -33,3 +33,11 @@ def test_nothing_arrived():
 def test_the_links_budget_is_what_the_vlm_leaves_of_the_experts_limit():
     assert link_budget_s(1.0) == pytest.approx(0.6)
     assert link_budget_s(1.0, vlm_age_s=0.25) == pytest.approx(0.75)
+
+
+def test_link_delays_pair_the_two_ends_by_sequence():
+    here = [(1, 10.0), (2, 10.4), (3, 10.8), (2, 11.0)]
+    there = [(2, 10.45), (1, 10.02), (4, 12.0), (1, 13.0), (3, 11.1)]
+    delays = link_delays(here, there)
+    assert [s for s, _ in delays] == [2, 1, 3]
+    assert [d for _, d in delays] == pytest.approx([0.05, 0.02, 0.3])

@@ -1,9 +1,11 @@
-"""Feature delivery across a link: what arrived of vla/features, and how old.
+"""Feature delivery across a link: what arrived of vla/features, how late and how old.
 
-A listener on the robot host (tools/link_probe.py) notes each feature set's sequence and age
-(arrival on its clock minus the header stamp); the numbers here say how many of those published
-arrived at all, how many in time (no older than the expert's `max_feature_age_s`, so it would
-act on them), and their ages. ROS-free, shared by the two-host test and benchmark.
+Listeners on both hosts (tools/link_probe.py) note each feature set's sequence, arrival time
+and age (arrival minus the header stamp). What the link adds to a set is its arrival on the
+robot host less its arrival on the sending host (`link_delays`); the numbers here say how many
+of those published arrived at all, how many in time (the link added at most what the expert's
+`max_feature_age_s` leaves after the VLM's own latency: `link_budget_s`), and the delays or
+ages. ROS-free, shared by the two-host test and benchmark.
 """
 from __future__ import annotations
 
@@ -20,6 +22,25 @@ VLM_3B_AGE_S = 0.4
 def link_budget_s(max_feature_age_s: float, vlm_age_s: float = VLM_3B_AGE_S) -> float:
     """Return the most the link may add to a feature set's age for it to arrive in time [s]."""
     return max_feature_age_s - vlm_age_s
+
+
+def link_delays(here: Iterable[tuple[int, float]], there: Iterable[tuple[int, float]]
+                ) -> list[tuple[int, float]]:
+    """Return (sequence, delay_s) of the sets that arrived at both ends: there less here.
+
+    here, there: (sequence, arrival time [s]) on the sending host and across the link; a
+    repeated sequence counts at its first arrival.
+    """
+    first: dict[int, float] = {}
+    for sequence, t_s in here:
+        first.setdefault(int(sequence), float(t_s))
+    seen: set[int] = set()
+    out = []
+    for sequence, t_s in there:
+        if int(sequence) in first and int(sequence) not in seen:
+            seen.add(int(sequence))
+            out.append((int(sequence), float(t_s) - first[int(sequence)]))
+    return out
 
 
 def feature_delivery(arrivals: Iterable[tuple[int, float]], max_age_s: float,
