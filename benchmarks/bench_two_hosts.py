@@ -2,8 +2,8 @@
 
 Two network namespaces joined by a veth on this machine (core/orchestration/two_hosts.py, no
 root); `link_probe send` on the GPU host publishes VLFeatures of the real 3B size (41 x 2048
-float32 = 336 KB) at its 2.6 Hz, `link_probe listen` on the robot host notes each arrival.
-Every configuration runs the same timeline in fresh namespaces:
+float32 = 336 KB) at its 2.6 Hz, `link_probe listen` on the robot host and one on the GPU host
+note each arrival. Every configuration runs the same timeline in fresh namespaces:
 
     clean      --clean-s     no loss
     loss       --loss-s      --loss of the UDP datagrams dropped, each way
@@ -12,9 +12,10 @@ Every configuration runs the same timeline in fresh namespaces:
 
 Per phase, of the feature sets published in it (by the sender's own list): delivered, in time
 (the link added at most link_budget_s: the expert's max_feature_age_s less the 3B VLM's own
-0.4 s), the link's delay (DDS reception less source timestamp) and the age at the listener
-(arrival less the stamp, which is the publication here), and the datagrams dropped. After the
-partition: how long until a set published after it arrives, and the oldest arrival.
+0.4 s), the link's delay (arrival on the robot host less arrival on the GPU host) and the age
+on the robot host (arrival less the stamp, taken at publish(): it includes serialising and
+deserialising 336 KB in Python), and the datagrams dropped. After the partition: how long
+until a set published after it arrives, and the oldest arrival.
 
 Configurations: the Fast DDS defaults and config/fastdds_two_hosts.xml, the features' QoS as
 the topic table has it (reliable, keep last 1); with --best-effort also the profile with
@@ -34,7 +35,7 @@ import time
 from report import print_table, ROOT, write_json
 
 from vla_insertion.core.config import ExpertConfig
-from vla_insertion.core.evaluation.link import feature_delivery, link_budget_s
+from vla_insertion.core.evaluation.link import feature_delivery, link_budget_s, link_delays
 from vla_insertion.core.orchestration.launch_table import (
     dds_environment, DDS_PROFILE_VARIABLE, DDS_PROFILE_VARIABLE_FASTDDS2, DDS_PROFILES,
     installed_paths)
@@ -63,11 +64,13 @@ def run_timeline(profile: str, reliability: str, args, budget_s: float, domain: 
         env.pop(name, None)                # the defaults: no profile file at all
     env.update(dds_environment({'dds_profile': profile}, shipped.parent))
     probe, qos = lib_dir / 'link_probe', ['--reliability', reliability]
-    marks: dict[str, float] = {}
+    marks: dict[str, tuple[float, float]] = {}     # phase -> its change began, took effect
     with TwoHosts() as net:
         with Probe(net, ROBOT, [probe, 'listen', *qos], env) as listener, \
+                Probe(net, GPU, [probe, 'listen', *qos], env) as local, \
                 Probe(net, GPU, [probe, 'send', *qos], env) as sender:
-            if not _wait(lambda: listener.records('vla/features'), DISCOVERY_TIMEOUT_S):
+            if not _wait(lambda: listener.records('vla/features')      # both ends matched
+                         and local.records('vla/features'), DISCOVERY_TIMEOUT_S):
                 raise RuntimeError(f'{profile or "defaults"}: no feature crossed in '
                                    f'{DISCOVERY_TIMEOUT_S:.0f} s')
             bytes0 = net.sent_bytes()[GPU]
@@ -75,30 +78,34 @@ def run_timeline(profile: str, reliability: str, args, budget_s: float, domain: 
                                          ('loss', args.loss_s, args.loss),
                                          ('partition', PARTITION_S, 1.0),
                                          ('after', args.after_s, 0.0)):
-                marks[phase] = time.time()
-                net.set_loss(loss)
+                began = time.time()
+                net.set_loss(loss)         # a few tc calls: sets sent meanwhile count nowhere
+                marks[phase] = (began, time.time())
                 time.sleep(seconds)        # the phase's length: this is the experiment
-            marks['end'] = time.time()
+            marks['end'] = (time.time(), time.time())
             dropped, sent_bytes = net.dropped(), net.sent_bytes()[GPU] - bytes0
         sent, arrived = sender.records('sent'), listener.records('vla/features')
-    return _figures(sent, arrived, marks, budget_s) | {
+        here = local.records('vla/features')
+    return _figures(sent, here, arrived, marks, budget_s) | {
         'datagrams_dropped': dropped, 'mb_sent_gpu_to_robot': sent_bytes / 1e6}
 
 
-def _figures(sent: list[dict], arrived: list[dict], marks: dict, budget_s: float) -> dict:
+def _figures(sent: list[dict], here: list[dict], arrived: list[dict], marks: dict,
+             budget_s: float) -> dict:
     phases = ('clean', 'loss', 'partition', 'after')
     edges = [marks[p] for p in phases] + [marks['end']]
     out = {}
-    for phase, start, end in zip(phases, edges, edges[1:]):
+    for phase, (_, start), (end, _) in zip(phases, edges, edges[1:]):
         published = [r['sequence'] for r in sent if start <= r['stamp_s'] < end]
-        link = feature_delivery([(r['sequence'], r['link_s']) for r in arrived], budget_s,
-                                published)
+        delays = link_delays([(r['sequence'], r['t_s']) for r in here],
+                             [(r['sequence'], r['t_s']) for r in arrived])
+        link = feature_delivery(delays, budget_s, published)
         age = feature_delivery([(r['sequence'], r['age_s']) for r in arrived], budget_s,
                                published)
         out[phase] = {**link, 'age_at_arrival_s_p50': age['age_s_p50'],
                       'age_at_arrival_s_p99': age['age_s_p99'],
                       'age_at_arrival_s_max': age['age_s_max']}
-    heal = marks['after']
+    heal = marks['after'][1]
     fresh = [r['t_s'] - heal for r in arrived if r['stamp_s'] >= heal]
     late = [r['age_s'] for r in arrived if r['t_s'] >= heal and r['stamp_s'] < heal]
     out['resume_s'] = min(fresh) if fresh else math.nan
