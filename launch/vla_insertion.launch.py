@@ -48,7 +48,7 @@ def _launch_setup(context):
         args, notes = prepare_arguments(args, params_file, lib_dir)
     except ArtifactError as exc:
         return _stop(f'sim:=true: {exc}; or pass checkpoint:= and vlm_model:=')
-    try:        # role:= and dds_profile:= (a cell split over two hosts, docs/bringup.md)
+    try:        # an unknown policy:= or role:=, a missing dds_profile:= (docs/bringup.md)
         specs = enabled_nodes(args)
         env = dds_environment(args, os.path.join(get_package_share_directory(PACKAGE), 'config'))
     except ValueError as exc:

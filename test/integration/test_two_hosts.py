@@ -38,7 +38,6 @@ import re
 import time
 
 import pytest
-from support import wait_for
 import yaml
 
 from vla_insertion.core import health, topics
@@ -114,7 +113,6 @@ def test_features_cross_survive_loss_and_a_partition(tiny_vlm_dir, params_file, 
         robot = CellRun(tmp_path / 'robot', arguments={**common, 'role': 'robot_host',
                                                        'sim': 'true'},
                         env=env, params_file=params_file, prefix=net.prefix(ROBOT),
-                        armed_at_start=True,
                         node_params={'sim_cell': {'camera_host': net.address[GPU],
                                                   'control': 'commands'}})
         listen = [lib_dir / 'link_probe', 'listen']
@@ -122,10 +120,13 @@ def test_features_cross_survive_loss_and_a_partition(tiny_vlm_dir, params_file, 
                 Probe(net, GPU, listen, env) as local:
 
             def wait(condition, timeout_s: float = WAIT_S) -> bool:
-                for run in (gpu, robot):    # a program that exits ends the wait, with its log
-                    run.check_alive()
-                return wait_for(lambda: condition() or _exited(gpu, robot), timeout_s,
-                                poll_s=0.1) and not _exited(gpu, robot)
+                # the runs' own waits: each look is a heartbeat for their watchdogs, and a
+                # program that exits ends the wait (its log in the message)
+                try:
+                    return robot.wait_for(condition, timeout_s,
+                                          poll=lambda: gpu.wait_for(lambda: True, 0.0))
+                except CellRunError as exc:
+                    raise AssertionError(f'{exc}\n{_logs(gpu, robot)}') from None
 
             def features() -> list[dict]:
                 return probe.records(topics.FEATURES.name)
@@ -175,17 +176,6 @@ def test_features_cross_survive_loss_and_a_partition(tiny_vlm_dir, params_file, 
             # the link returns: fresh features cross again and chunks resume
             assert wait(lambda: _newer(features(), t_heal) and _newer(chunks(), t_heal)), \
                 _logs(gpu, robot)
-            state = health.executor_state(probe.newest_values('chunk_executor'))
-            assert state['armed'], state
-
-
-def _exited(*runs: CellRun) -> bool:
-    try:
-        for run in runs:
-            run.check_alive()
-    except CellRunError:
-        return True
-    return False
 
 
 def _logs(*runs: CellRun, lines: int = 15) -> str:

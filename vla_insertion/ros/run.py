@@ -39,6 +39,8 @@ def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
     SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's own handler invalidates
     the context at once, while worker threads may still be publishing. Instead the spin loop
     ends, `destroy_node()` stops the node's threads, and only then is the context shut down.
+    The flag stays installed to the end (a program's main): a second signal cannot cut the
+    shutdown short, nor end the program by the signal on its way out (StopRequest.exiting).
 
     A ConfigError while building the node is a fatal configuration error: it is logged under
     the node's name and the process exits with status 2. A managed node with `autostart`
@@ -48,7 +50,7 @@ def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = StopRequest()                 # a flag: Event.set in a handler can deadlock
-    previous = stop.install()
+    stop.install()
     node = None
     executor = None
     try:
@@ -69,11 +71,10 @@ def run_node(factory: Callable[[], Node], args=None, threads: int = 4) -> int:
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    finally:
+    finally:                             # the flag stays: no signal cuts the shutdown short
         if executor is not None:
             executor.shutdown(timeout_sec=2.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-        StopRequest.restore(previous)
     return 0

@@ -69,7 +69,7 @@ def check_models(vlm_config, expert_config) -> list[CheckResult]:
     rows = []
     contract = None
     try:
-        source = resolve_model(vlm_config.model, download=False)
+        source = resolve_model(vlm_config.model, download=False, revision=vlm_config.revision)
         contract = feature_contract_for(vlm_config, source)
         if source.untrained:
             rows.append(CheckResult('vlm model', WARN, f'{source.model_id} in {source.folder} '
@@ -101,13 +101,23 @@ def check_models(vlm_config, expert_config) -> list[CheckResult]:
 def check_cell(configs: dict, timeout_s: float) -> list[CheckResult]:
     cam, robot, sensor = (configs.get(n) for n in ('camera_bridge', 'robot_bridge',
                                                    'sensor_bridge'))
+    from vla_insertion.core.wire.curve import CurveError, CurveLink, link_keys
     rows = []
     if cam is not None:
+        rows.append(verify.check_bind_address('camera_bridge', cam.bind_address))
         rows.append(verify.check_port_free('tcp', cam.bind_address, cam.port))
     if robot is not None:
-        rows.append(verify.check_zmq_publisher(robot.robot_ip, robot.port, timeout_s))
+        try:
+            keys = link_keys(robot.curve_keys_dir, 'robot', 'robot_bridge')
+        except CurveError as exc:
+            rows.append(verify.CheckResult('robot link keys', verify.FAIL, str(exc)))
+        else:
+            rows.append(verify.check_zmq_publisher(robot.robot_ip, robot.port, timeout_s,
+                                                   CurveLink(keys).secure if keys else None))
     if sensor is not None:
-        rows.append(verify.check_udp_sender(sensor.bind_address, sensor.port, timeout_s))
+        rows.append(verify.check_bind_address('sensor_bridge', sensor.bind_address))
+        rows.append(verify.check_udp_sender(sensor.bind_address, sensor.port, timeout_s,
+                                            sensor.allowed_sources))
     return rows
 
 

@@ -71,7 +71,7 @@ def test_arming_scores_from_the_next_episode_and_resets_faults_from_then_on(bin_
     run._episode_ended(_report(0))                 # it started before the policy drove
     run._episode_started({'episode': 1})
     run._episode_ended(_report(1))
-    assert operator.calls == ['enable', 'reset_fault']
+    assert operator.calls == ['enable', 'reset_fault', 'enable']   # every stop disarms
     assert [e['episode'] for e in scored] == [1]
     episodes.ends = [_report(0), _report(1)]
     assert [e['episode'] for e in run.scored()] == [1]
@@ -86,11 +86,11 @@ def test_a_refused_arming_scores_nothing(bin_dir):
     assert operator.calls == ['enable']
 
 
-def test_armed_at_start_resets_at_every_episode_start(bin_dir):
+def test_armed_at_start_resets_and_rearms_at_every_episode_start(bin_dir):
     operator = FakeOperator()
     run, _episodes = _run(bin_dir, operator=operator, armed_at_start=True)
     run._episode_started({'episode': 0})
-    assert operator.calls == ['reset_fault']
+    assert operator.calls == ['reset_fault', 'enable']
 
 
 def test_launch_arguments_and_node_parameters_reach_the_commands(bin_dir):
@@ -118,6 +118,41 @@ def test_a_program_that_exits_ends_the_wait_and_everything_stops(bin_dir):
         with pytest.raises(CellRunError, match=r'quitter \(exit 3, log .*quitter.log\)'):
             run.wait_for(lambda: False, 60.0)
     assert run.stop_report.exit_codes == {'quitter': 3} and run.stop_report.clean
+
+
+def test_a_signal_ends_the_waits_and_reaches_the_tool_after_the_stop(bin_dir):
+    """A run without a `stop` of its own holds SIGINT and SIGTERM while it runs.
+
+    Its wait ends with CellRunError, everything stops, and only then does the tool's handler
+    see the signal.
+    """
+    import os
+    import signal
+
+    from vla_insertion.core.orchestration.processes import StopRequest
+    tool = StopRequest()
+    previous = tool.install()
+    try:
+        with pytest.raises(CellRunError, match='interrupted'):
+            with CellRun(bin_dir / 'run', nodes=()) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert run.interrupted and not tool.requested      # held while it runs
+                run.wait_for(lambda: False, 60.0)
+        assert run.stop_report is not None and tool.signals == {signal.SIGTERM: True}
+    finally:
+        StopRequest.restore(previous)
+
+
+def test_the_tools_own_stop_request_ends_the_waits(bin_dir):
+    from vla_insertion.core.orchestration.processes import StopRequest
+    stop = StopRequest()
+    run, _episodes = _run(bin_dir, operator=FakeOperator(), stop=stop)
+    assert run.wait_for(lambda: True, 1.0)
+    stop.requested = True
+    with pytest.raises(CellRunError, match='interrupted'):
+        run.wait_for(lambda: False, 60.0)
+    with pytest.raises(CellRunError, match='interrupted'):
+        run.arm()                       # the operator's call runs in a thread; the wait ends
 
 
 def test_one_host_of_two_runs_its_role_under_the_prefix_with_the_dds_profile(bin_dir):

@@ -154,6 +154,36 @@ def test_demo_models_have_an_absolute_home(tmp_path, monkeypatch):
     assert artifacts.cache_root() == tmp_path / 'home' / '.cache' / 'vla_insertion'
 
 
+def test_policy_argument_picks_what_makes_the_chunks(tmp_path):
+    args = {a.name: a.default for a in lt.LAUNCH_ARGUMENTS}
+    names = [n.name for n in lt.enabled_nodes(args)]
+    assert 'action_expert' in names and 'policy_client' not in names
+    remote = {**args, 'policy': 'gr00t', 'policy_host': '127.0.0.3', 'policy_port': '9001',
+              'serve_reference': 'true'}
+    names = [n.name for n in lt.enabled_nodes(remote)]
+    assert 'policy_client' in names and 'serve_policy' in names
+    assert 'vlm_node' not in names and 'action_expert' not in names
+    by_name = {n.name: n for n in lt.NODES}
+    client = lt.command_for(by_name['policy_client'], tmp_path, PARAMS, remote)
+    assert {'protocol:=gr00t', 'server_host:=127.0.0.3', 'server_port:=9001'} <= set(client)
+    server = lt.command_for(by_name['serve_policy'], tmp_path, PARAMS, remote)
+    assert server[server.index('--protocol') + 1] == 'gr00t'
+    assert server[server.index('--port') + 1] == '9001'
+    assert 'serve_policy' not in [n.name for n in lt.enabled_nodes(
+        {**remote, 'serve_reference': 'false'})]
+    with pytest.raises(ValueError, match='policy:=lerobot'):
+        lt.enabled_nodes({**args, 'policy': 'lerobot'})
+
+
+def test_free_ports_link_the_policy_client_to_the_served_reference(tmp_path):
+    target = tmp_path / 'params.yaml'
+    ports = lt.params_on_free_ports(PARAMS, target)
+    client = ros_params.load_config(config_module.PolicyClientConfig, 'policy_client', target)
+    server = ros_params.load_config(config_module.ServePolicyConfig, 'serve_policy', target)
+    assert client.server_port == server.port == ports['policy']
+    assert server.episode_port == ports['episode']
+
+
 def _names(**values: str) -> list[str]:
     return [n.name for n in lt.enabled_nodes(lt.launch_arguments(**values))]
 
@@ -167,8 +197,8 @@ def test_roles_split_the_cell_between_a_gpu_host_and_a_robot_host():
         'bag_recorder']
     assert _names(role='robot_host', reference='true') == [
         'robot_bridge', 'sensor_bridge', 'reference_policy', 'chunk_executor']
-    every = _names(sim='true', record='true')                 # role all: one host, as before
-    assert every == [n.name for n in lt.NODES if n.name != 'reference_policy']
+    assert _names(role='robot_host', policy='openpi', serve_reference='true') == [
+        'robot_bridge', 'sensor_bridge', 'policy_client', 'serve_policy', 'chunk_executor']
     assert sorted(_names(role='gpu_host', sim='true') + _names(role='robot_host', sim='true')) \
         == sorted(_names(sim='true'))                         # each program on one host
     assert {n.host for n in lt.NODES} <= set(lt.ROLES[1:]) | {''}

@@ -47,6 +47,31 @@ def test_udp_sender_seen_and_silent():
     assert row.status == verify.PASS and '100 bytes' in row.detail
 
 
+def test_udp_sender_off_the_allow_list_fails():
+    port = _free_port(socket.SOCK_DGRAM)
+    stop = threading.Event()
+
+    def send():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(('127.0.0.2', 0))                 # a sender sensor_bridge would refuse
+            while not stop.is_set():
+                s.sendto(b'x' * 100, ('127.0.0.1', port))
+                stop.wait(0.01)
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        row = verify.check_udp_sender('127.0.0.1', port, timeout_s=2.0, allowed=('127.0.0.1',))
+    finally:
+        stop.set()
+        sender.join()
+    assert row.status == verify.FAIL and '127.0.0.2' in row.detail
+
+
+def test_a_wildcard_bind_address_is_a_warning():
+    assert verify.check_bind_address('sensor_bridge', '0.0.0.0').status == verify.WARN
+    assert verify.check_bind_address('sensor_bridge', '192.168.10.2').status == verify.PASS
+
+
 def test_zmq_publisher_seen_and_silent():
     port = _free_port()
     assert verify.check_zmq_publisher('127.0.0.1', port, timeout_s=0.2).status == verify.WARN

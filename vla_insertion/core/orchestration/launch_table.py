@@ -37,7 +37,14 @@ class NodeSpec:
     overrides: dict[str, str] = field(default_factory=dict)
     lifecycle: bool = False        # a managed node (rclpy LifecycleNode)
     required: bool = True          # its exit ends the launch, with the reason
+    policies: tuple[str, ...] = ()  # runs only for these values of `policy` (() = any)
     host: str = 'robot_host'       # the host of a two-host cell it runs on ('' = where asked)
+
+
+# What makes the action chunks (the `policy` launch argument): the VLM and the action expert,
+# or policy_client with a remote policy server of either protocol (docs/remote_policy.md).
+POLICIES = ('expert', 'openpi', 'gr00t')
+REMOTE_POLICIES = ('openpi', 'gr00t')
 
 
 LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
@@ -58,6 +65,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback; with '
                    'checkpoint and vlm_model empty, the tiny untrained demo models are used '
                    '(found in ./artifacts or ~/.cache/vla_insertion, written there if missing)'),
+    LaunchArgument('allow_untrained_vlm', '', 'true: the executor may arm on features of a '
+                   'VLM with random weights (the sim and the demo, which have no real VLM '
+                   'weights); never on a real cell. An untrained expert is never armed '
+                   '(empty: the params file value, false)'),
     LaunchArgument('reference', 'false', 'drive the simulated cell with the scripted '
                    'demonstrator (reference_policy) instead of the VLM and the action expert'),
     LaunchArgument('record', 'false', 'also record a rosbag2 bag of the documented topic set'),
@@ -67,6 +78,16 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('autostart', 'true', 'the managed nodes (vlm_node, action_expert) configure '
                    'and activate themselves at start; false: they wait unconfigured for '
                    '`ros2 lifecycle set`'),
+    LaunchArgument('policy', 'expert', 'what makes the action chunks: expert (vlm_node and '
+                   'action_expert), or policy_client with a remote policy server speaking '
+                   'openpi (websocket) or gr00t (ZMQ) at policy_host:policy_port'),
+    LaunchArgument('policy_host', '', 'policy:=openpi|gr00t: host of the policy server '
+                   '(empty: the params file value, 127.0.0.1 by default)'),
+    LaunchArgument('policy_port', '', 'policy:=openpi|gr00t: port of the policy server '
+                   '(empty: the params file value, 8000 by default)'),
+    LaunchArgument('serve_reference', 'false', 'policy:=openpi|gr00t: also start serve_policy, '
+                   'the scripted demonstrator served over that protocol on policy_port (with '
+                   'sim:=true: try policy_client without a model)'),
     LaunchArgument('role', 'all', 'the host of a cell split over two hosts that this launch '
                    'starts: all (one host); gpu_host: camera_bridge and vlm_node, so images '
                    'never cross the network; robot_host: robot_bridge, sensor_bridge, '
@@ -85,13 +106,22 @@ NODES: tuple[NodeSpec, ...] = (
              overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('sensor_bridge', 'sensor_bridge', 'SensorBridgeConfig'),
     NodeSpec('vlm_node', 'vlm_node', 'VlmConfig', lifecycle=True, disabled_by='reference',
-             overrides={'vlm_model': 'model', 'instruction': 'instruction'}, host='gpu_host'),
+             overrides={'vlm_model': 'model', 'instruction': 'instruction'},
+             policies=('expert',), host='gpu_host'),
     NodeSpec('action_expert', 'action_expert', 'ExpertConfig', lifecycle=True,
-             disabled_by='reference', overrides={'checkpoint': 'checkpoint'}),
+             disabled_by='reference', overrides={'checkpoint': 'checkpoint'},
+             policies=('expert',)),
+    NodeSpec('policy_client', 'policy_client', 'PolicyClientConfig', disabled_by='reference',
+             policies=REMOTE_POLICIES,
+             overrides={'policy': 'protocol', 'policy_host': 'server_host',
+                        'policy_port': 'server_port'}),
+    NodeSpec('serve_policy', 'serve_policy', 'ServePolicyConfig', enabled_by='serve_reference',
+             disabled_by='reference', ros_node=False, policies=REMOTE_POLICIES,
+             overrides={'policy': 'protocol', 'policy_port': 'port'}),
     NodeSpec('reference_policy', 'reference_policy', 'ReferencePolicyConfig',
              enabled_by='reference'),
     NodeSpec('chunk_executor', 'chunk_executor', 'ExecutorConfig', enabled_by='execute',
-             overrides={'robot_ip': 'robot_ip'}),
+             overrides={'robot_ip': 'robot_ip', 'allow_untrained_vlm': 'allow_untrained_vlm'}),
     NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record',
              required=False, overrides={'record_dir': 'output_dir'}, host=''),
 )
@@ -122,11 +152,15 @@ def launch_arguments(**values: str) -> dict[str, str]:
 def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
     """Return the nodes that run for these launch argument values (`role`: on that host only).
 
-    Raises ValueError for a role that is not one of ROLES.
+    Raises ValueError for a `policy` that is none of POLICIES or a role not one of ROLES.
     """
+    policy = arguments.get('policy') or 'expert'
+    if policy not in POLICIES:
+        raise ValueError(f'policy:={policy} is none of {", ".join(POLICIES)}')
     role = host_role(arguments)
     return [n for n in NODES if (not n.enabled_by or is_true(arguments.get(n.enabled_by, '')))
             and not (n.disabled_by and is_true(arguments.get(n.disabled_by, '')))
+            and (not n.policies or policy in n.policies)
             and (role == ALL_HOSTS or not n.host or n.host == role)]
 
 
@@ -225,7 +259,24 @@ def prepare_arguments(arguments: dict[str, str], params_file: Path | str,
         args.update(vlm_model=str(vlm), checkpoint=str(checkpoint))
         notes.append(f'sim: the UNTRAINED demo models {vlm} and {checkpoint}'
                      + (f' (written now: {", ".join(steps)})' if steps else ''))
+    note = sim_allows_untrained_vlm(args)
+    if note:
+        notes.append(note)
     return args, notes
+
+
+def sim_allows_untrained_vlm(args: dict[str, str]) -> str:
+    """With `sim` true and `allow_untrained_vlm` empty, set it true; return what was done.
+
+    No real VLM weights exist where the sim runs: the executor may arm on the random VLM's
+    features, and the log says so. A trained expert is still needed: an untrained one is never
+    armed. The launch file (prepare_arguments) and the tools (CellRun) both apply this.
+    """
+    if not is_true(args.get('sim', '')) or args.get('allow_untrained_vlm'):
+        return ''
+    args['allow_untrained_vlm'] = 'true'
+    return ('sim: allow_untrained_vlm:=true, the executor may arm on features of an UNTRAINED '
+            'VLM (never on a real cell)')
 
 
 def spec_named(name: str) -> NodeSpec:
@@ -243,7 +294,9 @@ CELL_LINKS = {
     'robot': ('tcp', (('robot_bridge', 'port'), ('sim_cell', 'robot_port'))),
     'sensor': ('udp', (('sensor_bridge', 'port'), ('sim_cell', 'sensor_port'))),
     'command': ('tcp', (('chunk_executor', 'command_port'), ('sim_cell', 'command_port'))),
-    'episode': ('tcp', (('sim_cell', 'episode_port'), ('reference_policy', 'episode_port'))),
+    'episode': ('tcp', (('sim_cell', 'episode_port'), ('reference_policy', 'episode_port'),
+                        ('serve_policy', 'episode_port'))),
+    'policy': ('tcp', (('policy_client', 'server_port'), ('serve_policy', 'port'))),
 }
 
 

@@ -70,15 +70,33 @@ def check_port_free(kind: str, address: str, port: int) -> CheckResult:
     return CheckResult(name, PASS, 'free to bind')
 
 
-def check_zmq_publisher(address: str, port: int, timeout_s: float = 2.0) -> CheckResult:
-    """Connect a SUB socket to a publisher (the robot PC) and wait for one message."""
+WILDCARDS = ('0.0.0.0', '*', '')   # bind every interface
+
+
+def check_bind_address(what: str, address: str) -> CheckResult:
+    """Warn about a socket bound on every interface: the cell's own address is the rule."""
+    name = f'{what} bind address'
+    if address in WILDCARDS:
+        return CheckResult(name, WARN, f'{address or "(empty)"} binds every interface (Wi-Fi, '
+                                       "office LAN): set this host's address on the cell network")
+    return CheckResult(name, PASS, address)
+
+
+def check_zmq_publisher(address: str, port: int, timeout_s: float = 2.0,
+                        secure=None) -> CheckResult:
+    """Connect a SUB socket to a publisher (the robot PC) and wait for one message.
+
+    `secure(socket)`: the subscriber's CURVE keys (core.wire.curve.CurveLink.secure).
+    """
     import zmq
-    name = f'robot sender tcp://{address}:{port}'
+    name = f'robot sender tcp://{address}:{port}' + (' (CURVE)' if secure else '')
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b'')
+        if secure is not None:
+            secure(sock)
         sock.connect(f'tcp://{address}:{port}')
         if sock.poll(int(timeout_s * 1000)):
             size = len(sock.recv())
@@ -88,8 +106,13 @@ def check_zmq_publisher(address: str, port: int, timeout_s: float = 2.0) -> Chec
         sock.close()
 
 
-def check_udp_sender(address: str, port: int, timeout_s: float = 2.0) -> CheckResult:
-    """Bind the sensor port and wait for one datagram from the sensor sender."""
+def check_udp_sender(address: str, port: int, timeout_s: float = 2.0,
+                     allowed: tuple[str, ...] | None = None) -> CheckResult:
+    """Bind the sensor port and wait for one datagram from the sensor sender.
+
+    `allowed`: sensor_bridge's allowed_sources; a sender off that list is a FAIL (the bridge
+    would drop every datagram as drops.source).
+    """
     name = f'sensor sender udp/{port}'
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
@@ -103,6 +126,12 @@ def check_udp_sender(address: str, port: int, timeout_s: float = 2.0) -> CheckRe
             data, peer = sock.recvfrom(65536)
         except socket.timeout:
             return CheckResult(name, WARN, f'no datagram within {timeout_s:.1f} s (sender off?)')
+        if allowed is not None:
+            from vla_insertion.core.bridge.receive import SourceAllowList
+            if not SourceAllowList(allowed).allows(peer[0]):
+                return CheckResult(name, FAIL, f'datagrams from {peer[0]}, which is not on '
+                                               f'allowed_sources {list(allowed)}: sensor_bridge '
+                                               'drops them (drops.source)')
         return CheckResult(name, PASS, f'{len(data)} bytes from {peer[0]} after '
                                        f'{time.monotonic() - start:.2f} s')
 
