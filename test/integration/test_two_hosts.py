@@ -175,7 +175,18 @@ def test_features_cross_survive_loss_and_a_partition(tiny_vlm_dir, params_file, 
 
             # the link returns: fresh features cross again and chunks resume
             assert wait(lambda: _newer(features(), t_heal) and _newer(chunks(), t_heal)), \
-                _logs(gpu, robot)
+                _link_state(net, probe, local, t_heal) + _logs(gpu, robot)
+
+
+def _link_state(net: TwoHosts, robot: Probe, gpu: Probe, t_s: float) -> str:
+    """Return what each end saw of the features, and the link's filters, for a failure."""
+    def last(probe: Probe) -> str:
+        seen = probe.records(topics.FEATURES.name)
+        return (f'{len(seen)} sets, the last {seen[-1]["sequence"]} at '
+                f'{seen[-1]["t_s"] - t_s:+.1f} s' if seen else 'no set')
+    return (f'features on the robot host: {last(robot)}; on the GPU host: {last(gpu)} '
+            f'(times from the event); drop filters {[net.drop_filter(h) for h in (GPU, ROBOT)]}, '
+            f'dropped {net.dropped()}\n')
 
 
 def _logs(*runs: CellRun, lines: int = 15) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+import re
 import shlex
 import shutil
 import signal
@@ -197,15 +198,28 @@ class TwoHosts:
         return self._loss
 
     def set_loss(self, fraction: float) -> None:
-        """Drop `fraction` of the UDP datagrams leaving each host (0: none)."""
-        for host, device in DEVICES.items():
-            self.run(host, 'tc', 'filter', 'del', 'dev', device, 'parent', '1:', 'prio', '1',
-                     check=False)
-            if fraction > 0.0:
-                self.run(host, 'tc', 'filter', 'add', 'dev', device, 'parent', '1:', 'prio',
-                         '1', 'bpf', 'bytecode', udp_drop_program(fraction),
-                         'classid', DROP_CLASS)
+        """Drop `fraction` of the UDP datagrams leaving each host (0: none).
+
+        Checked: TwoHostsError unless each end then has exactly the filter asked for.
+        """
+        program = udp_drop_program(fraction) if fraction > 0.0 else ''
+        for host in DEVICES:
+            if self.drop_filter(host):
+                self.run(host, 'tc', 'filter', 'del', 'dev', DEVICES[host], 'parent', '1:',
+                         'prio', '1')
+            if program:
+                self.run(host, 'tc', 'filter', 'add', 'dev', DEVICES[host], 'parent', '1:',
+                         'prio', '1', 'bpf', 'bytecode', program, 'classid', DROP_CLASS)
+            if self.drop_filter(host) != program:
+                raise TwoHostsError(f'{host}: the drop filter is {self.drop_filter(host)!r}, '
+                                    f'not {program!r}')
         self._loss = fraction
+
+    def drop_filter(self, host: str) -> str:
+        """Return the drop filter's program on the host's veth end ('' when none)."""
+        listing = self.run(host, 'tc', 'filter', 'show', 'dev', DEVICES[host], 'parent', '1:')
+        found = re.search(r"bytecode '([^']*)'", listing)
+        return found.group(1) if found else ''
 
     def partition(self) -> None:
         """Drop every UDP datagram between the hosts (DDS stops; TCP goes on)."""
