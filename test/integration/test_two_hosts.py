@@ -1,9 +1,9 @@
 """Two hosts: the GPU role and the robot role in two network namespaces joined by a veth.
 
-core/orchestration/two_hosts.py makes them without root (`unshare -rn`), waits until both veth
-ends are up, and drops UDP datagrams on the link at will (tc HTB with a BPF filter: this kernel
-has no netem). Each role is a CellRun of the launch table with `role:=` and
-`dds_profile:=two_hosts`, its programs started inside its namespace:
+core/orchestration/two_hosts.py makes them without root (`unshare -rn`), each host with its own
+/dev/shm, waits until both veth ends are up, and drops UDP datagrams on the link at will (tc
+HTB with a BPF filter: this kernel has no netem). Each role is a CellRun of the launch table
+with `role:=` and `dds_profile:=two_hosts`, its programs started inside its namespaces:
 
     GPU host 10.21.0.1:   camera_bridge, vlm_node (tiny untrained VLM)
     robot host 10.21.0.2: sim_cell, robot_bridge, sensor_bridge, action_expert, chunk_executor,

@@ -7,6 +7,7 @@ goes on.
 """
 from __future__ import annotations
 
+from pathlib import Path
 import subprocess
 import sys
 
@@ -126,6 +127,11 @@ def test_datagrams_cross_the_veth_are_dropped_at_the_rate_and_stop_in_a_partitio
         for host, device in two_hosts.DEVICES.items():
             link = net.run(host, 'ip', '-o', 'addr', 'show', 'dev', device)
             assert f'{net.address[host]}/24' in link
+        # each host its own /dev/shm (Fast DDS's shared-memory ports), as two machines have
+        net.run(GPU, 'touch', '/dev/shm/vla_two_hosts_test')
+        assert net.run(GPU, 'ls', '/dev/shm').split() == ['vla_two_hosts_test']
+        assert 'vla_two_hosts_test' not in net.run(ROBOT, 'ls', '/dev/shm').split()
+        assert not Path('/dev/shm/vla_two_hosts_test').exists()
         assert _transfer(net, 'udp', 1000) == 1000                    # the link works
         net.set_loss(0.5)
         arrived = _transfer(net, 'udp', 2000)

@@ -7,13 +7,14 @@
 
 For the two-host test and benchmark (docs/bringup.md "Two hosts"). The namespaces:
 
-    unshare -rn        user namespace (this uid is root in it) + the GPU host's network
+    unshare -rn -m     user namespace (this uid is root in it) + the GPU host's network and
+                       mounts (its own /dev/shm)
       veth_gpu 10.21.0.1/24 ─────── veth_robot 10.21.0.2/24
-      unshare -n       the robot host's network, a child of the same user namespace
+      unshare -n -m    the robot host's network and mounts, in the same user namespace
 
-A program runs on a host under `prefix(host)`: nsenter into that user and network namespace,
-which the user who made them may do (no root, no setuid helper). Everything else is shared
-with the machine: files, /dev/shm, the clock, the process table.
+A program runs on a host under `prefix(host)`: nsenter into those namespaces, which the user
+who made them may do (no root, no setuid helper). Everything else is shared with the
+machine: files but /dev/shm, the clock, the process table.
 
 Loss and partitions, without netem (not in every kernel): each veth end's egress goes through
 an HTB qdisc whose class 1:20 drops everything (a pfifo of length 0); a classic BPF filter
@@ -45,14 +46,23 @@ _AD_RANDOM = 0xFFFFF038            # SKF_AD_OFF + SKF_AD_RANDOM: a uniform 32-bi
 _NET_OFF = 0xFFF00000              # SKF_NET_OFF: offsets from the network (IP) header
 ETH_P_IP, IPPROTO_UDP = 0x0800, 17
 
-# Made inside `unshare -rn --fork` (the GPU host's namespace). Prints `ready <gpu pid> <robot
-# pid>` once both veth ends are up, then holds the namespaces until its process group dies.
+# Made inside `unshare -rn --mount --fork` (the GPU host's namespaces). Each host gets its own
+# /dev/shm, as two machines have: Fast DDS names its shared-memory ports after the UDP port
+# numbers, which the two hosts' participants number alike. Prints `ready <gpu pid> <robot pid>`
+# once both veth ends are up, then holds the namespaces until its process group dies.
 _HOLDER = r"""
 set -eu
+mount -t tmpfs -o mode=1777 vla_gpu_host /dev/shm
 ip link set lo up
-setpriv --pdeathsig KILL unshare -n --fork --kill-child sleep infinity &
+setpriv --pdeathsig KILL unshare -n -m --fork --kill-child sh -c \
+    'mount -t tmpfs -o mode=1777 vla_robot_host /dev/shm && : > /dev/shm/.host &&
+     exec sleep infinity' &
 robot=$!
-while [ "$(readlink /proc/$robot/ns/net)" = "$(readlink /proc/$$/ns/net)" ]; do sleep 0.01; done
+n=0
+until nsenter -t $robot -m test -e /dev/shm/.host 2> /dev/null; do
+  n=$((n + 1)); [ $n -lt 1000 ] || {{ echo "no robot host namespaces" >&2; exit 1; }}
+  sleep 0.01
+done
 ip link add {gpu_dev} type veth peer name {robot_dev}
 ip link set {robot_dev} netns $robot
 ip addr add {gpu_ip}/24 dev {gpu_dev}
@@ -146,9 +156,9 @@ class TwoHosts:
                                 gpu_ip=self.address[GPU], robot_ip=self.address[ROBOT],
                                 drop=DROP_CLASS)
         self._holder = subprocess.Popen(
-            ['setpriv', '--pdeathsig', 'KILL', 'unshare', '-rn', '--fork', '--kill-child',
-             'sh', '-c', script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+            ['setpriv', '--pdeathsig', 'KILL', 'unshare', '-rn', '--mount', '--fork',
+             '--kill-child', 'sh', '-c', script], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
         ready: list[str] = []
         reader = threading.Thread(target=lambda: ready.append(self._holder.stdout.readline()),
                                   daemon=True)
@@ -176,11 +186,15 @@ class TwoHosts:
         self._pids = {}
 
     def prefix(self, host: str) -> tuple[str, ...]:
-        """Return the command prefix that runs a program on `host` (GPU or ROBOT)."""
+        """Return the command prefix that runs a program on `host` (GPU or ROBOT).
+
+        In this process's working directory of now (entering a mount namespace would start
+        it in /).
+        """
         if host not in self._pids:
             raise TwoHostsError(f'no host {host!r} (started: {sorted(self._pids)})')
-        return ('nsenter', f'--target={self._pids[host]}', '--user', '--net',
-                '--preserve-credentials', '--')
+        return ('nsenter', f'--target={self._pids[host]}', '--user', '--net', '--mount',
+                f'--wd={os.getcwd()}', '--preserve-credentials', '--')
 
     def run(self, host: str, *cmd: str, check: bool = True) -> str:
         """Run a command on `host`; return its stdout (TwoHostsError if it fails and check)."""
