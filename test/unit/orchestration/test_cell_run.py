@@ -12,7 +12,8 @@ import pytest
 
 from vla_insertion.core.orchestration import cell_run
 from vla_insertion.core.orchestration.cell_run import CellRun, CellRunError
-from vla_insertion.core.orchestration.launch_table import launch_arguments, NodeSpec
+from vla_insertion.core.orchestration.launch_table import (
+    dds_environment, launch_arguments, NodeSpec)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -152,3 +153,39 @@ def test_the_tools_own_stop_request_ends_the_waits(bin_dir):
         run.wait_for(lambda: False, 60.0)
     with pytest.raises(CellRunError, match='interrupted'):
         run.arm()                       # the operator's call runs in a thread; the wait ends
+
+
+def test_one_host_of_two_runs_its_role_under_the_prefix_with_the_dds_profile(bin_dir):
+    prefix = ('nsenter', '--target=1', '--net', '--')
+    gpu = CellRun(bin_dir / 'gpu', arguments={'role': 'gpu_host', 'sim': 'true',
+                                              'dds_profile': 'two_hosts'},
+                  prefix=prefix, env={'PATH': '/bin'})
+    assert [name for name, _ in gpu._commands] == ['camera_bridge', 'vlm_node']
+    assert all(tuple(cmd[:len(prefix)]) == prefix for _, cmd in gpu._commands)
+    assert gpu.sim is None                       # sim_cell runs on the robot host
+    assert gpu._group._env == {'PATH': '/bin', **dds_environment(
+        gpu.arguments, ROOT / 'config')}                      # the profile's variable
+    assert str(ROOT / 'config' / 'fastdds_two_hosts.xml') in gpu._group._env.values()
+    robot = CellRun(bin_dir / 'robot', arguments={'role': 'robot_host', 'sim': 'true'},
+                    prefix=prefix, env={})
+    assert [name for name, _ in robot._commands] == [
+        'sim_cell', 'robot_bridge', 'sensor_bridge', 'action_expert', 'chunk_executor']
+    assert robot.sim is not None and robot._group._env == {}      # no dds_profile: as given
+    with pytest.raises(CellRunError, match='does not watch the arm'):
+        robot.wait_ready(timeout_s=0.1)          # its listeners would not reach sim_cell
+    with pytest.raises(ValueError, match='role must be one of'):
+        CellRun(bin_dir / 'x', arguments={'role': 'gpu'})
+
+
+@pytest.mark.slow
+def test_a_prefixed_run_starts_no_listener_and_prefixes_extra_programs(bin_dir):
+    script = bin_dir / 'quitter'
+    script.write_text('#!/bin/sh\nexit 3\n')
+    script.chmod(0o755)
+    with CellRun(bin_dir / 'run', arguments={'sim': 'true'}, nodes=(),
+                 prefix=('env', 'VLA_PREFIXED=1')) as run:
+        assert run.episodes is None and run.sim is not None
+        process = run.start(NodeSpec('quitter', 'quitter', 'SimCellConfig', ros_node=False))
+        assert process.cmd[:2] == ['env', 'VLA_PREFIXED=1']
+        with pytest.raises(CellRunError, match='quitter'):
+            run.wait_for(lambda: False, 60.0)

@@ -48,7 +48,7 @@ from vla_insertion.core.evaluation.summary import summarize_outcomes
 from vla_insertion.core.orchestration.builders import widened_feature_age_s
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
 from vla_insertion.core.orchestration.launch_table import (
-    command_for, enabled_nodes, installed_paths, is_true, launch_arguments, NodeSpec,
+    command_for, dds_environment, enabled_nodes, installed_paths, launch_arguments, NodeSpec,
     params_on_free_ports, REMOTE_POLICIES, sim_allows_untrained_vlm)
 from vla_insertion.core.orchestration.processes import (
     HeldSignals, ManagedProcess, ProcessGroup, StopReport, StopRequest)
@@ -113,7 +113,8 @@ def _reachable(bind: str) -> str:
 class CellRun:
     """Start the table's programs; follow the episodes, arm and reset; stop everything.
 
-    arguments: launch arguments over the table's defaults (`sim`, `execute`, `vlm_model`, ...).
+    arguments: launch arguments over the table's defaults (`sim`, `execute`, `vlm_model`, ...;
+        `role` runs one host of a two-host cell, `dds_profile` sets every program's DDS profile).
     params_file: the ROS params file (default: the installed one); `free_ports` runs on a copy
         with every cell link on a free loopback port (out/params.yaml), beside any other cell.
     nodes: run only these of the enabled programs (default: all of them).
@@ -126,6 +127,10 @@ class CellRun:
         the signals itself while it runs (HeldSignals) and passes them on after stopping all.
         Either way a signal ends the waits with CellRunError.
     heartbeat_timeout_s: the watchdog's bound on a hung main loop (ProcessGroup); None: none.
+    prefix: every program's command starts with it, e.g. nsenter into the network namespace of
+        one host (core/orchestration/two_hosts.py). The run's own listeners connect from this
+        process and would not reach sim_cell there: with a prefix none is started, and
+        wait_ready, arm and wait_episodes are not for such a run.
     """
 
     def __init__(self, out_dir: str | Path, *, arguments: dict[str, str] | None = None,
@@ -136,7 +141,8 @@ class CellRun:
                  armed_at_start: bool = False, operator: Operator | None = None,
                  on_scored: Callable[[dict], None] | None = None,
                  env: dict | None = None, stop: StopRequest | None = None,
-                 heartbeat_timeout_s: float | None = HEARTBEAT_TIMEOUT_S) -> None:
+                 heartbeat_timeout_s: float | None = HEARTBEAT_TIMEOUT_S,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.lib_dir, shipped = installed_paths()
@@ -158,14 +164,16 @@ class CellRun:
                 topics=tuple(recorder_topics))
         if armed_at_start:
             extra.setdefault('chunk_executor', {})['start_armed'] = True
-        self._commands = [(spec.name, command_for(spec, self.lib_dir, self.params,
-                                                  self.arguments, extra.get(spec.name)))
-                          for spec in enabled_nodes(self.arguments)
-                          if nodes is None or spec.name in nodes]
-        self.sim = (load_config(SimCellConfig, 'sim_cell', self.params)
-                    if is_true(self.arguments['sim']) else None)
-        self._group = ProcessGroup(log_dir=self.out / 'logs',
-                                   env=dict(os.environ if env is None else env),
+        self.prefix = tuple(prefix)
+        self._commands = [(spec.name, [*self.prefix, *command_for(
+            spec, self.lib_dir, self.params, self.arguments, extra.get(spec.name))])
+            for spec in enabled_nodes(self.arguments) if nodes is None or spec.name in nodes]
+        self.sim = (load_config(SimCellConfig, 'sim_cell', self.params)   # on this host
+                    if any(s.name == 'sim_cell' for s in enabled_nodes(self.arguments))
+                    else None)
+        environment = dict(os.environ if env is None else env)
+        environment.update(dds_environment(self.arguments, shipped.parent))
+        self._group = ProcessGroup(log_dir=self.out / 'logs', env=environment,
                                    heartbeat_timeout_s=heartbeat_timeout_s)
         self._stop = stop
         self._held: HeldSignals | None = None
@@ -217,7 +225,7 @@ class CellRun:
         try:
             for name, cmd in self._commands:
                 self._group.start(name, cmd)
-            if self.sim is not None:
+            if self.sim is not None and not self.prefix:
                 self.episodes = EpisodeListener(
                     _reachable(self.sim.episode_bind), self.sim.episode_port,
                     on_end=self._episode_ended, on_start=self._episode_started)
@@ -250,8 +258,8 @@ class CellRun:
 
     def start(self, spec: NodeSpec, params: dict | None = None) -> ManagedProcess:
         """Start one more program with the run's arguments (the replay's bag player)."""
-        return self._group.start(spec.name, command_for(spec, self.lib_dir, self.params,
-                                                        self.arguments, params))
+        return self._group.start(spec.name, [*self.prefix, *command_for(
+            spec, self.lib_dir, self.params, self.arguments, params)])
 
     def process(self, name: str) -> ManagedProcess:
         """Return the program `name` of the run (a test stops one to see the others react)."""
@@ -292,6 +300,8 @@ class CellRun:
 
         Returns False if the arm never moved within timeout_s.
         """
+        if self._watcher is None:
+            raise CellRunError('this run does not watch the arm (no sim_cell, or a prefix)')
         moved = self.wait_for(lambda: self._watcher.moved, timeout_s)
         self.start_scoring()
         return moved
