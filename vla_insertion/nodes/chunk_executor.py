@@ -15,8 +15,7 @@ Publishes:
     vla/committed_prefix vla_insertion/ActionChunk      merge = prefix: what is committed
     gripper/commands     std_msgs/Float64MultiArray     gripper_output: forward_command
     /diagnostics, vla/stats: state, gate.<cause>, stops.<trigger>, starvation, delays, jerk
-Sends: command_v1 (docs/wire.md) over ZMQ PUSH to robot_ip:command_port when armed, and HOLD
-    while a stop is in force (outputs contains command_v1).
+Sends: command_v1 (docs/wire.md) to robot_ip:command_port when armed, HOLD during a stop.
 Services: ~/enable (std_srvs/SetBool: arm / disarm; a refusal names its reason, also in
     /diagnostics `arming.refusal`), ~/reset_fault (std_srvs/Trigger).
 Parameters: the fields of core.config.ExecutorConfig and joint_limits.<joint>.<key> in
@@ -156,7 +155,8 @@ class ChunkExecutorNode(Node):
             ok, message = (self._executor.arm(self._now_s()) if request.data
                            else self._executor.disarm())
         response.success, response.message = ok, message
-        self.get_logger().warning(f'{"enable" if request.data else "disable"}: {message}')
+        if message != 'already armed':        # asked again: nothing new to say
+            self.get_logger().warning(f'{"enable" if request.data else "disable"}: {message}')
         return response
 
     def _on_reset_fault(self, request: Trigger.Request, response: Trigger.Response):

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 POLL_S = 0.1                       # how often a wait looks at its condition and the programs
 HEARTBEAT_TIMEOUT_S = 10.0         # main loop silent this long: the watchdog stops all [s]
 ARM_TIMEOUT_S = 60.0               # beyond the operator's own timeouts (service, call) [s]
+# The sim's operator arms again this often after a stop (every stop disarms the executor; a
+# late robot state on a loaded machine would otherwise end the episode's motion) [s].
+REARM_PERIOD_S = 1.0
 
 
 class CellRunError(RuntimeError):
@@ -180,6 +183,8 @@ class CellRun:
         self.operator = operator
         self.armed = armed_at_start
         self.arming = ''               # what the executor answered to arm()
+        self._rearm: threading.Thread | None = None
+        self._rearm_stop = threading.Event()
         self._on_scored = on_scored
         self.episodes: EpisodeListener | None = None
         self._watcher: ArmWatcher | None = None
@@ -232,6 +237,10 @@ class CellRun:
                 self.episodes.start()
                 self._watcher = ArmWatcher(_reachable(self.sim.robot_bind), self.sim.robot_port,
                                            curve_keys_dir=self.sim.curve_keys_dir)
+            if self.sim is not None and self.operator is not None:
+                self._rearm = threading.Thread(target=self._keep_armed, name='rearm',
+                                               daemon=True)
+                self._rearm.start()
         except BaseException:
             self.__exit__()            # stop whatever started before re-raising
             raise
@@ -240,6 +249,7 @@ class CellRun:
     def __exit__(self, *exc) -> None:
         try:
             with HeldSignals():          # a second Ctrl-C cannot leave programs running
+                self._rearm_stop.set()
                 for part in (self.episodes, self._watcher):
                     if part is not None:
                         part.stop()
@@ -340,6 +350,18 @@ class CellRun:
 
     def _is_scored(self, report: dict) -> bool:
         return self.first_scored is not None and report['episode'] >= self.first_scored
+
+    def _keep_armed(self) -> None:
+        """Play the sim's operator: once armed, arm again after every stop (no-op while armed).
+
+        A person does this on a cell; the simulated cell's runs would otherwise lose the rest
+        of an episode to one late state. A latched fault stays until the next episode's start.
+        """
+        while not self._rearm_stop.wait(REARM_PERIOD_S):
+            if self.armed:
+                _ok, message = self.operator.enable(True)
+                if message != 'already armed':
+                    log.info('re-arming after a stop: %s', message)
 
     def _episode_started(self, report: dict) -> None:
         # The operator's part at each new episode: a stop in the last one (a fault, the
