@@ -151,7 +151,9 @@ def executor_command_to_msg(command, joint_names, sent: bool, chunk_delay_s: flo
     msg.chunk_sequence = int(command.chunk_sequence)
     msg.action_index = float(command.action_index)
     msg.chunk_delay_s = float(chunk_delay_s)
-    msg.armed, msg.sent, msg.hold = bool(command.armed), bool(sent), bool(command.hold)
+    # hold: what command_v1 says (core/executor/command.py): a gate hold, or a stop in force
+    msg.armed, msg.sent = bool(command.armed), bool(sent)
+    msg.hold = bool(command.hold or command.stop)
     msg.fault, msg.state = command.fault, command.state
     msg.interventions = list(command.interventions)
     msg.sequence = int(sequence)

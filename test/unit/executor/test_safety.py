@@ -272,12 +272,15 @@ def test_a_stale_pose_holds_when_a_box_is_set():
 def test_the_stopping_point_adds_reaction_and_braking_distance():
     safety = SafetyInputs(SafetySettings(False, 0.0, (-1.0,) * 3, (1.0,) * 3, 2.0, 0.03, 0.1))
     assert safety.on_tool_pose(ToolPose(0.0, np.zeros(3), QUAT))
-    assert safety.on_tool_pose(ToolPose(0.01, np.array([0.01, 0.0, -0.002]), QUAT))
+    # a pose 1 ms later, 1 mm off (a burst, clock jitter): no velocity from it
+    assert safety.on_tool_pose(ToolPose(0.001, np.array([0.001, 0.0, 0.0]), QUAT))
+    np.testing.assert_allclose(safety.stopping_point(0.001), [0.001, 0.0, 0.0])
+    assert safety.on_tool_pose(ToolPose(0.04, np.array([0.04, 0.0, -0.008]), QUAT))
     v = np.array([1.0, 0.0, -0.2])
-    expected = np.array([0.01, 0.0, -0.002]) + v * 0.03 + v * np.abs(v) / 4.0
-    np.testing.assert_allclose(safety.stopping_point(0.01), expected)
-    assert not safety.on_tool_pose(ToolPose(0.005, np.zeros(3), QUAT))      # out of order
-    assert not safety.on_tool_pose(ToolPose(0.02, np.array([np.nan, 0, 0]), QUAT))
+    expected = np.array([0.04, 0.0, -0.008]) + v * 0.03 + v * np.abs(v) / 4.0
+    np.testing.assert_allclose(safety.stopping_point(0.04), expected)
+    assert not safety.on_tool_pose(ToolPose(0.035, np.zeros(3), QUAT))      # out of order
+    assert not safety.on_tool_pose(ToolPose(0.05, np.array([np.nan, 0, 0]), QUAT))
 
 
 def test_the_box_is_validated():

@@ -29,6 +29,7 @@ from vla_insertion.core.data import ToolPose
 ESTOP = 'estop'
 DEADMAN = 'deadman'
 WORKSPACE = 'workspace'
+VELOCITY_BASELINE_S = 0.03         # the tool velocity is measured over at least this long [s]
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class SafetyInputs:
         The e-stop and deadman states are the cell's, not the episode's: they stay.
         """
         self._pose: ToolPose | None = None
+        self._base: ToolPose | None = None            # the velocity's older pose
         self._velocity = np.zeros(3)                  # (3,) tool velocity [m/s]
 
     @property
@@ -93,15 +95,18 @@ class SafetyInputs:
         if position.size != 3 or not (np.isfinite(position).all() and math.isfinite(pose.stamp_s)):
             return False
         last = self._pose
-        if last is not None:
-            dt = pose.stamp_s - last.stamp_s
-            if dt < 0:
-                return False
-            if dt > 0:
-                # a finite difference of two measured poses: the robot's 100+ Hz state is
-                # smooth enough, and a noisy estimate only brings a stop earlier
-                self._velocity = (position - last.position_m) / dt
+        if last is not None and pose.stamp_s < last.stamp_s:
+            return False
         self._pose = ToolPose(pose.stamp_s, position, np.asarray(pose.orientation_xyzw))
+        base = self._base
+        if base is None:
+            self._base = self._pose
+        elif pose.stamp_s - base.stamp_s >= VELOCITY_BASELINE_S:
+            # a finite difference over at least VELOCITY_BASELINE_S: poses that arrive in a
+            # burst, or stamps with a few ms of clock jitter, would make two close poses a
+            # velocity of metres per second (and a false stop)
+            self._velocity = (position - base.position_m) / (pose.stamp_s - base.stamp_s)
+            self._base = self._pose
         return True
 
     # --- rules --------------------------------------------------------------------------
