@@ -18,7 +18,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from vla_insertion.core import config as config_module
-from vla_insertion.core.orchestration.launch_table import NODES, params_on_free_ports
+from vla_insertion.core.orchestration.launch_table import (
+    enabled_nodes, launch_arguments, NODES, params_on_free_ports)
 from vla_insertion.tools import make_untrained_checkpoint, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,8 +117,9 @@ def test_demo_runs_declares_parameters_and_shuts_down_cleanly(
             probe = Node('param_probe', context=context)
             executor = SingleThreadedExecutor(context=context)
             executor.add_node(probe)
-            for spec in NODES:
-                if spec.ros_node and not spec.enabled_by:
+            # the programs the demo starts: the sim with the expert (not policy_client)
+            for spec in enabled_nodes(launch_arguments(sim='true', execute='true')):
+                if spec.ros_node:
                     declared[spec.name] = _declared_parameters(probe, executor, spec.name, 10.0)
             executor.shutdown()
             probe.destroy_node()
