@@ -223,6 +223,8 @@ def test_force_over_the_hard_limit_latches_a_fault_until_reset(setup):
     while not resumed and time.monotonic() < deadline:
         n = len(cell.since(0))
         assert call(cell, Trigger, '/chunk_executor/reset_fault', Trigger.Request()).success
-        resumed = wait_for(lambda: any(not m.fault and m.sent and not m.hold
+        # the stop disarmed it: nothing moves until it is armed again
+        call(cell, SetBool, '/chunk_executor/enable', SetBool.Request(data=True))
+        resumed = wait_for(lambda: any(not m.fault and m.sent and m.armed and not m.hold
                                        for m in cell.since(n)), 2.0)
     assert resumed
