@@ -199,8 +199,10 @@ def test_chunks_with_reuse_counting_ages_and_the_gripper(run_cell):
     with cell.lock:
         chunks = list(cell.chunks)
         window_stamps = set(cell.window_stamps)
-    assert [m.sequence for m in chunks] == list(range(chunks[0].sequence,
-                                                      chunks[0].sequence + len(chunks)))
+    # one sequence number per published chunk: increasing (a subscriber starved on a loaded
+    # host may miss one of the KEEP_LAST 2 history; the gaps then say how many)
+    sequences = [m.sequence for m in chunks]
+    assert all(b > a for a, b in zip(sequences, sequences[1:])) and sequences[0] >= 1
     assert all(m.horizon == 8 and m.action_dim == 7 and len(m.actions) == 56 for m in chunks)
     assert all(m.mode == MODE_ASYNC and m.dt_s == pytest.approx(0.1) for m in chunks)
     # reuse index counts 1, 2, 3, ... per feature set, in publication order
