@@ -5,6 +5,9 @@ SHELL := /bin/bash
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONUNBUFFERED := 1
+# The ROS 2 wheels to build and test with: kilted, or `make test ROS_DISTRO=jazzy` for Jazzy's
+# (its own venv, build-jazzy/ and install-jazzy/; scripts/setup.sh). Exported: bags name it.
+export ROS_DISTRO ?= kilted
 ENV := source scripts/env.sh &&
 DURATION ?= 120
 PYTEST_ARGS ?=
@@ -40,4 +43,4 @@ bench: setup
 	@$(ENV) for b in benchmarks/bench_*.py; do echo "== $$b"; python $$b || echo "!! $$b failed"; done
 
 clean:
-	rm -rf build install log artifacts
+	rm -rf build install log artifacts build-jazzy install-jazzy

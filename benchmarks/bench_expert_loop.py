@@ -47,6 +47,7 @@ from sensor_msgs.msg import CompressedImage  # noqa: E402
 from vla_insertion import conversions as conv  # noqa: E402
 from vla_insertion.core.data import (  # noqa: E402
     RobotState, SensorWindowData, VLFeatureData)
+from vla_insertion.core.distro import localhost_discovery  # noqa: E402
 from vla_insertion.core.ticker import DeadlineTicker  # noqa: E402
 from vla_insertion.msg import ActionChunk, SensorWindow, VLFeatures  # noqa: E402
 from vla_insertion.ros.qos import (  # noqa: E402
@@ -202,7 +203,7 @@ def main() -> int:
     parser.add_argument('--startup-timeout', type=float, default=120.0)
     args = parser.parse_args()
     os.environ.setdefault('ROS_DOMAIN_ID', '97')
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(os.environ)
     vlm, ckpt = _prepare(args.load)
     procs = []
     if args.load == 'vlm':

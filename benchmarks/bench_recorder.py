@@ -146,11 +146,12 @@ def main() -> int:
         publisher(args.duration, args.window_hz, args.publisher)
         return 0
     from vla_insertion.core import bag
+    from vla_insertion.core.distro import localhost_discovery
 
     work = Path(tempfile.mkdtemp(prefix='bench_recorder_'))
     env = dict(os.environ)
     env.setdefault('ROS_DOMAIN_ID', '231')
-    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(env)
     env['PYTHONPATH'] = f'{ROOT}{os.pathsep}{env.get("PYTHONPATH", "")}'
     topics = [f'cameras/{v}/image/compressed' for v in VIEWS] + [
         'robot/joint_states', 'robot/pose', 'sensor/window', 'vla/features',

@@ -10,6 +10,9 @@ times while the arm follows; the event time is taken here, on the same monotonic
 arrivals:
 
     disarm                ~/enable false: just before the service request goes out
+    estop                 safety/estop true: just before it is published
+    deadman               the operator lets go: just before a false safety/heartbeat is
+                          published (the node runs with deadman_timeout_s; true at 20 Hz)
     force_limit           an impact of |F| = 104 N (hard limit 40 N) in the windows of 100 ms:
                           just before the first such window is published
     watchdog              the chunks stop: the newest chunk's publication + chunk_timeout_s
@@ -18,8 +21,9 @@ arrivals:
 and the delay to the first stop trajectory (stamp 0, a point every control period) and to the
 first HOLD message after it. The watchdog's and the stale state's delays include the DDS hop of
 the newest chunk or state (the executor counts from their arrival); a disarm's includes the
-service round trip. After each stop the cell recovers (re-arm, reset_fault, chunks or states
-again) and follows for --settle seconds before the next.
+service round trip. After each stop the cell recovers (e-stop released and reset_fault,
+heartbeat, chunks or states again, then re-arm: every stop disarms) and follows for --settle
+seconds before the next.
 
     python benchmarks/bench_stops.py                      # 20 stops per trigger
     python benchmarks/bench_stops.py --count 3 --triggers disarm watchdog
@@ -47,6 +51,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100
 import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from std_msgs.msg import Bool  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 import zmq  # noqa: E402
@@ -55,6 +60,7 @@ from vla_insertion import conversions as conv  # noqa: E402
 from vla_insertion.core.config import ExecutorConfig  # noqa: E402
 from vla_insertion.core.data import (  # noqa: E402
     ActionChunkData, RobotState, SensorWindowData)
+from vla_insertion.core.distro import localhost_discovery  # noqa: E402
 from vla_insertion.core.executor import check_trajectory  # noqa: E402
 from vla_insertion.core.ticker import DeadlineTicker  # noqa: E402
 from vla_insertion.core.wire import CommandCodecV1  # noqa: E402
@@ -62,7 +68,8 @@ from vla_insertion.msg import ActionChunk, SensorWindow  # noqa: E402
 from vla_insertion.ros.qos import (  # noqa: E402
     DIAGNOSTICS_QOS, qos_profile, ROBOT_QOS, STATE_QOS, WINDOW_QOS)
 
-TRIGGERS = ('disarm', 'force_limit', 'watchdog', 'robot_state_too_old')
+TRIGGERS = ('disarm', 'estop', 'deadman', 'force_limit', 'watchdog', 'robot_state_too_old')
+DEADMAN_TIMEOUT_S = 0.5    # the node's deadman_timeout_s; the heartbeat comes at 20 Hz
 HOME = np.array([0.0, -1.7, 1.7, -1.6, -1.6, 0.0])
 CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 WORK = ROOT / 'artifacts' / 'benchmarks' / 'stops'
@@ -80,6 +87,8 @@ class Cell(Node):
         self.states = threading.Event()
         self.chunks = threading.Event()
         self.states.set()
+        self.heartbeat = threading.Event()
+        self.heartbeat.set()
         self.last_state = self.last_chunk = -np.inf    # monotonic publication times
         self.trajectories = []     # (arrival, stop?, TrajectoryCheck)
         self.commands = []         # (arrival, armed, hold)
@@ -88,6 +97,9 @@ class Cell(Node):
         self.joints_pub = self.create_publisher(conv.JointState, 'robot/joint_states', ROBOT_QOS)
         self.window_pub = self.create_publisher(SensorWindow, 'sensor/window', WINDOW_QOS)
         self.chunk_pub = self.create_publisher(ActionChunk, 'vla/action_chunk', STATE_QOS)
+        self.estop_pub = self.create_publisher(Bool, 'safety/estop', qos_profile('static'))
+        self.heartbeat_pub = self.create_publisher(Bool, 'safety/heartbeat',
+                                                   qos_profile('latest'))
         self.create_subscription(JointTrajectory, 'robot/joint_trajectory', self._on_trajectory,
                                  qos_profile('state'))
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
@@ -102,7 +114,8 @@ class Cell(Node):
         self.threads = [threading.Thread(target=self._every, args=(period, fn), daemon=True)
                         for period, fn in ((0.01, self._publish_state),
                                            (1 / 65.0, self._publish_window),
-                                           (0.1, self._publish_chunk))]
+                                           (0.1, self._publish_chunk),
+                                           (0.05, self._publish_heartbeat))]
         self.threads.append(threading.Thread(target=self._receive, daemon=True))
         for thread in self.threads:
             thread.start()
@@ -126,6 +139,10 @@ class Cell(Node):
             tool_orientation_xyzw=np.array([0, 0, 0, 1.0]), gripper=1.0))
         self.last_state = time.monotonic()
         self.joints_pub.publish(joints)
+
+    def _publish_heartbeat(self) -> None:
+        if self.heartbeat.is_set():
+            self.heartbeat_pub.publish(Bool(data=True))
 
     def _publish_window(self) -> None:
         samples = np.zeros((65, 7), np.float32)
@@ -236,6 +253,16 @@ def trigger(cell: Cell, name: str, config: ExecutorConfig) -> float:
         t = time.monotonic()
         call(cell.enable, SetBool.Request(data=False))
         return t
+    if name == 'estop':
+        t = time.monotonic()
+        cell.estop_pub.publish(Bool(data=True))
+        return t
+    if name == 'deadman':           # the operator lets go: the console says false
+        cell.heartbeat.clear()
+        time.sleep(0.06)                             # the heartbeat thread saw it
+        t = time.monotonic()
+        cell.heartbeat_pub.publish(Bool(data=False))
+        return t
     if name == 'force_limit':
         return cell.impact()
     if name == 'watchdog':
@@ -251,6 +278,11 @@ def recover(cell: Cell, name: str) -> None:
     if name == 'force_limit':       # once a window without the impact is the newest
         time.sleep(max(0.0, cell.impact_until + 0.05 - time.monotonic()))
         call(cell.reset_fault, Trigger.Request())
+    if name == 'estop':             # released, then reset: the executor may be armed again
+        cell.estop_pub.publish(Bool(data=False))
+        if not wait_for(lambda: call(cell.reset_fault, Trigger.Request()).success, 5.0):
+            raise RuntimeError('reset_fault refused after the e-stop was released')
+    cell.heartbeat.set()
     cell.states.set()
     cell.chunks.set()
 
@@ -273,7 +305,7 @@ def main() -> int:
                         help='ROS domain of the node and this script')
     args = parser.parse_args()
     os.environ['ROS_DOMAIN_ID'] = str(args.domain)
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(os.environ)
     config = ExecutorConfig()
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -283,7 +315,8 @@ def main() -> int:
     node = subprocess.Popen(
         [sys.executable, '-c', 'import sys; from vla_insertion.nodes.chunk_executor import main; '
          'sys.exit(main())', '--ros-args', '-p', f'command_port:={port}',
-         '-p', 'outputs:=[command_v1,joint_trajectory]'],
+         '-p', 'outputs:=[command_v1,joint_trajectory]',
+         '-p', f'deadman_timeout_s:={DEADMAN_TIMEOUT_S}'],
         cwd=ROOT, stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
     rclpy.init()
     cell = Cell(port, tuple(config.joint_names))

@@ -43,7 +43,7 @@ PATHS = ('processor', 'fast')          # "before" and "after"
 def scene_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:
     """Return a JPEG with camera-like content: smooth shading, edges and sensor noise."""
     coarse = rng.integers(0, 256, (9, 16, 3), dtype=np.uint8)
-    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
     pixels = np.asarray(image, dtype=np.int16)
     pixels[height // 3: height // 2, width // 4: width // 2] = 30       # a dark object
     pixels += rng.integers(-6, 7, pixels.shape, dtype=np.int16)          # sensor noise

@@ -64,7 +64,7 @@ class BudgetSpent(Exception):
 def jpeg(seed: int, width: int = 1280, height: int = 720) -> bytes:
     coarse = np.random.default_rng(seed).integers(0, 256, (9, 16, 3), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC).save(
+    Image.fromarray(coarse).resize((width, height), Image.BICUBIC).save(
         buffer, 'JPEG', quality=90)
     return buffer.getvalue()
 

@@ -24,9 +24,10 @@ def free_port(kind: int) -> int:
 
 def isolate_ros_domain() -> int:
     """Put this process (and its children) on a ROS domain of its own, on loopback."""
+    from vla_insertion.core.distro import localhost_discovery
     domain = int(os.environ.get('VLA_BENCH_DOMAIN', random.randint(221, 232)))
     os.environ['ROS_DOMAIN_ID'] = str(domain)
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(os.environ)
     return domain
 
 

@@ -3,6 +3,7 @@
     ros2 launch vla_insertion vla_insertion.launch.py robot_ip:=<robot PC> \
         checkpoint:=/path/to/expert vlm_model:=Qwen/Qwen2.5-VL-3B-Instruct
     ros2 launch vla_insertion vla_insertion.launch.py sim:=true     # from any folder
+    ros2 launch vla_insertion vla_insertion.launch.py role:=gpu_host dds_profile:=two_hosts
 
 The nodes and their parameters come from vla_insertion.core.orchestration.launch_table, the same
 table the
@@ -29,7 +30,8 @@ from launch_ros.actions import LifecycleNode, Node
 
 from vla_insertion.core.artifacts import ArtifactError
 from vla_insertion.core.orchestration.launch_table import (
-    command_for, enabled_nodes, is_true, LAUNCH_ARGUMENTS, parameter_overrides, prepare_arguments)
+    command_for, dds_environment, enabled_nodes, is_true, LAUNCH_ARGUMENTS, parameter_overrides,
+    prepare_arguments)
 
 PACKAGE = 'vla_insertion'
 # SIGINT -> SIGTERM after this long: a node stops in well under a second, but the interpreter's
@@ -46,12 +48,18 @@ def _launch_setup(context):
         args, notes = prepare_arguments(args, params_file, lib_dir)
     except ArtifactError as exc:
         return _stop(f'sim:=true: {exc}; or pass checkpoint:= and vlm_model:=')
+    try:        # an unknown policy:= or role:=, a missing dds_profile:= (docs/bringup.md)
+        specs = enabled_nodes(args)
+        env = dds_environment(args, os.path.join(get_package_share_directory(PACKAGE), 'config'))
+    except ValueError as exc:
+        return _stop(str(exc))
     actions = [LogInfo(msg=note) for note in notes]
-    for spec in enabled_nodes(args):
+    actions += [LogInfo(msg=f'DDS profile: {path}') for path in sorted(set(env.values()))]
+    for spec in specs:
         if not spec.ros_node:
             action = ExecuteProcess(
                 cmd=command_for(spec, lib_dir, params_file, args), name=spec.name,
-                output='screen', sigterm_timeout=SIGTERM_TIMEOUT_S)
+                output='screen', sigterm_timeout=SIGTERM_TIMEOUT_S, additional_env=env)
         else:
             parameters = [params_file, {'use_sim_time': is_true(args['use_sim_time'])}]
             overrides = parameter_overrides(spec, args)
@@ -61,7 +69,7 @@ def _launch_setup(context):
             action = kind(
                 package=PACKAGE, executable=spec.executable, name=spec.name,
                 namespace=args['namespace'], parameters=parameters, output='screen',
-                emulate_tty=True, sigterm_timeout=SIGTERM_TIMEOUT_S)
+                emulate_tty=True, sigterm_timeout=SIGTERM_TIMEOUT_S, additional_env=env)
         actions.append(action)
         if spec.required:
             actions.append(RegisterEventHandler(OnProcessExit(

@@ -1,6 +1,7 @@
 """Shared fixtures: ROS domain isolation, an rclpy context per module, bounded waits."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -8,6 +9,8 @@ import zlib
 
 import numpy as np
 import pytest
+
+from vla_insertion.core.distro import localhost_discovery
 
 # One torch thread in the tests and the programs they start: two OpenMP threads on a busy
 # 2-core machine spin against each other (a 4 s test took 356 s); tests measure no speed.
@@ -61,7 +64,7 @@ def ros_env(ros_domain_id) -> dict:
     """Return the environment for child processes that join this module's ROS domain."""
     env = dict(os.environ)
     env['ROS_DOMAIN_ID'] = str(ros_domain_id)
-    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(env)             # the variable of this distribution
     env['PYTHONUNBUFFERED'] = '1'
     return env
 
@@ -209,6 +212,14 @@ def _paired_dataset(features, windows, states, actions, feature_index=None):
 def paired_dataset():
     """Return `make(features, windows, states, actions, feature_index=None)`: a PairedDataset."""
     return _paired_dataset
+
+
+@pytest.fixture
+def spin(rclpy_context):
+    """Return `start(*nodes)`: spin them in the background until the test ends (support.py)."""
+    from support import spinning
+    with contextlib.ExitStack() as stack:
+        yield lambda *nodes: stack.enter_context(spinning(rclpy_context, *nodes))
 
 
 @pytest.fixture

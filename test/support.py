@@ -1,11 +1,13 @@
 """Helpers the test modules share: on sys.path through setup.cfg's `pythonpath`.
 
-Use: `from support import free_port, wait_for`.
+Use: `from support import free_port, spinning, wait_for`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+import contextlib
 import socket
+import threading
 import time
 
 
@@ -23,3 +25,33 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0,
     while time.monotonic() < deadline and not predicate():
         time.sleep(poll_s)
     return bool(predicate())
+
+
+@contextlib.contextmanager
+def spinning(context, *nodes):
+    """Spin `nodes` in a background executor; on exit stop it, then destroy the nodes.
+
+    The thread spins in short steps and is joined before the executor shuts down: shutting an
+    executor down while another thread is inside spin() races with its guard conditions.
+    """
+    from rclpy.executors import MultiThreadedExecutor
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    for node in nodes:
+        executor.add_node(node)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield executor
+    finally:
+        stop.set()
+        thread.join(timeout=10.0)
+        for node in nodes:
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown(timeout_sec=5.0)

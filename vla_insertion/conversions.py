@@ -22,7 +22,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from vla_insertion.core.bag.messages import (  # noqa: F401 - the readers, re-exported
     action_chunk_from_msg, camera_frame_from_msg, ConversionError, gripper_from_msg, GRIPPER_JOINT,
     joint_state_from_msg, joint_trajectory_from_msg, node_stats_from_msg, pose_from_msg,
-    robot_state_from_msgs, sensor_window_from_msg, time_from_msg, vl_features_from_msg)
+    robot_state_from_joint_states, robot_state_from_msgs, sensor_window_from_msg, time_from_msg,
+    vl_features_from_msg)
 from vla_insertion.core.data import (
     ActionChunkData, CameraFrame, JointTrajectoryData, NodeStatsData, RobotState,
     SensorWindowData, VLFeatureData)
@@ -131,6 +132,7 @@ def action_chunk_to_msg(chunk: ActionChunkData) -> ActionChunk:
     msg.inference_ms = float(chunk.inference_ms)
     msg.mode = int(chunk.mode)
     msg.untrained = bool(chunk.untrained)
+    msg.features_untrained = bool(chunk.features_untrained)
     return msg
 
 
@@ -149,7 +151,9 @@ def executor_command_to_msg(command, joint_names, sent: bool, chunk_delay_s: flo
     msg.chunk_sequence = int(command.chunk_sequence)
     msg.action_index = float(command.action_index)
     msg.chunk_delay_s = float(chunk_delay_s)
-    msg.armed, msg.sent, msg.hold = bool(command.armed), bool(sent), bool(command.hold)
+    # hold: what command_v1 says (core/executor/command.py): a gate hold, or a stop in force
+    msg.armed, msg.sent = bool(command.armed), bool(sent)
+    msg.hold = bool(command.hold or command.stop)
     msg.fault, msg.state = command.fault, command.state
     msg.interventions = list(command.interventions)
     msg.sequence = int(sequence)

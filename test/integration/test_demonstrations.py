@@ -45,9 +45,13 @@ def test_one_demonstration_episode_recorded_through_the_executor(
     # the arm moved in the episode, commanded by the armed executor
     rec = load_recording(path, views=())
     q = rec.trajectory.positions
-    assert np.abs(q - q[0]).max() > 0.05
+    # (how far, the load decides: on a loaded host late states stop it, and every stop waits
+    # for the run's operator to arm again; 0.01 rad is far above the 1e-4 rad of a still arm)
+    assert np.abs(q - q[0]).max() > 0.01
     assert RecordedInputs(rec).robot(rec.start_s + 0.5).gripper > 0.5     # holding the peg
     sent = [m for _t, _n, m in bag.read_messages(path, [topics.COMMAND.name]) if m.sent]
-    assert sent and all(m.armed for m in sent)    # how many: the load decides, not the code
+    # armed, or the HOLD of a stop (a stop disarms; the run's operator arms again): how many
+    # of each, the load decides, not the code
+    assert sent and any(m.armed for m in sent) and all(m.armed or m.hold for m in sent)
     summary = diagnostics_summary(out / 'recording' / 'bag')
     assert summary['chunk_delay_s_mean'] is not None and summary['chunk_delay_s_mean'] < 1.0

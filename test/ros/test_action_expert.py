@@ -21,7 +21,6 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
 import pytest
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
@@ -47,6 +46,11 @@ CONTRACT = FeatureContract(model_id='tiny-test-vlm', reduction='image_token_grid
                            view_names=('zed_1', 'oak'), prompt='insert')
 CHANNELS = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz', 'distance')
 RELAXED = {'max_sensor_age_s': 1.0, 'max_robot_age_s': 1.0}   # see the module docstring
+UR = ('shoulder_pan_joint', 'shoulder_lift_joint', 'elbow_joint', 'wrist_1_joint',
+      'wrist_2_joint', 'wrist_3_joint')
+KNUCKLE = 'robotiq_85_left_knuckle_joint'      # 0 open .. 0.8 rad closed
+ROS2_CONTROL = {'joint_state_source': 'joint_states', 'joint_names': list(UR),
+                'gripper_joint': KNUCKLE, 'gripper_closed_position': 0.8}
 WAIT_S = 30.0
 
 
@@ -59,6 +63,8 @@ class Scenario:
     robot: bool = True
     gripper: float = 0.8
     bad_joints: bool = False       # joint states naming more joints than they give positions
+    ros2_control: bool = False     # joint_state_broadcaster's joint_states, not robot/joint_states
+    pose: bool = True              # robot/pose published
 
 
 def features_data(stamp_s: float, sequence: int, rng, contract_hash=CONTRACT.digest):
@@ -97,6 +103,7 @@ class FakeCell(Node):
         self.window_pub = self.create_publisher(SensorWindow, 'sensor/window', WINDOW_QOS)
         self.joints_pub = self.create_publisher(conv.JointState, 'robot/joint_states', ROBOT_QOS)
         self.pose_pub = self.create_publisher(conv.PoseStamped, 'robot/pose', ROBOT_QOS)
+        self.broadcaster_pub = self.create_publisher(conv.JointState, 'joint_states', ROBOT_QOS)
         self.create_subscription(ActionChunk, 'vla/action_chunk', self._on_chunk, STATE_QOS)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, DIAGNOSTICS_QOS)
         if scenario.feature_hz > 0:
@@ -131,8 +138,15 @@ class FakeCell(Node):
         joints, pose = conv.robot_state_to_msgs(robot_data(self.now_s(), self.scenario.gripper))
         if self.scenario.bad_joints:
             joints.position = list(joints.position)[:3]
-        self.joints_pub.publish(joints)
-        self.pose_pub.publish(pose)
+        if self.scenario.ros2_control:      # its names, its order, its units, extra joints
+            names = ['linear_rail'] + list(reversed(UR)) + [KNUCKLE]
+            joints.position = [0.5] + list(joints.position)[5::-1] + [0.8 * self.scenario.gripper]
+            joints.name = names
+            self.broadcaster_pub.publish(joints)
+        else:
+            self.joints_pub.publish(joints)
+        if self.scenario.pose:
+            self.pose_pub.publish(pose)
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         with self.lock:
@@ -157,39 +171,6 @@ class FakeCell(Node):
 def checkpoint(tmp_path_factory):
     return make_untrained_checkpoint(tmp_path_factory.mktemp('expert') / 'small', CONTRACT,
                                      preset='small', seed=0)
-
-
-@pytest.fixture
-def spin(rclpy_context):
-    """Spin nodes in a background executor; stop, then destroy them after the test.
-
-    The thread spins in short steps and is joined before the executor shuts down: shutting an
-    executor down while another thread is inside spin() races with its guard conditions.
-    """
-    started = []
-
-    def start(*nodes) -> None:
-        executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-        for node in nodes:
-            executor.add_node(node)
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                executor.spin_once(timeout_sec=0.05)
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        started.append((executor, thread, stop, nodes))
-
-    yield start
-    for executor, thread, stop, nodes in started:
-        stop.set()
-        thread.join(timeout=10.0)
-        for node in nodes:
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown(timeout_sec=5.0)
 
 
 def expert_node(context, checkpoint, start: bool = True, **params) -> ActionExpertNode:
@@ -261,6 +242,25 @@ def test_staleness_rule_stops_chunks_and_reports_why(run_cell, scenario, reason,
 
     assert cell.wait_for(reported), [(s.level, s.message) for s in cell.diagnostics]
     assert cell.chunks == []
+
+
+def test_ros2_control_joint_states_through_the_joint_map(rclpy_context, checkpoint, spin):
+    cell = FakeCell(rclpy_context, Scenario(ros2_control=True, pose=False))
+    node = expert_node(rclpy_context, checkpoint, **ROS2_CONTROL, **RELAXED)
+    spin(node, cell)
+
+    def refused_for_no_pose():
+        return any('no_tool_pose' in s.message and any(
+            kv.key == 'drops.no_tool_pose' and int(kv.value) > 0 for kv in s.values)
+            for s in cell.diagnostics)
+
+    assert cell.wait_for(refused_for_no_pose), [s.message for s in cell.diagnostics]
+    assert cell.chunks == []
+    held = node._inputs.held(JOINTS)        # the arm in action order, the gripper in 0..1
+    np.testing.assert_allclose(held.joint_positions_rad, np.linspace(-1.0, 1.0, 6), atol=1e-6)
+    assert held.gripper == pytest.approx(0.8) and held.joint_names == UR
+    cell.scenario.pose = True               # robot/pose from the robot wire: chunks
+    assert cell.wait_for(lambda: len(cell.chunks) >= 3), len(cell.chunks)
 
 
 def test_sync_mode_requests_fresh_features_per_step(run_cell):

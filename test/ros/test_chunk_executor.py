@@ -16,10 +16,10 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool, Trigger
+from support import spinning
 from trajectory_msgs.msg import JointTrajectory
 import zmq
 
@@ -160,24 +160,8 @@ def setup(rclpy_context):
         Parameter('outputs', value=['command_v1', 'joint_trajectory']),
         Parameter('joint_limits.joint_1.max_velocity', value=0.5)])
     cell = Cell(rclpy_context)
-    executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-    executor.add_node(node)
-    executor.add_node(cell)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.05)
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    yield node, cell, robot
-    stop.set()
-    thread.join(10.0)
-    for n in (node, cell):
-        executor.remove_node(n)
-        n.destroy_node()
-    executor.shutdown(timeout_sec=5.0)
+    with spinning(rclpy_context, node, cell):
+        yield node, cell, robot
     robot.close()
 
 
@@ -239,6 +223,8 @@ def test_force_over_the_hard_limit_latches_a_fault_until_reset(setup):
     while not resumed and time.monotonic() < deadline:
         n = len(cell.since(0))
         assert call(cell, Trigger, '/chunk_executor/reset_fault', Trigger.Request()).success
-        resumed = wait_for(lambda: any(not m.fault and m.sent and not m.hold
+        # the stop disarmed it: nothing moves until it is armed again
+        call(cell, SetBool, '/chunk_executor/enable', SetBool.Request(data=True))
+        resumed = wait_for(lambda: any(not m.fault and m.sent and m.armed and not m.hold
                                        for m in cell.since(n)), 2.0)
     assert resumed

@@ -10,6 +10,10 @@ mismatch after the swap is reported naming the differing field (the instruction 
 "Publishing stopped" is judged by the expert's own /diagnostics, which keep coming once a
 second in every state: no chunk arrives across two reports that say `inactive`. No rate or
 latency is asserted.
+
+The expert spins on the fallback MultiThreadedExecutor (`VLA_EXECUTOR=multi_threaded`), the
+executor every node runs on Humble, where rclpy has no EventsExecutor: this module is the
+suite's run of that path (subscriptions, timers, lifecycle and parameter services, shutdown).
 """
 from __future__ import annotations
 
@@ -130,6 +134,12 @@ class Feeder(Node):
 
 
 @pytest.fixture(scope='module')
+def ros_env(ros_env):
+    """Return the programs' environment on the fallback executor (Humble's), not the events one."""
+    return {**ros_env, 'VLA_EXECUTOR': 'multi_threaded'}
+
+
+@pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp('experts')
     return {name: make_untrained_checkpoint(folder / name, contract, preset='small', seed=0)
@@ -227,4 +237,5 @@ def test_lifecycle_services_stop_start_and_swap_the_checkpoint(
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert 'prompt:' in text and 'every feature set will be refused' in text   # logged once
+    assert 'fallback MultiThreadedExecutor (VLA_EXECUTOR=multi_threaded)' in text
     assert 'Traceback' not in text

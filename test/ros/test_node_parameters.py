@@ -26,7 +26,6 @@ from diagnostic_msgs.msg import DiagnosticArray
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType
 from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 import yaml
@@ -90,26 +89,6 @@ class Probe(Node):
 
 def _named(name, value) -> ParameterMsg:
     return ParameterMsg(name=name, value=value)
-
-
-@pytest.fixture
-def spin(rclpy_context):
-    started = []
-
-    def start(*nodes) -> None:
-        executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-        for node in nodes:
-            executor.add_node(node)
-        thread = threading.Thread(target=executor.spin, daemon=True)
-        thread.start()
-        started.append((executor, thread, nodes))
-
-    yield start
-    for executor, thread, nodes in started:
-        executor.shutdown(timeout_sec=5.0)
-        thread.join(timeout=10.0)
-        for node in nodes:
-            node.destroy_node()
 
 
 def _wait(predicate, timeout_s: float = WAIT_S) -> bool:
@@ -247,3 +226,27 @@ def test_the_fatal_line_names_the_node_and_what_to_pass(ros_env, tmp_path, args,
     assert '[FATAL]' in line and '[action_expert]' in line, result.stderr[-2000:]
     if not args:   # says where it looked and what to pass
         assert str(tmp_path) in line and 'checkpoint:=' in line, line
+
+
+def test_the_executor_takes_every_value_of_the_shipped_file(rclpy_context):
+    # Typed arrays whose default is empty (workspace_min_m) must still take the file's
+    # [x, y, z]: rclpy would type an empty default as a byte array.
+    from vla_insertion.nodes.chunk_executor import ChunkExecutorNode
+    section = yaml.safe_load(PARAMS.read_text())['/**/chunk_executor']['ros__parameters']
+    given = {k: v for k, v in section.items() if not isinstance(v, dict)}
+    node = ChunkExecutorNode(context=rclpy_context, parameter_overrides=[
+        Parameter(name, value=value) for name, value in given.items()])
+    try:
+        config = node._config
+        for name, value in given.items():
+            got = getattr(config, name)
+            assert (list(got) if isinstance(got, tuple) else got) == value, name
+        assert len(config.workspace_min_m) == 3
+        assert node.get_parameter_or('workspace_max_m').value is not None
+    finally:
+        node.destroy_node()
+    unset = ChunkExecutorNode(context=rclpy_context)      # no box (a params file's [] too)
+    try:
+        assert unset._config.workspace_min_m == () == unset._config.workspace_max_m
+    finally:
+        unset.destroy_node()

@@ -6,20 +6,23 @@ robot/joint_trajectory stands in for joint_trajectory_controller and checks ever
 against its rules. Arm, follow 10 Hz chunks that move joint_1 at up to 0.3 rad/s, then: disarm
 (`~/enable` false), and, armed again, stop the chunks (the watchdog). Each time the stop must
 arrive as the last trajectory, accepted, ending near the arm, and command_v1 must turn to HOLD
-at its end. The delays are asserted only loosely (a shared machine);
-benchmarks/bench_stops.py measures them.
+at its end. The same for the cell's e-stop on safety/estop; and the enable service names why it
+refuses to arm (an untrained policy, an active e-stop). The delays are asserted only loosely (a
+shared machine); benchmarks/bench_stops.py measures them.
 """
 from __future__ import annotations
 
 import threading
 import time
 
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from std_srvs.srv import SetBool
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool, Trigger
 from support import free_port, wait_for
 from trajectory_msgs.msg import JointTrajectory
 import zmq
@@ -89,6 +92,11 @@ class Cell(Node):
         self.joints_pub = self.create_publisher(conv.JointState, 'robot/joint_states', ROBOT_QOS)
         self.window_pub = self.create_publisher(SensorWindow, 'sensor/window', WINDOW_QOS)
         self.chunk_pub = self.create_publisher(ActionChunk, 'vla/action_chunk', STATE_QOS)
+        self.estop_pub = self.create_publisher(Bool, 'safety/estop', qos_profile('static'))
+        self.flags: dict[str, bool] = {}    # ActionChunk untrained / features_untrained
+        self.diagnostics: dict[str, str] = {}
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                 qos_profile('diagnostics'))
         self.create_subscription(JointTrajectory, 'robot/joint_trajectory', self._on_trajectory,
                                  qos_profile('state'))
         self.create_timer(0.01, self._publish_state)
@@ -119,12 +127,18 @@ class Cell(Node):
         actions = np.tile(np.r_[HOME, 1.0], (8, 1)).astype(np.float32)
         actions[:, 0] = 0.3 * np.sin(now + 0.1 * np.arange(8))   # joint_1: up to 0.3 rad/s
         self.chunk_pub.publish(conv.action_chunk_to_msg(ActionChunkData(
-            stamp_s=now, actions=actions, dt_s=0.1, sequence=self.sequence)))
+            stamp_s=now, actions=actions, dt_s=0.1, sequence=self.sequence, **self.flags)))
         self.last_chunk = time.monotonic()
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         with self.lock:
             self.trajectories.append((time.monotonic(), self.now_s(), msg))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.endswith('chunk_executor'):
+                with self.lock:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def trajectories_since(self, t: float) -> list:
         with self.lock:
@@ -160,24 +174,36 @@ def cell(rclpy_context):
     robot.close()
 
 
-def enable(cell: Cell, on: bool) -> bool:
-    client = cell.create_client(SetBool, '/chunk_executor/enable')
+def call(cell: Cell, kind, name: str, request):
+    client = cell.create_client(kind, f'/chunk_executor/{name}')
     assert client.wait_for_service(timeout_sec=WAIT_S)
-    future = client.call_async(SetBool.Request(data=on))
-    assert wait_for(future.done, WAIT_S), 'enable did not answer'
-    return future.result().success
+    future = client.call_async(request)
+    assert wait_for(future.done, WAIT_S), f'{name} did not answer'
+    return future.result()
+
+
+def enable(cell: Cell, on: bool) -> bool:
+    return call(cell, SetBool, 'enable', SetBool.Request(data=on)).success
 
 
 def arm_and_follow(cell: Cell) -> None:
     cell.chunks.set()
-    # arming is refused while the state is stale (right): ask until a fresh one lets it arm
-    assert wait_for(lambda: enable(cell, True), WAIT_S)
-    t = time.monotonic()
-    # 1 s of following: the catch-up from where the arm was to the chunks (up to 0.3 rad at
-    # 1 rad/s) is over, the arm moves with the chunks
-    assert wait_for(lambda: sum(m.armed and not m.hold for m in cell.robot.since(t)) >= 100,
-                    WAIT_S)
-    assert wait_for(lambda: cell.trajectories_since(t), WAIT_S)      # the plan goes out
+    armed_at = []
+
+    def following() -> bool:
+        # arming is refused while the state is stale (right): ask until a fresh one lets it
+        # arm; a stop on a loaded machine (a late state) disarms it: arm again
+        sent = cell.robot.since(armed_at[-1]) if armed_at else []
+        if not armed_at or (sent and not sent[-1].armed):
+            if enable(cell, True):
+                armed_at.append(time.monotonic())
+            return False
+        # 1 s of following: the catch-up from where the arm was to the chunks (up to 0.3 rad
+        # at 1 rad/s) is over, the arm moves with the chunks
+        return sum(m.armed and not m.hold for m in sent) >= 100
+
+    assert wait_for(following, WAIT_S)
+    assert wait_for(lambda: cell.trajectories_since(armed_at[-1]), WAIT_S)   # the plan goes out
 
 
 def check_stop(cell: Cell, event_s: float, due_s: float) -> tuple[float, float]:
@@ -217,7 +243,8 @@ def test_a_disarm_and_the_chunks_stopping_send_an_accepted_stop_at_once(cell):
     t_disarm = time.monotonic()
     assert enable(cell, False)
     trajectory_s, hold_s = check_stop(cell, t_disarm, t_disarm)
-    assert not any(m.armed for m in cell.robot.since(t_disarm + trajectory_s))
+    # after the first HOLD (the ZMQ command before it may arrive after the DDS trajectory)
+    assert not any(m.armed for m in cell.robot.since(t_disarm + hold_s))
     assert trajectory_s < 1.0 and hold_s < 1.0, (trajectory_s, hold_s)   # ~0.01 s quiet
 
     arm_and_follow(cell)
@@ -225,7 +252,42 @@ def test_a_disarm_and_the_chunks_stopping_send_an_accepted_stop_at_once(cell):
     assert wait_for(lambda: time.monotonic() > cell.last_chunk + 0.05, WAIT_S)
     t_last = cell.last_chunk
     trajectory_s, hold_s = check_stop(cell, t_last, t_last + CHUNK_TIMEOUT_S - 0.05)
-    assert all(m.armed for m in cell.robot.since(t_last + trajectory_s))   # still armed
+    # the stop disarms: nothing moves until ~/enable again
+    assert not any(m.armed for m in cell.robot.since(t_last + hold_s))
     # the watchdog trips chunk_timeout_s after the newest chunk arrived
     assert CHUNK_TIMEOUT_S - 0.05 < trajectory_s < CHUNK_TIMEOUT_S + 1.0, trajectory_s
     assert CHUNK_TIMEOUT_S - 0.05 < hold_s < CHUNK_TIMEOUT_S + 1.0, hold_s
+
+
+def test_an_estop_stops_at_once_and_arming_waits_for_its_release_and_a_reset(cell):
+    arm_and_follow(cell)
+    t_estop = time.monotonic()
+    cell.estop_pub.publish(Bool(data=True))
+    trajectory_s, hold_s = check_stop(cell, t_estop, t_estop)
+    assert trajectory_s < 1.0 and hold_s < 1.0, (trajectory_s, hold_s)
+    reply = call(cell, SetBool, 'enable', SetBool.Request(data=True))
+    assert not reply.success and 'e-stop is active' in reply.message
+    assert not call(cell, Trigger, 'reset_fault', Trigger.Request()).success
+    assert wait_for(lambda: cell.diagnostics.get('estop') == 'active'
+                    and 'e-stop' in cell.diagnostics.get('arming.refusal', ''), WAIT_S)
+    cell.estop_pub.publish(Bool(data=False))
+    assert wait_for(lambda: 'reset it first' in call(
+        cell, SetBool, 'enable', SetBool.Request(data=True)).message, WAIT_S)
+    assert call(cell, Trigger, 'reset_fault', Trigger.Request()).success
+    arm_and_follow(cell)
+
+
+def test_arming_an_untrained_policy_is_refused_with_its_reason(cell):
+    cell.chunks.set()
+    cell.flags = {'untrained': True}
+    assert wait_for(lambda: 'never armed' in call(
+        cell, SetBool, 'enable', SetBool.Request(data=True)).message, WAIT_S)
+    assert wait_for(lambda: cell.diagnostics.get('untrained') == 'untrained_expert', WAIT_S)
+    cell.flags = {'features_untrained': True}
+    assert wait_for(lambda: 'allow_untrained_vlm' in call(
+        cell, SetBool, 'enable', SetBool.Request(data=True)).message, WAIT_S)
+    assert int(cell.diagnostics.get('arming.refused.untrained_expert', '0')) >= 1
+    # an enable before the first chunk arms into a hold; the untrained chunk ends it
+    assert not any(m.armed and not m.hold for m in cell.robot.since(0.0))   # nothing moved
+    cell.flags = {}
+    arm_and_follow(cell)

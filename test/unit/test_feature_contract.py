@@ -1,5 +1,7 @@
 """The feature contract validates, round-trips and changes its digest with every field."""
 import dataclasses
+import hashlib
+import json
 
 import pytest
 
@@ -21,13 +23,15 @@ def test_round_trip_and_stable_digest():
 @pytest.mark.parametrize('change', [
     {'model_id': 'other'}, {'reduction': 'mean'}, {'num_tokens': 40}, {'feature_dim': 64},
     {'image_width': 1280}, {'image_height': 720}, {'prompt': 'Insert the peg.'},
-    {'view_names': ('zed_2', 'zed_1', 'zed_3', 'zed_4', 'oak')}])
+    {'view_names': ('zed_2', 'zed_1', 'zed_3', 'zed_4', 'oak')},
+    {'weights_digest': '0123456789abcdef'}])
 def test_every_field_changes_the_digest(change):
     assert dataclasses.replace(CONTRACT, **change).digest != CONTRACT.digest
 
 
 @pytest.mark.parametrize('bad', [{'num_tokens': 0}, {'model_id': ''},
-                                 {'view_names': ('a', 'a')}, {'image_width': -1}])
+                                 {'view_names': ('a', 'a')}, {'image_width': -1},
+                                 {'weights_digest': 'sha256:abc'}])
 def test_invalid_contract_is_refused(bad):
     with pytest.raises(ConfigError):
         dataclasses.replace(CONTRACT, **bad)
@@ -72,3 +76,23 @@ def test_the_published_json_round_trips_and_junk_is_refused():
     for junk in ('not json', '[1, 2]', '{"model_id": "m"}'):
         with pytest.raises(ConfigError):
             FeatureContract.from_json(junk)
+
+
+def test_a_contract_without_weights_keeps_the_digest_it_had_before_the_field():
+    # the canonical form written before weights_digest existed: checkpoints keep loading
+    before = {'model_id': CONTRACT.model_id, 'reduction': CONTRACT.reduction,
+              'num_tokens': 41, 'feature_dim': 2048, 'image_width': 640, 'image_height': 360,
+              'view_names': list(CONTRACT.view_names), 'prompt': CONTRACT.prompt, 'version': 1}
+    canonical = json.dumps(before, sort_keys=True, separators=(',', ':'))
+    assert CONTRACT.digest == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert FeatureContract.from_dict(before) == CONTRACT and 'weights_digest' not in \
+        CONTRACT.to_dict()
+
+
+def test_features_of_pinned_weights_name_the_weights_against_an_unpinned_checkpoint():
+    vlm = dataclasses.replace(CONTRACT, weights_digest='0123456789abcdef')
+    (line,) = differences(CONTRACT, vlm)
+    assert line.startswith('weights_digest:') and '0123456789abcdef' in line
+    assert 'pin_weights' in line, 'the cause says how an owner pins an older checkpoint'
+    other = dataclasses.replace(vlm, weights_digest='fedcba9876543210')
+    assert differences(vlm, other)[0].startswith('weights_digest:')

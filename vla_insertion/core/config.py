@@ -66,6 +66,35 @@ def require_unique_names(name: str, values) -> None:
     require(len(set(values)) == len(values), f'{name} must not repeat names, got {values!r}')
 
 
+# ros2_control cells (docs/bringup.md "ros2_control"): where a node's joint states come from, and
+# how the chunk executor commands the gripper there.
+JOINT_STATE_SOURCES = ('robot_bridge', 'joint_states')
+GRIPPER_OUTPUTS = ('none', 'trajectory_joint', 'forward_command')
+
+
+def require_joint_state_map(config) -> None:
+    """Validate the joint-state fields ExpertConfig and ExecutorConfig share (joint_names too).
+
+    joint_names: the 6 arm joints in action order; with joint_state_source joint_states, the
+    names joint_state_broadcaster gives them (core/bridge/joint_map.py).
+    """
+    require_one_of('joint_state_source', config.joint_state_source, JOINT_STATE_SOURCES)
+    require_unique_names('joint_names', config.joint_names)
+    require(len(config.joint_names) == 6,
+            f'joint_names must name the 6 arm joints, got {list(config.joint_names)}')
+    require(isinstance(config.gripper_joint, str)
+            and config.gripper_joint not in config.joint_names,
+            "gripper_joint must be a name other than the arm joints' or empty, got "
+            f'{config.gripper_joint!r}')
+    for name in ('gripper_open_position', 'gripper_closed_position'):
+        value = getattr(config, name)
+        require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value), f'{name} must be a finite number, got {value!r}')
+    require(config.gripper_open_position != config.gripper_closed_position,
+            f'gripper_open_position and gripper_closed_position must differ, both are '
+            f'{config.gripper_open_position!r}')
+
+
 # --- introspection: field comments become parameter descriptions --------------------------
 
 @functools.lru_cache(maxsize=None)
@@ -176,10 +205,22 @@ class VlmConfig:
     preprocess_threads: int = 2    # threads decoding and resizing views (fast path) [threads]
     torch_compile: str = 'auto'    # on, off, auto (on for cuda once measured to help)
     compile_mode: str = 'default'  # default, reduce-overhead, max-autotune-no-cudagraphs
+    # The hub is contacted only with hub_download, and only for a pinned revision; otherwise
+    # a hub id is read from the local cache (HF_HUB_OFFLINE). The digest of the weight files
+    # is in the feature contract either way (docs/vlm.md, "Which weights").
+    revision: str = ''             # hub commit (40 hex) of a hub-id model, '' = the cached main
+    hub_download: bool = False     # fetch a hub-id model missing from the cache at configure
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, str) and bool(self.model.strip()),
                 f'model must be a hub id or a folder, got {self.model!r}')
+        require(isinstance(self.revision, str)
+                and (self.revision == '' or re.fullmatch(r'[0-9a-f]{40}', self.revision)),
+                f'revision must be a 40-hex-digit hub commit or empty, got {self.revision!r}')
+        require(isinstance(self.hub_download, bool),
+                f'hub_download must be a bool, got {self.hub_download!r}')
+        require(not self.hub_download or self.revision,
+                'hub_download needs a pinned revision (the commit to fetch), got none')
         require(isinstance(self.device, str)
                 and re.fullmatch(r'auto|cpu|cuda(:\d+)?', self.device) is not None,
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
@@ -249,6 +290,13 @@ class ExpertConfig:
     scheduler: str = 'thread'      # 'thread': absolute-deadline loop; 'timer': rclpy timer
     realtime_priority: int = 0     # SCHED_FIFO priority of the loop thread 1..99, 0 = normal
     precision: str = 'fp32'        # big Linear weights: fp32, int8, fp16 (converted at load, cpu)
+    # ros2_control cells: the joints from joint_state_broadcaster (docs/bringup.md)
+    joint_state_source: str = 'robot_bridge'  # robot_bridge, or joint_states from ros2_control
+    joint_names: tuple[str, ...] = (  # the 6 arm joints in action order, named as joint_states
+        'joint_1', 'joint_2', 'joint_3', 'joint_4', 'joint_5', 'joint_6')
+    gripper_joint: str = 'gripper'  # joint_states: the gripper joint's name, '' = none (reads 0)
+    gripper_open_position: float = 0.0  # joint_states: that joint when open [controller units]
+    gripper_closed_position: float = 1.0  # joint_states: ... when closed [controller units]
 
     def __post_init__(self) -> None:
         require(isinstance(self.checkpoint, str) and bool(self.checkpoint.strip()),
@@ -276,6 +324,7 @@ class ExpertConfig:
         require_one_of('precision', self.precision, EXPERT_PRECISIONS)
         require(self.precision == 'fp32' or self.device == 'cpu',
                 f'precision {self.precision} is a CPU kernel (fbgemm); use fp32 on {self.device}')
+        require_joint_state_map(self)
 
 
 # --- cell I/O: bridges and simulated cell -------------------------------------------------
@@ -288,6 +337,25 @@ SIM_CONTROLS = ('commands', 'reference')
 def require_host(name: str, value: str) -> None:
     require(isinstance(value, str) and re.fullmatch(r'[A-Za-z0-9.\-:*]+', value) is not None,
             f'{name} must be a host name or IP address (no scheme or port), got {value!r}')
+
+
+def require_networks(name: str, values) -> None:
+    """Require a non-empty list of IP addresses or networks ('10.0.0.2', '10.0.0.0/24')."""
+    import ipaddress
+    require(isinstance(values, (tuple, list)) and len(values) > 0,
+            f'{name} must list at least one address or network (0.0.0.0/0: any), '
+            f'got {values!r}')
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f'{name} must hold IP addresses or networks (a.b.c.d or '
+                              f'a.b.c.d/n), got {value!r}') from None
+
+
+def require_keys_dir(name: str, value: str) -> None:
+    """Require a CURVE keys folder (core/wire/curve.py) or '' for plain TCP (read at start)."""
+    require(isinstance(value, str), f'{name} must be a folder path or empty, got {value!r}')
 
 
 def require_wire_format(name: str, value: str, stream: str) -> None:
@@ -308,7 +376,7 @@ class CameraBridgeConfig:
         'port': (1, 65535), 'max_message_bytes': (1024, 1 << 30),
         'calibration_batches': (1, 100_000)}
 
-    bind_address: str = '127.0.0.1'  # interface the PULL socket binds; 0.0.0.0 on a cell
+    bind_address: str = '127.0.0.1'  # address the PULL socket binds: the cell interface's own
     port: int = 5555               # TCP port the camera sender pushes to
     view_names: tuple[str, ...] = DEFAULT_VIEWS  # view ids accepted; one topic each
     wire_format: str = 'camera_v1'  # decoder name (docs/wire.md)
@@ -317,10 +385,12 @@ class CameraBridgeConfig:
     calibration_batches: int = 50  # frames used to calibrate the clock offset [frames]
     min_fps: float = 4.0           # per-view rate below which diagnostics warn [Hz]
     stale_after_s: float = 1.0     # no frame for this long is an error in diagnostics [s]
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_host('bind_address', self.bind_address)
         require_port('port', self.port)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require_unique_names('view_names', self.view_names)
         require_wire_format('wire_format', self.wire_format, 'camera')
         require_int_range('max_message_bytes', self.max_message_bytes, 1024, 1 << 30, ' bytes')
@@ -349,10 +419,12 @@ class RobotBridgeConfig:
     base_frame: str = 'base_link'  # frame_id of robot/pose
     min_rate_hz: float = 50.0      # state rate below which diagnostics warn [Hz]
     stale_after_s: float = 0.5     # no state for this long is an error in diagnostics [s]
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_host('robot_ip', self.robot_ip)
         require_port('port', self.port)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require_wire_format('wire_format', self.wire_format, 'robot')
         require_int_range('max_message_bytes', self.max_message_bytes, 128, 1 << 24, ' bytes')
         require_positive('receive_timeout_s', self.receive_timeout_s)
@@ -374,8 +446,10 @@ class SensorBridgeConfig:
         'port': (1, 65535), 'window_size': (1, 100_000), 'max_datagram_bytes': (64, 65507),
         'socket_buffer_bytes': (4096, 1 << 28), 'calibration_batches': (1, 100_000)}
 
-    bind_address: str = '127.0.0.1'  # interface the UDP socket binds; 0.0.0.0 on a cell
+    bind_address: str = '127.0.0.1'  # address the UDP socket binds: the cell interface's own
     port: int = 9999               # UDP port the sensor sender sends to
+    # Datagrams from other source addresses are dropped and counted (drops.source).
+    allowed_sources: tuple[str, ...] = ('127.0.0.1',)  # sender addresses or networks (CIDR)
     wire_format: str = 'sensor_v1'  # decoder name (docs/wire.md)
     channel_names: tuple[str, ...] = DEFAULT_SENSOR_CHANNELS  # channels in datagram order
     sample_rate_hz: float = 650.0  # nominal sender sample rate [Hz]
@@ -390,6 +464,7 @@ class SensorBridgeConfig:
     def __post_init__(self) -> None:
         require_host('bind_address', self.bind_address)
         require_port('port', self.port)
+        require_networks('allowed_sources', self.allowed_sources)
         require_wire_format('wire_format', self.wire_format, 'sensor')
         require_unique_names('channel_names', self.channel_names)
         require_int_range('len(channel_names)', len(self.channel_names), 1, 64)
@@ -442,10 +517,13 @@ class SimCellConfig:
     faults: bool = False           # inject malformed, truncated, oversized, NaN, stale packets
     fault_period_s: float = 0.5    # time between injected faults per stream [s]
     fault_report: str = ''         # write injected-fault counts as JSON here on exit ('' = no)
+    # The camera sender's, robot PC's keys (camera, robot and command links; not episodes).
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         for name in ('camera_host', 'robot_bind', 'sensor_host', 'command_bind', 'episode_bind'):
             require_host(name, getattr(self, name))
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         for name in ('camera_port', 'robot_port', 'sensor_port', 'command_port', 'episode_port'):
             require_port(name, getattr(self, name))
         require(len(self.streams) > 0 and set(self.streams) <= set(SIM_STREAMS),
@@ -614,14 +692,31 @@ class ExecutorConfig:
     # Never 0, so the policy can still back out of a contact near the hard limit.
     min_speed_scale: float = 0.1   # speed scale just below the hard limits (1 at the soft) [1]
     command_timeout_s: float = 0.1  # command_v1 timeout: the robot holds without a newer one [s]
-    start_armed: bool = False      # arm at the first fresh robot state instead of on enable
+    start_armed: bool = False      # arm at the first chunk that arm() accepts, not on enable
     delay_window: int = 100        # chunks in the delay statistics [chunks]
     outputs: tuple[str, ...] = ('command_v1',)  # command_v1 and/or joint_trajectory
     robot_ip: str = '127.0.0.1'    # host of the robot PC's command_v1 PULL socket
     command_port: int = 5557       # TCP port the robot PC binds for command_v1
+    # Arming rules and the cell's safety inputs (core/executor/safety.py, docs/safety.md). An
+    # untrained expert is never armed; no field allows it.
+    allow_untrained_vlm: bool = False  # arm on features of a random-weight VLM (sim, demo only)
+    estop_input: bool = False      # safety/estop is wired: arming needs a known, released state
+    deadman_timeout_s: float = 0.0  # > 0: stop without a true safety/heartbeat this long [s]
+    workspace_min_m: tuple[float, ...] = ()  # tool box corner in the base frame; () none [m]
+    workspace_max_m: tuple[float, ...] = ()  # the opposite corner [m]
+    # What the arm surely brakes the tool at under the joint limits; measure it (docs/safety.md).
+    workspace_decel_mps2: float = 0.5  # tool deceleration assumed for the stopping distance
+    # ros2_control cells (docs/bringup.md): the joint states, and the gripper as a joint
+    joint_state_source: str = 'robot_bridge'  # robot_bridge, or joint_states from ros2_control
+    gripper_joint: str = 'gripper'  # the gripper joint's ros2_control name, '' = none (reads 0)
+    gripper_open_position: float = 0.0  # that joint when open [controller units]
+    gripper_closed_position: float = 1.0  # that joint when closed [controller units]
+    gripper_output: str = 'none'   # ros2_control gripper: none, trajectory_joint, forward_command
+    curve_keys_dir: str = ''       # CURVE keys folder (cell_keys), '' = plain TCP (docs/wire.md)
 
     def __post_init__(self) -> None:
         require_positive('control_rate_hz', self.control_rate_hz)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require(self.control_rate_hz <= 1000.0,
                 f'control_rate_hz must be <= 1000 Hz, got {self.control_rate_hz!r}')
         require_unique_names('joint_names', self.joint_names)
@@ -664,9 +759,19 @@ class ExecutorConfig:
         require(self.command_timeout_s >= 1.0 / self.control_rate_hz,
                 f'command_timeout_s must be at least one control period, got '
                 f'{self.command_timeout_s!r}')
-        for name in ('require_sensor', 'start_armed'):
+        for name in ('require_sensor', 'start_armed', 'allow_untrained_vlm', 'estop_input'):
             require(isinstance(getattr(self, name), bool),
                     f'{name} must be a bool, got {getattr(self, name)!r}')
+        require_non_negative('deadman_timeout_s', self.deadman_timeout_s)
+        require(len(self.workspace_min_m) == len(self.workspace_max_m) in (0, 3),
+                f'workspace_min_m and workspace_max_m must both be [x, y, z] or both empty, got '
+                f'{list(self.workspace_min_m)} and {list(self.workspace_max_m)}')
+        require(all(isinstance(v, (int, float)) and math.isfinite(v) and lo < hi
+                    for lo, hi in zip(self.workspace_min_m, self.workspace_max_m)
+                    for v in (lo, hi)),
+                f'workspace_min_m must be finite and below workspace_max_m on every axis, got '
+                f'{list(self.workspace_min_m)} and {list(self.workspace_max_m)}')
+        require_positive('workspace_decel_mps2', self.workspace_decel_mps2)
         require_int_range('delay_window', self.delay_window, 1, 100_000, ' chunks')
         require(len(self.outputs) > 0 and set(self.outputs) <= set(EXECUTOR_OUTPUTS)
                 and len(set(self.outputs)) == len(self.outputs),
@@ -674,6 +779,13 @@ class ExecutorConfig:
                 f'{list(self.outputs)}')
         require_host('robot_ip', self.robot_ip)
         require_port('command_port', self.command_port)
+        require_joint_state_map(self)
+        require_one_of('gripper_output', self.gripper_output, GRIPPER_OUTPUTS)
+        require(self.gripper_output == 'none' or bool(self.gripper_joint),
+                f"gripper_output {self.gripper_output} needs gripper_joint, got ''")
+        require(self.gripper_output != 'trajectory_joint' or 'joint_trajectory' in self.outputs,
+                f'gripper_output trajectory_joint needs joint_trajectory in outputs, got '
+                f'{list(self.outputs)}')
 
     @property
     def period_s(self) -> float:
@@ -691,5 +803,138 @@ class ReferencePolicyConfig:
     def __post_init__(self) -> None:
         require_positive('rate_hz', self.rate_hz)
         require(self.rate_hz <= 1000.0, f'rate_hz must be <= 1000, got {self.rate_hz!r}')
+        require_host('episode_host', self.episode_host)
+        require_port('episode_port', self.episode_port)
+
+
+# --- remote policy servers (core/remote/) -------------------------------------------------
+
+POLICY_PROTOCOLS = ('openpi', 'gr00t')
+IMAGE_RESIZES = ('pad', 'stretch')
+IMAGE_LAYOUTS = ('hwc', 'chw')
+ACTION_MODES = ('absolute', 'delta')
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyClientConfig:
+    """policy_client: a remote policy server (openpi, GR00T) in the action expert's place.
+
+    The observation and action mappings are docs/remote_policy.md's (core/remote/mapping.py);
+    the defaults talk to `serve_policy`, the scripted demonstrator served on the sim cell.
+    """
+
+    protocol: str = 'openpi'       # openpi (websocket, msgpack) or gr00t (ZMQ REQ/REP, msgpack)
+    server_host: str = '127.0.0.1'  # the policy server's host
+    # openpi serves on 8000 by default; GR00T's default 5555 is our camera port: move one
+    server_port: int = 8000        # the policy server's port
+    api_token: str = ''            # openpi: 'Authorization: Api-Key' header; gr00t: api_token
+    rate_hz: float = 10.0          # requests (chunks) per second [Hz]
+    max_feature_age_s: float = 1.0  # refuse when the oldest mapped camera view is older [s]
+    max_sensor_age_s: float = 0.1  # refuse sensor windows whose newest sample is older [s]
+    max_robot_age_s: float = 0.2   # refuse robot joint states or poses older than this [s]
+    require_complete_window: bool = True  # refuse sensor windows with missing (NaN) rows
+    reply_timeout_s: float = 1.0   # no reply this long after a request: refuse, reconnect [s]
+    connect_timeout_s: float = 2.0  # longest connect + handshake (openpi metadata, GR00T ping) [s]
+    reconnect_min_s: float = 0.2   # first wait before a reconnect; doubles per failure [s]
+    reconnect_max_s: float = 5.0   # longest wait between reconnect attempts [s]
+    max_reply_bytes: int = 16000000  # larger replies are refused [bytes]
+    image_views: tuple[str, ...] = ('oak',)  # our camera views sent, in image_keys order
+    image_keys: tuple[str, ...] = ('wrist',)  # the server's image key of each view
+    image_width: int = 224         # every image sent is this wide [pixels]
+    image_height: int = 224        # every image sent is this high [pixels]
+    image_resize: str = 'pad'      # pad (aspect kept, black bars, openpi's) or stretch
+    image_layout: str = 'hwc'      # uint8 (H, W, 3) 'hwc' or (3, H, W) 'chw' (ALOHA-style)
+    state_keys: tuple[str, ...] = (  # 'server key=part+part', parts: core/remote/mapping.py
+        'joints=joints', 'gripper=gripper', 'tool=tool_position+tool_orientation')
+    prompt: str = 'Insert the needle into the target.'  # the task instruction sent
+    prompt_key: str = 'task'       # the server's key of the prompt (openpi's 'prompt')
+    action_keys: tuple[str, ...] = ('joints', 'gripper')  # reply arrays, concatenated (H, D)
+    action_indices: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)  # server dim of joint_1..6, gripper
+    action_scale: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # ours = server x this
+    action_offset: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # ... + this [rad, 1]
+    action_mode: str = 'absolute'  # absolute joint targets, or delta: added to the joints sent
+    action_horizon: int = 0        # actions kept of each reply [actions], 0 = all
+    chunk_dt_s: float = 0.1        # time between the server's actions [s]
+    send_prefix: bool = False      # gr00t: send the committed prefix as previous actions (RTC)
+    rtc_ramp_rate: float = 6.0     # gr00t, send_prefix: the RTC option rtc_ramp_rate [1]
+
+    def __post_init__(self) -> None:
+        from vla_insertion.core.remote.mapping import parse_state_keys  # imports no config
+        require_one_of('protocol', self.protocol, POLICY_PROTOCOLS)
+        require_host('server_host', self.server_host)
+        require_port('server_port', self.server_port)
+        require(isinstance(self.api_token, str), f'api_token must be a string, got '
+                                                 f'{self.api_token!r}')
+        require_positive('rate_hz', self.rate_hz)
+        require(self.rate_hz <= 1000.0, f'rate_hz must be <= 1000, got {self.rate_hz!r}')
+        for name in ('max_feature_age_s', 'max_sensor_age_s', 'max_robot_age_s',
+                     'reply_timeout_s', 'connect_timeout_s', 'reconnect_min_s',
+                     'reconnect_max_s', 'chunk_dt_s', 'rtc_ramp_rate'):
+            require_positive(name, getattr(self, name))
+        require(self.reconnect_min_s <= self.reconnect_max_s,
+                f'reconnect_min_s ({self.reconnect_min_s}) must not exceed reconnect_max_s '
+                f'({self.reconnect_max_s})')
+        for name in ('require_complete_window', 'send_prefix'):
+            require(isinstance(getattr(self, name), bool),
+                    f'{name} must be a bool, got {getattr(self, name)!r}')
+        require_int_range('max_reply_bytes', self.max_reply_bytes, 1024, 1 << 30, ' bytes')
+        require_unique_names('image_views', self.image_views)
+        require_unique_names('image_keys', self.image_keys)
+        require(len(self.image_keys) == len(self.image_views),
+                f'image_keys must name one key per view of image_views '
+                f'({len(self.image_views)}), got {list(self.image_keys)}')
+        for name in ('image_width', 'image_height'):
+            require_int_range(name, getattr(self, name), 8, 4096, ' pixels')
+        require_one_of('image_resize', self.image_resize, IMAGE_RESIZES)
+        require_one_of('image_layout', self.image_layout, IMAGE_LAYOUTS)
+        require(self.protocol != 'gr00t' or self.image_layout == 'hwc',
+                'image_layout must be hwc for gr00t (its video arrays are (B, T, H, W, 3))')
+        try:
+            state = parse_state_keys(self.state_keys)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        require(isinstance(self.prompt, str) and isinstance(self.prompt_key, str)
+                and bool(self.prompt_key), 'prompt must be a string and prompt_key a '
+                f'non-empty string, got {self.prompt!r}, {self.prompt_key!r}')
+        keys = [*self.image_keys, *(k for k, _ in state), self.prompt_key]
+        require(len(set(keys)) == len(keys), f'image, state and prompt keys must differ, got '
+                                             f'{keys}')
+        require_unique_names('action_keys', self.action_keys)
+        for name in ('action_indices', 'action_scale', 'action_offset'):
+            require(len(getattr(self, name)) == 7,
+                    f'{name} must have 7 entries (joint_1..joint_6, gripper), got '
+                    f'{list(getattr(self, name))}')
+        require(all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 4096
+                    for i in self.action_indices),
+                f'action_indices must be server dims 0..4095, got {list(self.action_indices)}')
+        require(all(isinstance(v, (int, float)) and math.isfinite(v) and v != 0
+                    for v in self.action_scale),
+                f'action_scale must be finite and non-zero, got {list(self.action_scale)}')
+        require(all(isinstance(v, (int, float)) and math.isfinite(v)
+                    for v in self.action_offset),
+                f'action_offset must be finite, got {list(self.action_offset)}')
+        require_one_of('action_mode', self.action_mode, ACTION_MODES)
+        require_int_range('action_horizon', self.action_horizon, 0, 10000, ' actions')
+        require(not self.send_prefix or self.protocol == 'gr00t',
+                'send_prefix needs protocol gr00t (openpi has no input for a prefix)')
+
+
+@dataclasses.dataclass(frozen=True)
+class ServePolicyConfig:
+    """serve_policy: the sim cell's demonstrator served over openpi's or GR00T's protocol."""
+
+    protocol: str = 'openpi'       # openpi (websocket) or gr00t (ZMQ REP)
+    bind: str = '127.0.0.1'        # interface the server listens on
+    port: int = 8000               # port the server listens on
+    api_token: str = ''            # refuse requests without this token ('' = no token)
+    episode_host: str = '127.0.0.1'  # where sim_cell publishes its episode reports
+    episode_port: int = 5558       # sim_cell's episode_port
+
+    def __post_init__(self) -> None:
+        require_one_of('protocol', self.protocol, POLICY_PROTOCOLS)
+        require_host('bind', self.bind)
+        require_port('port', self.port)
+        require(isinstance(self.api_token, str), f'api_token must be a string, got '
+                                                 f'{self.api_token!r}')
         require_host('episode_host', self.episode_host)
         require_port('episode_port', self.episode_port)

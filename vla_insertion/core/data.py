@@ -42,6 +42,11 @@ class RobotState:
     joint_names: tuple[str, ...] = ('joint_1', 'joint_2', 'joint_3',
                                     'joint_4', 'joint_5', 'joint_6')
 
+    @property
+    def tool_pose(self) -> ToolPose:
+        """The tool pose alone, stamped as these joints (as robot/pose carries it)."""
+        return ToolPose(self.stamp_s, self.tool_position_m, self.tool_orientation_xyzw)
+
     def with_pose(self, pose: ToolPose) -> RobotState:
         """Return these joints with `pose`'s tool pose, stamped with the older of the two.
 
@@ -117,6 +122,7 @@ class ActionChunkData:
     inference_ms: float = 0.0
     mode: int = MODE_ASYNC
     untrained: bool = False        # the expert's weights are random: never executed
+    features_untrained: bool = False  # the VL features came from a random-weight VLM
 
 
 def _no_values() -> np.ndarray:

@@ -5,6 +5,15 @@ those numbers (model, reduction of hidden states, image size, view order, prompt
 contract; its digest travels in every VLFeatures message and is stored in expert checkpoints, and
 the expert refuses features whose hash differs from its checkpoint's.
 
+The weights are pinned by `weights_digest`, the digest of the VLM's weight files
+(core/vlm/weights.py): a model id names a model, not which snapshot or fine-tune of it, and
+features of other weights are refused like any other change. A contract written before the
+field existed has none (''); its canonical form, and so its digest, is the one it had then.
+Such a checkpoint is therefore refused with features of any pinned weights, the field named
+as the difference: this code cannot know which weights it was trained on. A cell owner who
+does pins it once with `pin_weights CHECKPOINT` (core/expert/checkpoint.py `pin_weights`);
+the expert never guesses (docs/vlm.md, "Which weights").
+
 The digest says only *that* two contracts differ. To say *what* differs, the VLM node also
 publishes its whole contract as JSON on `vla/feature_contract` (transient local, so a late
 expert still gets it), and `differences` names each field that differs with both values: a
@@ -15,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 import hashlib
 import json
+import re
 
 from vla_insertion.core.config import ConfigError, require, require_positive, require_unique_names
 
@@ -32,6 +42,7 @@ class FeatureContract:
     view_names: tuple[str, ...]    # views in the order they appear in the prompt
     prompt: str                    # the full text prompt, task instruction included
     version: int = CONTRACT_VERSION  # bumped when the meaning of a field changes
+    weights_digest: str = ''       # of the VLM's weight files, '' = unknown (older contracts)
 
     def __post_init__(self) -> None:
         require(bool(self.model_id), 'model_id must not be empty')
@@ -39,10 +50,15 @@ class FeatureContract:
         for name in ('num_tokens', 'feature_dim', 'image_width', 'image_height'):
             require_positive(name, getattr(self, name))
         require_unique_names('view_names', self.view_names)
+        require(isinstance(self.weights_digest, str)
+                and re.fullmatch(r'([0-9a-f]{16})?', self.weights_digest) is not None,
+                f'weights_digest must be 16 hex digits or empty, got {self.weights_digest!r}')
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d['view_names'] = list(self.view_names)
+        if not self.weights_digest:    # a contract without one keeps its former form and digest
+            del d['weights_digest']
         return d
 
     @classmethod
@@ -84,6 +100,8 @@ _CAUSES = {
     'image_height': 'the size views are resized to',
     'view_names': 'which views, in which order',
     'version': 'the contract format',
+    'weights_digest': 'other weight files: another model folder, revision or fine-tune; a '
+                      'checkpoint without one predates weight digests (pin_weights pins it)',
 }
 
 
@@ -95,7 +113,7 @@ def differences(expected: FeatureContract, actual: FeatureContract,
     instruction change reads as the two instructions rather than two copies of the prompt.
     """
     out = []
-    for name in expected.to_dict():
+    for name in {**expected.to_dict(), **actual.to_dict()}:
         want, got = getattr(expected, name), getattr(actual, name)
         if want == got:
             continue

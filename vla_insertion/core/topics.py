@@ -73,16 +73,32 @@ COMMITTED_PREFIX = Topic('vla/committed_prefix', 'vla_insertion/msg/ActionChunk'
 JOINT_TRAJECTORY = Topic('robot/joint_trajectory', 'trajectory_msgs/msg/JointTrajectory',
                          'state', 'future points for ros2_control, when armed; the braking '
                          'of each stop at once (chunk_executor)')
+ESTOP = Topic('safety/estop', 'std_msgs/msg/Bool', 'static',
+              "true while the cell's e-stop or protective stop is active: the executor stops "
+              "and latches a fault; published by the cell's relay of its safety PLC "
+              '(safety_relay)')
+HEARTBEAT = Topic('safety/heartbeat', 'std_msgs/msg/Bool', 'latest',
+                  "the operator's deadman: true while held, at least every "
+                  'deadman_timeout_s, from a hold-to-run console (operator)')
 STATS = Topic('vla/stats', 'vla_insertion/msg/NodeStats', 'latest',
               'plottable health numbers of each node (every node)')
 DIAGNOSTICS = Topic('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 'diagnostics',
                     'status, reasons and counters of each node (every node)')
+# ros2_control cells (docs/bringup.md "ros2_control"): what its controllers publish and take.
+ROS2_JOINT_STATES = Topic('joint_states', 'sensor_msgs/msg/JointState', 'robot',
+                          "joint_state_broadcaster's joints in the controllers' units, read "
+                          'through joint_names with joint_state_source: joint_states '
+                          '(joint_state_broadcaster)')
+GRIPPER_COMMAND = Topic('gripper/commands', 'std_msgs/msg/Float64MultiArray', 'state',
+                        'the gripper position for a forward_command_controller while the '
+                        'robot may move, with gripper_output: forward_command (chunk_executor)')
 CLOCK = Topic('/clock', 'rosgraph_msgs/msg/Clock', 'clock',
               'bag time while replaying (bag_player)', recorded=False)
 
 TOPICS: tuple[Topic, ...] = (CAMERAS, JOINT_STATES, POSE, SENSOR_WINDOW, FEATURES,
                              FEATURE_CONTRACT, FEATURE_REQUEST, ACTION_CHUNK, COMMAND,
-                             COMMITTED_PREFIX, JOINT_TRAJECTORY, STATS, DIAGNOSTICS, CLOCK)
+                             COMMITTED_PREFIX, JOINT_TRAJECTORY, ESTOP, HEARTBEAT, STATS,
+                             DIAGNOSTICS, ROS2_JOINT_STATES, GRIPPER_COMMAND, CLOCK)
 
 
 # The documented recorded set (docs/evaluation.md): every camera view the cell publishes (a

@@ -3,7 +3,7 @@
 Subscribes (newest kept; QoS from core/topics.py):
     vla/features         vla_insertion/VLFeatures
     sensor/window        vla_insertion/SensorWindow
-    robot/joint_states   sensor_msgs/JointState [rad], with the `gripper` entry [0..1]
+    robot/joint_states   sensor_msgs/JointState [rad] and `gripper` [0..1], or joint_states
     robot/pose           geometry_msgs/PoseStamped
     vla/committed_prefix vla_insertion/ActionChunk   the executor's committed actions (prefix)
     vla/feature_contract std_msgs/String (JSON)      the VLM's: a mismatch names what differs
@@ -34,14 +34,13 @@ import threading
 
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from sensor_msgs.msg import JointState
 from std_msgs.msg import Header, String
 
 from vla_insertion import conversions as conv
 from vla_insertion.core import topics
 from vla_insertion.core.config import ConfigError, ExpertConfig
 from vla_insertion.core.data import NodeStatsData
-from vla_insertion.core.expert.inputs import LatestInputs, Malformed, ROBOT, tick_newest
+from vla_insertion.core.expert.inputs import LatestInputs, put_converted, ROBOT, tick_newest
 from vla_insertion.core.expert.live import apply_live, ExpertDiagnostics, load_runner
 from vla_insertion.core.expert.runner import ExpertRunner, TickResult
 from vla_insertion.core.expert.staleness import SYNC_TIMEOUT
@@ -53,6 +52,7 @@ from vla_insertion.ros.lifecycle import ManagedNode
 from vla_insertion.ros.monitoring import NodeMonitor
 from vla_insertion.ros.parameters import declare_config
 from vla_insertion.ros.qos import lifecycle_publisher, subscription
+from vla_insertion.ros.ros2_control import joint_state_source
 from vla_insertion.ros.run import run_node
 
 # Every torch op releases the GIL and takes it back; with the default 5 ms switch interval a busy
@@ -97,12 +97,12 @@ class ActionExpertNode(ManagedNode):
                 (VLFeatures, topics.FEATURES, inputs.put_features, conv.vl_features_from_msg),
                 (SensorWindow, topics.SENSOR_WINDOW, inputs.put_window,
                  conv.sensor_window_from_msg),
-                (JointState, topics.JOINT_STATES, inputs.put_joints, conv.robot_state_from_msgs),
+                joint_state_source(cfg, inputs.put_joints),   # robot_bridge's or ros2_control's
                 (PoseStamped, topics.POSE, inputs.put_pose, conv.pose_from_msg),
                 (ActionChunk, topics.COMMITTED_PREFIX, inputs.put_prefix,
                  conv.action_chunk_from_msg)):
             self._topics.append(subscription(self, msg_type, topic,
-                                             functools.partial(self._store, put, read)))
+                                             functools.partial(put_converted, put, read)))
         self._chunk_pub = lifecycle_publisher(self, ActionChunk, topics.ACTION_CHUNK)
         self._request_pub = (lifecycle_publisher(self, Header, topics.FEATURE_REQUEST)
                              if self._sync else None)
@@ -163,15 +163,6 @@ class ActionExpertNode(ManagedNode):
             self._activate()
 
     # --- inputs: converted at the edge, the newest kept by LatestInputs --------------------
-
-    @staticmethod
-    def _store(put, read, msg) -> None:
-        """Put `read(msg)`; a message that does not convert is held as Malformed (ticks refuse)."""
-        try:
-            item = read(msg)
-        except ValueError as exc:     # ConversionError, or fewer positions than joint names
-            item = Malformed(str(exc), conv.time_from_msg(msg.header.stamp))
-        put(item)
 
     def _on_contract(self, msg: String) -> None:
         try:

@@ -6,7 +6,9 @@ Topics out:
   /diagnostics, vla/stats          rates, sequence gaps and clock offsets per view, drops by
                                    cause, clock steps, restarts, connections, message age
 Parameters: the fields of core.config.CameraBridgeConfig (bind_address, port, views,
-wire_format, max_message_bytes, receive_timeout_s, calibration_batches, min_fps, stale_after_s).
+wire_format, max_message_bytes, receive_timeout_s, calibration_batches, min_fps, stale_after_s,
+curve_keys_dir: with keys the PULL socket is the camera link's CURVE server and admits only
+the camera sender's key, core/wire/curve.py).
 
 The PULL socket is bound, so a restarted sender simply reconnects; its new session id is
 counted as a restart. Sessions, sequences and the sender clock are checked per view by
@@ -31,6 +33,7 @@ from vla_insertion.core.config import CameraBridgeConfig
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import HealthReport, RateMeter
 from vla_insertion.core.wire import camera_frame, CameraMessage, make_codec
+from vla_insertion.core.wire.curve import CurveLink, link_keys
 from vla_insertion.ros.monitoring import log_events, NodeMonitor
 from vla_insertion.ros.parameters import declare_config
 from vla_insertion.ros.qos import SENSOR_QOS
@@ -47,8 +50,8 @@ class _View:
 class CameraBridgeNode(Node):
     """Bridge the camera sender's frames to one compressed image topic per view."""
 
-    def __init__(self) -> None:
-        super().__init__('camera_bridge')
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__('camera_bridge', **node_kwargs)
         self._config = cfg = declare_config(self, CameraBridgeConfig)
         self._codec = make_codec(cfg.wire_format, 'camera', max_bytes=cfg.max_message_bytes)
         self._views = {v: _View(self.create_publisher(
@@ -56,17 +59,19 @@ class CameraBridgeNode(Node):
         # one clock per view and session: a skewed view cannot re-base the others
         self._stream = StreamTracker(cfg.view_names, cfg.calibration_batches)
         self._zmq = zmq.Context(1)
+        self._curve = CurveLink(link_keys(cfg.curve_keys_dir, 'camera'), self._zmq)
         endpoint = f'tcp://{cfg.bind_address}:{cfg.port}'
         self._loop = ReceiveLoop(
             'camera_rx', lambda: ZmqSource(self._zmq, zmq.PULL, endpoint, True,
-                                           cfg.receive_timeout_s, cfg.max_message_bytes),
+                                           cfg.receive_timeout_s, cfg.max_message_bytes,
+                                           self._curve.secure),
             self._on_message, on_drop=self._warn_drop, causes=BRIDGE_CAUSES + (UNKNOWN_VIEW,))
         self._health = BridgeHealth('camera_bridge', self._loop, self._stream,
                                     cfg.stale_after_s)
         self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
         self._loop.start()
-        self.get_logger().info(f'camera PULL bound on {endpoint}, views {list(cfg.view_names)}, '
-                               f'wire format {cfg.wire_format}')
+        self.get_logger().info(f'camera PULL bound on {endpoint} ({self._curve.describe()}), '
+                               f'views {list(cfg.view_names)}, wire format {cfg.wire_format}')
 
     def _on_message(self, data: bytes, t_recv: float) -> None:
         # receive thread: decode -> session, sequence, clock -> publish
@@ -116,7 +121,8 @@ class CameraBridgeNode(Node):
 
     def destroy_node(self) -> None:
         # attributes are absent when __init__ failed half-way
-        close_bridge(getattr(self, '_loop', None), getattr(self, '_zmq', None))
+        close_bridge(getattr(self, '_loop', None), getattr(self, '_zmq', None),
+                     getattr(self, '_curve', None))
         super().destroy_node()
 
 

@@ -2,17 +2,22 @@
 
 Subscribes (QoS from core/topics.py):
     vla/action_chunk     vla_insertion/ActionChunk      chunks of the action expert
-    robot/joint_states   sensor_msgs/JointState          measured joints and gripper
+    robot/joint_states   sensor_msgs/JointState          measured joints and gripper, or
+                         ros2_control's joint_states (joint_state_source: joint_states)
     sensor/window        vla_insertion/SensorWindow      force/torque for the gate
+    robot/pose           geometry_msgs/PoseStamped       the tool, for the workspace box
+    safety/estop         std_msgs/Bool                   true: stop, latch fault `estop`
+    safety/heartbeat     std_msgs/Bool                   the operator's deadman (deadman_timeout_s)
 Publishes:
     vla/command          vla_insertion/ExecutorCommand   every control step, armed or not
     robot/joint_trajectory  trajectory_msgs/JointTrajectory  when armed, at the chunk rate,
                          and a stop's braking at once (outputs contains joint_trajectory)
     vla/committed_prefix vla_insertion/ActionChunk      merge = prefix: what is committed
+    gripper/commands     std_msgs/Float64MultiArray     gripper_output: forward_command
     /diagnostics, vla/stats: state, gate.<cause>, stops.<trigger>, starvation, delays, jerk
-Sends: command_v1 (docs/wire.md) over ZMQ PUSH to robot_ip:command_port when armed, and HOLD
-    while a stop is in force (outputs contains command_v1).
-Services: ~/enable (std_srvs/SetBool: arm / disarm), ~/reset_fault (std_srvs/Trigger).
+Sends: command_v1 (docs/wire.md) to robot_ip:command_port when armed, HOLD during a stop.
+Services: ~/enable (std_srvs/SetBool: arm / disarm; a refusal names its reason, also in
+    /diagnostics `arming.refusal`), ~/reset_fault (std_srvs/Trigger).
 Parameters: the fields of core.config.ExecutorConfig and joint_limits.<joint>.<key> in
     ros2_control's shape (read-only).
 
@@ -28,31 +33,32 @@ import sys
 import threading
 import time
 
+from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
-import zmq
 
 from vla_insertion import conversions as conv
 from vla_insertion.core import topics
 from vla_insertion.core.config import ExecutorConfig
 from vla_insertion.core.data import ActionChunkData, NodeStatsData
 from vla_insertion.core.executor import ChunkExecutor
-from vla_insertion.core.executor.command import command_message
+from vla_insertion.core.executor.command import CommandSender
 from vla_insertion.core.executor.limits import limits_from_params, LimitsTable, PARAM_PREFIX
+from vla_insertion.core.executor.stats import executor_health, executor_status_line
 from vla_insertion.core.health import DropCounter, HealthReport, RateMeter
 from vla_insertion.core.ticker import DeadlineTicker
-from vla_insertion.core.wire import CommandCodecV1
 from vla_insertion.msg import ActionChunk, ExecutorCommand, SensorWindow
 from vla_insertion.ros.monitoring import NodeMonitor
 from vla_insertion.ros.parameters import declare_config
 from vla_insertion.ros.qos import publisher, subscription
+from vla_insertion.ros.ros2_control import GripperCommand, JOINT_STATE_DROPS, JointStateInput
 from vla_insertion.ros.run import run_node
 
 # Inputs and sends this shell drops (the executor counts its own chunk rejections).
-DROPS = ('bad_chunk', 'bad_sensor_window', 'send_queue_full')
+DROPS = ('bad_chunk', 'bad_sensor_window', 'send_queue_full') + JOINT_STATE_DROPS
 
 
 class ChunkExecutorNode(Node):
@@ -64,38 +70,36 @@ class ChunkExecutorNode(Node):
         self._executor = ChunkExecutor(cfg, self._declare_limits(cfg.joint_names))
         self._lock = threading.Lock()
         self._sequence = 0
-        self._session = secrets.randbits(32)
         self._drops = DropCounter(DROPS)
-        self._sent = 0
         self._rate = RateMeter(window_s=5.0)
         self._stop = ''                # the stop in force, to log each once
 
         subscription(self, ActionChunk, topics.ACTION_CHUNK, self._on_chunk)
-        subscription(self, JointState, topics.JOINT_STATES, self._on_joints)
+        JointStateInput(self, cfg, self._executor.on_robot_state, self._drops, self._lock)
         subscription(self, SensorWindow, topics.SENSOR_WINDOW, self._on_window)
+        subscription(self, PoseStamped, topics.POSE, self._on_pose)
+        subscription(self, Bool, topics.ESTOP, self._on_estop)
+        subscription(self, Bool, topics.HEARTBEAT, self._on_heartbeat)
         self._command_pub = publisher(self, ExecutorCommand, topics.COMMAND)
         self._trajectory_pub = (publisher(self, JointTrajectory, topics.JOINT_TRAJECTORY)
                                 if 'joint_trajectory' in cfg.outputs else None)
         self._prefix_pub = (publisher(self, ActionChunk, topics.COMMITTED_PREFIX)
                             if cfg.merge == 'prefix' else None)
+        self._gripper = GripperCommand(self, cfg)    # gripper_output: forward_command
         self.create_service(SetBool, '~/enable', self._on_enable)
         self.create_service(Trigger, '~/reset_fault', self._on_reset_fault)
-        self._zmq = self._push = None
-        if 'command_v1' in cfg.outputs:
-            self._zmq = zmq.Context(1)
-            self._push = self._zmq.socket(zmq.PUSH)
-            self._push.setsockopt(zmq.LINGER, 0)
-            self._push.setsockopt(zmq.SNDHWM, 2)       # a command is stale within a period
-            self._push.setsockopt(zmq.IMMEDIATE, 1)    # queue nothing while no robot listens
-            self._push.connect(f'tcp://{cfg.robot_ip}:{cfg.command_port}')
-        self._codec = CommandCodecV1()
+        self._sender = (CommandSender(cfg, secrets.randbits(32))
+                        if 'command_v1' in cfg.outputs else None)
         self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
-        where = (f'command_v1 -> {cfg.robot_ip}:{cfg.command_port}'
-                 if self._push is not None else 'no command_v1')
+        where = (f'command_v1 -> {self._sender.endpoint}' if self._sender is not None
+                 else 'no command_v1')
         self.get_logger().info(
             f'{cfg.merge} merge at {cfg.control_rate_hz:g} Hz, outputs {list(cfg.outputs)} '
-            f'({where}); ' + ('arms at the first fresh robot state' if cfg.start_armed else
+            f'({where}); ' + ('arms at the first chunk it may arm on' if cfg.start_armed else
                               'DISARMED: preview only until ~/enable'))
+        if cfg.allow_untrained_vlm:
+            self.get_logger().warning('allow_untrained_vlm is set: arming on features of an '
+                                      'UNTRAINED VLM is allowed (sim and demo only)')
         self._ticker = DeadlineTicker(cfg.control_rate_hz)
         self._thread = threading.Thread(target=self._loop, name='executor_loop', daemon=True)
         self._thread.start()
@@ -118,15 +122,25 @@ class ChunkExecutorNode(Node):
             with self._lock:
                 self._executor.on_chunk(chunk, self._now_s())
 
-    def _on_joints(self, msg: JointState) -> None:
-        with self._lock:
-            self._executor.on_robot_state(conv.robot_state_from_msgs(msg))
-
     def _on_window(self, msg: SensorWindow) -> None:
         window = self._read(conv.sensor_window_from_msg, msg, 'bad_sensor_window')
         if window is not None:
             with self._lock:
                 self._executor.on_sensor_window(window)
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        with self._lock:
+            self._executor.on_tool_pose(conv.pose_from_msg(msg))
+
+    def _on_estop(self, msg: Bool) -> None:
+        with self._lock:
+            self._executor.on_estop(msg.data)
+        if msg.data:
+            self.get_logger().error('e-stop active: stopped, fault latched', once=True)
+
+    def _on_heartbeat(self, msg: Bool) -> None:
+        with self._lock:
+            self._executor.on_heartbeat(msg.data, self._now_s())
 
     def _read(self, reader, msg, cause: str):
         try:
@@ -141,7 +155,8 @@ class ChunkExecutorNode(Node):
             ok, message = (self._executor.arm(self._now_s()) if request.data
                            else self._executor.disarm())
         response.success, response.message = ok, message
-        self.get_logger().warning(f'{"enable" if request.data else "disable"}: {message}')
+        if message != 'already armed':        # asked again: nothing new to say
+            self.get_logger().warning(f'{"enable" if request.data else "disable"}: {message}')
         return response
 
     def _on_reset_fault(self, request: Trigger.Request, response: Trigger.Response):
@@ -168,6 +183,7 @@ class ChunkExecutorNode(Node):
         self._sequence += 1
         # the robot's outputs first: a stop leaves before anything is published for plots
         sent = command.to_robot and self._send_command(command, now_s)
+        self._gripper.publish(command)
         if trajectory is not None:
             self._trajectory_pub.publish(conv.joint_trajectory_to_msg(trajectory))
         if command.stop != self._stop:
@@ -182,17 +198,15 @@ class ChunkExecutorNode(Node):
         self._rate.tick(time.monotonic())
 
     def _send_command(self, command, now_s: float) -> bool:
-        if self._push is None:
+        if self._sender is None:
             return False
-        message = command_message(command, self._config, session=self._session,
-                                  sequence=self._sequence, sender_time_s=now_s)
-        try:
-            self._push.send(self._codec.encode(message), zmq.NOBLOCK)
-        except zmq.Again:         # no robot connected, or it is not reading: never queue
-            self._drops.count('send_queue_full')
-            return False
-        self._sent += 1
-        return True
+        if self._sender.send(command, sequence=self._sequence, now_s=now_s):
+            return True
+        self._drops.count('send_queue_full')   # no robot connected, or not reading: never queue
+        return False
+
+    def _sent_count(self) -> int:
+        return self._sender.sent if self._sender is not None else 0
 
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -202,15 +216,9 @@ class ChunkExecutorNode(Node):
     def _report(self) -> tuple[HealthReport, NodeStatsData]:
         with self._lock:
             stats = self._executor.stats()
-        report = HealthReport()
-        level, message = stats.pop('level'), stats.pop('message')
-        if level != 'OK':
-            report.escalate(level, message)
-        else:
-            report.message = message
         rate = self._rate.rate_hz(time.monotonic())
-        report.values = {'rate_hz': rate, 'commands_sent': self._sent,
-                         **{f'drops.{k}': v for k, v in self._drops.as_dict().items()}, **stats}
+        report = executor_health(stats, rate_hz=rate, sent=self._sent_count(),
+                                 drops=self._drops.as_dict())
         return report, NodeStatsData(
             stamp_s=self._now_s(), node='', rate_hz=rate,
             latency_mean_ms=stats.get('delay_s.p50', float('nan')) * 1e3,
@@ -220,21 +228,16 @@ class ChunkExecutorNode(Node):
 
     def _status_line(self) -> str:
         with self._lock:
-            s = self._executor.stats()
-        acted = ', '.join(f'{k[5:]}={v}' for k, v in s.items() if k.startswith('gate.') and v)
-        return (f'Commands: {self._sequence} ({self._sent} sent) | {s["message"]} | chunks '
-                f'{s["chunks.accepted"]} | starved {s["starved"]} | delay p50 '
-                f'{s.get("delay_s.p50", float("nan")) * 1e3:.0f} ms'
-                + (f' | gate {acted}' if acted else ''))
+            stats = self._executor.stats()
+        return executor_status_line(stats, commands=self._sequence, sent=self._sent_count())
 
     def destroy_node(self) -> None:
         ticker = getattr(self, '_ticker', None)    # absent when __init__ failed half-way
         if ticker is not None:
             ticker.stop()
             self._thread.join(timeout=2.0)
-        if getattr(self, '_push', None) is not None:
-            self._push.close(linger=0)
-            self._zmq.term()
+        if getattr(self, '_sender', None) is not None:
+            self._sender.close()
         super().destroy_node()
 
 

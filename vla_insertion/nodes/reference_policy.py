@@ -34,8 +34,7 @@ from vla_insertion.core.config import ReferencePolicyConfig
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import HealthReport, RateMeter
 from vla_insertion.core.orchestration.episode_listener import EpisodeListener
-from vla_insertion.core.sim.episode import episode_spec
-from vla_insertion.core.sim.reference import ReferenceObservation, ReferencePolicy
+from vla_insertion.core.sim.reference import EpisodeReference
 from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.msg import ActionChunk, SensorWindow
 from vla_insertion.ros.monitoring import NodeMonitor
@@ -50,13 +49,11 @@ class ReferencePolicyNode(Node):
     def __init__(self, **node_kwargs) -> None:
         super().__init__('reference_policy', **node_kwargs)
         self._config = cfg = declare_config(self, ReferencePolicyConfig)
-        self._policy = ReferencePolicy()
+        self._reference = EpisodeReference()
         self._lock = threading.Lock()
         self._joints = self._pose = self._window = None
-        self._episode: tuple[int, int] | None = None      # (seed, index) planned for
         self._sequence = 0
         self._rate = RateMeter()
-        self._waiting = 'no episode report yet'
         subscription(self, JointState, topics.JOINT_STATES, self._store('_joints'))
         subscription(self, PoseStamped, topics.POSE, self._store('_pose'))
         subscription(self, SensorWindow, topics.SENSOR_WINDOW, self._store('_window'))
@@ -81,36 +78,26 @@ class ReferencePolicyNode(Node):
             self.tick()
 
     def tick(self) -> None:
-        report = self._episodes.latest
         with self._lock:
             joints, pose, window = self._joints, self._pose, self._window
-        if report is None or joints is None or pose is None:
-            self._waiting = 'no episode report yet' if report is None else 'no robot state yet'
-            return
-        if report.state != 'running':           # decided: the cell holds, then resets
-            self._waiting = f'episode {report.episode} {report.state}'
-            return
-        if self._episode != (report.seed, report.episode):
-            self._episode = (report.seed, report.episode)
-            self._policy.reset()
-        spec = episode_spec(report.seed, report.episode)
-        robot = conv.robot_state_from_msgs(joints, pose)
+        robot = None if joints is None or pose is None else \
+            conv.robot_state_from_msgs(joints, pose)
         try:        # no window yet, or an unreadable one: geometry alone decides
             window = None if window is None else conv.sensor_window_from_msg(window)
         except conv.ConversionError:
             window = None
-        chunk = self._policy.infer(ReferenceObservation(robot, spec.hole_top_m,
-                                                        spec.approach_offset_m, window))
+        chunk = self._reference.act(self._episodes.latest, robot, window)
+        if chunk is None:
+            return
         self._sequence += 1       # stamped with the observation: the measured state's time
         self._chunk_pub.publish(conv.action_chunk_to_msg(
             dataclasses.replace(chunk, sequence=self._sequence)))
         self._rate.tick(time.monotonic())
-        self._waiting = ''
 
     def _report(self) -> tuple[HealthReport, NodeStatsData]:
         report = HealthReport()
-        if self._waiting:
-            report.escalate('WARN', f'not publishing: {self._waiting}')
+        if self._reference.waiting:
+            report.escalate('WARN', f'not publishing: {self._reference.waiting}')
         rate = self._rate.rate_hz(time.monotonic())
         episode = self._episodes.latest
         report.values = {'chunks': self._sequence, 'rate_hz': rate,

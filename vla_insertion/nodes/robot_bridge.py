@@ -8,7 +8,8 @@ Topics out:
                             restarts, connections, message age, joints
 Parameters: the fields of core.config.RobotBridgeConfig (robot_ip, port, wire_format,
 max_message_bytes, receive_timeout_s, calibration_batches, joint_names, base_frame,
-min_rate_hz, stale_after_s).
+min_rate_hz, stale_after_s, curve_keys_dir: with keys the SUB socket is a CURVE client of the
+robot link and talks only to the robot PC's key, core/wire/curve.py).
 
 The SUB socket connects to robot_ip:port and reconnects by itself when the robot PC restarts;
 the new session id is counted as a restart. Sessions, sequences and the sender clock are checked
@@ -33,6 +34,7 @@ from vla_insertion.core.config import RobotBridgeConfig
 from vla_insertion.core.data import NodeStatsData, RobotState
 from vla_insertion.core.health import HealthReport, RateMeter
 from vla_insertion.core.wire import make_codec, robot_state, RobotMessage
+from vla_insertion.core.wire.curve import CurveLink, link_keys
 from vla_insertion.ros.monitoring import log_events, NodeMonitor
 from vla_insertion.ros.parameters import declare_config
 from vla_insertion.ros.qos import ROBOT_QOS
@@ -42,8 +44,8 @@ from vla_insertion.ros.run import run_node
 class RobotBridgeNode(Node):
     """Bridge the robot PC's state messages to JointState and PoseStamped in SI units."""
 
-    def __init__(self) -> None:
-        super().__init__('robot_bridge')
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__('robot_bridge', **node_kwargs)
         self._config = cfg = declare_config(self, RobotBridgeConfig)
         self._codec = make_codec(cfg.wire_format, 'robot', max_bytes=cfg.max_message_bytes)
         self._stream = StreamTracker(calibration_batches=cfg.calibration_batches)
@@ -53,15 +55,17 @@ class RobotBridgeNode(Node):
         self._published = 0
         self._latest: RobotState | None = None
         self._zmq = zmq.Context(1)
+        curve = CurveLink(link_keys(cfg.curve_keys_dir, 'robot', 'robot_bridge'))
         endpoint = f'tcp://{cfg.robot_ip}:{cfg.port}'
         self._loop = ReceiveLoop(
             'robot_rx', lambda: ZmqSource(self._zmq, zmq.SUB, endpoint, False,
-                                          cfg.receive_timeout_s, cfg.max_message_bytes),
+                                          cfg.receive_timeout_s, cfg.max_message_bytes,
+                                          curve.secure),
             self._on_message, on_drop=self._warn_drop)
         self._health = BridgeHealth('robot_bridge', self._loop, self._stream, cfg.stale_after_s)
         self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
         self._loop.start()
-        self.get_logger().info(f'robot SUB connecting to {endpoint}, '
+        self.get_logger().info(f'robot SUB connecting to {endpoint} ({curve.describe()}), '
                                f'wire format {cfg.wire_format}')
 
     def _on_message(self, data: bytes, t_recv: float) -> None:

@@ -5,7 +5,8 @@ Topics out:
                        header.stamp is the newest sample's time on the local clock
   /diagnostics, vla/stats   datagram rate, drops by cause, gaps, late samples, window fill,
                        clock offset and steps, restarts, message age
-Parameters: the fields of core.config.SensorBridgeConfig (bind_address, port, wire_format,
+Parameters: the fields of core.config.SensorBridgeConfig (bind_address, port, allowed_sources,
+wire_format,
 channel_names, sample_rate_hz, window_size, max_datagram_bytes, socket_buffer_bytes,
 receive_timeout_s, calibration_batches, min_fill, stale_after_s).
 
@@ -13,7 +14,8 @@ Sessions, sequences and the sender clock are checked by core.stream.StreamTracke
 missing sequence numbers are counted as gaps and restart the window's valid run; samples not
 newer than the newest one taken are late and dropped; a new sender session restarts the window.
 A datagram whose time cannot be right still adds its samples (the sequence places them) but
-publishes no window.
+publishes no window. A datagram from a source address not in allowed_sources is dropped unread
+(drops.source): it never reaches the window.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from rclpy.node import Node
 
 from vla_insertion.conversions import sensor_window_to_msg
 from vla_insertion.core.bridge.receive import (
-    BridgeHealth, close_bridge, Drop, ReceiveLoop, UdpSource)
+    BRIDGE_CAUSES, BridgeHealth, close_bridge, Drop, ReceiveLoop, SOURCE, SourceAllowList,
+    UdpSource)
 from vla_insertion.core.bridge.sensor_window import SensorWindowBuffer
 from vla_insertion.core.bridge.stream import StreamTracker
 from vla_insertion.core.config import SensorBridgeConfig
@@ -40,8 +43,8 @@ from vla_insertion.ros.run import run_node
 class SensorBridgeNode(Node):
     """Bridge the sensor sender's UDP batches to a sliding window topic."""
 
-    def __init__(self) -> None:
-        super().__init__('sensor_bridge')
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__('sensor_bridge', **node_kwargs)
         self._config = cfg = declare_config(self, SensorBridgeConfig)
         self._codec = make_codec(cfg.wire_format, 'sensor', max_bytes=cfg.max_datagram_bytes,
                                  channels=len(cfg.channel_names))
@@ -50,17 +53,20 @@ class SensorBridgeNode(Node):
         self._publisher = self.create_publisher(SensorWindow, 'sensor/window', WINDOW_QOS)
         self._rate = RateMeter()
         self._published = 0
+        allowed = SourceAllowList(cfg.allowed_sources)
         self._loop = ReceiveLoop(
             'sensor_rx', lambda: UdpSource(cfg.bind_address, cfg.port, cfg.receive_timeout_s,
-                                           cfg.max_datagram_bytes, cfg.socket_buffer_bytes),
-            self._on_datagram, on_drop=self._warn_drop)
+                                           cfg.max_datagram_bytes, cfg.socket_buffer_bytes,
+                                           allowed),
+            self._on_datagram, on_drop=self._warn_drop, causes=BRIDGE_CAUSES + (SOURCE,))
         self._health = BridgeHealth('sensor_bridge', self._loop, self._stream, cfg.stale_after_s,
                                     gap_key='gap_samples', link=False)
         self._monitor = NodeMonitor(self, self._report, status_line=self._status_line)
         self._loop.start()
         self.get_logger().info(
-            f'sensor UDP bound on {cfg.bind_address}:{cfg.port}, {len(cfg.channel_names)} '
-            f'channels at {cfg.sample_rate_hz:g} Hz, window {cfg.window_size} samples')
+            f'sensor UDP bound on {cfg.bind_address}:{cfg.port}, senders {allowed}, '
+            f'{len(cfg.channel_names)} channels at {cfg.sample_rate_hz:g} Hz, window '
+            f'{cfg.window_size} samples')
 
     def _on_datagram(self, data: bytes, t_recv: float) -> None:
         # receive thread: decode -> session, sequence, clock -> window -> publish

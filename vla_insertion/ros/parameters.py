@@ -10,6 +10,7 @@ from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult)
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from vla_insertion.core.config import config_from_dict, ConfigError, field_docs, field_types
 from vla_insertion.core.params import params_files, sections_not_applying, unknown_parameters
@@ -101,11 +102,15 @@ def _declare_config(node: Node, cls: type, extra_prefixes: tuple[str, ...],
             else:
                 descriptor.floating_point_range = [FloatingPointRange(
                     from_value=float(low), to_value=float(high), step=0.0)]
+        if isinstance(default, list) and not default:
+            # rclpy takes an empty list for a BYTE_ARRAY: declare the array's type alone, so
+            # that the params file's [x, y, z] is accepted; unset reads as the empty default
+            default = Parameter.Type(descriptor.type)
         try:
             param = node.declare_parameter(name, default, descriptor)
         except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
             raise ConfigError(f'{name}: {exc}') from None
-        values[name] = param.value
+        values[name] = () if param.value is None else param.value
     config = config_from_dict(cls, values)
 
     def on_set(params: list) -> SetParametersResult:
@@ -118,7 +123,8 @@ def _declare_config(node: Node, cls: type, extra_prefixes: tuple[str, ...],
                 f'{", ".join(fixed)} can change only while {node.get_name()} is unconfigured '
                 f'(ros2 lifecycle set {node.get_fully_qualified_name()} deactivate, then '
                 f'cleanup); live parameters: {", ".join(live) or "none"}'))
-        current = {n: _plain(node.get_parameter(n).value) for n in types}
+        # get_parameter_or: an array declared by type alone and never set has no value
+        current = {n: _plain(node.get_parameter_or(n).value) for n in types}
         try:
             new = config_from_dict(cls, {**current, **changes})
             if on_change is not None:
@@ -134,7 +140,9 @@ def _declare_config(node: Node, cls: type, extra_prefixes: tuple[str, ...],
 
 
 def _plain(value):
-    """Return a parameter value as the config wants it (arrays as lists)."""
+    """Return a parameter value as the config wants it (arrays as lists; unset: empty)."""
+    if value is None:               # an array declared by type alone, never set
+        return []
     return list(value) if isinstance(value, (array.array, tuple)) else value
 
 

@@ -26,10 +26,12 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 
 from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagPlayerConfig, ConfigError
+from vla_insertion.core.orchestration.processes import StopRequest
 from vla_insertion.ros.parameters import declare_config, split_ros_args, with_parameters
 from vla_insertion.ros.qos import message_class, publisher, qos_profile
 
@@ -154,7 +156,12 @@ def main(args=None) -> int:
     ros_args = with_parameters(ros_args, {
         'bag': opts.bag, 'rate': opts.rate, 'start_offset_s': opts.start_offset,
         'loop': opts.loop, 'restamp': opts.restamp, 'topics': opts.topics})
-    rclpy.init(args=['bag_player', *rest, *ros_args])
+    # SIGINT/SIGTERM only set a flag (not rclpy's handlers): the loop ends, the node stops its
+    # threads and only then is the context shut down, whatever signals follow
+    rclpy.init(args=['bag_player', *rest, *ros_args],
+               signal_handler_options=SignalHandlerOptions.NO)
+    stop = StopRequest()
+    stop.install()
     node = None
     try:
         try:
@@ -164,11 +171,12 @@ def main(args=None) -> int:
             return 2
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok() and not (node.done.is_set() and node._config.exit_when_done):
+        while not stop.requested and rclpy.ok() and not (
+                node.done.is_set() and node._config.exit_when_done):
             executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
-    finally:
+    finally:                               # the flag stays: no signal cuts the close short
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

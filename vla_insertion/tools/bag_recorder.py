@@ -46,11 +46,13 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 
 from vla_insertion.core import bag, topics
 from vla_insertion.core.config import BagRecorderConfig, ConfigError
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.health import DropCounter, HealthReport, RateMeter
+from vla_insertion.core.orchestration.processes import StopRequest
 from vla_insertion.ros.monitoring import NodeMonitor
 from vla_insertion.ros.parameters import declare_config, split_ros_args, with_parameters
 from vla_insertion.ros.qos import message_class
@@ -105,6 +107,7 @@ class BagRecorderNode(Node):
         self._accepting = True
         self._state = 'recording'
         self._stopped = threading.Event()
+        self.finished = False              # duration_s reached
         self._subscribe_pending()
         self._discovery = self.create_timer(c.discovery_period_s, self._subscribe_pending)
         self._thread = threading.Thread(target=self._write_loop, name='bag_writer', daemon=True)
@@ -264,7 +267,7 @@ class BagRecorderNode(Node):
     def _finish_by_duration(self) -> None:
         self.get_logger().info(f'duration {self._config.duration_s} s reached')
         self._end_timer.cancel()
-        raise SystemExit(0)
+        self.finished = True               # main's loop ends and closes the bag
 
     # shutdown
 
@@ -347,7 +350,12 @@ def main(args=None) -> int:
     ros_args = with_parameters(ros_args, {
         'output_dir': opts.output_dir, 'bag_name': opts.bag_name, 'storage': opts.storage,
         'duration_s': opts.duration, 'topics': opts.topics})
-    rclpy.init(args=['bag_recorder', *rest, *ros_args])
+    # SIGINT/SIGTERM only set a flag (not rclpy's handlers): the loop ends, and closing the
+    # bag runs to its end whatever signals follow, so the bag is always readable.
+    rclpy.init(args=['bag_recorder', *rest, *ros_args],
+               signal_handler_options=SignalHandlerOptions.NO)
+    stop = StopRequest()
+    stop.install()
     node = None
     try:
         try:
@@ -358,10 +366,11 @@ def main(args=None) -> int:
         # light callbacks only: one thread keeps the per-message overhead lowest
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
+        while not stop.requested and not node.finished and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
-    finally:
+    finally:                               # the flag stays: no signal cuts the close short
         if node is not None:
             node.destroy_node()
             node.get_logger().info(f'closed {node.path}: {sum(node.written.values())} '

@@ -4,6 +4,7 @@
     closed_loop --policy reference --episodes 20           # the scripted demonstrator (ceiling)
     closed_loop --compare --episodes 10                    # merges x VLM delay x sync/async
     closed_loop --backend ros --episodes 5                 # the real nodes on sim_cell
+    closed_loop --backend ros --policy openpi --episodes 5  # the demonstrator over openpi
 
 Backends:
 - sim (default): the whole policy in-process on simulated time (core/sim/loop.py, run by
@@ -13,7 +14,9 @@ Backends:
   Deterministic.
 - ros: sim_cell, the bridges, vlm_node, action_expert (or reference_policy) and chunk_executor
   (armed) as processes from the launch table on free loopback ports, for real timing; the
-  outcomes come from sim_cell's episode stream (core/orchestration/cell_run.py).
+  outcomes come from sim_cell's episode stream (core/orchestration/cell_run.py). `--policy
+  openpi|gr00t`: the demonstrator served over that protocol (serve_policy) drives the cell
+  through policy_client (ros backend only; with `--merge prefix` gr00t gets the prefix).
 
 Per configuration: success rate, time to insert, peak and mean contact force, RMS jerk and the
 velocity jump at chunk boundaries, starvation, refused ticks and gate interventions by cause,
@@ -33,7 +36,7 @@ import time
 from vla_insertion.core import artifacts
 from vla_insertion.core.config import ConfigError, EXECUTOR_MERGES, ExpertConfig, VlmConfig
 from vla_insertion.core.orchestration.builders import (
-    executor_settings, SimConfiguration, SimEvaluator)
+    executor_settings, SIM_EXECUTOR, SimConfiguration, SimEvaluator)
 from vla_insertion.core.params import load_config
 from vla_insertion.core.sim.loop import EpisodeMetrics, PipelineTiming
 
@@ -97,8 +100,10 @@ def plot(path: Path, results: dict[str, dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='closed_loop', description=__doc__.split('\n\n')[0])
     parser.add_argument('--backend', choices=('sim', 'ros'), default='sim')
-    parser.add_argument('--policy', choices=('expert', 'reference'), default='expert',
-                        help='the learned policy (VLM + expert) or the scripted demonstrator')
+    parser.add_argument('--policy', choices=('expert', 'reference', 'openpi', 'gr00t'),
+                        default='expert', help='the learned policy (VLM + expert), the scripted '
+                        'demonstrator, or the demonstrator served over openpi or gr00t to '
+                        'policy_client (--backend ros)')
     parser.add_argument('--episodes', type=int, default=20)
     parser.add_argument('--seed', type=int, default=1000,
                         help='seed of the hole positions (training demonstrations use 0..)')
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                         'as one process runs)')
     parser.add_argument('-o', '--output', default='artifacts/closed_loop')
     args = parser.parse_args(argv)
+    if args.policy in ('openpi', 'gr00t') and args.backend != 'ros':
+        parser.error(f'--policy {args.policy} runs the real nodes: add --backend ros')
     if args.workers < 1:
         parser.error('--workers must be >= 1')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file,
                                  overrides={'checkpoint': args.checkpoint})
         # the cell's executor, its joint limits included, armed as in every offline run
-        executor = executor_settings(args.params_file, overrides={'start_armed': True})
+        executor = executor_settings(args.params_file, overrides=SIM_EXECUTOR)
     except (ConfigError, OSError) as exc:
         print(f'closed_loop: {exc}', file=sys.stderr)
         return 2

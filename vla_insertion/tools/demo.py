@@ -15,11 +15,13 @@ SIGTERM) and prints a summary.
 (core/orchestration/demo_policy.py: demonstrations, feature cache, stage-1 training, built on
 the first run and reused after, ending with a closed-loop evaluation on 20 held-out holes),
 and once the first chunk arrives the demo arms the chunk executor through its ~/enable
-service, as an operator would, and clears a latched fault at each episode start; the summary
-gives the success rate of the episodes that started armed with their count, beside the build's
-held-out evaluation.
+service, as an operator would, and at each episode start clears a latched fault and re-arms it
+(every stop disarms); the summary gives the success rate of the episodes that started armed,
+with their count, beside the build's held-out evaluation. The VLM is the tiny untrained one
+(no real weights exist here): the executor arms on its features only because the demo, as the
+sim, sets allow_untrained_vlm, and the log and the summary's `arming` line say so.
 --policy untrained: the tiny untrained expert, the executor previewing disarmed (nothing moves
-the arm).
+the arm); the demo asks it to arm, and it refuses: an untrained expert is never armed.
 
 Exits non-zero if a program died, the shutdown needed force, or no action chunk was published.
 """
@@ -36,6 +38,7 @@ import time
 
 from vla_insertion.core import artifacts
 from vla_insertion.core.config import ConfigError
+from vla_insertion.core.distro import localhost_discovery
 from vla_insertion.core.evaluation.run_summary import (
     format_summary, RunRecorder, status_line, summarize)
 from vla_insertion.core.evaluation.summary import success_text
@@ -90,9 +93,13 @@ def _parse_args(argv):
 
 def run(argv=None) -> int:
     args = _parse_args(argv)
+    # Ctrl-C or SIGTERM from here on: end early, still stop all and print (a flag: a handler
+    # that takes a lock can deadlock). The cell's waits end on it; after the cell, it is 130.
+    stop = StopRequest()
+    stop.install()
     logging.basicConfig(level=logging.INFO, format='[demo] %(message)s')
     os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    localhost_discovery(os.environ)
     os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')  # live node logs in logs/
     lib_dir, installed_params = installed_paths()
     params_file = args.params_file or installed_params
@@ -109,15 +116,15 @@ def run(argv=None) -> int:
                 echo=lambda line: print(line, flush=True))
     except artifacts.ArtifactError as exc:
         print(f'FAILED: {exc}')
-        return 1
+        return 130 if stop.requested else 1
+    if stop.requested:                 # during the preparation: nothing was started
+        return 130
 
     # The rclpy pieces of the tool: the operator who arms the executor (trained), the monitor.
     from vla_insertion.ros.executor_operator import ExecutorOperator
     from vla_insertion.ros.monitor import MonitorThread
     recorder = RunRecorder()
-    stop = StopRequest()         # Ctrl-C or SIGTERM: end early, still stop all and print
-    stop.install()
-    operator = ExecutorOperator() if trained else None
+    operator = ExecutorOperator()
     try:
         cell = CellRun(
             args.out, params_file=params_file,
@@ -131,7 +138,7 @@ def run(argv=None) -> int:
             if trained else None,
             operator=operator,
             on_scored=(lambda report: _scored(recorder, report)) if trained
-            else recorder.add_episode)
+            else recorder.add_episode, stop=stop)
     except (ConfigError, OSError) as exc:
         if operator is not None:
             operator.close()
@@ -147,9 +154,9 @@ def run(argv=None) -> int:
                 cell.start_scoring()   # nothing arms: every episode is the untrained preview's
             monitor = MonitorThread(recorder)
             try:
-                failure = _watch(args, cell, recorder, stop, trained)
+                failure = _watch(args, cell, recorder, trained)
             except CellRunError as exc:
-                failure = str(exc)
+                failure = 'interrupted' if stop.requested else str(exc)
             end_s = time.monotonic()
     finally:
         if monitor is not None:
@@ -164,6 +171,7 @@ def run(argv=None) -> int:
     duration = max(0.0, end_s - measured_from)
     print('\n=== vla_insertion demo summary ===')
     print(f'  {"policy".ljust(18)}  {args.policy} ({checkpoint})')
+    print(f'  {"arming".ljust(18)}  {cell.arming or "not asked"}')
     print(format_summary(summary, duration))
     if trained:
         rate = (f'{success_text(summary)} over {summary["episodes"]} live episode(s)'
@@ -190,27 +198,26 @@ def _scored(recorder: RunRecorder, report: dict) -> None:
              f' in {report["time_to_insert_s"]:.1f} s' if report['success'] else '')
 
 
-def _watch(args, cell: CellRun, recorder: RunRecorder, stop: StopRequest,
-           trained: bool) -> str:
+def _watch(args, cell: CellRun, recorder: RunRecorder, trained: bool) -> str:
     """Wait for the first chunk, arm, then measure for the duration; return a failure or ''.
 
-    Raises CellRunError when a program exits.
+    Raises CellRunError when a program exits or a signal asks to stop.
     """
     start = time.monotonic()
     status = _StatusLines(recorder, args.status_period, start)
-    if not cell.wait_for(lambda: recorder.chunks or stop.requested, args.startup_timeout,
-                         poll=status):
+    if not cell.wait_for(lambda: recorder.chunks, args.startup_timeout, poll=status):
         return f'no action chunk within {args.startup_timeout:.0f} s'
-    if stop.requested:
-        return 'interrupted'
     first_chunk_s = recorder.chunks[0].recv_s
     log.info('first action chunk after %.1f s; measuring for %.0f s',
              first_chunk_s - start, args.duration)
-    if trained and not cell.arm():
+    # Untrained: ask too, to show the rule: the executor never arms an untrained expert.
+    armed = cell.arm()
+    if trained and not armed:
         return 'the chunk executor refused to arm'
+    if not trained and armed:
+        return 'the chunk executor ARMED an untrained expert'
     left_s = first_chunk_s + args.duration - time.monotonic()
-    if cell.wait_for(lambda: stop.requested, max(0.0, left_s), poll=status):
-        return 'interrupted'
+    cell.wait_for(lambda: False, max(0.0, left_s), poll=status)
     return ''
 
 

@@ -32,7 +32,8 @@ import numpy as np
 from vla_insertion.core import artifacts
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
 from vla_insertion.core.orchestration.builders import (
-    build_runner, executor_settings, SimConfiguration, SimEvaluator, staleness_limits)
+    build_runner, executor_settings, SIM_EXECUTOR, SimConfiguration, SimEvaluator,
+    staleness_limits)
 from vla_insertion.core.params import load_config
 from vla_insertion.core.sim.loop import PipelineTiming
 from vla_insertion.core.train.feature_cache import FeatureCache
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                               overrides={'model': args.vlm_model})
         expert_cfg = load_config(ExpertConfig, 'action_expert', args.params_file)
         # the cell's executor, its joint limits included, armed as in every offline run
-        executor = executor_settings(args.params_file, overrides={'start_armed': True})
+        executor = executor_settings(args.params_file, overrides=SIM_EXECUTOR)
         cache = FeatureCache.load(args.cache)
         checkpoints = dict(c.split('=', 1) for c in args.checkpoint)
     except (ConfigError, OSError, ValueError) as exc:

@@ -48,7 +48,7 @@ log = logging.getLogger('record_demonstrations')
 
 def record_in_process(args: argparse.Namespace, out: Path) -> int:
     from vla_insertion.core.config import ExpertConfig, VlmConfig
-    from vla_insertion.core.orchestration.builders import executor_settings
+    from vla_insertion.core.orchestration.builders import executor_settings, SIM_EXECUTOR
     from vla_insertion.core.params import load_config
     from vla_insertion.core.train.demonstrations import (
         DemoStreams, LearnedDriver, record_parallel)
@@ -58,7 +58,7 @@ def record_in_process(args: argparse.Namespace, out: Path) -> int:
                           overrides={'model': args.vlm_model})
         # the cell's executor, its joint limits included, armed: the demonstrator and a
         # DAgger driver move under the limits the policy is evaluated (closed_loop) and run with
-        executor = executor_settings(args.params_file, overrides={'start_armed': True})
+        executor = executor_settings(args.params_file, overrides=SIM_EXECUTOR)
         if args.driver:
             if not Path(args.driver, 'config.json').is_file():
                 raise ConfigError(f'--driver {args.driver}: not an expert checkpoint folder '

@@ -14,7 +14,8 @@ executor reads; none: the built-in defaults), each overridable by a flag: one va
 joints, six, or seven with the gripper.
 
     robot_receiver --backend dry-run
-    robot_receiver --params-file config/vla_insertion.yaml --bind-address 0.0.0.0
+    robot_receiver --params-file config/vla_insertion.yaml --bind-address 192.168.10.2
+    robot_receiver --curve-keys-dir /etc/vla_insertion/keys   # CURVE: the executor's key only
     robot_receiver --max-velocity-rad-s 0.5 --clock-offset-s 0 --max-age-s 0.02
 
 Exits 0 after SIGINT / SIGTERM or --duration-s, 2 on a bad configuration or a busy port, 1 if
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--port', type=int,
                         help="TCP port (default: the params file's chunk_executor command_port, "
                              f'else {defaults.port})')
+    parser.add_argument('--curve-keys-dir', default='',
+                        help='CURVE keys folder (cell_keys): robot_pc.key_secret and the '
+                             "executor's chunk_executor.key; default: plain TCP")
     parser.add_argument('--backend', choices=BACKENDS, default='sim',
                         help='what the accepted commands drive (default: %(default)s)')
     parser.add_argument('--params-file',
@@ -116,7 +120,8 @@ def load_settings(args: argparse.Namespace) -> tuple[ReceiverConfig, CommandLimi
         bind_address=args.bind_address,
         port=args.port if args.port is not None else settings.config.command_port,
         max_age_s=None if args.no_age_check else args.max_age_s,
-        clock_offset_s=args.clock_offset_s, timeout_s=args.timeout_s)
+        clock_offset_s=args.clock_offset_s, timeout_s=args.timeout_s,
+        curve_keys_dir=args.curve_keys_dir)
     return config, limits
 
 
@@ -147,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f'robot_receiver: {exc}', file=sys.stderr)
         return 2
     stop = StopRequest()                     # a flag: Event.set in a handler can deadlock
-    previous = stop.install()
+    stop.install()
     receiver.start()
     age = ('off' if config.max_age_s is None else
            f'{config.max_age_s:g} s ' + ('(offset estimated)' if config.clock_offset_s is None
                                          else f'(clock offset {config.clock_offset_s:g} s)'))
-    _LOG.info(f'command_v1 on {config.bind_address}:{config.port} -> {args.backend}; max age '
+    _LOG.info(f'command_v1 on {config.bind_address}:{config.port} '
+              f'({receiver.curve.describe()}) -> {args.backend}; max age '
               f'{age}; timeout ' + ('per command' if config.timeout_s is None
                                     else f'{config.timeout_s:g} s')
               + f'; max velocity {list(limits.max_velocity)} rad/s')
@@ -167,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 next_status = now + args.status_period_s
                 _LOG.info(_status(receiver, now))
             time.sleep(_POLL_S)              # polls the signal flag (see StopRequest)
-    finally:
-        StopRequest.restore(previous)
+    finally:                                 # the flag stays: no signal cuts close() short
         receiver.close()
     now = time.monotonic()
     _LOG.info(f'stopped; {_status(receiver, now)}')

@@ -24,6 +24,11 @@ ones are counted by cause (logged, throttled, and in the periodic status line), 
 session (`late`) and ones from a replaced session (`stale_session`) too. The newest command of
 the current session is followed from its arrival; without one for its timeout the arm holds.
 
+With --curve-keys-dir (a folder written by cell_keys) the ZMQ links are CURVE-secured as on a
+cell (core/wire/curve.py): the camera PUSH is the camera sender's client, the robot PUB and the
+command PULL are the robot PC's servers, admitting only robot_bridge / cell_observer and the
+chunk executor. The episode stream stays plain (a simulator's reports).
+
 With --faults each stream injects, every --fault-period-s and in a fixed cycle, one of: a
 malformed packet (bad magic), a truncated one, an oversized one (one byte over the matching
 bridge's default cap), one with NaN, a stale repeat of an older packet, and a sender restart
@@ -37,7 +42,6 @@ from collections import Counter, deque
 import json
 import logging
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -51,7 +55,8 @@ from vla_insertion.core import params
 from vla_insertion.core.config import (
     CameraBridgeConfig, ConfigError, field_docs, field_types, RobotBridgeConfig,
     SensorBridgeConfig, SimCellConfig)
-from vla_insertion.core.orchestration.builders import executor_settings
+from vla_insertion.core.orchestration.builders import executor_settings, SIM_EXECUTOR
+from vla_insertion.core.orchestration.processes import StopRequest
 from vla_insertion.core.robot import CommandReceiver, ReceiverConfig, ServoBackend
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.episode import EpisodeParams
@@ -63,6 +68,7 @@ from vla_insertion.core.ticker import DeadlineTicker
 from vla_insertion.core.wire import (
     CameraCodecV1, CameraMessage, EpisodeCodecV1, RobotCodecV1, RobotMessage, SensorBatch,
     SensorCodecV1)
+from vla_insertion.core.wire.curve import CurveLink, link_keys
 
 _LOG = logging.getLogger('sim_cell')
 NODE_NAME = 'sim_cell'
@@ -72,6 +78,8 @@ EXPECTED_CAUSE = {'malformed': 'drops.bad_magic', 'truncated': 'drops.truncated'
                   'oversized': 'drops.oversized', 'nan': 'drops.non_finite',
                   'out_of_order': 'drops.late', 'restart': 'sender_restarts'}
 _RESTART_HOLDOFF_S = 1.0    # no fault right after a (re)start: subscribers are reconnecting
+_STATUS_PERIOD_S = 5.0      # between the status lines [s]
+_POLL_S = 0.1               # how often the main loop looks at the signal flag [s]
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -231,6 +239,7 @@ class CameraSender(Sender):
         context = zmq.Context(1)
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.SNDHWM, 100)
+        CurveLink(link_keys(self.config.curve_keys_dir, 'camera', 'camera_sender')).secure(push)
         push.connect(f'tcp://{self.config.camera_host}:{self.config.camera_port}')
         return context, push
 
@@ -245,7 +254,7 @@ class RobotSender(Sender):
         rng = np.random.default_rng(cfg.seed + 1)
         old: deque[bytes] = deque(maxlen=5)
         sequence = 0
-        context, pub = self._bind()
+        context, pub, curve = self._bind()
         pacer = DeadlineTicker(cfg.robot_rate_hz, self.stop)
         try:
             while pacer.wait():
@@ -261,10 +270,11 @@ class RobotSender(Sender):
                 kind = self.faults.due(have_old_packet=len(old) == old.maxlen)
                 if kind == 'restart':
                     pub.close(linger=0)
+                    curve.close()
                     context.term()
                     self.session, sequence = new_session(), 0
                     old.clear()
-                    context, pub = self._bind()
+                    context, pub, curve = self._bind()
                     continue
                 if kind == 'nan':
                     pub.send(codec.encode(_replace(msg, joints_deg=(float('nan'),) * 6)))
@@ -277,13 +287,16 @@ class RobotSender(Sender):
                 self.sent += 1
         finally:
             pub.close(linger=0)
+            curve.close()
             context.term()
 
-    def _bind(self) -> tuple[zmq.Context, zmq.Socket]:
+    def _bind(self) -> tuple[zmq.Context, zmq.Socket, CurveLink]:
         context = zmq.Context(1)
+        curve = CurveLink(link_keys(self.config.curve_keys_dir, 'robot'), context)
         pub = context.socket(zmq.PUB)
+        curve.secure(pub)
         pub.bind(f'tcp://{self.config.robot_bind}:{self.config.robot_port}')
-        return context, pub
+        return context, pub, curve
 
 
 class SensorSender(Sender):
@@ -354,7 +367,7 @@ def command_receiver(config: SimCellConfig, cell: LiveCell, t0: float) -> Comman
     """
     receiver_config = ReceiverConfig(bind_address=config.command_bind,
                                      port=config.command_port, max_age_s=None,
-                                     name='sim_commands')
+                                     name='sim_commands', curve_keys_dir=config.curve_keys_dir)
     return CommandReceiver(receiver_config, ServoBackend(cell, t0), limits=None)
 
 
@@ -442,7 +455,7 @@ def build_cell(config: SimCellConfig, params_file: str | None = None) -> LiveCel
     cell = SimCell(params, seed=config.seed)
     if config.control == 'commands':
         return LiveCell(cell, control='commands')
-    executor = executor_settings(params_file, overrides={'start_armed': True}).build()
+    executor = executor_settings(params_file, overrides=SIM_EXECUTOR).build()
     # reference_latency_s is the whole observation -> chunk delay, as the expert's would be
     timing = PipelineTiming(expert_latency_s=config.reference_latency_s, transport_s=0.0)
     loop = PipelineLoop(cell, executor, timing, reference=ReferencePolicy(), seed=config.seed)
@@ -457,16 +470,28 @@ def fault_report(senders: list[Sender]) -> dict:
             'sent': {s.stream: s.sent for s in senders}}
 
 
+def check_keys(config: SimCellConfig) -> str:
+    """Read every CURVE key the configured streams need (CurveError); describe the links."""
+    ends = {'cameras': ('camera', 'camera_sender'), 'robot': ('robot', None)}
+    links = [ends[s] for s in config.streams if s in ends]
+    if config.control == 'commands':
+        links.append(('command', None))
+    found = [link_keys(config.curve_keys_dir, link, role) for link, role in links]
+    return ('CURVE on ' + ', '.join(k.link for k in found) if found and all(found)
+            else 'plain TCP')
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config, args = load_config(argv)
+        security = check_keys(config)
     except (ConfigError, OSError) as exc:
         print(f'sim_cell: invalid configuration: {exc}', file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level, format='[sim_cell] %(message)s')
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = threading.Event()           # the senders' stop, set by this thread, never a handler
+    interrupt = StopRequest()          # SIGINT/SIGTERM: a flag (Event.set there can deadlock)
+    interrupt.install()
     try:
         cell = build_cell(config, args.params_file)
     except ConfigError as exc:            # the params file's chunk_executor section
@@ -498,19 +523,24 @@ def main(argv: list[str] | None = None) -> int:
         'robot': f'robot: {config.robot_rate_hz:g} Hz on {config.robot_bind}:{config.robot_port}',
         'sensor': f'sensor: {config.sensor_rate_hz:g} Hz in batches of {config.sensor_batch} -> '
                   f'{config.sensor_host}:{config.sensor_port}'}
-    _LOG.info(f'control {config.control}'
+    _LOG.info(f'{security}; control {config.control}'
               + (f', commands on {config.command_bind}:{config.command_port}' if receiver
                  else '')
               + f', episodes on {config.episode_bind}:{config.episode_port}; sending '
               + '; '.join(targets[s] for s in config.streams)
               + (f'; faults every {config.fault_period_s:g} s' if config.faults else ''))
     deadline = t0 + config.duration_s if config.duration_s > 0 else float('inf')
-    while not stop.wait(min(5.0, max(0.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
+    next_status = t0 + _STATUS_PERIOD_S
+    while not interrupt.requested and not stop.is_set():
+        now = time.monotonic()
+        if now >= deadline:
             break
-        _LOG.info('sent ' + ', '.join(f'{s.stream} {s.sent}' for s in senders)
-                  + (f'; {receiver.summary()}' if receiver else ''))
-    stop.set()
+        if now >= next_status:
+            next_status = now + _STATUS_PERIOD_S
+            _LOG.info('sent ' + ', '.join(f'{s.stream} {s.sent}' for s in senders)
+                      + (f'; {receiver.summary()}' if receiver else ''))
+        time.sleep(_POLL_S)                # polls the signal flag
+    stop.set()                             # the flag stays: no signal cuts the stop short
     for s in [*senders, episodes]:
         s.join(timeout=5.0)
     if receiver is not None:

@@ -2,12 +2,15 @@
 
     ros2 run vla_insertion verify                       # the installed params file
     ros2 run vla_insertion verify --params-file my_cell.yaml --robot-ip <robot PC>
+    ros2 run vla_insertion verify --two-hosts --dds-profile two_hosts   # on each of two hosts
 
 Checks the Python dependencies, the built package (messages and executables), the params file
 (every node's section validates), the VLM model files and the action-expert checkpoint with
 their feature contracts, the local ports the bridges bind, whether the configured senders are
 sending, and the GPU. Exits 1 if any check fails. Senders are only contacted at the configured
-addresses (loopback by default).
+addresses (loopback by default). With --two-hosts also what a cell split over two hosts needs
+(docs/bringup.md "Two hosts"): the Fast DDS profile, the kernel's socket buffer limits, DDS
+discovery beyond this host, and a synchronised clock.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import sys
 from vla_insertion.core import config as config_module
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.orchestration import verify
-from vla_insertion.core.orchestration.launch_table import installed_paths, NODES
+from vla_insertion.core.orchestration.launch_table import (
+    dds_profile_path, installed_paths, NODES)
 from vla_insertion.core.orchestration.verify import CheckResult, FAIL, PASS, WARN
 from vla_insertion.core.params import load_config
 
@@ -65,7 +69,7 @@ def check_models(vlm_config, expert_config) -> list[CheckResult]:
     rows = []
     contract = None
     try:
-        source = resolve_model(vlm_config.model, download=False)
+        source = resolve_model(vlm_config.model, download=False, revision=vlm_config.revision)
         contract = feature_contract_for(vlm_config, source)
         if source.untrained:
             rows.append(CheckResult('vlm model', WARN, f'{source.model_id} in {source.folder} '
@@ -97,14 +101,38 @@ def check_models(vlm_config, expert_config) -> list[CheckResult]:
 def check_cell(configs: dict, timeout_s: float) -> list[CheckResult]:
     cam, robot, sensor = (configs.get(n) for n in ('camera_bridge', 'robot_bridge',
                                                    'sensor_bridge'))
+    from vla_insertion.core.wire.curve import CurveError, CurveLink, link_keys
     rows = []
     if cam is not None:
+        rows.append(verify.check_bind_address('camera_bridge', cam.bind_address))
         rows.append(verify.check_port_free('tcp', cam.bind_address, cam.port))
     if robot is not None:
-        rows.append(verify.check_zmq_publisher(robot.robot_ip, robot.port, timeout_s))
+        try:
+            keys = link_keys(robot.curve_keys_dir, 'robot', 'robot_bridge')
+        except CurveError as exc:
+            rows.append(verify.CheckResult('robot link keys', verify.FAIL, str(exc)))
+        else:
+            rows.append(verify.check_zmq_publisher(robot.robot_ip, robot.port, timeout_s,
+                                                   CurveLink(keys).secure if keys else None))
     if sensor is not None:
-        rows.append(verify.check_udp_sender(sensor.bind_address, sensor.port, timeout_s))
+        rows.append(verify.check_bind_address('sensor_bridge', sensor.bind_address))
+        rows.append(verify.check_udp_sender(sensor.bind_address, sensor.port, timeout_s,
+                                            sensor.allowed_sources))
     return rows
+
+
+def check_two_hosts(profile: str | None, environ: dict) -> list[CheckResult]:
+    """Check the DDS profile (`profile`: a dds_profile value, None: the environment's)."""
+    if profile is None:
+        path = verify.profile_in_environment(environ)
+    else:
+        try:
+            path = str(dds_profile_path(profile, _default_params().parent) or '')
+        except ValueError as exc:
+            return [CheckResult('dds: profile', FAIL, str(exc))]
+    rows, buffers = verify.check_dds_profile(path, environ)
+    return rows + [verify.check_socket_buffers(buffers), verify.check_discovery(environ),
+                   verify.check_clock_sync()]
 
 
 def _default_params() -> Path:
@@ -125,6 +153,12 @@ def main(argv=None) -> int:
                         help='seconds to wait for each sender')
     parser.add_argument('--no-network', action='store_true',
                         help='skip the port and sender checks')
+    parser.add_argument('--two-hosts', action='store_true',
+                        help='also check the DDS profile, socket buffers, discovery and clock '
+                        'of a cell split over two hosts')
+    parser.add_argument('--dds-profile', default=None,
+                        help='with --two-hosts: the dds_profile the launch gets (two_hosts or '
+                        'a file; default: the one the environment selects)')
     args = parser.parse_args(argv)
     params_file = args.params_file or _default_params()
 
@@ -142,6 +176,8 @@ def main(argv=None) -> int:
         rows += check_models(configs['vlm_node'], configs['action_expert'])
     if not args.no_network:
         rows += check_cell(configs, args.timeout)
+    if args.two_hosts:
+        rows += check_two_hosts(args.dds_profile, dict(os.environ))
     rows.append(verify.check_gpu())
     print(verify.format_table(rows))
     return 1 if verify.overall(rows) == FAIL else 0

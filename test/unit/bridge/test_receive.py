@@ -11,7 +11,7 @@ import zmq
 
 from vla_insertion.core.bridge.receive import (
     BRIDGE_CAUSES, BridgeHealth, CONNECTIONS, DISCONNECTS, Drop, HANDSHAKE_FAILURES, ReceiveLoop,
-    SessionTracker, STALE_SESSION, UdpSource, ZmqSource)
+    SessionTracker, SOURCE, SourceAllowList, STALE_SESSION, UdpSource, ZmqSource)
 from vla_insertion.core.bridge.stream import StreamTracker
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.wire import make_codec, OVERSIZED, RobotMessage, WireError
@@ -69,6 +69,46 @@ def test_udp_loop_counts_by_cause_and_keeps_going():
     finally:
         loop.stop()
     assert not loop.alive
+
+
+def test_udp_allow_list_drops_other_sources_unread():
+    port = free_port()
+    handler = Collector()
+    loop = ReceiveLoop('udp', lambda: UdpSource('127.0.0.1', port, 0.05, 200, 65536,
+                                                SourceAllowList(['127.0.0.1'])),
+                       handler, causes=BRIDGE_CAUSES + (SOURCE,))
+    loop.start()
+    good = make_codec('robot_v1').encode(RobotMessage(1.0, (0.0,) * 6, (0.0,) * 3, (0.0,) * 3))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            stranger.bind(('127.0.0.2', 0))          # another loopback address: not allowed
+            for packet in (good, good, bytes(300)):  # oversized too: counted as source
+                stranger.sendto(packet, ('127.0.0.1', port))
+            assert wait_for(lambda: loop.received == 3)
+            assert nonzero(loop.drops) == {SOURCE: 3}
+            assert handler.got == [] and loop.last_rx_s != loop.last_rx_s, 'nothing handled'
+            sender.sendto(good, ('127.0.0.1', port))
+            assert wait_for(lambda: len(handler.got) == 1)
+        assert nonzero(loop.drops) == {SOURCE: 3}
+    finally:
+        loop.stop()
+
+
+@pytest.mark.parametrize('entries,host,allowed', [
+    (['127.0.0.1'], '127.0.0.1', True), (['127.0.0.1'], '127.0.0.2', False),
+    (['10.0.0.0/24'], '10.0.0.77', True), (['10.0.0.0/24'], '10.0.1.1', False),
+    (['10.0.0.5', '192.168.1.0/30'], '192.168.1.3', True), (['0.0.0.0/0'], '8.8.8.8', True),
+    (['127.0.0.1'], 'not-an-address', False)])
+def test_allow_list_matches_addresses_and_networks(entries, host, allowed):
+    assert SourceAllowList(entries).allows(host) is allowed
+    assert SourceAllowList(entries).allows(host) is allowed, 'the cached verdict is the same'
+
+
+@pytest.mark.parametrize('entries', [[], ['robot.local'], ['10.0.0.0/33']])
+def test_allow_list_refuses_what_is_not_an_address(entries):
+    with pytest.raises(ConfigError):
+        SourceAllowList(entries)
 
 
 def test_zmq_pull_caps_message_size():

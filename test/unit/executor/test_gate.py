@@ -227,12 +227,18 @@ def test_chunk_too_old_holds():
 
 
 def test_missing_and_stale_sensor_windows_hold_when_required():
-    cell = Cell(sensor=False)
+    cell = Cell(sensor=False, arm=False)
+    ok, message = cell.ex.arm(cell.t)
+    assert not ok and 'require_sensor' in message
+    assert cell.ex.stats()['arming.refused.sensor_too_old'] == 1
     cmd = cell.run(0.05, chunks=0.05)
-    assert cmd.hold and 'no_sensor_window' in cmd.interventions
-    cell.ex.on_sensor_window(window(cell.t))
+    assert cmd.hold and 'no_sensor_window' in cmd.interventions and not cmd.armed
+    cell = Cell()
     cell.run(0.2, chunks=0.05)
-    assert gate_count(cell, 'sensor_too_old') > 0
+    cell.sensor = False                                     # the windows stop
+    cmd = cell.run(0.3, chunks=0.05)
+    assert gate_count(cell, 'sensor_too_old') > 0 and cmd.stop == 'sensor_too_old'
+    assert not cell.ex.armed and cell.ex.stats()['stops.sensor_too_old'] == 1
     unchecked = Cell(sensor=False, require_sensor=False)
     assert unchecked.run(0.05, chunks=0.05).state == 'tracking'
 
@@ -317,13 +323,17 @@ def test_hard_force_limit_holds_and_latches_until_reset(force, torque, cause):
     stopped = cell.positions(mark)
     assert np.ptp(stopped[-30:], axis=0).max() == 0.0         # at rest, held
     ok, message = cell.ex.arm(cell.t)
-    assert not ok and cause in message and cell.ex.armed      # stays armed, holding
+    assert not ok and cause in message and not cell.ex.armed  # the stop disarmed it
+    assert cell.ex.stats()['arming.refused.fault'] == 1
     ok, message = cell.ex.reset_fault()
     assert ok and cause in message
+    assert cell.run(0.5, chunks=1.0).state == 'fault' or not cell.ex.armed
+    assert cell.ex.arm(cell.t) == (True, 'armed')            # nothing moves until re-armed
+    mark = len(cell.commands)                                # from the measured state on
     cmd = cell.run(2.0, chunks=1.0)
     assert cmd.fault == '' and cmd.state == 'tracking'
     assert cmd.positions[0] == pytest.approx(1.0)
-    check_limits(cell.positions(), cell.ex)
+    check_limits(cell.positions(mark), cell.ex)
 
 
 def test_a_stale_force_window_neither_scales_nor_latches():
@@ -416,11 +426,13 @@ def test_arming_is_refused_with_a_stale_state_or_outside_the_limits():
     assert cell.ex.disarm() == (True, 'already disarmed')
 
 
-def test_start_armed_arms_at_the_first_fresh_state():
+def test_start_armed_arms_at_the_first_chunk_with_fresh_inputs():
     ex = ChunkExecutor(ExecutorConfig(start_armed=True, require_sensor=False))
     assert not ex.step(0.0).armed
     ex.on_robot_state(robot(0.0, np.zeros(6)))
-    assert ex.step(0.01).armed
+    assert not ex.step(0.01).armed                          # no chunk yet: it may be untrained
+    assert ex.on_chunk(chunk(0.0, 0.0), 0.01)
+    assert ex.step(0.02).armed
 
 
 def test_refused_chunks_are_counted_by_reason():
@@ -450,8 +462,8 @@ def test_robot_states_and_sensor_windows_are_checked():
     ex = ChunkExecutor(ExecutorConfig())
     names = ('joint_2', 'joint_1', 'joint_3', 'joint_4', 'joint_5', 'joint_6')
     assert ex.on_robot_state(robot(0.0, [0.2, 0.1, 0, 0, 0, 0], names=names))
-    assert ex.arm(0.0)[0]
     ex.on_sensor_window(window(0.0))
+    assert ex.arm(0.0)[0]
     assert ex.step(0.01).positions[:2] == pytest.approx([0.1, 0.2])   # reordered by name
     assert not ex.on_robot_state(robot(0.1, [np.nan] * 6))
     assert not ex.on_robot_state(robot(0.1, [0.0] * 5))
@@ -504,5 +516,6 @@ def test_command_message_carries_flags_lead_and_timeout():
     assert codec.decode(codec.encode(msg)) == msg
     cell.robot_fresh = False
     held = cell.run(0.2)
+    # the stale state stopped and disarmed it: HOLD, not ARMED, until re-armed
     assert command_message(held, cell.config, session=3, sequence=3,
-                           sender_time_s=2.0).flags == FLAG_ARMED | FLAG_HOLD
+                           sender_time_s=2.0).flags == FLAG_HOLD

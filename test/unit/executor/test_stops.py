@@ -32,6 +32,7 @@ class Node:
         self.ex = ChunkExecutor(self.config)
         self.t, self.q, self.gripper = 0.0, START.copy(), 0.5
         self.force, self.robot_fresh, self.last_state_s = 0.0, True, 0.0
+        self.heartbeat, self.last_heartbeat_s = True, 0.0      # deadman_timeout_s > 0 only
         self.steps = []            # (JointCommand, JointTrajectoryData | None, CommandMessage)
         self.seq = 0
         self.feed()
@@ -42,6 +43,9 @@ class Node:
             self.ex.on_robot_state(RobotState(self.t, self.q.copy(), np.zeros(3),
                                               np.array([0, 0, 0, 1.0]), self.gripper))
             self.last_state_s = self.t
+        if self.config.deadman_timeout_s > 0 and self.heartbeat:
+            self.ex.on_heartbeat(True, self.t)
+            self.last_heartbeat_s = self.t
         samples = np.zeros((65, 7), np.float32)
         samples[:, 2] = self.force
         self.ex.on_sensor_window(SensorWindowData(self.t, samples, 65, 650.0, CHANNELS))
@@ -173,6 +177,9 @@ def test_a_latched_fault_stops_at_once_and_holds_until_reset():
     command, trajectory, _ = node.steps[mark]
     np.testing.assert_array_equal(trajectory.points[0].positions, command.positions)
     assert node.ex.reset_fault()[0]
+    node.run(0.2, ramp())
+    assert not node.ex.armed and node.steps[-1][2].flags & FLAG_HOLD   # until re-armed
+    assert node.ex.arm(node.t) == (True, 'armed')
     mark = len(node.steps)
     node.run(0.2, ramp())
     resumed = node.steps[mark]
@@ -189,7 +196,10 @@ def test_the_watchdog_stops_within_a_period_of_the_timeout():
     stamp = node.steps[index][0].stamp_s
     assert accepted + 0.3 - 1e-9 < stamp <= accepted + 0.3 + T + 1e-9
     check_limits(stop_stream(node, index), node.ex)
-    node.run(0.2, ramp())                                     # chunks again: following resumes
+    node.run(0.2, ramp())                                     # chunks again: still stopped
+    assert not node.ex.armed and node.steps[-1][2].flags & FLAG_HOLD
+    assert node.ex.arm(node.t) == (True, 'armed')            # until re-armed
+    node.run(0.2, ramp())
     assert node.steps[-1][0].state == 'tracking' and node.ex.stats()['stop'] == ''
 
 
@@ -246,7 +256,8 @@ def test_nothing_is_sent_before_the_first_arming():
 
 # --- property: after the event, nothing but the stop, then holds --------------------------
 
-EVENTS = ('disarm', 'fault', 'watchdog', 'robot_stale')
+EVENTS = ('disarm', 'fault', 'watchdog', 'robot_stale', 'estop', 'deadman_release',
+          'deadman_silence')
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
@@ -259,7 +270,7 @@ NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 @settings(max_examples=40, deadline=None, phases=NO_SHRINK,
           suppress_health_check=[HealthCheck.too_slow])
 def test_random_streams_after_an_event_send_only_the_stop_then_holds(chunks, event, after, merge):
-    node = Node(merge=merge, chunk_timeout_s=0.25)
+    node = Node(merge=merge, chunk_timeout_s=0.25, deadman_timeout_s=0.2)
     for offsets, delay in chunks:
         target = np.append(START, 0.5) + np.array(offsets) * np.linspace(0.2, 1.0, 8)[:, None]
         target[:, 6] = np.clip(target[:, 6], 0.0, 1.0)
@@ -275,6 +286,13 @@ def test_random_streams_after_an_event_send_only_the_stop_then_holds(chunks, eve
         node.feed()
     elif event == 'robot_stale':
         node.robot_fresh = False
+    elif event == 'estop':
+        node.ex.on_estop(True)
+    elif event == 'deadman_release':
+        node.heartbeat = False
+        node.ex.on_heartbeat(False, node.t)
+    elif event == 'deadman_silence':
+        node.heartbeat = False                                # the console goes quiet
     rng = np.random.default_rng(len(chunks))
     for _ in range(10):                                       # 1 s more
         if event != 'watchdog':                                # the policy goes on
@@ -284,12 +302,14 @@ def test_random_streams_after_an_event_send_only_the_stop_then_holds(chunks, eve
     assert len(found) == 1, found
     index = found[0]
     trigger = {'disarm': 'disarm', 'fault': 'force_limit', 'watchdog': 'watchdog',
-               'robot_stale': 'robot_state_too_old'}[event]
-    due = {'disarm': mark, 'fault': mark}.get(event)
-    if due is not None:
-        assert index == due                                   # within one control period
+               'robot_stale': 'robot_state_too_old', 'estop': 'estop',
+               'deadman_release': 'deadman', 'deadman_silence': 'deadman'}[event]
+    if event in ('disarm', 'fault', 'estop', 'deadman_release'):
+        assert index == mark                                  # within one control period
     elif event == 'watchdog':
         assert node.steps[index][0].stamp_s <= node.ex._last_accept_s + 0.25 + T + 1e-9
+    elif event == 'deadman_silence':
+        assert node.steps[index][0].stamp_s <= node.last_heartbeat_s + 0.2 + T + 1e-9
     else:
         assert node.steps[index][0].stamp_s <= node.last_state_s + 0.1 + T + 1e-9
     for command, trajectory, message in node.steps[mark:index]:   # before it: still following

@@ -193,6 +193,24 @@ def test_a_malformed_joint_state_at_the_capture_refuses_as_bad_robot():
     assert got.capture.stamp_s == pytest.approx(NOW - 0.5)         # the older half: the pose
 
 
+def test_joint_states_without_a_tool_pose_refuse_as_no_tool_pose_after_the_earlier_rules():
+    # a ros2_control cell's joint states (joint_state_source: joint_states), no robot/pose
+    inputs = LatestInputs()
+    inputs.put_joints(joints(NOW - 0.01))
+    inputs.put_window(window())
+    run = runner()
+    result, got = tick_newest(run, inputs, NOW)
+    assert result.decision.reason == 'no_features'                # the rules keep their order
+    inputs.put_features(features())
+    result, got = tick_newest(run, inputs, NOW)
+    assert got.robot is None and got.no_pose
+    assert result.decision.reason == 'no_tool_pose' and 'robot/pose' in result.decision.detail
+    assert run.stats.values()['drops.no_tool_pose'] == 1
+    inputs.put_pose(pose(NOW - 0.01))
+    assert tick_newest(run, inputs, NOW)[0].published
+    assert not LatestInputs().newest(NOW).no_pose               # nothing held: no_robot_state
+
+
 def test_nothing_held_gives_no_inputs_and_clear_forgets():
     inputs = LatestInputs()
     got = inputs.newest(NOW)

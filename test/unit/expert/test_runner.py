@@ -101,3 +101,32 @@ def test_reset_starts_a_new_run(policy):
     again = runner.tick(features(), window(), robot(), NOW)
     assert again.chunk.sequence == 1 and again.chunk.reuse_index == 1
     assert runner.stats.published == 1
+
+
+class _Refusing:
+    """A policy without a feature contract that refuses for a reason of its own."""
+
+    class meta:                    # noqa: N801 - stands for a checkpoint's meta
+        contract_digest = None
+        feature_shape = None
+        untrained = False
+
+    def infer(self, obs):
+        from vla_insertion.core.expert.staleness import PolicyRefusal
+        raise PolicyRefusal('server_error', 'the server failed')
+
+    def reset(self) -> None:
+        pass
+
+
+def test_a_policys_own_refusals_are_counted_from_zero():
+    runner = ExpertRunner(_Refusing(), StalenessLimits(), refusals=('server_error',))
+    assert runner.stats.values()['drops.server_error'] == 0
+    other = features(digest='whatever')        # no contract: any digest passes the rules
+    result = runner.tick(other, window(), robot(), NOW)
+    assert not result.published and result.decision.reason == 'server_error'
+    assert result.decision.detail == 'the server failed'
+    assert result.decision.feature_age_s == pytest.approx(0.3)
+    assert runner.stats.values()['drops.server_error'] == 1
+    runner.reset()
+    assert runner.stats.values()['drops.server_error'] == 0

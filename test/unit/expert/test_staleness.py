@@ -87,3 +87,10 @@ def test_limits_validation(bad):
 def test_expert_config_validation(bad):
     with pytest.raises(ConfigError):
         ExpertConfig(**bad)
+
+
+def test_inputs_without_a_contract_skip_only_the_contract_rule():
+    other = dataclasses.replace(FEATURES, contract_hash='another', features=np.zeros((1, 1)))
+    assert st.check_inputs(other, WINDOW, ROBOT, NOW, LIMITS, None).publish
+    old = dataclasses.replace(FEATURES, stamp_s=NOW - 5.0)
+    assert st.check_inputs(old, WINDOW, ROBOT, NOW, LIMITS, None).reason == st.FEATURES_TOO_OLD

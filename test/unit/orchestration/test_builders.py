@@ -15,8 +15,8 @@ import pytest
 from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
 from vla_insertion.core.orchestration.builders import (
-    build_runner, executor_settings, SimConfiguration, SimEvaluator, staleness_limits,
-    widened_feature_age_s)
+    build_runner, executor_settings, SIM_EXECUTOR, SimConfiguration, SimEvaluator,
+    staleness_limits, widened_feature_age_s)
 from vla_insertion.core.sim.loop import PipelineTiming
 from vla_insertion.tools import record_demonstrations
 
@@ -37,7 +37,7 @@ def tight_params(folder: Path) -> Path:
 
 
 def test_executor_settings_are_the_node_section_with_its_joint_limits(tmp_path):
-    settings = executor_settings(tight_params(tmp_path), overrides={'start_armed': True})
+    settings = executor_settings(tight_params(tmp_path), overrides=SIM_EXECUTOR)
     assert settings.config.merge == 'latest' and settings.config.start_armed
     assert np.array_equal(settings.limits.array('max_velocity')[:6], [TIGHT_VELOCITY] * 6)
     assert settings.limits.array('max_velocity')[6] == 2.0          # the gripper's default
@@ -78,7 +78,7 @@ def test_the_params_files_joint_limits_reach_the_demonstrations(tmp_path):
 @pytest.mark.slow
 def test_the_sim_evaluator_runs_the_given_executor(tmp_path):
     """Slower joints: the same episode of the demonstrator takes longer to insert."""
-    evaluator, armed = SimEvaluator(), {'start_armed': True}
+    evaluator, armed = SimEvaluator(), SIM_EXECUTOR
     runs = {name: evaluator.run(SimConfiguration(settings, PipelineTiming(), seed=3), 1)
             for name, settings in (
                 ('default', executor_settings(None, overrides=armed)),
@@ -141,7 +141,7 @@ def test_the_evaluator_builds_one_vlm_and_widens_the_limit_by_the_timings_delay(
     vlm, (first, second) = learned
     evaluator = SimEvaluator()
     loops = [evaluator.loop(SimConfiguration(
-        executor_settings(None, overrides={'start_armed': True}),
+        executor_settings(None, overrides=SIM_EXECUTOR),
         PipelineTiming(vlm_delay_s=delay), vlm=vlm, expert=ExpertConfig(checkpoint=checkpoint)))
         for checkpoint, delay in ((first, 0.0), (second, 0.8))]
     assert loops[1].vlm is loops[0].vlm                   # built once, both checkpoints

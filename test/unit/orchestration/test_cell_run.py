@@ -12,7 +12,8 @@ import pytest
 
 from vla_insertion.core.orchestration import cell_run
 from vla_insertion.core.orchestration.cell_run import CellRun, CellRunError
-from vla_insertion.core.orchestration.launch_table import launch_arguments, NodeSpec
+from vla_insertion.core.orchestration.launch_table import (
+    dds_environment, launch_arguments, NodeSpec)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -70,7 +71,7 @@ def test_arming_scores_from_the_next_episode_and_resets_faults_from_then_on(bin_
     run._episode_ended(_report(0))                 # it started before the policy drove
     run._episode_started({'episode': 1})
     run._episode_ended(_report(1))
-    assert operator.calls == ['enable', 'reset_fault']
+    assert operator.calls == ['enable', 'reset_fault', 'enable']   # every stop disarms
     assert [e['episode'] for e in scored] == [1]
     episodes.ends = [_report(0), _report(1)]
     assert [e['episode'] for e in run.scored()] == [1]
@@ -85,11 +86,11 @@ def test_a_refused_arming_scores_nothing(bin_dir):
     assert operator.calls == ['enable']
 
 
-def test_armed_at_start_resets_at_every_episode_start(bin_dir):
+def test_armed_at_start_resets_and_rearms_at_every_episode_start(bin_dir):
     operator = FakeOperator()
     run, _episodes = _run(bin_dir, operator=operator, armed_at_start=True)
     run._episode_started({'episode': 0})
-    assert operator.calls == ['reset_fault']
+    assert operator.calls == ['reset_fault', 'enable']
 
 
 def test_launch_arguments_and_node_parameters_reach_the_commands(bin_dir):
@@ -117,3 +118,74 @@ def test_a_program_that_exits_ends_the_wait_and_everything_stops(bin_dir):
         with pytest.raises(CellRunError, match=r'quitter \(exit 3, log .*quitter.log\)'):
             run.wait_for(lambda: False, 60.0)
     assert run.stop_report.exit_codes == {'quitter': 3} and run.stop_report.clean
+
+
+def test_a_signal_ends_the_waits_and_reaches_the_tool_after_the_stop(bin_dir):
+    """A run without a `stop` of its own holds SIGINT and SIGTERM while it runs.
+
+    Its wait ends with CellRunError, everything stops, and only then does the tool's handler
+    see the signal.
+    """
+    import os
+    import signal
+
+    from vla_insertion.core.orchestration.processes import StopRequest
+    tool = StopRequest()
+    previous = tool.install()
+    try:
+        with pytest.raises(CellRunError, match='interrupted'):
+            with CellRun(bin_dir / 'run', nodes=()) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert run.interrupted and not tool.requested      # held while it runs
+                run.wait_for(lambda: False, 60.0)
+        assert run.stop_report is not None and tool.signals == {signal.SIGTERM: True}
+    finally:
+        StopRequest.restore(previous)
+
+
+def test_the_tools_own_stop_request_ends_the_waits(bin_dir):
+    from vla_insertion.core.orchestration.processes import StopRequest
+    stop = StopRequest()
+    run, _episodes = _run(bin_dir, operator=FakeOperator(), stop=stop)
+    assert run.wait_for(lambda: True, 1.0)
+    stop.requested = True
+    with pytest.raises(CellRunError, match='interrupted'):
+        run.wait_for(lambda: False, 60.0)
+    with pytest.raises(CellRunError, match='interrupted'):
+        run.arm()                       # the operator's call runs in a thread; the wait ends
+
+
+def test_one_host_of_two_runs_its_role_under_the_prefix_with_the_dds_profile(bin_dir):
+    prefix = ('nsenter', '--target=1', '--net', '--')
+    gpu = CellRun(bin_dir / 'gpu', arguments={'role': 'gpu_host', 'sim': 'true',
+                                              'dds_profile': 'two_hosts'},
+                  prefix=prefix, env={'PATH': '/bin'})
+    assert [name for name, _ in gpu._commands] == ['camera_bridge', 'vlm_node']
+    assert all(tuple(cmd[:len(prefix)]) == prefix for _, cmd in gpu._commands)
+    assert gpu.sim is None                       # sim_cell runs on the robot host
+    assert gpu._group._env == {'PATH': '/bin', **dds_environment(
+        gpu.arguments, ROOT / 'config')}                      # the profile's variable
+    assert str(ROOT / 'config' / 'fastdds_two_hosts.xml') in gpu._group._env.values()
+    robot = CellRun(bin_dir / 'robot', arguments={'role': 'robot_host', 'sim': 'true'},
+                    prefix=prefix, env={})
+    assert [name for name, _ in robot._commands] == [
+        'sim_cell', 'robot_bridge', 'sensor_bridge', 'action_expert', 'chunk_executor']
+    assert robot.sim is not None and robot._group._env == {}      # no dds_profile: as given
+    with pytest.raises(CellRunError, match='does not watch the arm'):
+        robot.wait_ready(timeout_s=0.1)          # its listeners would not reach sim_cell
+    with pytest.raises(ValueError, match='role must be one of'):
+        CellRun(bin_dir / 'x', arguments={'role': 'gpu'})
+
+
+@pytest.mark.slow
+def test_a_prefixed_run_starts_no_listener_and_prefixes_extra_programs(bin_dir):
+    script = bin_dir / 'quitter'
+    script.write_text('#!/bin/sh\nexit 3\n')
+    script.chmod(0o755)
+    with CellRun(bin_dir / 'run', arguments={'sim': 'true'}, nodes=(),
+                 prefix=('env', 'VLA_PREFIXED=1')) as run:
+        assert run.episodes is None and run.sim is not None
+        process = run.start(NodeSpec('quitter', 'quitter', 'SimCellConfig', ros_node=False))
+        assert process.cmd[:2] == ['env', 'VLA_PREFIXED=1']
+        with pytest.raises(CellRunError, match='quitter'):
+            run.wait_for(lambda: False, 60.0)

@@ -152,3 +152,101 @@ def test_demo_models_have_an_absolute_home(tmp_path, monkeypatch):
     monkeypatch.delenv('XDG_CACHE_HOME')
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
     assert artifacts.cache_root() == tmp_path / 'home' / '.cache' / 'vla_insertion'
+
+
+def test_policy_argument_picks_what_makes_the_chunks(tmp_path):
+    args = {a.name: a.default for a in lt.LAUNCH_ARGUMENTS}
+    names = [n.name for n in lt.enabled_nodes(args)]
+    assert 'action_expert' in names and 'policy_client' not in names
+    remote = {**args, 'policy': 'gr00t', 'policy_host': '127.0.0.3', 'policy_port': '9001',
+              'serve_reference': 'true'}
+    names = [n.name for n in lt.enabled_nodes(remote)]
+    assert 'policy_client' in names and 'serve_policy' in names
+    assert 'vlm_node' not in names and 'action_expert' not in names
+    by_name = {n.name: n for n in lt.NODES}
+    client = lt.command_for(by_name['policy_client'], tmp_path, PARAMS, remote)
+    assert {'protocol:=gr00t', 'server_host:=127.0.0.3', 'server_port:=9001'} <= set(client)
+    server = lt.command_for(by_name['serve_policy'], tmp_path, PARAMS, remote)
+    assert server[server.index('--protocol') + 1] == 'gr00t'
+    assert server[server.index('--port') + 1] == '9001'
+    assert 'serve_policy' not in [n.name for n in lt.enabled_nodes(
+        {**remote, 'serve_reference': 'false'})]
+    with pytest.raises(ValueError, match='policy:=lerobot'):
+        lt.enabled_nodes({**args, 'policy': 'lerobot'})
+
+
+def test_free_ports_link_the_policy_client_to_the_served_reference(tmp_path):
+    target = tmp_path / 'params.yaml'
+    ports = lt.params_on_free_ports(PARAMS, target)
+    client = ros_params.load_config(config_module.PolicyClientConfig, 'policy_client', target)
+    server = ros_params.load_config(config_module.ServePolicyConfig, 'serve_policy', target)
+    assert client.server_port == server.port == ports['policy']
+    assert server.episode_port == ports['episode']
+
+
+def _names(**values: str) -> list[str]:
+    return [n.name for n in lt.enabled_nodes(lt.launch_arguments(**values))]
+
+
+def test_roles_split_the_cell_between_a_gpu_host_and_a_robot_host():
+    # images stay on the GPU host, the robot's streams, chunks and commands on the robot host
+    assert _names(role='gpu_host', sim='true', record='true') == [
+        'camera_bridge', 'vlm_node', 'bag_recorder']
+    assert _names(role='robot_host', sim='true', record='true') == [
+        'sim_cell', 'robot_bridge', 'sensor_bridge', 'action_expert', 'chunk_executor',
+        'bag_recorder']
+    assert _names(role='robot_host', reference='true') == [
+        'robot_bridge', 'sensor_bridge', 'reference_policy', 'chunk_executor']
+    assert _names(role='robot_host', policy='openpi', serve_reference='true') == [
+        'robot_bridge', 'sensor_bridge', 'policy_client', 'serve_policy', 'chunk_executor']
+    assert sorted(_names(role='gpu_host', sim='true') + _names(role='robot_host', sim='true')) \
+        == sorted(_names(sim='true'))                         # each program on one host
+    assert {n.host for n in lt.NODES} <= set(lt.ROLES[1:]) | {''}
+    with pytest.raises(ValueError, match="one of all, gpu_host, robot_host, got 'gpu'"):
+        _names(role='gpu')
+
+
+def test_dds_profile_selects_a_shipped_or_given_fastdds_file(tmp_path):
+    config = ROOT / 'config'
+    assert lt.dds_environment(lt.launch_arguments(), config) == {}
+    two_hosts = lt.launch_arguments(dds_profile='two_hosts')
+    shipped = str(config / 'fastdds_two_hosts.xml')
+    assert lt.dds_environment(two_hosts, config, 'kilted') == {
+        'FASTDDS_DEFAULT_PROFILES_FILE': shipped}             # Fast DDS 3
+    assert lt.dds_environment(two_hosts, config, '') == {     # the Kilted wheels set none
+        'FASTDDS_DEFAULT_PROFILES_FILE': shipped}
+    for distro in ('humble', 'jazzy'):                        # Fast DDS 2
+        assert lt.dds_environment(two_hosts, config, distro) == {
+            'FASTRTPS_DEFAULT_PROFILES_FILE': shipped}
+    own = tmp_path / 'mine.xml'
+    own.write_text('<dds/>')
+    assert set(lt.dds_environment({'dds_profile': str(own)}, config).values()) == {str(own)}
+    with pytest.raises(ValueError, match='no file'):
+        lt.dds_environment({'dds_profile': str(tmp_path / 'missing.xml')}, config)
+
+
+def test_the_two_host_profile_fragments_at_the_dds_level_with_large_buffers():
+    import xml.etree.ElementTree as ET
+    root = ET.parse(ROOT / 'config' / lt.DDS_PROFILES['two_hosts']).getroot()
+
+    def local(element) -> str:                      # the tag without its XML namespace
+        return element.tag.rsplit('}', 1)[-1]
+
+    def find(element, name: str) -> list:
+        return [e for e in element.iter() if local(e) == name]
+
+    def text(element, name: str) -> str:
+        return find(element, name)[0].text.strip()
+
+    assert local(root) == 'dds'
+    descriptors = find(root, 'transport_descriptor')
+    udp = [t for t in descriptors if text(t, 'type') == 'UDPv4']
+    assert len(udp) == 1
+    assert int(text(udp[0], 'maxMessageSize')) <= 1472              # no IP fragments
+    for size in ('sendBufferSize', 'receiveBufferSize'):
+        assert int(text(udp[0], size)) >= 4 * 2**20
+    participant = find(root, 'participant')[0]
+    assert participant.get('is_default_profile') == 'true'          # rmw_fastrtps uses it
+    assert text(participant, 'useBuiltinTransports') == 'false'
+    used = {e.text for e in find(find(participant, 'userTransports')[0], 'transport_id')}
+    assert used == {text(t, 'transport_id') for t in descriptors}

@@ -4,6 +4,7 @@ from pathlib import Path
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -128,3 +129,101 @@ def test_stop_request_is_a_flag_that_survives_a_doubled_signal():
     finally:
         StopRequest.restore(previous)
     assert signal.getsignal(signal.SIGINT) is previous[signal.SIGINT]
+
+
+def _burst(signals, gap_s: float = 0.01) -> threading.Thread:
+    """Send `signals` to this process from a thread (Python runs the handlers in the main one)."""
+    def send():
+        for sig in signals:
+            os.kill(os.getpid(), sig)
+            time.sleep(gap_s)
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_held_signals_pass_each_signal_on_after_the_block():
+    from vla_insertion.core.orchestration.processes import HeldSignals, StopRequest
+    outer = StopRequest()
+    previous = outer.install()
+    try:
+        with HeldSignals() as held:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert held.requested and not outer.requested    # held, not delivered yet
+        assert outer.signals == {signal.SIGINT: True, signal.SIGTERM: True}
+    finally:
+        StopRequest.restore(previous)
+    # under Python's default handler the held Ctrl-C becomes KeyboardInterrupt at the end
+    with pytest.raises(KeyboardInterrupt):
+        with HeldSignals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)                                # no KeyboardInterrupt in here
+
+
+def test_stop_all_runs_to_its_end_under_a_burst_of_signals(tmp_path):
+    """SIGINT and SIGTERM keep coming while stop_all waits for a slow child: it still ends it.
+
+    The child takes 1 s to exit after its SIGINT; the signals go to the caller's handler only
+    once every program is stopped (KeyboardInterrupt under Python's default handler).
+    """
+    slow = ('import time\ntry:\n    print("ready", flush=True)\n    time.sleep(60)\n'
+            'except KeyboardInterrupt:\n    time.sleep(1.0)\n')
+    group = ProcessGroup(log_dir=tmp_path)
+    proc = group.start('slow', [sys.executable, '-c', slow])
+    _wait_ready(tmp_path / 'slow.log')
+    from vla_insertion.core.orchestration.processes import StopRequest
+    outer = StopRequest()
+    previous = outer.install()         # SIGTERM's default would end this test process
+    try:
+        burst = _burst([signal.SIGINT, signal.SIGTERM] * 10, gap_s=0.05)
+        report = group.stop_all(grace_s=30.0)
+        burst.join(timeout=10.0)
+    finally:
+        StopRequest.restore(previous)
+    assert report.clean, report
+    assert report.exit_codes['slow'] == 0
+    assert not _alive(proc.popen.pid)
+    assert outer.requested                       # passed on after the stop
+
+
+def test_a_silent_supervisor_has_its_programs_stopped_by_the_watchdog(tmp_path):
+    """No beat() for heartbeat_timeout_s: the watchdog SIGINTs every group (a hung supervisor).
+
+    This test process is the supervisor: it starts a child, beats for a while (the child
+    lives on), then stops beating; the child must exit on the watchdog's SIGINT (cleanly: 0).
+    """
+    group = ProcessGroup(log_dir=tmp_path, heartbeat_timeout_s=1.0)
+    proc = group.start('clean', [sys.executable, '-c', CLEAN])
+    _wait_ready(tmp_path / 'clean.log')
+    watchdog = group.watchdog.popen
+    beat_until = time.monotonic() + 3.0               # three timeouts with beats
+    while time.monotonic() < beat_until:
+        group.beat()
+        time.sleep(0.1)
+    assert _alive(proc.popen.pid), 'the watchdog stopped a child of a supervisor that beats'
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline and _alive(proc.popen.pid):
+        time.sleep(0.05)                              # no beat: hung
+    assert not _alive(proc.popen.pid), 'the child outlived its hung supervisor'
+    assert watchdog.wait(timeout=30.0) == 0          # it exits after its stop
+    report = group.stop_all(grace_s=5.0)
+    assert report.clean and report.exit_codes['clean'] == 0, report
+
+
+def test_stop_all_ends_the_watchdog_and_a_new_start_gets_a_new_one(tmp_path):
+    group = ProcessGroup(log_dir=tmp_path, heartbeat_timeout_s=60.0)
+    group.start('clean', [sys.executable, '-c', CLEAN])
+    first = group.watchdog.popen
+    _wait_ready(tmp_path / 'clean.log')
+    assert group.stop_all(grace_s=30.0).clean
+    assert group.watchdog is None and first.poll() == 0
+    group.start('again', [sys.executable, '-c', CLEAN])
+    assert group.watchdog is not None and group.watchdog.popen.pid != first.pid
+    _wait_ready(tmp_path / 'again.log')
+    assert group.stop_all(grace_s=30.0).clean
+
+
+def test_heartbeat_timeout_must_be_positive():
+    with pytest.raises(ValueError, match='heartbeat_timeout_s'):
+        ProcessGroup(heartbeat_timeout_s=0.0)

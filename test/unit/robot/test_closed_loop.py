@@ -24,7 +24,7 @@ import zmq
 from vla_insertion.core.data import (
     ActionChunkData, DEFAULT_SENSOR_CHANNELS, RobotState, SensorWindowData)
 from vla_insertion.core.executor import command_message
-from vla_insertion.core.orchestration.builders import executor_settings
+from vla_insertion.core.orchestration.builders import executor_settings, SIM_EXECUTOR
 from vla_insertion.core.robot import (
     CommandLimits, CommandReceiver, ReceiverConfig, ServoBackend)
 from vla_insertion.core.robot.checks import LIMIT_CAUSES
@@ -44,7 +44,7 @@ class ExecutorSide:
     """What the chunk_executor node does each control period, fed as PipelineLoop feeds it."""
 
     def __init__(self, port: int, servo: LiveServo, t0: float) -> None:
-        self.settings = executor_settings(None, overrides={'start_armed': True})
+        self.settings = executor_settings(None, overrides=SIM_EXECUTOR)
         self.executor = self.settings.build()
         self.servo, self.t0 = servo, t0
         self.codec = CommandCodecV1()

@@ -96,7 +96,9 @@ def test_the_learned_pipeline_runs_and_reports(learned):
     assert metrics.refused.get('no_features', 0) >= 3
     ages = np.array(metrics.feature_age_s)
     assert ages.min() >= 0.4 - 1e-9 and ages.max() <= 2.0       # latency .. latency + reuse
-    assert np.isfinite(row['jerk_rms'])
+    # an untrained expert is previewed, never armed (start_armed or not): nothing was sent
+    assert metrics.executor['untrained'] == 'untrained_expert' and not metrics.executor['armed']
+    assert metrics.executor['stops.untrained_expert'] == 0 and np.isnan(row['jerk_rms'])
 
 
 def test_a_slow_vlm_starves_sync_of_chunks_but_not_async(learned):

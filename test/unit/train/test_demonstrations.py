@@ -204,9 +204,10 @@ def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick
         tmp_path, tiny_vlm_dir):
     """With a driver the bag's chunks are the demonstrator's answers to what the policy met.
 
-    An untrained expert drives (it does not insert: the episode is kept all the same, its
-    states are what DAgger is for); every tick of it, those refused for want of features
-    included, has the demonstrator's chunk for the recorded observation as its label.
+    An untrained expert drives (the executor never arms on it: the arm stays where it starts
+    until the timeout; the episode is kept all the same); every tick of it, those refused for
+    want of features included, has the demonstrator's chunk for the recorded observation as
+    its label.
     """
     from vla_insertion.core.config import ExpertConfig, VlmConfig
     from vla_insertion.core.expert.presets import make_untrained_checkpoint
@@ -221,8 +222,8 @@ def test_dagger_the_learned_policy_drives_and_the_demonstrator_labels_every_tick
     streams = DemoStreams(VIEWS, width=112, height=56, camera_fps=2.0)
     manifest = record_episodes(tmp_path / 'dagger', 1, streams, seed=5, driver=driver)
     entry = manifest[0]                              # kept, though the policy did not insert
-    # it lets go of the peg within a second, far from the hole: never wedged in the rim
-    assert not entry['success'] and entry['reason'] == 'dropped'
+    # an untrained expert is never armed: the arm holds until the timeout, never in the rim
+    assert not entry['success'] and entry['reason'] == 'timeout'
     assert entry['jammed_ticks'] == 0
     rec = load_recording(tmp_path / 'dagger' / entry['bag'], views=())
     # so a label at every 10 Hz expert tick, from the episode's start to its end

@@ -29,6 +29,7 @@ from vla_insertion.core.vlm.model import (
 from vla_insertion.core.vlm.prompt import build_prompt, chat_messages
 from vla_insertion.core.vlm.reduction import reduce_hidden_states
 from vla_insertion.core.vlm.source import MARKER_FILE, resolve_model
+from vla_insertion.core.vlm.weights import weights_digest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 VIEWS = ('zed_1', 'zed_2', 'zed_3', 'zed_4', 'oak')
@@ -144,14 +145,19 @@ def test_the_digest_changes_with_everything_that_changes_the_features(config, ch
     assert changed.digest != base.digest
 
 
-def test_the_contract_needs_no_weights_and_no_machine_path(tiny_vlm_dir, tmp_path, config):
-    # Two copies of the model's small files in different places, no weights: same contract.
-    a = copy_small_files(tiny_vlm_dir, tmp_path / 'a', skip=('model.safetensors',))
-    b = copy_small_files(tiny_vlm_dir, tmp_path / 'somewhere_else', skip=('model.safetensors',))
+def test_the_contract_pins_the_weights_but_no_machine_path(tiny_vlm_dir, tmp_path, config):
+    # Two copies of the model in different places (the weights linked): same contract.
+    a = copy_small_files(tiny_vlm_dir, tmp_path / 'a')
+    b = copy_small_files(tiny_vlm_dir, tmp_path / 'somewhere_else')
     contract_a = feature_contract_for(dataclasses.replace(config, model=str(a)))
     contract_b = feature_contract_for(dataclasses.replace(config, model=str(b)))
     assert contract_a == contract_b
     assert contract_a.digest == feature_contract_for(config).digest
+    assert contract_a.weights_digest == weights_digest(tiny_vlm_dir)
+    # Without its weights a folder has no contract: which weights would it pin?
+    c = copy_small_files(tiny_vlm_dir, tmp_path / 'c', skip=('model.safetensors',))
+    with pytest.raises(VlmLoadError, match='no weight files'):
+        feature_contract_for(dataclasses.replace(config, model=str(c)))
     # Settings that do not change the numbers are not part of it.
     assert feature_contract_for(dataclasses.replace(
         config, max_rate_hz=2.0, mode='sync', torch_threads=2, artificial_delay_s=0.8,

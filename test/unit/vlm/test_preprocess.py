@@ -42,7 +42,7 @@ def scene(seed: int, width: int, height: int) -> Image.Image:
     """Smooth shading with a dark box: saturated and flat areas, as in camera images."""
     coarse = np.random.default_rng(seed).integers(0, 256, (4, 6, 3), dtype=np.uint8)
     pixels = np.asarray(Image.fromarray(coarse).resize((width, height),
-                                                       Image.Resampling.BICUBIC)).copy()
+                                                       Image.BICUBIC)).copy()
     pixels[height // 3: height // 2, width // 4: width // 2] = 0
     return Image.fromarray(pixels)
 
@@ -153,7 +153,7 @@ RESIZES = [  # (in w, in h, out w, out h)
 def test_the_torch_bicubic_resize_equals_pillow(size):
     width, height, out_width, out_height = size
     images = [noise(seed, width, height) for seed in range(2)]
-    expected = np.stack([np.asarray(i.resize((out_width, out_height), Image.Resampling.BICUBIC))
+    expected = np.stack([np.asarray(i.resize((out_width, out_height), Image.BICUBIC))
                          for i in images])
     batch = torch.from_numpy(np.stack([np.asarray(i) for i in images]))
     got = resample.resize_bicubic(batch, out_width, out_height).numpy()

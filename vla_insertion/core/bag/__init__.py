@@ -33,8 +33,10 @@ from vla_insertion.core.bag.reader import (  # noqa: F401 - the package interfac
 from vla_insertion.core.bag.salvage import (  # noqa: F401 - the package interface
     recover_bag)
 from vla_insertion.core.bag.typestore import (  # noqa: F401 - the package interface
-    ACTIVE_PREFIX, BAG_VERSION, BagError, cdr_header_stamp_ns, cdr_restamp, DEFAULT_DISTRO,
-    find_msg_dir, get_typestore, header, header_stamp_ns, make_message, MCAP_MAGIC, METADATA,
-    PACKAGE, qos, ros_distro, stamp, STORAGES, TYPESTORE_DISTRO)
+    ACTIVE_PREFIX, BAG_VERSION, BagError, cdr_header_stamp_ns, cdr_restamp, find_msg_dir,
+    get_typestore, header, header_stamp_ns, make_message, MCAP_MAGIC, METADATA, PACKAGE, qos,
+    stamp, STORAGES, TYPESTORE_DISTRO)
 from vla_insertion.core.bag.writer import (  # noqa: F401 - the package interface
     BagWriter, split_by_time, write_metadata)
+from vla_insertion.core.distro import (  # noqa: F401 - the package interface
+    DEFAULT_DISTRO, ros_distro)

@@ -81,6 +81,16 @@ def robot_state_from_msgs(joints, pose=None) -> RobotState:
     return state if pose is None else state.with_pose(pose_from_msg(pose))
 
 
+def robot_state_from_joint_states(joints, joint_map) -> RobotState:
+    """Read a ros2_control JointState through a JointStateMap (core/bridge/joint_map.py).
+
+    The arm's joints and the gripper by the map's names, every other joint ignored; the tool
+    pose left out. A joint the map needs and does not find raises its JointMapError.
+    """
+    return joint_map.robot_state(time_from_msg(joints.header.stamp), joints.name,
+                                 joints.position)
+
+
 def pose_from_msg(msg) -> ToolPose:
     """Return the tool pose of a PoseStamped."""
     p, o = msg.pose.position, msg.pose.orientation
@@ -125,7 +135,8 @@ def action_chunk_from_msg(msg) -> ActionChunkData:
         sensor_stamp_s=time_from_msg(msg.sensor_window_stamp),
         sensor_age_s=float(msg.sensor_age_s), inference_ms=float(msg.inference_ms),
         # Bags recorded before the field existed carry no flag.
-        mode=int(msg.mode), untrained=bool(getattr(msg, 'untrained', False)))
+        mode=int(msg.mode), untrained=bool(getattr(msg, 'untrained', False)),
+        features_untrained=bool(getattr(msg, 'features_untrained', False)))
 
 
 def node_stats_from_msg(msg) -> NodeStatsData:

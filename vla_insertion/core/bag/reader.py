@@ -38,29 +38,37 @@ def bag_info(path: str | Path) -> BagInfo:
                        topics)
 
 
-def read_raw(path: str | Path, topics: Iterable[str] | None = None
+def read_raw(path: str | Path, topics: Iterable[str] | None = None,
+             start_ns: int | None = None, stop_ns: int | None = None
              ) -> Iterator[tuple[str, str, int, bytes]]:
-    """Yield (topic, msgtype, log time [ns], CDR bytes) in log-time order."""
+    """Yield (topic, msgtype, log time [ns], CDR bytes) in log-time order.
+
+    `start_ns`, `stop_ns`: only log times in [start, stop) (None: from the first, to the last).
+    """
     with _open_reader(path) as reader:
         conns = _select(reader, topics)
         if not conns:                  # rosbags reads every topic for an empty selection
             return
-        for conn, stamp_ns, data in reader.messages(connections=conns):
+        for conn, stamp_ns, data in reader.messages(connections=conns, start=start_ns,
+                                                    stop=stop_ns):
             yield conn.topic, conn.msgtype, stamp_ns, data
 
 
-def read_messages(path: str | Path, topics: Iterable[str] | None = None
+def read_messages(path: str | Path, topics: Iterable[str] | None = None,
+                  start_ns: int | None = None, stop_ns: int | None = None
                   ) -> Iterator[tuple[str, int, object]]:
     """Yield (topic, log time [ns], deserialised message) in log-time order.
 
     Messages are rosbags objects with the ROS field names (msg.header.stamp.sec, msg.actions as
-    a numpy array); types are taken from the definitions stored in the bag.
+    a numpy array); types are taken from the definitions stored in the bag. `start_ns`,
+    `stop_ns`: only log times in [start, stop), as in `read_raw`.
     """
     with _open_reader(path) as reader:
         conns = _select(reader, topics)
         if not conns:
             return
-        for conn, stamp_ns, data in reader.messages(connections=conns):
+        for conn, stamp_ns, data in reader.messages(connections=conns, start=start_ns,
+                                                    stop=stop_ns):
             yield conn.topic, stamp_ns, reader.deserialize(data, conn.msgtype)
 
 

@@ -35,14 +35,6 @@ METADATA = 'metadata.yaml'
 MCAP_MAGIC = b'\x89MCAP0\r\n'
 
 
-DEFAULT_DISTRO = 'kilted'             # the distribution the wheels are
-
-
-def ros_distro() -> str:
-    """Return the ROS distribution bags are stamped with: $ROS_DISTRO, else kilted."""
-    return os.environ.get('ROS_DISTRO') or DEFAULT_DISTRO
-
-
 class BagError(RuntimeError):
     """A bag cannot be written, read or recovered."""
 

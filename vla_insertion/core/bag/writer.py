@@ -13,7 +13,8 @@ import yaml
 
 from vla_insertion.core.bag.reader import read_raw
 from vla_insertion.core.bag.typestore import (
-    ACTIVE_PREFIX, BAG_VERSION, BagError, get_typestore, METADATA, ros_distro, STORAGES)
+    ACTIVE_PREFIX, BAG_VERSION, BagError, get_typestore, METADATA, STORAGES)
+from vla_insertion.core.distro import ros_distro
 
 
 @dataclasses.dataclass

@@ -5,6 +5,7 @@ Modules:
     stream         what a bridge checks before it publishes: session, sequence order, clock
     clock          sender clock -> local clock for every stream: offset, steps, bad times
     sensor_window  the newest `window_size` sensor samples as one contiguous run
+    joint_map      ros2_control's joint_states (joint_state_broadcaster) -> the robot state
 
 The byte layouts themselves are in core/wire/; the node shells in nodes/*_bridge.py.
 """

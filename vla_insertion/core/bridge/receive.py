@@ -11,7 +11,8 @@ back-off, so the loop survives anything the network does.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+import ipaddress
 import logging
 import math
 import socket
@@ -31,6 +32,7 @@ from vla_insertion.core.wire import CAUSES, OVERSIZED, WireError
 _LOG = logging.getLogger(__name__)
 UNKNOWN_VIEW = 'unknown_view'   # a camera view that is not configured
 SOCKET_ERROR = 'socket_error'   # the socket failed and was recreated
+SOURCE = 'source'               # a datagram from an address not on the allow-list (sensor_bridge)
 # Every drop cause a bridge can count, reported from the start (camera_bridge adds
 # UNKNOWN_VIEW): the decoders' causes, then the stream's (core/bridge/stream.py,
 # core/bridge/clock.py).
@@ -85,13 +87,16 @@ class ZmqSource:
     """A PULL (bind) or SUB (connect) socket returning one message per recv(), or None.
 
     A socket monitor counts connections, disconnects and failed handshakes (`take_events`).
+    `secure(socket)` sets the security options before the bind or connect (CURVE keys); a
+    peer whose handshake fails shows up as a `handshake_failures` event.
     A connection that ZMQ drops for a message over ZMQ_MAXMSGSIZE is not re-established by a
     connecting socket (libzmq treats it as a protocol error), so a SUB reconnects itself once
     the messages it already holds are read.
     """
 
     def __init__(self, context: zmq.Context, socket_type: int, endpoint: str, bind: bool,
-                 timeout_s: float, max_bytes: int) -> None:
+                 timeout_s: float, max_bytes: int,
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
         self._socket = context.socket(socket_type)
         self._endpoint = endpoint
         self._bind = bind
@@ -111,6 +116,8 @@ class ZmqSource:
         self._events: list[str] = []
         self._reconnect = False     # a connect-mode socket lost its connection
         try:
+            if secure is not None:  # CURVE keys (core/wire/curve.py CurveLink.secure)
+                secure(self._socket)
             (self._socket.bind if bind else self._socket.connect)(endpoint)
         except zmq.ZMQError:
             self.close()
@@ -162,25 +169,69 @@ class ZmqSource:
         self._socket.close(linger=0)
 
 
+class SourceAllowList:
+    """The sender addresses a UDP socket accepts: addresses or networks ('10.0.0.0/24').
+
+    UDP has no handshake: anyone who can reach the port can send, and a spoofed force
+    reading could hide a contact from the force gate. The check is on the datagram's source
+    address as the kernel reports it; it keeps out other hosts and stray senders on the cell
+    network, not an attacker on the same segment who forges source addresses (docs/wire.md,
+    "Securing the cell network": a dedicated interface or VLAN does that).
+    """
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        try:
+            self._networks = tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+        except ValueError as exc:
+            raise ConfigError(f'allow-list: {exc}') from None
+        if not self._networks:
+            raise ConfigError('allow-list: give at least one address (0.0.0.0/0 accepts all)')
+        self._known: dict[str, bool] = {}     # host string -> verdict, for the hot path
+
+    def allows(self, host: str) -> bool:
+        verdict = self._known.get(host)
+        if verdict is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                verdict = False
+            else:
+                verdict = any(address in net for net in self._networks)
+            if len(self._known) < 1024:       # a spoofing flood must not grow it forever
+                self._known[host] = verdict
+        return verdict
+
+    def __str__(self) -> str:
+        return ', '.join(str(n) for n in self._networks)
+
+
 class UdpSource:
-    """A bound UDP socket returning one datagram per recv(), or None on timeout."""
+    """A bound UDP socket returning one datagram per recv(), or None on timeout.
+
+    With `allowed`, a datagram from any other source address raises Drop(SOURCE) before its
+    content is looked at.
+    """
 
     def __init__(self, host: str, port: int, timeout_s: float, max_bytes: int,
-                 buffer_bytes: int) -> None:
+                 buffer_bytes: int, allowed: SourceAllowList | None = None) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.settimeout(timeout_s)
         self._socket.bind((host, port))
         self._max_bytes = max_bytes
+        self._allowed = allowed
         # one byte more than the cap: a datagram that fills it was larger than allowed
         self._buffer = bytearray(max_bytes + 1)
 
     def recv(self) -> bytes | None:
         try:
-            n = self._socket.recv_into(self._buffer)
+            n, (host, port) = self._socket.recvfrom_into(self._buffer)
         except socket.timeout:
             return None
+        if self._allowed is not None and not self._allowed.allows(host):
+            raise Drop(SOURCE, f'datagram from {host}:{port}, which is not on the allow-list '
+                               f'({self._allowed})')
         if n > self._max_bytes:
             raise WireError(OVERSIZED, f'datagram over the cap of {self._max_bytes} bytes')
         return bytes(self._buffer[:n])
@@ -293,14 +344,19 @@ class ReceiveLoop:
         self._on_drop(cause, text)
 
 
-def close_bridge(loop: ReceiveLoop | None, zmq_context=None) -> None:
-    """Stop a bridge's receive loop, then close its ZMQ context; either may be None.
+def close_bridge(loop: ReceiveLoop | None, zmq_context=None, curve=None) -> None:
+    """Stop a bridge's receive loop, its CURVE handler, then close its ZMQ context.
+
+    Any of them may be None; `curve` is a core.wire.curve.CurveLink (its ZAP thread uses the
+    context, so it stops first).
 
     Bridge nodes call this from destroy_node(), which also runs for a node whose __init__
     failed half-way (a port already in use), so nothing here may assume it was built.
     """
     if loop is not None:
         loop.stop()
+    if curve is not None:
+        curve.close()
     if zmq_context is not None:
         zmq_context.destroy(linger=0)
 

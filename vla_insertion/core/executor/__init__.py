@@ -9,6 +9,7 @@
     executor.py       ChunkExecutor, the one class the chunk_executor node calls
     command.py        JointCommand -> command_v1
     trajectory_rules.py  what joint_trajectory_controller accepts (check_trajectory)
+    gripper.py        the gripper on ros2_control: its gate causes, units, trajectory or command
 
 docs/executor.md describes the timing model, the strategies and the gate.
 """

@@ -6,12 +6,14 @@ threads. The node calls, from its callbacks and its control timer:
     on_chunk(chunk, arrival_s)      vla/action_chunk        -> accepted or a counted rejection
     on_robot_state(state)           robot/joint_states      -> the measured joints
     on_sensor_window(window)        sensor/window           -> the force/torque monitor
+    on_tool_pose(pose)              robot/pose              -> the workspace box
+    on_estop(active), on_heartbeat(held, now_s)   safety/estop, safety/heartbeat
     step(now_s) -> JointCommand     every 1 / control_rate_hz -> command_v1, vla/command
     trajectory_update()             after each step: the JointTrajectory due now, or None
     trajectory(now_s)               JointTrajectory points after the command
     committed_prefix(now_s)         what the executor has committed to (merge = prefix)
     arm(now_s), disarm(), reset_fault()   std_srvs/SetBool `enable`, std_srvs/Trigger
-    stop_now(trigger)               hold now, because of an event (disarm; an e-stop later)
+    stop_now(trigger)               hold now, because of an event (disarm, e-stop, deadman)
     stats()                         /diagnostics key-values
 
 Timing: a chunk stamped s (its observation time) applies action k at s + k dt. A command
@@ -19,8 +21,10 @@ computed at now_s is for the target time now_s + actuator_lead_s (the robot reac
 late); the plan is sampled at that time plus the limiter's filter delay, which the filter then
 takes back. Actions whose time has passed are never sent: only the plan at future times is.
 Every transition into hold is a stop (core/executor/stops.py): the braking to rest goes out at
-once on both outputs. See docs/executor.md for the timing diagram, the strategies, the gate and
-the stops.
+once on both outputs, and the executor disarms; arm() refuses, with a named reason, while any
+input is stale, the e-stop or the deadman says no, or the policy is untrained (ARM_REFUSALS).
+See docs/executor.md for the timing diagram, the strategies, the gate and the stops, and
+docs/safety.md for what each layer catches.
 """
 from __future__ import annotations
 
@@ -33,12 +37,13 @@ import numpy as np
 from vla_insertion.core.config import ConfigError, ExecutorConfig
 from vla_insertion.core.data import (
     ACTION_DIM, ActionChunkData, JointTrajectoryData, NUM_JOINTS, RobotState, SensorWindowData,
-    TrajectoryPointData)
-from vla_insertion.core.executor import gate, stops
+    ToolPose, TrajectoryPointData)
+from vla_insertion.core.executor import gate, gripper, stops
 from vla_insertion.core.executor.interpolation import ChunkTrajectory
 from vla_insertion.core.executor.limiter import MotionLimiter
 from vla_insertion.core.executor.limits import default_limits, GRIPPER, LimitsTable
 from vla_insertion.core.executor.merge import committed_steps, Merger, Sample
+from vla_insertion.core.executor.safety import SafetyInputs, SafetySettings
 from vla_insertion.core.executor.stats import JerkMeter, Window
 
 
@@ -54,6 +59,12 @@ HOLD_STATES = (WAITING, HOLDING, FAULT)
 # Chunk rejections (stats key `chunks.rejected.<reason>`)
 REJECT_REASONS = ('bad_shape', 'non_finite', 'duplicate', 'out_of_order', 'future_stamp',
                   'stale', 'expired')
+
+# Why arm() refused (stats key `arming.refused.<reason>`), in the order they are checked.
+ARM_REFUSALS = ('estop_active', 'estop_unknown', 'fault', 'deadman', stops.UNTRAINED_EXPERT,
+                stops.UNTRAINED_VLM, 'no_robot_state', 'robot_state_too_old',
+                'sensor_too_old', 'chunks_stale', 'no_tool_pose', 'outside_workspace',
+                'outside_limits')
 
 
 @dataclass(frozen=True)
@@ -111,12 +122,23 @@ class ChunkExecutor:
         except ValueError as exc:
             raise ConfigError(f'joint_limits: {exc}') from None
         self._accel = accel
+        self._gripper = gripper.GripperOutput.from_config(config)   # in the trajectory or not
+        self._safety = SafetyInputs(SafetySettings(
+            estop_input=config.estop_input, deadman_timeout_s=config.deadman_timeout_s,
+            workspace_min_m=config.workspace_min_m, workspace_max_m=config.workspace_max_m,
+            workspace_decel_mps2=config.workspace_decel_mps2,
+            reaction_s=config.period_s + config.actuator_lead_s,
+            max_pose_age_s=config.max_robot_age_s))
+        self._arming = Counter(dict.fromkeys(ARM_REFUSALS, 0))
+        self._refusal = ''                     # the newest arm() refusal, '' after arming
         self.reset()
 
     def reset(self) -> None:
         """Forget every chunk, state, fault and statistic (a new episode); limits stay.
 
-        Disarms, as at start-up (re-arms at the first fresh robot state with start_armed).
+        Disarms, as at start-up (re-arms at the first chunk with start_armed). The
+        cell's e-stop and deadman states are not the episode's: they stay (an active e-stop
+        latches its fault again), as do the arming refusal counts.
         """
         config = self._config
         self._limiter.initialized = False          # restarts at the next measured state
@@ -134,6 +156,9 @@ class ChunkExecutor:
         self._arm_pending = config.start_armed
         self._fault = ''
         self._fault_detail = ''
+        self._safety.forget_motion()
+        self._untrained = ''                   # the newest chunk's: '', or a stops trigger
+        self._features_untrained = False       # the newest chunk's VL features were
         self._last_now = -math.inf
         self._last_command: JointCommand | None = None
         self._last_sample: Sample | None = None
@@ -159,6 +184,8 @@ class ChunkExecutor:
         self._jumps = Window(config.delay_window)
         self._position_jumps = Window(config.delay_window)
         self._jerk = JerkMeter(config.period_s)
+        if self._safety.estop_active:
+            self._latch(gate.ESTOP, 'safety/estop is active')
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -183,11 +210,24 @@ class ChunkExecutor:
         return self._limiter.delay_s
 
     def on_chunk(self, chunk: ActionChunkData, arrival_s: float) -> bool:
-        """Accept a chunk for the next step, or count why not (`chunks.rejected.<reason>`)."""
+        """Accept a chunk for the next step, or count why not (`chunks.rejected.<reason>`).
+
+        A chunk of an untrained policy (ActionChunk.untrained, or features_untrained without
+        allow_untrained_vlm) is only ever previewed: it stops an armed executor (stop_now: armed
+        before the first chunk, nothing has moved yet), and arm() refuses while the newest
+        chunk is one.
+        """
         stamp = float(chunk.stamp_s)
         if math.isfinite(stamp) and math.isfinite(arrival_s):
             self._delays.add(arrival_s - stamp)              # every chunk's delay, even refused
         reason = self._refuse(chunk, arrival_s)
+        if not reason:
+            self._features_untrained = bool(chunk.features_untrained)
+            self._untrained = (stops.UNTRAINED_EXPERT if chunk.untrained else
+                               stops.UNTRAINED_VLM if chunk.features_untrained
+                               and not self._config.allow_untrained_vlm else '')
+            if self._untrained and self._armed:
+                self.stop_now(self._untrained)
         if reason:
             self._rejected[reason] += 1
             return False
@@ -252,6 +292,21 @@ class ChunkExecutor:
         self._wrench = wrench
         return True
 
+    def on_tool_pose(self, pose: ToolPose) -> bool:
+        """Take the measured tool pose (the workspace box); refuse and count unusable ones."""
+        return self._safety.on_tool_pose(pose) or self._count_input('pose.unusable')
+
+    def on_estop(self, active: bool) -> None:
+        """Take the cell's e-stop state: active latches fault `estop` and stops at once."""
+        if self._safety.on_estop(active) or (active and not self._fault):
+            self._latch(gate.ESTOP, 'safety/estop is active')
+            self.stop_now(stops.ESTOP)
+
+    def on_heartbeat(self, held: bool, now_s: float) -> None:
+        """Take one deadman heartbeat: false (released) stops at once, when a deadman is set."""
+        if self._safety.on_heartbeat(held, now_s) and self._config.deadman_timeout_s > 0:
+            self.stop_now(stops.DEADMAN)
+
     def _count_input(self, key: str) -> bool:
         self._inputs[key] += 1
         return False
@@ -259,22 +314,18 @@ class ChunkExecutor:
     # --- services -------------------------------------------------------------------------
 
     def arm(self, now_s: float) -> tuple[bool, str]:
-        """Let the commands move the robot, starting at rest from the measured state."""
-        if self._fault:
-            return False, f'fault {self._fault} latched ({self._fault_detail}): reset it first'
-        if self._robot is None:
-            return False, 'no robot state received yet'
-        age = now_s - self._robot.stamp_s
-        if not age <= self._config.max_robot_age_s:
-            return False, (f'robot state is {age:.3f} s old (max_robot_age_s '
-                           f'{self._config.max_robot_age_s})')
-        joints = self._measured[:NUM_JOINTS]
-        lo, hi = self._limiter.lower[:NUM_JOINTS], self._limiter.upper[:NUM_JOINTS]
-        outside = [f'{n} at {q:.3f} rad' for n, q, a, b in
-                   zip(self._config.joint_names, joints, lo, hi) if not a <= q <= b]
-        if outside:
-            return False, (f'{", ".join(outside)} outside the limits less position_margin_rad: '
-                           'move the arm inside first')
+        """Let the commands move the robot, starting at rest from the measured state.
+
+        Refused, with the reason counted (`arming.refused.<reason>`) and returned, while any of
+        ARM_REFUSALS holds.
+        """
+        refusal = self._arming_refusal(now_s)
+        if refusal is not None:
+            reason, message = refusal
+            self._arming[reason] += 1
+            self._refusal = message
+            return False, message
+        self._refusal = ''
         if self._armed:
             return True, 'already armed'
         # Start exactly where the arm is, at rest: no jump, whatever the preview did.
@@ -283,7 +334,49 @@ class ChunkExecutor:
         self._armed = True
         self._stop, self._stop_request = None, ''
         self._published_version = -1            # the plan goes out at the first step
+        if self._features_untrained:
+            return True, 'armed on an UNTRAINED VLM (allow_untrained_vlm is set: sim/demo only)'
         return True, 'armed'
+
+    def _arming_refusal(self, now_s: float) -> tuple[str, str] | None:
+        """Return the first of ARM_REFUSALS that holds now, as (reason, message), or None."""
+        cfg = self._config
+        refusal = self._safety.arming_refusal(now_s)
+        if refusal is not None and refusal[0] in ('estop_active', 'estop_unknown'):
+            return refusal
+        if self._fault:
+            return 'fault', f'fault {self._fault} latched ({self._fault_detail}): reset it first'
+        if refusal is not None and refusal[0] == 'deadman':
+            return refusal
+        if self._untrained == stops.UNTRAINED_EXPERT:
+            return self._untrained, ('the action expert is untrained (random weights): an '
+                                     'untrained expert is never armed')
+        if self._untrained == stops.UNTRAINED_VLM:
+            return self._untrained, ('the VL features come from an untrained VLM (random '
+                                     'weights); set allow_untrained_vlm only in the sim or demo')
+        if self._robot is None:
+            return 'no_robot_state', 'no robot state received yet'
+        age = now_s - self._robot.stamp_s
+        if not age <= cfg.max_robot_age_s:
+            return 'robot_state_too_old', (f'robot state is {age:.3f} s old (max_robot_age_s '
+                                           f'{cfg.max_robot_age_s})')
+        if cfg.require_sensor and (self._wrench is None
+                                   or not now_s - self._wrench.stamp_s <= cfg.max_sensor_age_s):
+            return 'sensor_too_old', (f'no sensor window within max_sensor_age_s '
+                                      f'{cfg.max_sensor_age_s} (require_sensor)')
+        if self._last_accept_s is not None and now_s - self._last_accept_s > cfg.chunk_timeout_s:
+            return 'chunks_stale', (f'no chunk accepted for {now_s - self._last_accept_s:.2f} s '
+                                    f'(chunk_timeout_s {cfg.chunk_timeout_s})')
+        if refusal is not None:
+            return refusal                                  # the workspace box's
+        joints = self._measured[:NUM_JOINTS]
+        lo, hi = self._limiter.lower[:NUM_JOINTS], self._limiter.upper[:NUM_JOINTS]
+        outside = [f'{n} at {q:.3f} rad' for n, q, a, b in
+                   zip(cfg.joint_names, joints, lo, hi) if not a <= q <= b]
+        if outside:
+            return 'outside_limits', (f'{", ".join(outside)} outside the limits less '
+                                      'position_margin_rad: move the arm inside first')
+        return None
 
     def disarm(self) -> tuple[bool, str]:
         """Stop (stop_now('disarm')); then keep computing commands as a preview, not armed."""
@@ -306,9 +399,11 @@ class ChunkExecutor:
         self._arm_pending = False
 
     def reset_fault(self) -> tuple[bool, str]:
-        """Clear a latched fault; motion resumes from the (stopped) commanded state."""
+        """Clear a latched fault (not while the e-stop is active); then arm() to move again."""
         if not self._fault:
             return True, 'no fault latched'
+        if self._safety.estop_active:
+            return False, 'the e-stop is still active: release it first'
         cause = self._fault
         self._fault = self._fault_detail = ''
         return True, f'fault {cause} cleared'
@@ -329,12 +424,17 @@ class ChunkExecutor:
         self._last_now = now_s
         self._steps += 1
         self._stop_due = self._plan_due = False
+        if self._armed and self._safety.deadman_released(now_s):
+            self.stop_now(stops.DEADMAN)
         if self._robot is None:
             self._gate[gate.NO_ROBOT_STATE] += 1
             return self._finish(self._invalid(now_s))
         if not self._limiter.initialized:
             self._limiter.reset(self._measured)             # the preview starts at the arm
-        if self._arm_pending and self.arm(now_s)[0]:
+        # start_armed: at the first chunk, so that an untrained policy is never armed
+        if self._arm_pending and self._last_accept_s is not None \
+                and self._arming_refusal(now_s) is None:
+            self.arm(now_s)
             self._arm_pending = False
         t_query = self._query_time(now_s)
         self._join_pending(t_query)
@@ -346,6 +446,10 @@ class ChunkExecutor:
         if not hold and sample is not None:
             target, target_velocity = self._clamp(sample, acted)
         self._speed_scale = self._force_rules(now_s, acted)
+        if self._armed and not self._fault:
+            breach = self._safety.workspace_breach(now_s)
+            if breach:
+                self._latch(gate.WORKSPACE, breach)
         if self._fault:
             acted.add(self._fault)
             hold = True
@@ -360,8 +464,7 @@ class ChunkExecutor:
                              (result.velocity_limited, gate.VELOCITY_LIMIT),
                              (result.acceleration_limited, gate.ACCELERATION_LIMIT),
                              (result.jerk_limited, gate.JERK_LIMIT)):
-            if flags.any():
-                acted.add(cause)
+            acted |= gripper.split_causes(flags, cause)       # the gripper's apart
         state = self._state(hold, sample)
         self._account(state, sample, acted)
         command = JointCommand(
@@ -383,7 +486,7 @@ class ChunkExecutor:
         return self._finish(command)
 
     def _update_stop(self, now_s: float, hold: bool, acted: set[str]) -> None:
-        """Begin a stop at a transition into hold; end it when following resumes.
+        """Begin a stop at a transition into hold, and disarm: it lasts until arm().
 
         The one place that says "hold now, because X" for every trigger (stops.py): an event
         since the last step (stop_now), or the first hold after following (stops.CONDITIONS).
@@ -391,12 +494,10 @@ class ChunkExecutor:
         """
         trigger, self._stop_request = self._stop_request, ''
         if self._stop is not None:
-            if self._armed and not hold:            # the cause cleared: follow again
-                self._stop = None
-                self._published_version = -1        # and publish the plan again
             return
         if not trigger and self._armed and hold and self._following:
             trigger = next(c for c in stops.CONDITIONS if c in acted)
+            self._armed = self._arm_pending = False
         if trigger:
             self._stop = stops.brake(trigger, self._limiter, now_s,
                                      self._config.actuator_lead_s, self._scale_array())
@@ -444,6 +545,9 @@ class ChunkExecutor:
                 t_query - sample.stamp_s > cfg.max_chunk_age_s:
             acted.add(gate.CHUNK_TOO_OLD)
             hold = True
+        if self._safety.settings.has_box and not self._safety.pose_fresh(now_s):
+            acted.add(gate.TOOL_POSE_TOO_OLD)
+            hold = True
         if cfg.require_sensor:
             if self._wrench is None:
                 acted.add(gate.NO_SENSOR_WINDOW)
@@ -458,7 +562,7 @@ class ChunkExecutor:
         target, velocity = sample.position.copy(), sample.velocity.copy()
         clipped, changed = gate.clamp(target, self._limiter.lower, self._limiter.upper)
         if changed:
-            acted.add(gate.POSITION_LIMIT)
+            acted |= gripper.split_causes(clipped != target, gate.POSITION_LIMIT)
             velocity[clipped != target] = 0.0
             target = clipped
         d = np.full(ACTION_DIM, math.inf)
@@ -552,7 +656,7 @@ class ChunkExecutor:
         from the stamp (from arrival for 0). Call it once after every step, as the node does;
         what is due is forgotten at the next step.
         """
-        last, names = self._last_command, tuple(self._config.joint_names)
+        last, names = self._last_command, self._gripper.joint_names(self._config.joint_names)
         if last is None or not last.valid or not (self._stop_due or self._plan_due):
             return None
         # times from the stamp as lead + k T: absolute times lose 0.2 us at 1.7e9 s
@@ -564,8 +668,7 @@ class ChunkExecutor:
             self._stop_due = False
             stop = self._stop
             return JointTrajectoryData(0.0, names, tuple(
-                TrajectoryPointData(lead + k * period, p[:NUM_JOINTS].copy(),
-                                    v[:NUM_JOINTS].copy())
+                TrajectoryPointData(lead + k * period, *self._gripper.columns(p, v))
                 for k, (p, v) in enumerate(zip(stop.positions, stop.velocities))),
                 stop=stop.trigger)
         self._plan_due = False
@@ -574,7 +677,8 @@ class ChunkExecutor:
         if not points:
             return None
         return JointTrajectoryData(last.stamp_s, names, tuple(
-            TrajectoryPointData(lead + k * period, p, v) for k, p, v in points))
+            TrajectoryPointData(lead + k * period, *self._gripper.columns(p, v))
+            for k, p, v in points))
 
     def trajectory(self, now_s: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Future (target time, (6,) positions, (6,) velocities) after the last command.
@@ -587,11 +691,11 @@ class ChunkExecutor:
         last = self._last_command
         if not self._armed or last is None or not last.valid:
             return []
-        return [(t, p, v) for k, p, v in self._lookahead(last)
+        return [(t, p[:NUM_JOINTS], v[:NUM_JOINTS]) for k, p, v in self._lookahead(last)
                 if (t := last.target_time_s + k * self._config.period_s) > now_s]
 
     def _lookahead(self, last: JointCommand) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """(k, (6,) positions, (6,) velocities) of the limiter k periods after `last`."""
+        """(k, (7,) positions, (7,) velocities) of the limiter k periods after `last`."""
         cfg, period = self._config, self._config.period_s
         limiter = self._limiter.copy()
         total = int(math.floor(cfg.lookahead_s / period + 1e-9))
@@ -610,8 +714,7 @@ class ChunkExecutor:
             result = limiter.step(target, velocity, scale)
             at_rest = sample is None and limiter.at_rest and not result.velocity.any()
             if k % stride == 0 or at_rest:
-                points.append((k, result.position[:NUM_JOINTS].copy(),
-                               result.velocity[:NUM_JOINTS].copy()))
+                points.append((k, result.position.copy(), result.velocity.copy()))
             if at_rest:
                 break
         return points
@@ -668,6 +771,9 @@ class ChunkExecutor:
             level, message = 'OK', state
         if not self._armed:
             message += ' (disarmed: preview only)'
+        if self._refusal:
+            message += f'; arming refused: {self._refusal}'
+        estop = self._safety.estop_active
         out = {'level': level, 'message': message, 'state': state, 'armed': self._armed,
                'fault': self._fault, 'merge': self._config.merge, 'steps': self._steps,
                'chunks.accepted': self._accepted, 'faults_latched': self._faults,
@@ -675,7 +781,15 @@ class ChunkExecutor:
                'prefix.steps': self.prefix_steps, 'speed_scale': self._speed_scale,
                'filter_delay_s': self._limiter.delay_s,
                'jerk.rms': self._jerk.rms, 'jerk.peak': self._jerk.peak,
-               'stop': self._stop.trigger if self._stop is not None else ''}
+               'stop': self._stop.trigger if self._stop is not None else '',
+               'arming.refusal': self._refusal,
+               'arming.allow_untrained_vlm': self._config.allow_untrained_vlm,
+               'untrained': self._untrained,
+               'estop': 'unknown' if estop is None else 'active' if estop else 'released',
+               'deadman': ('off' if self._config.deadman_timeout_s <= 0 else
+                           'released' if self._safety.deadman_released(self._last_now)
+                           else 'held')}
+        out.update({f'arming.refused.{k}': v for k, v in self._arming.items()})
         out.update({f'gate.{k}': v for k, v in self._gate.items()})
         out.update({f'stops.{k}': v for k, v in self._stops.items()})
         out.update({f'chunks.rejected.{k}': v for k, v in self._rejected.items()})

@@ -10,12 +10,12 @@ cause (the /diagnostics key is `gate.<cause>`, the count is of control steps in 
                            than max_chunk_age_s -> hold
     no_sensor_window       require_sensor and no force window yet -> hold
     sensor_too_old         require_sensor and now - window stamp > max_sensor_age_s -> hold
-    position_limit         a target outside [min + margin, max - margin] is clipped, or the
-                           limiter brakes to stay inside
+    position_limit         an arm joint's target outside [min + margin, max - margin] is
+                           clipped, or the limiter brakes to stay inside
     max_distance           a joint target further than max_distance_from_measured_rad from the
                            measured joint is pulled back to that distance
-    velocity_limit         the limiter held a joint (or the gripper) to its velocity limit
-    acceleration_limit     ... to its acceleration limit (or braked early to stop on target)
+    velocity_limit         the limiter held an arm joint to its velocity limit
+    acceleration_limit     ... a joint or the gripper to its acceleration limit (or braked early)
     jerk_limit             the requested acceleration changed faster than the jerk limit, and
                            the jerk filter smoothed it
     force_soft, torque_soft  |F| or |tau| above the soft limit: the speed limits are scaled
@@ -23,6 +23,15 @@ cause (the /diagnostics key is `gate.<cause>`, the count is of control steps in 
     force_limit, torque_limit  |F| or |tau| at or above the hard limit: hold and latch a fault
                            (ERROR) until reset_fault(); counted every step the fault holds
     watchdog               no accepted chunk for chunk_timeout_s -> hold
+    tool_pose_too_old      a workspace box is set and the newest tool pose (robot/pose) is
+                           older than max_robot_age_s -> hold
+    workspace              the tool, at its measured velocity, would come to rest outside the
+                           workspace box -> hold and latch a fault (core/executor/safety.py)
+    estop                  safety/estop is true: latched fault until it is false and
+                           reset_fault() (counted every step the fault holds)
+    gripper_range          the gripper's part of position_limit: its target outside
+                           joint_limits.gripper's range is clipped (core/executor/gripper.py)
+    gripper_rate           the gripper's part of velocity_limit: held to its max_velocity
 
 Every decision becomes an input of the one motion limiter (a clipped target, a speed scale, or
 "hold" = brake to a stop at the acceleration limit), which produces the sent position last: no
@@ -52,10 +61,19 @@ TORQUE_SOFT = 'torque_soft'
 FORCE_LIMIT = 'force_limit'
 TORQUE_LIMIT = 'torque_limit'
 WATCHDOG = 'watchdog'
+TOOL_POSE_TOO_OLD = 'tool_pose_too_old'
+WORKSPACE = 'workspace'
+ESTOP = 'estop'
 CAUSES = (NON_FINITE, NO_ROBOT_STATE, ROBOT_STATE_TOO_OLD, CHUNK_TOO_OLD, NO_SENSOR_WINDOW,
           SENSOR_TOO_OLD, POSITION_LIMIT, MAX_DISTANCE, VELOCITY_LIMIT, ACCELERATION_LIMIT,
-          JERK_LIMIT, FORCE_SOFT, TORQUE_SOFT, FORCE_LIMIT, TORQUE_LIMIT, WATCHDOG)
-LATCHING = (FORCE_LIMIT, TORQUE_LIMIT)
+          JERK_LIMIT, FORCE_SOFT, TORQUE_SOFT, FORCE_LIMIT, TORQUE_LIMIT, WATCHDOG,
+          TOOL_POSE_TOO_OLD, WORKSPACE, ESTOP)
+LATCHING = (FORCE_LIMIT, TORQUE_LIMIT, WORKSPACE, ESTOP)
+
+# The gripper's range and rate, counted apart from the arm joints' (core/executor/gripper.py).
+GRIPPER_RANGE = 'gripper_range'
+GRIPPER_RATE = 'gripper_rate'
+CAUSES += (GRIPPER_RANGE, GRIPPER_RATE)
 
 FORCE_CHANNELS = ('fx', 'fy', 'fz')     # [N]
 TORQUE_CHANNELS = ('tx', 'ty', 'tz')    # [N m]

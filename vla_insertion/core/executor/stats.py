@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from vla_insertion.core.health import HealthReport
+
 
 class Window:
     """The newest `maxlen` values of one quantity, with percentiles."""
@@ -63,3 +65,30 @@ class JerkMeter:
     @property
     def rms(self) -> float:
         return math.sqrt(self._sum_sq / self._count) if self._count else math.nan
+
+
+def executor_health(stats: dict, *, rate_hz: float, sent: int, drops: dict[str, int]
+                    ) -> HealthReport:
+    """Return the chunk_executor's /diagnostics status.
+
+    From ChunkExecutor.stats() and the node's own numbers (commands sent, drops).
+    """
+    stats = dict(stats)
+    report = HealthReport()
+    level, message = stats.pop('level'), stats.pop('message')
+    if level != 'OK':
+        report.escalate(level, message)
+    else:
+        report.message = message
+    report.values = {'rate_hz': rate_hz, 'commands_sent': sent,
+                     **{f'drops.{k}': v for k, v in drops.items()}, **stats}
+    return report
+
+
+def executor_status_line(stats: dict, *, commands: int, sent: int) -> str:
+    """Return one line for the executor's periodic log."""
+    acted = ', '.join(f'{k[5:]}={v}' for k, v in stats.items() if k.startswith('gate.') and v)
+    return (f'Commands: {commands} ({sent} sent) | {stats["message"]} | chunks '
+            f'{stats["chunks.accepted"]} | starved {stats["starved"]} | delay p50 '
+            f'{stats.get("delay_s.p50", math.nan) * 1e3:.0f} ms'
+            + (f' | gate {acted}' if acted else ''))

@@ -2,20 +2,30 @@
 
 A stop begins at the first control step that holds after the robot was following (armed and
 not holding), or at the first step after an event (`ChunkExecutor.stop_now`). Its trigger is
-the first of TRIGGERS that holds in that step, and it is counted under `stops.<trigger>`:
+the first of TRIGGERS that holds in that step, and it is counted under `stops.<trigger>`.
+Every stop disarms: after it, nothing moves until `arm()` (~/enable true), which refuses while
+the cause is still there (core/executor/safety.py, ChunkExecutor.arm):
 
-    trigger               what                                  the stop ends when
-    disarm                ~/enable false: disarm() -> stop_now  arm()
-    force_limit,          a latched fault                       reset_fault(), and no other
-      torque_limit                                                hold
-    watchdog              no accepted chunk for chunk_timeout_s a chunk is accepted
-    robot_state_too_old   the joint state older than            a fresh state arrives
-                          max_robot_age_s
-    chunk_too_old, no_sensor_window, sensor_too_old, non_finite: the gate's other holds, until
-                          the rule stops holding
+    trigger               what                                     before arm() succeeds
+    disarm                ~/enable false: disarm() -> stop_now     -
+    estop                 safety/estop true (latches a fault)      estop false, reset_fault()
+    deadman               no true safety/heartbeat within          a fresh true heartbeat
+                          deadman_timeout_s, or a false
+    untrained_expert      a chunk from an untrained expert         a trained expert's chunks
+    untrained_vlm         ... on untrained VL features, without    the same, or the parameter
+                          allow_untrained_vlm
+    force_limit,          |F| or |tau| at the hard limit           reset_fault()
+      torque_limit        (latches a fault)
+    workspace             the tool would stop outside the box      reset_fault(), tool inside
+                          (latches a fault)
+    watchdog              no accepted chunk for chunk_timeout_s    chunks flow again
+    robot_state_too_old   joint state older than max_robot_age_s   a fresh state
+    tool_pose_too_old, chunk_too_old, no_sensor_window, sensor_too_old, non_finite: the gate's
+                          other holds                              the rule no longer holds
 
-When a stop ends the robot follows the plan again (and trajectory_update publishes it). An
-executor armed into a hold (no chunk for a while, say) was not moving: no stop begins then.
+A person (or, in the sim and the demo, the supervisor at an episode's start) re-arms. An
+executor armed into a hold (no chunk for a while, say) was not moving: no stop begins then; it
+stays armed and follows once the hold clears.
 
 The stop is computed once, when it begins: a copy of the motion limiter runs on from the
 commanded state (position, velocity, acceleration, the jerk filter's history) with no target,
@@ -32,9 +42,9 @@ limits let the commanded motion stop, and every point keeps every limit of the l
   period while the stop is in force, ARMED as the executor is: docs/wire.md has the robot
   decelerate within its own limits and stay, the positions saying where the executor stops.
 
-A later trigger joins here: an event that must last until a person re-arms (an e-stop, a
-deadman released) goes in EVENTS and calls `stop_now`; a condition the executor checks every
-step (and latches, if it must) is a gate cause that holds, listed below in priority order.
+A later trigger joins here: an event goes in EVENTS and calls `stop_now`; a condition the
+executor checks every step (and latches, if it must) is a gate cause that holds, listed below in
+priority order.
 """
 from __future__ import annotations
 
@@ -47,10 +57,15 @@ from vla_insertion.core.executor import gate
 from vla_insertion.core.executor.limiter import MotionLimiter
 
 DISARM = 'disarm'
-EVENTS = (DISARM,)                 # stop_now() triggers: nothing moves until arm()
+ESTOP = gate.ESTOP
+DEADMAN = 'deadman'
+UNTRAINED_EXPERT = 'untrained_expert'
+UNTRAINED_VLM = 'untrained_vlm'
+EVENTS = (DISARM, ESTOP, DEADMAN, UNTRAINED_EXPERT, UNTRAINED_VLM)   # stop_now() triggers
 # Gate causes that hold, most important first: the trigger named when several begin at once.
-CONDITIONS = (gate.FORCE_LIMIT, gate.TORQUE_LIMIT, gate.WATCHDOG, gate.ROBOT_STATE_TOO_OLD,
-              gate.CHUNK_TOO_OLD, gate.NO_SENSOR_WINDOW, gate.SENSOR_TOO_OLD, gate.NON_FINITE)
+CONDITIONS = (gate.FORCE_LIMIT, gate.TORQUE_LIMIT, gate.WORKSPACE, gate.WATCHDOG,
+              gate.ROBOT_STATE_TOO_OLD, gate.TOOL_POSE_TOO_OLD, gate.CHUNK_TOO_OLD,
+              gate.NO_SENSOR_WINDOW, gate.SENSOR_TOO_OLD, gate.NON_FINITE)
 TRIGGERS = EVENTS + CONDITIONS
 
 

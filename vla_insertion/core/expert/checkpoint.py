@@ -25,7 +25,7 @@ made under another contract with ContractMismatch, naming both digests and shape
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import hashlib
 import json
 import math
@@ -40,7 +40,7 @@ import torch
 from vla_insertion.core.config import ConfigError
 from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS, VLFeatureData
 from vla_insertion.core.expert.model import ActionExpert, ExpertModelConfig
-from vla_insertion.core.feature_contract import FeatureContract
+from vla_insertion.core.feature_contract import differences, FeatureContract
 
 FORMAT = 'vla_insertion.action_expert'
 VERSION = 1
@@ -185,6 +185,41 @@ def save_checkpoint(folder: str | Path, model: ActionExpert, meta: CheckpointMet
     tmp.write_text(json.dumps(doc, indent=2) + '\n', encoding='utf-8')
     tmp.replace(folder / CONFIG_FILE)
     return folder
+
+
+def pin_weights(folder: str | Path, vlm: FeatureContract, force: bool = False
+                ) -> CheckpointMeta:
+    """Write the VLM's weights digest into a checkpoint's contract; return the new metadata.
+
+    For a checkpoint written before contracts carried one, by its owner who knows it was
+    trained on these weights. Every other field of the contract must equal the VLM's (a
+    CheckpointError names the differences); a checkpoint pinned to other weights is changed
+    only with `force`. config.json is rewritten in place (atomically); the weights stay.
+    """
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    doc = _read_json(config_path)
+    meta = meta_from_dict(doc, str(config_path))
+    old = meta.contract
+    if not vlm.weights_digest:
+        raise CheckpointError('the VLM contract has no weights digest to pin (its weight files '
+                              'are not on this machine)')
+    if old.weights_digest == vlm.weights_digest:
+        return meta
+    if old.weights_digest and not force:
+        raise CheckpointError(f'{config_path}: pinned already to weights {old.weights_digest}, '
+                              f'not {vlm.weights_digest} (force re-pins it)')
+    pinned = replace(old, weights_digest=vlm.weights_digest)
+    other = differences(pinned, vlm)
+    if other:
+        raise CheckpointError(f'{config_path}: the contract differs from the one of the VLM in '
+                              f'more than the weights: {"; ".join(other)}')
+    doc['feature_contract'] = pinned.to_dict()
+    doc['contract_digest'] = pinned.digest
+    tmp = folder / (CONFIG_FILE + '.tmp')
+    tmp.write_text(json.dumps(doc, indent=2) + '\n', encoding='utf-8')
+    tmp.replace(config_path)
+    return meta_from_dict(doc, str(config_path))
 
 
 # --- load ---------------------------------------------------------------------------------

@@ -10,8 +10,9 @@
              malformed what did not convert, by stream
         -> tick_newest(runner, inputs, now_s): the runner's tick on them
 
-The action_expert node puts what its subscriptions receive, converted at the edge (a message
-that does not convert is put as `Malformed`, so every tick says why it refuses); the in-process
+The action_expert and policy_client nodes put what their subscriptions receive, converted at the
+edge (`put_converted`: a message that does not convert is put as `Malformed`, so every tick says
+why it refuses); the in-process
 closed loop (core/sim/loop.py) puts what the simulated cell gives it. Both tick through
 `tick_newest`, so the capture rule and the prefix alignment (core.executor.merge.align_prefix)
 have one caller. Thread-safe: puts from any thread (subscriptions), one reader (the tick).
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vla_insertion.core.bag.messages import time_from_msg
 from vla_insertion.core.data import (
     ActionChunkData, RobotState, SensorWindowData, ToolPose, VLFeatureData)
 from vla_insertion.core.executor.merge import align_prefix
@@ -58,6 +60,7 @@ class TickInputs:
     capture: RobotState | None = None  # the robot at the features' stamp (their capture)
     prefix: np.ndarray | None = None   # (d', A) committed actions applying from now_s
     malformed: tuple[tuple[str, str], ...] = ()   # (stream, detail), in FEATURES..ROBOT order
+    no_pose: bool = False              # joint states held but no tool pose: robot is None
 
 
 class LatestInputs:
@@ -142,7 +145,9 @@ class LatestInputs:
             robot = capture = None
         prefix = None if committed is None else align_prefix(
             committed.stamp_s, committed.actions, committed.dt_s, now_s)
-        return TickInputs(features, held[WINDOW], robot, capture, prefix, tuple(malformed))
+        no_pose = joints is not None and not isinstance(joints, Malformed) and pose is None
+        return TickInputs(features, held[WINDOW], robot, capture, prefix, tuple(malformed),
+                          no_pose)
 
     # --- sync mode: features asked for ------------------------------------------------------
 
@@ -160,6 +165,16 @@ class LatestInputs:
     def wake(self) -> None:
         with self._features_arrived:
             self._features_arrived.notify_all()
+
+
+def put_converted(put: Callable[[object], None], read: Callable[[object], object],
+                  msg) -> None:
+    """Put `read(msg)`; a message that does not convert is put as Malformed (ticks refuse)."""
+    try:
+        item = read(msg)
+    except ValueError as exc:     # ConversionError, or fewer positions than joint names
+        item = Malformed(str(exc), time_from_msg(msg.header.stamp))
+    put(item)
 
 
 def _combined(joints: RobotState | Malformed | None,
@@ -189,4 +204,4 @@ def tick_newest(runner: ExpertRunner, inputs: LatestInputs,
     if refused is not None:
         return refused, got
     return runner.tick(got.features, got.window, got.robot, now_s, prefix=got.prefix,
-                       capture_robot=got.capture), got
+                       capture_robot=got.capture, no_pose=got.no_pose), got

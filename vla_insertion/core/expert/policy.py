@@ -220,4 +220,5 @@ class ExpertPolicy:
             feature_sequence=obs.features.sequence,
             feature_age_s=obs.now_s - obs.features.stamp_s,
             sensor_stamp_s=obs.window.stamp_s, sensor_age_s=obs.now_s - obs.window.stamp_s,
-            inference_ms=inference_ms, untrained=self._meta.untrained)
+            inference_ms=inference_ms, untrained=self._meta.untrained,
+            features_untrained=bool(obs.features.untrained))

@@ -25,8 +25,8 @@ from vla_insertion.core.expert.capture import RobotHistory
 from vla_insertion.core.expert.checkpoint import ContractMismatch
 from vla_insertion.core.expert.policy import ObservationError
 from vla_insertion.core.expert.staleness import (
-    BAD_OBSERVATION, check_inputs, CONTRACT_MISMATCH, Decision, REFUSALS, ReuseCounter,
-    StalenessLimits)
+    BAD_OBSERVATION, check_inputs, CONTRACT_MISMATCH, Decision, PolicyRefusal, REFUSALS,
+    ReuseCounter, StalenessLimits)
 from vla_insertion.core.health import DropCounter, HealthReport, LatencyStats
 from vla_insertion.core.interfaces import ExpertObservation
 
@@ -47,11 +47,14 @@ class TickResult:
 
 
 class RunnerStats:
-    """What the runner counts; the node turns it into /diagnostics and vla/stats."""
+    """What the runner counts; the node turns it into /diagnostics and vla/stats.
 
-    def __init__(self) -> None:
+    `reasons`: refusal reasons of the policy's own (PolicyRefusal), reported from the start.
+    """
+
+    def __init__(self, reasons: tuple[str, ...] = ()) -> None:
         self.published = 0
-        self.refused = DropCounter()
+        self.refused = DropCounter(reasons)
         self.inference_ms = LatencyStats(maxlen=600)
         self.reuse_index = LatencyStats(maxlen=100)
         self.chunks_per_features = LatencyStats(maxlen=50)  # chunks each feature set served
@@ -104,7 +107,7 @@ class RunnerStats:
 
     def status_line(self, rate_hz: float) -> str:
         """Return the one-line status a person watching the terminal wants."""
-        refused = self.refused.as_dict()
+        refused = {k: v for k, v in self.refused.as_dict().items() if v}
         line = (f'Actions: {self.published} | rate {rate_hz:.1f} Hz | avg '
                 f'{self.inference_ms.summary()["mean"]:.1f} ms | reuse avg '
                 f'{self.chunks_per_features.summary()["mean"]:.1f} | feature age avg '
@@ -117,30 +120,34 @@ class RunnerStats:
 class ExpertRunner:
     """Apply the staleness rules, run the policy and stamp the chunk, at a given time.
 
-    `policy` is an ExpertPolicy (or anything with `infer`, `reset` and `meta`). Training-sample
-    collection, which only needs the decisions, passes `policy=None` with the contract digest
-    and feature shape the checkpoint will have.
+    `policy` is an ExpertPolicy (or anything with `infer`, `reset` and `meta`: a remote policy,
+    core/remote/policy.py, whose meta has no contract digest). Training-sample collection, which
+    only needs the decisions, passes `policy=None` with the contract digest and feature shape
+    the checkpoint will have. `refusals`: the reasons the policy may refuse with
+    (PolicyRefusal), counted from 0.
     """
 
     def __init__(self, policy, limits: StalenessLimits, mode: int = MODE_ASYNC, *,
                  contract_digest: str | None = None,
-                 feature_shape: tuple[int, int] | None = None) -> None:
+                 feature_shape: tuple[int, int] | None = None,
+                 refusals: tuple[str, ...] = ()) -> None:
         self.policy = policy
         self.limits = limits
         self.mode = mode
         meta = policy.meta if policy is not None else None
         self.contract_digest = contract_digest or (meta.contract_digest if meta else '')
         self.feature_shape = feature_shape or (meta.feature_shape if meta else None)
-        self.stats = RunnerStats()
+        self.refusals = refusals
+        self.stats = RunnerStats(refusals)
         self.robots = RobotHistory()   # for the robot state at the features' capture
         self._reuse = ReuseCounter()
         self._sequence = 0
 
     def decide(self, features: VLFeatureData | None, window: SensorWindowData | None,
-               robot: RobotState | None, now_s: float) -> Decision:
+               robot: RobotState | None, now_s: float, no_pose: bool = False) -> Decision:
         """Apply the staleness rules at `now_s`; a refusal is counted."""
         decision = check_inputs(features, window, robot, now_s, self.limits,
-                                self.contract_digest, self.feature_shape)
+                                self.contract_digest, self.feature_shape, no_pose)
         if not decision.publish:
             self.stats.add_refusal(decision)
         return decision
@@ -148,15 +155,16 @@ class ExpertRunner:
     def tick(self, features: VLFeatureData | None, window: SensorWindowData | None,
              robot: RobotState | None, now_s: float,
              prefix: np.ndarray | None = None,
-             capture_robot: RobotState | None = None) -> TickResult:
+             capture_robot: RobotState | None = None, no_pose: bool = False) -> TickResult:
         """One tick at `now_s` on the newest inputs; `prefix` (d, A): committed actions.
 
         `capture_robot`: the robot state when the features' views were taken, where the caller
         knows it (a recording); otherwise the runner looks it up in the states it was given.
+        `no_pose`: robot is None for want of a tool pose alone (the refusal no_tool_pose).
         """
         if robot is not None:
             self.robots.add(robot)
-        decision = self.decide(features, window, robot, now_s)
+        decision = self.decide(features, window, robot, now_s, no_pose)
         if not decision.publish:
             return TickResult(decision)
         if capture_robot is None:
@@ -169,6 +177,9 @@ class ExpertRunner:
                                          detail=str(exc)))
         except ObservationError as exc:
             return self._refused(replace(decision, publish=False, reason=BAD_OBSERVATION,
+                                         detail=str(exc)))
+        except PolicyRefusal as exc:   # the policy's own reason (a remote server's error)
+            return self._refused(replace(decision, publish=False, reason=exc.reason,
                                          detail=str(exc)))
         self._sequence += 1
         chunk = replace(chunk, sequence=self._sequence, mode=self.mode,
@@ -191,7 +202,7 @@ class ExpertRunner:
         self._reuse.reset()
         self._sequence = 0
         self.robots.clear()
-        self.stats = RunnerStats()
+        self.stats = RunnerStats(self.refusals)
 
 
 def expert_health(stats: RunnerStats, published_before: int, rate_hz: float,

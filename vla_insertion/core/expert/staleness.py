@@ -11,9 +11,15 @@ rules are checked in a fixed order and the first that fails is the reason:
     window_incomplete    fewer valid samples than the window length (require_complete_window)
     sensor_too_old       now - window.stamp_s > max_sensor_age_s
     no_robot_state       joint states or tool pose not received yet
+    no_tool_pose         joint states but no tool pose: nothing publishes robot/pose (a
+                         ros2_control cell reading joint_states without it; docs/bringup.md)
     robot_state_too_old  now - (older of the joint and pose stamps) > max_robot_age_s
 
-`core.expert.runner.ExpertRunner` applies them at every tick, live and offline.
+`core.expert.runner.ExpertRunner` applies them at every tick, live and offline. A remote policy
+(core/remote/, the policy_client node) ticks through the same runner and rules: its "features"
+are the camera views it sends (`core.remote.mapping.ViewSet`, stamped with the oldest view), it
+has no feature contract (`contract_digest` None skips that rule), and it refuses a tick for
+reasons of its own by raising a `PolicyRefusal`.
 """
 from __future__ import annotations
 
@@ -30,14 +36,26 @@ NO_SENSOR_WINDOW = 'no_sensor_window'
 WINDOW_INCOMPLETE = 'window_incomplete'
 SENSOR_TOO_OLD = 'sensor_too_old'
 NO_ROBOT_STATE = 'no_robot_state'
+NO_TOOL_POSE = 'no_tool_pose'
 ROBOT_STATE_TOO_OLD = 'robot_state_too_old'
 REASONS = (NO_FEATURES, CONTRACT_MISMATCH, FEATURES_TOO_OLD, NO_SENSOR_WINDOW, WINDOW_INCOMPLETE,
-           SENSOR_TOO_OLD, NO_ROBOT_STATE, ROBOT_STATE_TOO_OLD)
+           SENSOR_TOO_OLD, NO_ROBOT_STATE, NO_TOOL_POSE, ROBOT_STATE_TOO_OLD)
 # After the rules: the policy refused the observation (shape, channels, non-finite values), and
 # sync mode's wait for requested features timed out.
 BAD_OBSERVATION = 'bad_observation'
 SYNC_TIMEOUT = 'sync_timeout'
 REFUSALS = REASONS + (BAD_OBSERVATION, SYNC_TIMEOUT)
+
+
+class PolicyRefusal(Exception):
+    """A policy refuses an observation for a reason of its own (a remote server's error).
+
+    `reason` is the refusal's key, counted like the rules' (`drops.<reason>`).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -76,17 +94,23 @@ class Decision:
 
 def check_inputs(features: VLFeatureData | None, window: SensorWindowData | None,
                  robot: RobotState | None, now_s: float, limits: StalenessLimits,
-                 contract_digest: str, feature_shape: tuple[int, int] | None = None
-                 ) -> Decision:
-    """Apply the rules in order; `robot` stamps are the older of joints and pose."""
+                 contract_digest: str | None, feature_shape: tuple[int, int] | None = None,
+                 no_pose: bool = False) -> Decision:
+    """Apply the rules in order; `robot` stamps are the older of joints and pose.
+
+    `no_pose`: robot is None because joint states are held but no tool pose (no_tool_pose).
+    `contract_digest` None: the inputs have no feature contract (a remote policy's camera
+    views), and the contract rule is skipped.
+    """
     if features is None:
         return Decision(False, NO_FEATURES, 'no VL features received yet')
-    shape = tuple(features.features.shape)
-    if features.contract_hash != contract_digest or \
-            (feature_shape is not None and shape != tuple(feature_shape)):
-        return Decision(False, CONTRACT_MISMATCH,
-                        f'features contract {features.contract_hash!r} shape {shape} != '
-                        f'checkpoint contract {contract_digest!r} shape {feature_shape}')
+    if contract_digest is not None:
+        shape = tuple(features.features.shape)
+        if features.contract_hash != contract_digest or \
+                (feature_shape is not None and shape != tuple(feature_shape)):
+            return Decision(False, CONTRACT_MISMATCH,
+                            f'features contract {features.contract_hash!r} shape {shape} != '
+                            f'checkpoint contract {contract_digest!r} shape {feature_shape}')
     feature_age = now_s - features.stamp_s
     if feature_age > limits.max_feature_age_s:
         return Decision(False, FEATURES_TOO_OLD,
@@ -105,6 +129,10 @@ def check_inputs(features: VLFeatureData | None, window: SensorWindowData | None
         return Decision(False, SENSOR_TOO_OLD,
                         f'sensor window is {sensor_age:.3f} s old '
                         f'(max_sensor_age_s {limits.max_sensor_age_s})',
+                        feature_age_s=feature_age, sensor_age_s=sensor_age)
+    if robot is None and no_pose:
+        return Decision(False, NO_TOOL_POSE, 'joint states but no tool pose on robot/pose: the '
+                        "policy's state needs it (robot_bridge or a pose_broadcaster)",
                         feature_age_s=feature_age, sensor_age_s=sensor_age)
     if robot is None:
         return Decision(False, NO_ROBOT_STATE, 'no robot joint state and tool pose received yet',

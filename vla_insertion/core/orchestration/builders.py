@@ -54,6 +54,13 @@ class ExecutorSettings:
         return ChunkExecutor(self.config, self.limits)
 
 
+# The executor of every run on the simulated cell, in-process or as programs: armed at its
+# first chunk, as an operator would arm it, and allowed to arm on the tiny VLM's random-weight
+# features (no real VLM weights exist where the sim runs; an untrained expert is still never
+# armed). The sim's params only: a real cell's come from its params file alone.
+SIM_EXECUTOR = {'start_armed': True, 'allow_untrained_vlm': True}
+
+
 def executor_settings(params_file: str | Path | None, *, namespace: str = '',
                       overrides: dict | None = None) -> ExecutorSettings:
     """Return the chunk_executor node's config and joint limits from a params file.

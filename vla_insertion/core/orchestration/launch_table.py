@@ -37,6 +37,14 @@ class NodeSpec:
     overrides: dict[str, str] = field(default_factory=dict)
     lifecycle: bool = False        # a managed node (rclpy LifecycleNode)
     required: bool = True          # its exit ends the launch, with the reason
+    policies: tuple[str, ...] = ()  # runs only for these values of `policy` (() = any)
+    host: str = 'robot_host'       # the host of a two-host cell it runs on ('' = where asked)
+
+
+# What makes the action chunks (the `policy` launch argument): the VLM and the action expert,
+# or policy_client with a remote policy server of either protocol (docs/remote_policy.md).
+POLICIES = ('expert', 'openpi', 'gr00t')
+REMOTE_POLICIES = ('openpi', 'gr00t')
 
 
 LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
@@ -57,6 +65,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('sim', 'false', 'also start sim_cell, the simulated cell on loopback; with '
                    'checkpoint and vlm_model empty, the tiny untrained demo models are used '
                    '(found in ./artifacts or ~/.cache/vla_insertion, written there if missing)'),
+    LaunchArgument('allow_untrained_vlm', '', 'true: the executor may arm on features of a '
+                   'VLM with random weights (the sim and the demo, which have no real VLM '
+                   'weights); never on a real cell. An untrained expert is never armed '
+                   '(empty: the params file value, false)'),
     LaunchArgument('reference', 'false', 'drive the simulated cell with the scripted '
                    'demonstrator (reference_policy) instead of the VLM and the action expert'),
     LaunchArgument('record', 'false', 'also record a rosbag2 bag of the documented topic set'),
@@ -66,24 +78,52 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('autostart', 'true', 'the managed nodes (vlm_node, action_expert) configure '
                    'and activate themselves at start; false: they wait unconfigured for '
                    '`ros2 lifecycle set`'),
+    LaunchArgument('policy', 'expert', 'what makes the action chunks: expert (vlm_node and '
+                   'action_expert), or policy_client with a remote policy server speaking '
+                   'openpi (websocket) or gr00t (ZMQ) at policy_host:policy_port'),
+    LaunchArgument('policy_host', '', 'policy:=openpi|gr00t: host of the policy server '
+                   '(empty: the params file value, 127.0.0.1 by default)'),
+    LaunchArgument('policy_port', '', 'policy:=openpi|gr00t: port of the policy server '
+                   '(empty: the params file value, 8000 by default)'),
+    LaunchArgument('serve_reference', 'false', 'policy:=openpi|gr00t: also start serve_policy, '
+                   'the scripted demonstrator served over that protocol on policy_port (with '
+                   'sim:=true: try policy_client without a model)'),
+    LaunchArgument('role', 'all', 'the host of a cell split over two hosts that this launch '
+                   'starts: all (one host); gpu_host: camera_bridge and vlm_node, so images '
+                   'never cross the network; robot_host: robot_bridge, sensor_bridge, '
+                   'action_expert, chunk_executor (and sim_cell, reference_policy); '
+                   'bag_recorder runs wherever record:=true'),
+    LaunchArgument('dds_profile', '', 'Fast DDS profile of every node: empty keeps the '
+                   'environment; two_hosts: the shipped config/fastdds_two_hosts.xml (fragments '
+                   'at the DDS level, bounded datagrams, 4 MB socket buffers) for a cell split '
+                   'over two hosts; or the path of a Fast DDS profiles XML file'),
 )
 
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec('sim_cell', 'sim_cell', 'SimCellConfig', enabled_by='sim', ros_node=False),
-    NodeSpec('camera_bridge', 'camera_bridge', 'CameraBridgeConfig'),
+    NodeSpec('camera_bridge', 'camera_bridge', 'CameraBridgeConfig', host='gpu_host'),
     NodeSpec('robot_bridge', 'robot_bridge', 'RobotBridgeConfig',
              overrides={'robot_ip': 'robot_ip'}),
     NodeSpec('sensor_bridge', 'sensor_bridge', 'SensorBridgeConfig'),
     NodeSpec('vlm_node', 'vlm_node', 'VlmConfig', lifecycle=True, disabled_by='reference',
-             overrides={'vlm_model': 'model', 'instruction': 'instruction'}),
+             overrides={'vlm_model': 'model', 'instruction': 'instruction'},
+             policies=('expert',), host='gpu_host'),
     NodeSpec('action_expert', 'action_expert', 'ExpertConfig', lifecycle=True,
-             disabled_by='reference', overrides={'checkpoint': 'checkpoint'}),
+             disabled_by='reference', overrides={'checkpoint': 'checkpoint'},
+             policies=('expert',)),
+    NodeSpec('policy_client', 'policy_client', 'PolicyClientConfig', disabled_by='reference',
+             policies=REMOTE_POLICIES,
+             overrides={'policy': 'protocol', 'policy_host': 'server_host',
+                        'policy_port': 'server_port'}),
+    NodeSpec('serve_policy', 'serve_policy', 'ServePolicyConfig', enabled_by='serve_reference',
+             disabled_by='reference', ros_node=False, policies=REMOTE_POLICIES,
+             overrides={'policy': 'protocol', 'policy_port': 'port'}),
     NodeSpec('reference_policy', 'reference_policy', 'ReferencePolicyConfig',
              enabled_by='reference'),
     NodeSpec('chunk_executor', 'chunk_executor', 'ExecutorConfig', enabled_by='execute',
-             overrides={'robot_ip': 'robot_ip'}),
+             overrides={'robot_ip': 'robot_ip', 'allow_untrained_vlm': 'allow_untrained_vlm'}),
     NodeSpec('bag_recorder', 'bag_recorder', 'BagRecorderConfig', enabled_by='record',
-             required=False, overrides={'record_dir': 'output_dir'}),
+             required=False, overrides={'record_dir': 'output_dir'}, host=''),
 )
 
 # Programs that tools start next to the table's nodes, never the launch file: the player of a
@@ -110,9 +150,76 @@ def launch_arguments(**values: str) -> dict[str, str]:
 
 
 def enabled_nodes(arguments: dict[str, str]) -> list[NodeSpec]:
-    """Return the nodes that run for these launch argument values."""
+    """Return the nodes that run for these launch argument values (`role`: on that host only).
+
+    Raises ValueError for a `policy` that is none of POLICIES or a role not one of ROLES.
+    """
+    policy = arguments.get('policy') or 'expert'
+    if policy not in POLICIES:
+        raise ValueError(f'policy:={policy} is none of {", ".join(POLICIES)}')
+    role = host_role(arguments)
     return [n for n in NODES if (not n.enabled_by or is_true(arguments.get(n.enabled_by, '')))
-            and not (n.disabled_by and is_true(arguments.get(n.disabled_by, '')))]
+            and not (n.disabled_by and is_true(arguments.get(n.disabled_by, '')))
+            and (not n.policies or policy in n.policies)
+            and (role == ALL_HOSTS or not n.host or n.host == role)]
+
+
+# A cell split over two hosts (docs/bringup.md "Two hosts"): `role` starts one host's programs,
+# each NodeSpec says on which (`host`). The GPU host has the cameras' bridge and the VLM, so
+# images stay there and only VL features cross; the robot host has the robot's and the
+# sensor's streams, the expert and the executor, so chunks and commands stay there too.
+ALL_HOSTS, GPU_HOST, ROBOT_HOST = 'all', 'gpu_host', 'robot_host'
+ROLES = (ALL_HOSTS, GPU_HOST, ROBOT_HOST)
+# `dds_profile` names of the profiles shipped in config/ (any other value is a file's path)
+DDS_PROFILES = {'two_hosts': 'fastdds_two_hosts.xml'}
+# The variable naming the profiles file: Fast DDS 2 (Humble, Jazzy) reads FASTRTPS_..., Fast
+# DDS 3 (Kilted on) FASTDDS_... and its RMW warns at every node about the old name.
+DDS_PROFILE_VARIABLE = 'FASTDDS_DEFAULT_PROFILES_FILE'
+DDS_PROFILE_VARIABLE_FASTDDS2 = 'FASTRTPS_DEFAULT_PROFILES_FILE'
+FASTDDS2_DISTROS = ('humble', 'iron', 'jazzy')
+
+
+def host_role(arguments: dict[str, str]) -> str:
+    """Return the `role` argument (default all); ValueError if it is not one of ROLES."""
+    role = (arguments.get('role') or ALL_HOSTS).strip()
+    if role not in ROLES:
+        raise ValueError(f'role must be one of {", ".join(ROLES)}, got {role!r}')
+    return role
+
+
+def dds_profile_path(profile: str, config_dir: Path | str) -> Path | None:
+    """Return the Fast DDS profiles file a `dds_profile` value names (None for '').
+
+    A name of DDS_PROFILES is that file in `config_dir` (the package's config/); anything
+    else is a path. Raises ValueError when the file does not exist.
+    """
+    profile = (profile or '').strip()
+    if not profile:
+        return None
+    if profile in DDS_PROFILES:
+        path = Path(config_dir) / DDS_PROFILES[profile]
+    else:
+        path = Path(os.path.expanduser(profile)).absolute()
+    if not path.is_file():
+        raise ValueError(f'dds_profile {profile!r}: no file {path} (a name of '
+                         f'{", ".join(DDS_PROFILES)}, or the path of a Fast DDS XML file)')
+    return path
+
+
+def dds_environment(arguments: dict[str, str], config_dir: Path | str,
+                    distro: str | None = None) -> dict[str, str]:
+    """Return the environment variables every program gets for the `dds_profile` argument.
+
+    Empty when it is empty: the environment's own choice stands. The variable is the one the
+    Fast DDS of `distro` reads (default: $ROS_DISTRO; unset is the Kilted wheels').
+    ValueError as dds_profile_path.
+    """
+    path = dds_profile_path(arguments.get('dds_profile', ''), config_dir)
+    if path is None:
+        return {}
+    distro = os.environ.get('ROS_DISTRO', '') if distro is None else distro
+    return {DDS_PROFILE_VARIABLE_FASTDDS2 if distro.strip().lower() in FASTDDS2_DISTROS
+            else DDS_PROFILE_VARIABLE: str(path)}
 
 
 def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict[str, object]:
@@ -152,7 +259,24 @@ def prepare_arguments(arguments: dict[str, str], params_file: Path | str,
         args.update(vlm_model=str(vlm), checkpoint=str(checkpoint))
         notes.append(f'sim: the UNTRAINED demo models {vlm} and {checkpoint}'
                      + (f' (written now: {", ".join(steps)})' if steps else ''))
+    note = sim_allows_untrained_vlm(args)
+    if note:
+        notes.append(note)
     return args, notes
+
+
+def sim_allows_untrained_vlm(args: dict[str, str]) -> str:
+    """With `sim` true and `allow_untrained_vlm` empty, set it true; return what was done.
+
+    No real VLM weights exist where the sim runs: the executor may arm on the random VLM's
+    features, and the log says so. A trained expert is still needed: an untrained one is never
+    armed. The launch file (prepare_arguments) and the tools (CellRun) both apply this.
+    """
+    if not is_true(args.get('sim', '')) or args.get('allow_untrained_vlm'):
+        return ''
+    args['allow_untrained_vlm'] = 'true'
+    return ('sim: allow_untrained_vlm:=true, the executor may arm on features of an UNTRAINED '
+            'VLM (never on a real cell)')
 
 
 def spec_named(name: str) -> NodeSpec:
@@ -170,7 +294,9 @@ CELL_LINKS = {
     'robot': ('tcp', (('robot_bridge', 'port'), ('sim_cell', 'robot_port'))),
     'sensor': ('udp', (('sensor_bridge', 'port'), ('sim_cell', 'sensor_port'))),
     'command': ('tcp', (('chunk_executor', 'command_port'), ('sim_cell', 'command_port'))),
-    'episode': ('tcp', (('sim_cell', 'episode_port'), ('reference_policy', 'episode_port'))),
+    'episode': ('tcp', (('sim_cell', 'episode_port'), ('reference_policy', 'episode_port'),
+                        ('serve_policy', 'episode_port'))),
+    'policy': ('tcp', (('policy_client', 'server_port'), ('serve_policy', 'port'))),
 }
 
 

@@ -31,12 +31,13 @@ import zmq
 from vla_insertion.core.bridge.receive import ReceiveLoop, SOCKET_ERROR, ZmqSource
 from vla_insertion.core.bridge.stream import Drop
 from vla_insertion.core.config import (
-    ConfigError, require, require_host, require_port, require_positive)
+    ConfigError, require, require_host, require_keys_dir, require_port, require_positive)
 from vla_insertion.core.robot.backends import Backend
 from vla_insertion.core.robot.checks import (
     CHECK_CAUSES, CommandChecks, CommandLimits, LIMIT_CAUSES)
 from vla_insertion.core.sim.servo import HOLD_FLAG, HOLD_NO_COMMAND, HOLD_TIMEOUT, HOLD_UNARMED
 from vla_insertion.core.wire import CAUSES, CommandCodecV1, CommandMessage
+from vla_insertion.core.wire.curve import CurveLink, link_keys
 
 _LOG = logging.getLogger(__name__)
 HOLD_REFUSED = 'refused'     # a command broke a limit: hold until an acceptable one
@@ -60,10 +61,13 @@ class ReceiverConfig:
     clock_offset_s: float | None = None  # executor clock - receiver clock [s]
     timeout_s: float | None = None   # hold without a newer command; None: each command's [s]
     name: str = 'robot_receiver'     # thread names and log prefix
+    # The robot PC's keys: admit only the chunk executor's (core/wire/curve.py).
+    curve_keys_dir: str = ''         # CURVE keys folder (cell_keys), '' = plain TCP
 
     def __post_init__(self) -> None:
         require_host('bind_address', self.bind_address)
         require_port('port', self.port)
+        require_keys_dir('curve_keys_dir', self.curve_keys_dir)
         require(isinstance(self.max_message_bytes, int)
                 and CommandCodecV1.LAYOUT.size <= self.max_message_bytes <= 1 << 20,
                 f'max_message_bytes must be an integer in {CommandCodecV1.LAYOUT.size}..'
@@ -119,14 +123,19 @@ class CommandReceiver:
         self.holds: Counter[str] = Counter(dict.fromkeys(HOLD_REASONS, 0))   # entered, by why
         self.context = zmq.Context(1)
         endpoint = f'tcp://{config.bind_address}:{config.port}'
+        self.curve: CurveLink | None = None
         try:
+            self.curve = CurveLink(link_keys(config.curve_keys_dir, 'command'), self.context)
             self.loop = ReceiveLoop(
                 config.name, lambda: ZmqSource(self.context, zmq.PULL, endpoint, bind=True,
                                                timeout_s=config.receive_timeout_s,
-                                               max_bytes=config.max_message_bytes),
+                                               max_bytes=config.max_message_bytes,
+                                               secure=self.curve.secure),
                 self._handle, on_drop=ThrottledLog(f'{config.name}: command'),
                 causes=RECEIVER_CAUSES)
-        except ConfigError:
+        except ConfigError:              # a busy port, or a CURVE key missing
+            if self.curve is not None:
+                self.curve.close()
             self.context.destroy(linger=0)
             raise
         self._watchdog = threading.Thread(target=self._watch, name=f'{config.name}_watchdog',
@@ -206,6 +215,7 @@ class CommandReceiver:
         if self._watchdog.is_alive():
             self._watchdog.join(2.0)
         self.loop.stop()
+        self.curve.close()
         self.context.destroy(linger=0)
 
     @property

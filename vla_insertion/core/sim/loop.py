@@ -164,6 +164,7 @@ class PipelineLoop:
         self.observer = None          # observer(t): every physics step (e.g. a bag recorder)
         self.on_chunk = None          # on_chunk(t, chunk): every chunk reaching the executor
         self.on_label = None          # on_label(t, chunk): the labeller's answer at every tick
+        self.on_command = None        # on_command(t, command): every control step (vla/command)
         self._episode: _Episode | None = None   # None until the first step
         # the pipeline waits until then [s]: the cell settles. It starts on every episode one
         # step after the episode's start, the first one too, so that an episode plays the
@@ -327,12 +328,15 @@ class PipelineLoop:
             ep.next_command += self._command_period
             robot = cell.state().robot_state(t)
             self.executor.on_robot_state(robot)
+            self.executor.on_tool_pose(robot.tool_pose)
             if self.runner is not None:     # the features' capture falls between ticks
                 self.inputs.put_robot(robot)
             self.executor.on_sensor_window(self.window(t))
             command = self.executor.step(t)
             if command.valid:
                 cell.command(ServoCommand.from_any(command), t + p.command_delay_s)
+            if self.on_command is not None:
+                self.on_command(t, command)
         if self.observer is not None:
             self.observer(t)
         record = cell.step()

@@ -44,7 +44,9 @@ Every call rolls the field out from the measured tip: `horizon` Cartesian target
 from the observation time on, the first one the measured tip, solved by IK from the measured
 joints, plus the gripper (closed): the same form as the action expert's chunks
 (core/data.py ActionChunkData). `phase` tells which rule the last call used.
-`reference_observation(cell)` is what it sees of the simulated cell.
+`reference_observation(cell)` is what it sees of the simulated cell; `EpisodeReference` drives
+the episode a running sim_cell reports on its episode stream (the reference_policy node, and
+the demonstrator served over a policy server's protocol, core/remote/reference.py).
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ from vla_insertion.core.config import require, require_positive
 from vla_insertion.core.data import ActionChunkData, RobotState, SensorWindowData
 from vla_insertion.core.executor.gate import FORCE_CHANNELS
 from vla_insertion.core.sim.cell import SimCell
+from vla_insertion.core.sim.episode import episode_spec
 from vla_insertion.core.sim.geometry import INSERT_DEPTH_M
 from vla_insertion.core.sim.kinematics import solve_ik
 
@@ -248,3 +251,38 @@ class ReferencePolicy:
         self._sequence += 1
         return ActionChunkData(stamp_s=obs.robot.stamp_s, actions=actions.astype(np.float32),
                                dt_s=p.dt_s, sequence=self._sequence)
+
+
+class EpisodeReference:
+    """The demonstrator for the episode a sim_cell reports running (its episode stream).
+
+    `act(report, robot)` returns the chunk for the measured robot, or None with the reason in
+    `waiting` (no report yet, no robot state yet, the episode is decided). A new (seed,
+    episode) resets the demonstrator. Privileged: it knows the hole from the report's episode.
+    """
+
+    def __init__(self, policy: ReferencePolicy | None = None) -> None:
+        self.policy = policy or ReferencePolicy()
+        self.waiting = 'no episode report yet'
+        self._episode: tuple[int, int] | None = None      # (seed, index) planned for
+
+    def act(self, report, robot: RobotState | None, window: SensorWindowData | None = None
+            ) -> ActionChunkData | None:
+        """Return the chunk for the running episode, or None (the reason in `waiting`).
+
+        `report`: the newest core.wire.EpisodeMessage, or None before the first; `window` the
+        newest sensor window (None: the demonstrator decides from geometry alone).
+        """
+        if report is None or robot is None:
+            self.waiting = 'no episode report yet' if report is None else 'no robot state yet'
+            return None
+        if report.state != 'running':           # decided: the cell holds, then resets
+            self.waiting = f'episode {report.episode} {report.state}'
+            return None
+        if self._episode != (report.seed, report.episode):
+            self._episode = (report.seed, report.episode)
+            self.policy.reset()
+        spec = episode_spec(report.seed, report.episode)
+        self.waiting = ''
+        return self.policy.infer(ReferenceObservation(robot, spec.hole_top_m,
+                                                      spec.approach_offset_m, window))

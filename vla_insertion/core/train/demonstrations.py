@@ -13,6 +13,8 @@ second per episode and the feature cache and train_expert read it unchanged:
     sensor/window                     the newest 65 samples at 650 Hz, one window per batch
     vla/action_chunk                  the demonstrator's chunks (what the expert imitates), before
                                       the DART offset the executed commands carry
+    vla/command                       the executor's command of every control step (100 Hz), as
+                                      chunk_executor publishes it: what was executed, noise and all
 
 With a `LearnedDriver` (DAgger) the learned policy drives instead and the demonstrator only
 labels: `vla/action_chunk` holds its answer to the observation of every tick of the learned
@@ -28,6 +30,7 @@ stamp (what the live recorder sees within milliseconds). ROS-free.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,7 @@ from vla_insertion.core.bag.messages import GRIPPER_JOINT
 from vla_insertion.core.config import DEFAULT_WRIST_VIEWS, ExpertConfig, VlmConfig
 from vla_insertion.core.data import DEFAULT_SENSOR_CHANNELS
 from vla_insertion.core.orchestration.builders import (
-    executor_settings, ExecutorSettings, learned_loop)
+    executor_settings, ExecutorSettings, learned_loop, SIM_EXECUTOR)
 from vla_insertion.core.sim.cell import CellParams, SimCell
 from vla_insertion.core.sim.contact import JAMMED
 from vla_insertion.core.sim.loop import PipelineLoop, PipelineTiming
@@ -167,13 +170,16 @@ class PerturbedReference:
 class _BagSink:
     """Write one episode's messages as the bridges and the expert would publish them."""
 
-    def __init__(self, path: Path, streams: DemoStreams) -> None:
+    def __init__(self, path: Path, streams: DemoStreams,
+                 joint_names: tuple[str, ...] = JOINT_NAMES) -> None:
         self.writer = bag.BagWriter(path)
         self.streams = streams
+        self.joint_names = joint_names              # of the executor's commands
+        self._commands = 0
         for view in streams.views:
             self.writer.add_topic('/' + topics.camera_topic(view), topics.CAMERAS.msgtype)
         for entry in (topics.JOINT_STATES, topics.POSE, topics.SENSOR_WINDOW,
-                      topics.ACTION_CHUNK):
+                      topics.ACTION_CHUNK, topics.COMMAND):
             self.writer.add_topic('/' + entry.name, entry.msgtype)
 
     def write(self, topic: str, t_s: float, msg) -> None:
@@ -214,6 +220,24 @@ class _BagSink:
             actions=np.ascontiguousarray(chunk.actions, dtype=np.float32).ravel(),
             sequence=int(chunk.sequence)))
 
+    def command(self, t_s: float, command, chunk_delay_s: float) -> None:
+        """One control step's JointCommand, with the fields chunk_executor publishes.
+
+        `sent` is what the node sends to a connected robot (armed, or a stop in force).
+        """
+        self._commands += 1
+        self.write(topics.COMMAND.name, t_s, bag.make_message(
+            topics.COMMAND.msgtype, header=self._header(command.stamp_s),
+            joint_names=list(self.joint_names),
+            positions=np.asarray(command.positions, dtype=np.float64),
+            velocities=np.asarray(command.velocities, dtype=np.float64),
+            gripper=float(command.gripper), target_lead_s=float(command.lead_s),
+            chunk_sequence=int(command.chunk_sequence),
+            action_index=float(command.action_index), chunk_delay_s=float(chunk_delay_s),
+            armed=bool(command.armed), sent=bool(command.to_robot), hold=bool(command.hold),
+            fault=command.fault, state=command.state, interventions=list(command.interventions),
+            sequence=self._commands))
+
     @staticmethod
     def _header(t_s: float, frame_id: str = ''):
         return bag.header(EPOCH_NS + int(round(t_s * 1e9)), frame_id)
@@ -248,6 +272,10 @@ class _Recorder:
                 self.sink.window(self.loop.window(t_s))
 
 
+def _write_command(sink: _BagSink, executor, t_s: float, command) -> None:
+    sink.command(t_s, command, executor.last_delay_s)
+
+
 def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *, seed: int = 0,
                     first_episode: int = 0, executor: ExecutorSettings | None = None,
                     timing: PipelineTiming = PipelineTiming(), keep_failures: bool = False,
@@ -272,7 +300,7 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
                                                    start_range_rad=start_range_rad))
     cell = SimCell(params, seed=seed, first_episode=first_episode)
     settings = executor if executor is not None else executor_settings(
-        None, overrides={'start_armed': True})
+        None, overrides=SIM_EXECUTOR)
     chunk_executor = settings.build()
     reference = ReferencePolicy()
     if driver is not None:
@@ -292,8 +320,9 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
     for _ in range(episodes):
         index = cell.spec.index
         path = out / f'episode_{index:04d}'
-        sink = _BagSink(path, streams)
+        sink = _BagSink(path, streams, tuple(chunk_executor.config.joint_names))
         loop.observer = _Recorder(loop, sink, renderer)
+        loop.on_command = functools.partial(_write_command, sink, chunk_executor)
         jammed, labels = [0], [0]
         if driver is not None:
             def label(t: float, chunk) -> None:
@@ -311,7 +340,7 @@ def record_episodes(out_dir: str | Path, episodes: int, streams: DemoStreams, *,
             metrics = loop.run_episode()
         finally:
             sink.close()
-            loop.observer = loop.on_chunk = loop.on_label = None
+            loop.observer = loop.on_chunk = loop.on_label = loop.on_command = None
         record = metrics.record
         entry = {'bag': path.name, 'seed': seed, 'episode': index,
                  'hole_m': list(record.hole_top_m), 'success': record.success,

@@ -118,15 +118,6 @@ def _sha256(path: Path, limit: int | None = None) -> str:
     return digest.hexdigest()
 
 
-def weights_fingerprint(folder: str | Path) -> str:
-    """Return a digest of a model folder's weights: names, sizes, first and last MiB of each."""
-    digest = hashlib.sha256()
-    files = sorted(Path(folder).glob('*.safetensors')) + sorted(Path(folder).glob('*.bin'))
-    for f in files:
-        digest.update(f'{f.name}:{f.stat().st_size}:{_sha256(f, 1 << 20)}'.encode())
-    return digest.hexdigest()[:16]
-
-
 def code_version() -> str:
     """Return the git commit of the package's checkout (with '+dirty'), or 'unknown'."""
     here = Path(__file__).resolve().parent
@@ -352,10 +343,10 @@ def build_cache(bags: list[str], vlm_config, folder: str | Path, vl_period_s: fl
     from vla_insertion.core.vlm.contract import feature_contract_for
     from vla_insertion.core.vlm.model import resolve_device, resolve_dtype
     from vla_insertion.core.vlm.source import resolve_model
-    source = resolve_model(vlm_config.model, download=False)
+    source = resolve_model(vlm_config.model, download=False, revision=vlm_config.revision)
     contract = feature_contract_for(vlm_config, source)
     dtype = resolve_dtype(vlm_config.dtype, resolve_device(vlm_config.device))
-    identity = cache_identity(contract, weights_fingerprint(source.folder),
+    identity = cache_identity(contract, source.weights_digest,
                               str(dtype).replace('torch.', ''), vl_period_s,
                               vlm_config.sync_tolerance_s, vlm_config.max_view_age_s)
     cache = FeatureCache.create(folder, identity, {

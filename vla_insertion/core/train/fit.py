@@ -29,7 +29,8 @@ from vla_insertion.core import artifacts
 from vla_insertion.core.bag.recording import load_recording
 from vla_insertion.core.config import (
     ConfigError, require, require_one_of, require_positive, VlmConfig)
-from vla_insertion.core.expert.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from vla_insertion.core.expert.checkpoint import (
+    CheckpointMeta, CONFIG_FILE, load_checkpoint, pin_weights, save_checkpoint)
 from vla_insertion.core.expert.model import ActionExpert, count_parameters, HEADS
 from vla_insertion.core.expert.presets import model_config, PRESETS
 from vla_insertion.core.expert.runner import ExpertRunner
@@ -213,10 +214,7 @@ def prepare_data(cfg: FitConfig, vlm_config: VlmConfig | None, limits: Staleness
     intervals = intervals_from_episode_log(cfg.episode_log) if cfg.episode_log else None
     episodes = []
     for b in cfg.bags:
-        rec = recordings[b]
-        mine = None if intervals is None else \
-            [(a, z) for a, z in intervals if z > rec.start_s and a < rec.end_s]
-        episodes += bag_episodes(b, mine)
+        episodes += bag_episodes(b, intervals, (recordings[b].start_s, recordings[b].end_s))
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.train.seed,
                                         cfg.val_bags)
 
@@ -372,6 +370,11 @@ def fit(cfg: FitConfig, *, vlm_config: VlmConfig | None = None,
                                               'adapter_model.safetensors'))
             folder = s2.save_finetuned_vlm(vl, best_adapters, out / s2.VLM_FOLDER,
                                            contract.model_id, settings)
+            from vla_insertion.core.vlm.weights import weights_digest
+            merged = dataclasses.replace(contract, weights_digest=weights_digest(folder))
+            for checkpoint in (out, out / LAST):     # they name the weights they go with
+                if (checkpoint / CONFIG_FILE).is_file():
+                    pin_weights(checkpoint, merged)
             say(f'fine-tuned VLM written to {folder}: run vlm_node with model:={folder}')
     return FitResult(out, len(train_data), len(val_data) if val_data else 0, start_loss,
                      final_loss, result, {'train': train_rep, 'validation': val_rep})

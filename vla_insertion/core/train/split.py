@@ -47,9 +47,16 @@ class Episode:
         return self.start_s <= t0_s and t1_s <= self.end_s
 
 
-def bag_episodes(bag: str, intervals: list[tuple[float, float]] | None = None
-                 ) -> list[Episode]:
-    """Return the episodes of a bag: one, or one per (start, end) interval [s]."""
+def bag_episodes(bag: str, intervals: list[tuple[float, float]] | None = None,
+                 span: tuple[float, float] | None = None) -> list[Episode]:
+    """Return the episodes of a bag: one, or one per (start, end) interval [s].
+
+    `span`: the bag's (first, last) stamp [s]; only the intervals that overlap it are its
+    episodes (an episode log covers every bag of a session). A bag that none overlaps is one
+    episode.
+    """
+    if intervals and span is not None:
+        intervals = [(a, z) for a, z in intervals if z > span[0] and a < span[1]]
     if not intervals:
         return [Episode(str(bag))]
     return [Episode(str(bag), i, float(a), float(b))

@@ -75,7 +75,11 @@ def finetuned_model_id(base_id: str, tag_source: str) -> str:
 
 
 def finetuned_contract(base: FeatureContract, model_id: str) -> FeatureContract:
-    return dataclasses.replace(base, model_id=model_id)
+    """Return the fine-tuned VLM's contract: another model, weights unknown until merged.
+
+    fit() pins the checkpoints to the merged weights once `save_finetuned_vlm` wrote them.
+    """
+    return dataclasses.replace(base, model_id=model_id, weights_digest='')
 
 
 class LoraFeatures(nn.Module):

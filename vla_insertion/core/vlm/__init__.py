@@ -2,7 +2,8 @@
 
 Light modules (no torch, importable anywhere): `architecture` (published and tiny configs),
 `source` (model folders, VlmLoadError), `prompt`, `contract` (`feature_contract_for`),
-`selection` (which frames to run on). Heavy modules (torch + transformers): `model` (load,
+`selection` (which frames to run on), `images` (decode and resize
+views). Heavy modules (torch + transformers): `model` (load,
 random build, tiny model writer), `reduction`, `extractor` (VlmFeatureExtractor, DelayedVlm),
 `worker` (VlmWorker: the node's scheduler thread, VlmStats).
 """

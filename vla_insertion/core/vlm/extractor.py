@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 import dataclasses
-import io
 import logging
 import time
 
@@ -36,11 +35,13 @@ from PIL import Image
 import torch
 
 from vla_insertion.core.config import VlmConfig
-from vla_insertion.core.data import CameraFrame, VLFeatureData
+from vla_insertion.core.data import VLFeatureData
 from vla_insertion.core.feature_contract import FeatureContract
 from vla_insertion.core.interfaces import VlmObservation
 from vla_insertion.core.vlm.compile import compile_model, resolve_compile
 from vla_insertion.core.vlm.contract import feature_contract_for
+from vla_insertion.core.vlm.images import (  # noqa: F401 - re-exported, their home is images
+    decode_image, resize_image, VlmInputError)
 from vla_insertion.core.vlm.model import (
     load_model, load_processor, resolve_device, resolve_dtype)
 from vla_insertion.core.vlm.preprocess import FastPreprocessor, UnsupportedProcessor
@@ -52,35 +53,6 @@ logger = logging.getLogger(__name__)
 STAGES = ('decode', 'resize', 'processor', 'forward', 'reduction')
 
 
-class VlmInputError(ValueError):
-    """An observation cannot be used: a view is missing or its image does not decode."""
-
-
-def decode_image(frame: CameraFrame, min_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode a frame's compressed bytes to an RGB PIL image.
-
-    With `min_size` (width, height), a JPEG is decoded at the smallest DCT scale (1/2, 1/4,
-    1/8) that still covers it: a 1280x720 view decodes directly at 640x360, about 3x faster
-    than a full decode followed by a resize.
-    """
-    try:
-        image = Image.open(io.BytesIO(frame.data))
-        if min_size is not None and image.format == 'JPEG':
-            image.draft('RGB', min_size)
-        image.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise VlmInputError(f'view {frame.view}: cannot decode the {frame.encoding} image '
-                            f'({len(frame.data)} bytes): {exc}') from None
-    return image if image.mode == 'RGB' else image.convert('RGB')
-
-
-def resize_image(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Resize to exactly width x height (bilinear; the aspect ratio follows the target)."""
-    if image.size == (width, height):
-        return image
-    return image.resize((width, height), Image.Resampling.BILINEAR)
-
-
 class VlmFeatureExtractor:
     """Qwen2.5-VL feature extractor: `infer(VlmObservation) -> VLFeatureData`, `reset()`.
 
@@ -88,10 +60,12 @@ class VlmFeatureExtractor:
     missing part) and VlmInputError from `infer` for unusable views.
     """
 
-    def __init__(self, config: VlmConfig, *, download: bool = True) -> None:
+    def __init__(self, config: VlmConfig, *, download: bool | None = None) -> None:
+        """`download` None: the config's hub_download (off by default: the local cache only)."""
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
-        source = resolve_model(config.model, download=download)
+        source = resolve_model(config.model, revision=config.revision,
+                               download=config.hub_download if download is None else download)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         processor = load_processor(source)

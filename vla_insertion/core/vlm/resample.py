@@ -139,6 +139,6 @@ def matches_pillow(in_width: int, in_height: int, width: int, height: int,
     """Return True if `resize_bicubic` equals the installed Pillow on a random image."""
     pixels = np.random.default_rng(seed).integers(0, 256, (in_height, in_width, 3), np.uint8)
     expected = np.asarray(Image.fromarray(pixels).resize((width, height),
-                                                         Image.Resampling.BICUBIC))
+                                                         Image.BICUBIC))
     got = resize_bicubic(torch.from_numpy(pixels)[None].to(device), width, height)
     return bool(np.array_equal(got[0].cpu().numpy(), expected))

@@ -4,6 +4,11 @@ A model folder holds a Hugging Face model (config.json, safetensors weights, tok
 processor config) and, when vla_insertion wrote it, a marker file `vla_insertion_model.json`
 with the model's portable name and whether its weights are untrained. Every check here reads
 JSON only (no torch), so a missing piece is reported by name before a slow load starts.
+
+The hub is never contacted unless asked (`download`, the VLM's `hub_download`): a hub id is
+looked up in the local Hugging Face cache, at a pinned `revision` (a commit) or at the cached
+`main`. Either way the digest of the weight files (core/vlm/weights.py) is part of the
+feature contract, so another snapshot's weights never pass for these.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class ModelSource:
     model_id: str                  # portable name: hub id, or the name recorded in the folder
     untrained: bool                # True for randomly initialised weights (demo and tests)
     config: dict                   # the folder's config.json
+    weights_digest: str = ''       # of the weight files (core/vlm/weights.py); '' = unknown
 
 
 def is_hub_id(model: str) -> bool:
@@ -110,28 +116,43 @@ def model_id_of(folder: Path, config: dict, marker: dict) -> str:
     return f'local/{Path(folder).resolve().name}'
 
 
-def hub_snapshot(model: str, download: bool) -> Path:
-    """Return the cached snapshot folder of a hub id, downloading it only if allowed."""
+def hub_snapshot(model: str, download: bool = False, revision: str = '') -> Path:
+    """Return the cached snapshot folder of a hub id at `revision` ('' = main).
+
+    The hub is contacted only with `download` (and never under HF_HUB_OFFLINE=1).
+    """
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     local_only = constants.HF_HUB_OFFLINE or not download
     try:
-        return Path(snapshot_download(repo_id=model, local_files_only=local_only))
+        return Path(snapshot_download(repo_id=model, revision=revision or None,
+                                      local_files_only=local_only))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-        how = ('downloads are off (HF_HUB_OFFLINE)' if local_only
+        how = ('downloads are off (hub_download false, or HF_HUB_OFFLINE)' if local_only
                else f'the download failed: {type(exc).__name__}')
-        raise VlmLoadError(f'model {model!r} is not in the local Hugging Face cache and {how}; '
-                           f'{TINY_HINT}') from None
+        at = f' at revision {revision}' if revision else ''
+        raise VlmLoadError(f'model {model!r}{at} is not in the local Hugging Face cache and '
+                           f'{how}; {TINY_HINT}') from None
 
 
-def resolve_model(model: str, *, download: bool = True) -> ModelSource:
-    """Check a hub id or folder and return its source, or raise VlmLoadError naming the gap."""
+def resolve_model(model: str, *, download: bool = False, revision: str = '') -> ModelSource:
+    """Check a hub id or folder and return its source, or raise VlmLoadError naming the gap.
+
+    The weights digest is computed here (once per file and machine: core/vlm/weights.py).
+    """
+    from vla_insertion.core.vlm.weights import weights_digest
     if is_hub_id(model):
-        folder = hub_snapshot(model, download)
+        folder = hub_snapshot(model, download, revision)
         model_id = model
+        if not revision:
+            logger.warning(f'model {model} is not pinned to a revision: using the cached '
+                           f'snapshot {folder.name}; set revision to pin it')
     else:
         folder = Path(model).expanduser()
         model_id = ''
+        if revision:
+            raise VlmLoadError(f'revision {revision} is for a hub id; model {model} is a folder '
+                               '(its weights digest pins it)')
     if not folder.is_dir():
         raise VlmLoadError(f'model folder not found: {folder}; {TINY_HINT}')
     missing = missing_parts(folder)
@@ -141,4 +162,5 @@ def resolve_model(model: str, *, download: bool = True) -> ModelSource:
     config = read_config(folder)
     marker = read_marker(folder)
     return ModelSource(folder=folder, model_id=model_id or model_id_of(folder, config, marker),
-                       untrained=bool(marker.get('untrained', False)), config=config)
+                       untrained=bool(marker.get('untrained', False)), config=config,
+                       weights_digest=weights_digest(folder))
