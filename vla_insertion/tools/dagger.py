@@ -30,7 +30,7 @@ import torch
 from vla_insertion.core import artifacts, bag
 from vla_insertion.core.config import ConfigError, ExpertConfig, VlmConfig
 from vla_insertion.core.expert.checkpoint import CheckpointError
-from vla_insertion.core.orchestration.builders import executor_settings
+from vla_insertion.core.orchestration.builders import executor_settings, SIM_EXECUTOR
 from vla_insertion.core.params import load_config
 from vla_insertion.core.train.dagger import DaggerConfig, run_dagger
 from vla_insertion.core.train.dataset import TARGETS
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                           overrides={'model': args.vlm_model})
         expert = load_config(ExpertConfig, 'action_expert', args.params_file,
                              overrides={'checkpoint': args.checkpoint})
-        executor = executor_settings(args.params_file, overrides={'start_armed': True})
+        # the sim's executor: armed, and allowed to arm on the tiny VLM's random features
+        executor = executor_settings(args.params_file, overrides=SIM_EXECUTOR)
         template = fit_template(args)
         result = run_dagger(config, args.checkpoint, template, vlm=vlm, expert=expert,
                             executor=executor, say=print)

@@ -91,7 +91,7 @@ def test_the_sim_evaluator_runs_the_given_executor(tmp_path):
 @pytest.mark.slow
 def test_episodes_split_over_workers_are_the_episodes_of_one_process():
     """Each episode seeds its own sensor noise: a run split by episode ranges is the same run."""
-    config = SimConfiguration(executor_settings(None, overrides={'start_armed': True}),
+    config = SimConfiguration(executor_settings(None, overrides=SIM_EXECUTOR),
                               PipelineTiming(), seed=4, first_episode=2, noise_seed=9)
     one = SimEvaluator().episodes(config, 3)
     split = SimEvaluator().episodes(config, 3, workers=2)
@@ -155,7 +155,7 @@ def test_the_sensor_ablation_zeroes_only_the_policys_window(learned):
     windows = []
     for sensor in ('recorded', 'zeroed'):
         loop = SimEvaluator().loop(SimConfiguration(
-            executor_settings(None, overrides={'start_armed': True}), PipelineTiming(),
+            executor_settings(None, overrides=SIM_EXECUTOR), PipelineTiming(),
             vlm=vlm, expert=ExpertConfig(checkpoint=checkpoint), sensor_input=sensor))
         loop.advance_to(0.5)
         windows.append(loop.inputs.held('window').samples)

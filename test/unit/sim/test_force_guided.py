@@ -16,8 +16,8 @@ from vla_insertion.core.sim.cell import SimCell
 from vla_insertion.core.sim.contact import JAMMED, SURFACE
 from vla_insertion.core.sim.loop import PipelineLoop
 from vla_insertion.core.sim.reference import (
-    felt_force, INSERT, LIFT, reference_observation, ReferenceObservation, ReferencePolicy,
-    SEARCH)
+    felt_force, INSERT, LIFT, reference_observation, ReferenceObservation, ReferenceParams,
+    ReferencePolicy, SEARCH)
 
 
 class Handover:
@@ -25,7 +25,9 @@ class Handover:
 
     def __init__(self, cell: SimCell, shift_m: np.ndarray, taken) -> None:
         self.cell, self.shift, self.taken = cell, np.r_[shift_m, 0.0], taken
-        self.misled, self.real = ReferencePolicy(), ReferencePolicy()
+        # it centres on its wrong hole precisely, so that it enters as far off as it is misled
+        self.misled = ReferencePolicy(ReferenceParams(align_m=0.0002))
+        self.real = ReferencePolicy()
         self.handed_over_at: float | None = None
         self.phases: list[str] = []
 

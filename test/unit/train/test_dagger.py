@@ -62,7 +62,8 @@ def test_two_rounds_on_a_tiny_budget_and_the_stopping_rule_fires(tmp_path, tiny_
     """A 4-step expert on 2 demonstrations does not insert; DAgger stops after 2 flat rounds."""
     from vla_insertion.core.config import ExpertConfig, VlmConfig
     from vla_insertion.core.expert.staleness import StalenessLimits
-    from vla_insertion.core.orchestration.builders import executor_settings
+    from vla_insertion.core.orchestration.builders import (
+        executor_settings, SIM_EXECUTOR)
     from vla_insertion.core.train.demonstrations import DemoStreams, record_episodes
     from vla_insertion.core.train.feature_cache import build_cache
     from vla_insertion.core.train.fit import fit, FitConfig
@@ -83,7 +84,7 @@ def test_two_rounds_on_a_tiny_budget_and_the_stopping_rule_fires(tmp_path, tiny_
                           patience=2, steps=3, workers=1, camera_fps=3.0)
     result = run_dagger(config, start.checkpoint, template, vlm=vlm,
                         expert=ExpertConfig(checkpoint=str(start.checkpoint)),
-                        executor=executor_settings(None, overrides={'start_armed': True}),
+                        executor=executor_settings(None, overrides=SIM_EXECUTOR),
                         say=lines.append)
     assert [r['round'] for r in result.rows] == [0, 1, 2]
     assert 'did not improve' in result.stopped and 'in 2 round(s)' in result.stopped

@@ -107,7 +107,8 @@ class PerturbedReference:
         self.reference, self.sigma, self.tau, self.fade_m = reference, sigma_rad, tau_s, fade_m
         self.descent_fraction, self.descent_floor_m = descent_fraction, descent_floor_m
         self.misled_fraction, self.misled_range_m = misled_fraction, misled_range_m
-        self._misled = ReferencePolicy(reference.params)
+        # centring on its wrong hole precisely: it touches or wedges as far off as it is misled
+        self._misled = ReferencePolicy(replace(reference.params, align_m=0.0002))
         self._shift: np.ndarray | None = None   # (3,) where it believes the hole is, off [m]
         self._rng = np.random.default_rng(seed)
         self._offset = np.zeros(6)
