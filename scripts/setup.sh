@@ -86,6 +86,10 @@ fi
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
 export AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
+# colcon chains every prefix on COLCON_PREFIX_PATH into the setup.bash it writes: from a shell
+# that sourced the other distribution's env.sh, install-jazzy/ would load install/'s Kilted
+# libraries (undefined symbols, exit 127).
+unset COLCON_PREFIX_PATH
 echo "[setup] colcon build ($distro)"
 build_log=log/colcon_build$suffix.log
 colcon --log-base log build --base-paths "$root" --build-base "build$suffix" \
