@@ -31,6 +31,9 @@ class ExecutorOperator:
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
         self._lock = threading.Lock()         # one call at a time (callbacks from threads)
+        # set by close(): a call in flight (a re-arming thread's) ends within one spin and
+        # later calls answer (False, ...) instead of touching a destroyed node
+        self._closed = threading.Event()
         self.timeout_s = timeout_s
 
     def __enter__(self) -> ExecutorOperator:
@@ -41,11 +44,18 @@ class ExecutorOperator:
 
     def _call(self, client, request) -> tuple[bool, str]:
         with self._lock:
-            if not client.wait_for_service(timeout_sec=self.timeout_s):
-                return False, f'{client.srv_name} is not available'
+            if self._closed.is_set():
+                return False, 'the operator is closed'
+            # polled rather than client.wait_for_service(), so that close() ends the wait
+            deadline = time.monotonic() + self.timeout_s
+            while not client.service_is_ready():
+                if self._closed.wait(0.05) or time.monotonic() >= deadline:
+                    return False, f'{client.srv_name} is not available'
             future = client.call_async(request)
             deadline = time.monotonic() + self.timeout_s
             while not future.done() and time.monotonic() < deadline:
+                if self._closed.is_set():
+                    return False, 'the operator is closed'
                 self._executor.spin_once(timeout_sec=0.05)
             if not future.done():
                 return False, f'{client.srv_name} did not answer within {self.timeout_s} s'
@@ -59,6 +69,9 @@ class ExecutorOperator:
         return self._call(self._reset, Trigger.Request())
 
     def close(self) -> None:
+        self._closed.set()
+        with self._lock:                      # a call in flight sees the flag within 50 ms
+            pass
         self._executor.shutdown()
         self._node.destroy_node()
         rclpy.try_shutdown(context=self._context)
