@@ -38,8 +38,8 @@ def test_close_ends_a_call_in_flight_and_later_calls_answer(ros_domain_id, monke
     assert operator.enable(True) == (False, 'the operator is closed')
 
 
-def test_a_served_call_returns_the_services_answer(rclpy_context, ros_domain_id, monkeypatch,
-                                                  spin):
+def test_a_served_call_returns_the_services_answer(rclpy_context, ros_domain_id,
+                                                   monkeypatch, spin):
     from rclpy.node import Node
     monkeypatch.setenv('ROS_DOMAIN_ID', str(ros_domain_id))
     server = Node('chunk_executor', context=rclpy_context)
