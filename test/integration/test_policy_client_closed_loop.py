@@ -17,6 +17,7 @@ import pytest
 
 from vla_insertion.core import bag, topics
 from vla_insertion.core.orchestration.cell_run import CellRun
+from vla_insertion.ros.executor_operator import ExecutorOperator
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +28,18 @@ def stamp(msg) -> float:
 
 @pytest.mark.parametrize('protocol', ['openpi', 'gr00t'])
 def test_served_reference_drives_the_cell_and_a_dead_server_holds_the_arm(
-        protocol, tmp_path, ros_env):
+        protocol, tmp_path, ros_env, monkeypatch):
     out = tmp_path / protocol
-    with CellRun.simulated(out, policy=protocol, merge='prefix' if protocol == 'gr00t' else '',
-                           env=ros_env, recorder_topics=(
-                               topics.COMMAND.name, topics.ACTION_CHUNK.name,
-                               topics.DIAGNOSTICS.name)) as run:
+    for name in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOCALHOST_ONLY'):
+        if name in ros_env:              # the operator's node joins the run's domain
+            monkeypatch.setenv(name, ros_env[name])
+    # the sim's operator, as closed_loop --backend ros has it: every stop disarms (a late robot
+    # state under load), and without it nothing moved again
+    with ExecutorOperator() as operator, CellRun.simulated(
+            out, policy=protocol, merge='prefix' if protocol == 'gr00t' else '', env=ros_env,
+            operator=operator, recorder_topics=(
+                topics.COMMAND.name, topics.ACTION_CHUNK.name,
+                topics.DIAGNOSTICS.name)) as run:
         assert run.wait_ready(180.0), 'the arm never moved'
         assert run.wait_episodes(1), 'no episode was decided'
         server = run.process('serve_policy')
