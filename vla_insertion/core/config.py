@@ -706,6 +706,9 @@ class ExecutorConfig:
     workspace_max_m: tuple[float, ...] = ()  # the opposite corner [m]
     # What the arm surely brakes the tool at under the joint limits; measure it (docs/safety.md).
     workspace_decel_mps2: float = 0.5  # tool deceleration assumed for the stopping distance
+    # Above the arm's fastest tool speed (its safety configuration's TCP limit): a measured pose
+    # implying more is a jump (re-homed, a sim reset), a `pose_jump` stop, not a velocity
+    max_tool_speed_mps: float = 2.0  # faster measured tool motion is a pose jump [m/s]
     # ros2_control cells (docs/bringup.md): the joint states, and the gripper as a joint
     joint_state_source: str = 'robot_bridge'  # robot_bridge, or joint_states from ros2_control
     gripper_joint: str = 'gripper'  # the gripper joint's ros2_control name, '' = none (reads 0)
@@ -772,6 +775,7 @@ class ExecutorConfig:
                 f'workspace_min_m must be finite and below workspace_max_m on every axis, got '
                 f'{list(self.workspace_min_m)} and {list(self.workspace_max_m)}')
         require_positive('workspace_decel_mps2', self.workspace_decel_mps2)
+        require_positive('max_tool_speed_mps', self.max_tool_speed_mps)
         require_int_range('delay_window', self.delay_window, 1, 100_000, ' chunks')
         require(len(self.outputs) > 0 and set(self.outputs) <= set(EXECUTOR_OUTPUTS)
                 and len(set(self.outputs)) == len(self.outputs),

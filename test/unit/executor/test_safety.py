@@ -283,6 +283,42 @@ def test_the_stopping_point_adds_reaction_and_braking_distance():
     assert not safety.on_tool_pose(ToolPose(0.05, np.array([np.nan, 0, 0]), QUAT))
 
 
+def test_a_pose_jump_is_a_stop_of_its_own_not_a_workspace_fault():
+    # the sim puts the arm at the next episode's start pose in no time (a robot re-homed by
+    # another program looks the same): 0.15 m within a few control periods, no motion of an arm
+    arm = ready(**BOX)
+    assert arm.arm()[0]
+    arm.run(0.2, joint_1=0.0)
+    jumped = TOOL_M + np.array([0.0, -0.15, 0.0])
+
+    def hold_there(seconds: float) -> None:
+        for _ in range(int(round(seconds / T))):
+            arm.t = round(arm.t + T, 9)
+            arm.ex.on_robot_state(RobotState(arm.t, arm.q.copy(), jumped, QUAT, 0.0))
+            arm.ex.on_tool_pose(ToolPose(arm.t, jumped, QUAT))
+            arm.ex.on_sensor_window(SensorWindowData(arm.t, np.zeros((65, 7), np.float32), 65,
+                                                     650.0, CHANNELS))
+            arm.ex.step(arm.t)
+
+    hold_there(0.1)
+    stats = arm.ex.stats()
+    assert stats['stops.pose_jump'] == 1 and stats['inputs.pose.jump'] == 1
+    assert not arm.ex.armed and arm.ex.fault == '' and stats['stops.workspace'] == 0
+    arm.chunk()
+    hold_there(0.05)                   # the velocity restarted at the jump: it may be re-armed
+    assert arm.arm() == (True, 'armed')
+
+
+def test_fast_but_possible_motion_is_no_jump():
+    safety = SafetyInputs(SafetySettings(False, 0.0, (-10.0,) * 3, (10.0,) * 3, 2.0, 0.03, 0.1))
+    for i in range(5):                          # 1.5 m/s: fast, yet below max_tool_speed_mps
+        assert safety.on_tool_pose(ToolPose(0.04 * i, np.array([0.06 * i, 0.0, 0.0]), QUAT))
+        assert not safety.take_jump()
+    assert safety.on_tool_pose(ToolPose(0.2, np.array([0.5, 0.0, 0.0]), QUAT))   # 6.5 m/s
+    assert safety.take_jump() and not safety.take_jump()
+    np.testing.assert_allclose(safety.stopping_point(0.2), [0.5, 0.0, 0.0])
+
+
 def test_the_box_is_validated():
     with pytest.raises(ConfigError, match='workspace'):
         ExecutorConfig(workspace_min_m=(0.0, 0.0, 0.0), workspace_max_m=())

@@ -128,7 +128,7 @@ class ChunkExecutor:
             workspace_min_m=config.workspace_min_m, workspace_max_m=config.workspace_max_m,
             workspace_decel_mps2=config.workspace_decel_mps2,
             reaction_s=config.period_s + config.actuator_lead_s,
-            max_pose_age_s=config.max_robot_age_s))
+            max_pose_age_s=config.max_robot_age_s, max_tool_speed_mps=config.max_tool_speed_mps))
         self._arming = Counter(dict.fromkeys(ARM_REFUSALS, 0))
         self._refusal = ''                     # the newest arm() refusal, '' after arming
         self.reset()
@@ -294,7 +294,12 @@ class ChunkExecutor:
 
     def on_tool_pose(self, pose: ToolPose) -> bool:
         """Take the measured tool pose (the workspace box); refuse and count unusable ones."""
-        return self._safety.on_tool_pose(pose) or self._count_input('pose.unusable')
+        if not self._safety.on_tool_pose(pose):
+            return self._count_input('pose.unusable')
+        if self._safety.take_jump():
+            self._count_input('pose.jump')
+            self.stop_now(stops.POSE_JUMP)
+        return True
 
     def on_estop(self, active: bool) -> None:
         """Take the cell's e-stop state: active latches fault `estop` and stops at once."""

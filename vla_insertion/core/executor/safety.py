@@ -43,6 +43,12 @@ class SafetySettings:
     workspace_decel_mps2: float    # the tool's braking deceleration when stopped [m/s^2]
     reaction_s: float              # commands already in flight when a stop begins [s]
     max_pose_age_s: float          # a tool pose older than this is no pose [s]
+    # A measured pose implying a faster tool is a discontinuity, not motion: the robot re-homed
+    # by another program, the sim's reset to an episode's start pose, a bad reading. Projected
+    # as a velocity it puts the stopping point metres outside the box and latches a fault that
+    # says nothing true about the motion; it is a stop of its own instead (`pose_jump`, not
+    # latched), and the velocity restarts there.
+    max_tool_speed_mps: float = 2.0
 
     @property
     def has_box(self) -> bool:
@@ -69,6 +75,7 @@ class SafetyInputs:
         self._pose: ToolPose | None = None
         self._base: ToolPose | None = None            # the velocity's older pose
         self._velocity = np.zeros(3)                  # (3,) tool velocity [m/s]
+        self._jumped = False                          # a pose jump not yet taken (take_jump)
 
     @property
     def settings(self) -> SafetySettings:
@@ -105,9 +112,17 @@ class SafetyInputs:
             # a finite difference over at least VELOCITY_BASELINE_S: poses that arrive in a
             # burst, or stamps with a few ms of clock jitter, would make two close poses a
             # velocity of metres per second (and a false stop)
-            self._velocity = (position - base.position_m) / (pose.stamp_s - base.stamp_s)
+            velocity = (position - base.position_m) / (pose.stamp_s - base.stamp_s)
+            if float(np.linalg.norm(velocity)) > self._s.max_tool_speed_mps:
+                velocity, self._jumped = np.zeros(3), True
+            self._velocity = velocity
             self._base = self._pose
         return True
+
+    def take_jump(self) -> bool:
+        """Return True once after a pose that jumped (faster than max_tool_speed_mps)."""
+        jumped, self._jumped = self._jumped, False
+        return jumped
 
     # --- rules --------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ the cause is still there (core/executor/safety.py, ChunkExecutor.arm):
     untrained_expert      a chunk from an untrained expert         a trained expert's chunks
     untrained_vlm         ... on untrained VL features, without    the same, or the parameter
                           allow_untrained_vlm
+    pose_jump             a tool pose implying a speed over        -
+                          max_tool_speed_mps (re-homed, a sim
+                          reset, a bad reading; safety.py)
     force_limit,          |F| or |tau| at the hard limit           reset_fault()
       torque_limit        (latches a fault)
     workspace             the tool would stop outside the box      reset_fault(), tool inside
@@ -61,7 +64,9 @@ ESTOP = gate.ESTOP
 DEADMAN = 'deadman'
 UNTRAINED_EXPERT = 'untrained_expert'
 UNTRAINED_VLM = 'untrained_vlm'
-EVENTS = (DISARM, ESTOP, DEADMAN, UNTRAINED_EXPERT, UNTRAINED_VLM)   # stop_now() triggers
+POSE_JUMP = 'pose_jump'
+# stop_now() triggers
+EVENTS = (DISARM, ESTOP, DEADMAN, UNTRAINED_EXPERT, UNTRAINED_VLM, POSE_JUMP)
 # Gate causes that hold, most important first: the trigger named when several begin at once.
 CONDITIONS = (gate.FORCE_LIMIT, gate.TORQUE_LIMIT, gate.WORKSPACE, gate.WATCHDOG,
               gate.ROBOT_STATE_TOO_OLD, gate.TOOL_POSE_TOO_OLD, gate.CHUNK_TOO_OLD,
