@@ -189,3 +189,25 @@ def test_a_prefixed_run_starts_no_listener_and_prefixes_extra_programs(bin_dir):
         assert process.cmd[:2] == ['env', 'VLA_PREFIXED=1']
         with pytest.raises(CellRunError, match='quitter'):
             run.wait_for(lambda: False, 60.0)
+
+
+def test_the_sims_operator_says_a_repeated_refusal_once(bin_dir, monkeypatch, caplog):
+    """The re-arming thread tries every REARM_PERIOD_S; a latched fault refuses each time."""
+    answers = iter([(False, 'fault force_limit latched: reset it first')] * 3
+                   + [(True, 'armed'), (True, 'already armed'), (True, 'armed')])
+
+    class Operator(FakeOperator):
+        def enable(self, on: bool = True) -> tuple[bool, str]:
+            try:
+                return next(answers)
+            except StopIteration:
+                run._rearm_stop.set()
+                return True, 'already armed'
+
+    run, _episodes = _run(bin_dir, operator=Operator(), armed_at_start=True)
+    monkeypatch.setattr(cell_run, 'REARM_PERIOD_S', 0.0)
+    with caplog.at_level('INFO', logger=cell_run.log.name):
+        run._keep_armed()
+    said = [r.getMessage() for r in caplog.records if 're-arming' in r.getMessage()]
+    assert said == ['re-arming after a stop: fault force_limit latched: reset it first',
+                    're-arming after a stop: armed', 're-arming after a stop: armed']

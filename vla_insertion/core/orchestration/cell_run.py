@@ -357,11 +357,14 @@ class CellRun:
         A person does this on a cell; the simulated cell's runs would otherwise lose the rest
         of an episode to one late state. A latched fault stays until the next episode's start.
         """
+        refused = ''
         while not self._rearm_stop.wait(REARM_PERIOD_S):
             if self.armed:
-                _ok, message = self.operator.enable(True)
-                if message != 'already armed':
+                ok, message = self.operator.enable(True)
+                # a latched fault refuses every second until the next episode: say it once
+                if message != 'already armed' and (ok or message != refused):
                     log.info('re-arming after a stop: %s', message)
+                refused = '' if ok else message
 
     def _episode_started(self, report: dict) -> None:
         # The operator's part at each new episode: a stop in the last one (a fault, the
