@@ -41,7 +41,8 @@ from vla_insertion.core import topics
 from vla_insertion.core.config import ConfigError, ExpertConfig
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.expert.inputs import LatestInputs, put_converted, ROBOT, tick_newest
-from vla_insertion.core.expert.live import apply_live, ExpertDiagnostics, load_runner
+from vla_insertion.core.expert.live import (
+    apply_live, ExpertDiagnostics, load_runner, run_ticks)
 from vla_insertion.core.expert.runner import ExpertRunner, TickResult
 from vla_insertion.core.expert.staleness import SYNC_TIMEOUT
 from vla_insertion.core.health import HealthReport
@@ -176,14 +177,7 @@ class ActionExpertNode(ManagedNode):
     # --- ticks ----------------------------------------------------------------------------
 
     def _loop(self, ticker: DeadlineTicker) -> None:
-        while ticker.wait():
-            try:
-                self.tick()
-            except Exception as exc:  # unexpected: make it loud, then let it propagate
-                failed = self._diagnostics.failed = f'{type(exc).__name__}: {exc}'
-                self.get_logger().fatal(f'action loop stopped by an unexpected error: {failed}')
-                raise
-            self._diagnostics.lateness_ms.add(ticker.last_lateness_s * 1e3)
+        run_ticks(ticker, self.tick, self._diagnostics, self.get_logger().fatal, 'action loop')
 
     def tick(self, now_s: float | None = None) -> TickResult:
         """Run one tick on the newest inputs at `now_s` (default: the node's clock)."""

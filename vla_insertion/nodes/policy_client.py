@@ -41,7 +41,7 @@ from vla_insertion.core.config import PolicyClientConfig
 from vla_insertion.core.data import NodeStatsData
 from vla_insertion.core.expert.inputs import (
     LatestInputs, Malformed, put_converted, ROBOT, tick_newest)
-from vla_insertion.core.expert.live import ExpertDiagnostics
+from vla_insertion.core.expert.live import ExpertDiagnostics, run_ticks
 from vla_insertion.core.expert.runner import TickResult
 from vla_insertion.core.health import HealthReport
 from vla_insertion.core.remote.mapping import NewestViews
@@ -103,15 +103,8 @@ class PolicyClientNode(Node):
     # --- ticks ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        ticker = self._ticker
-        while ticker.wait():
-            try:
-                self.tick()
-            except Exception as exc:  # unexpected: make it loud, then let it propagate
-                failed = self._diagnostics.failed = f'{type(exc).__name__}: {exc}'
-                self.get_logger().fatal(f'request loop stopped by an unexpected error: {failed}')
-                raise
-            self._diagnostics.lateness_ms.add(ticker.last_lateness_s * 1e3)
+        run_ticks(self._ticker, self.tick, self._diagnostics, self.get_logger().fatal,
+                  'request loop')
 
     def tick(self, now_s: float | None = None) -> TickResult:
         """Run one tick on the newest inputs at `now_s` (default: the node's clock)."""

@@ -6,6 +6,8 @@
                              calls it for the tools)
     apply_live(runner, ...)  the parameters that change while it runs
     ExpertDiagnostics        what a live loop reports beside the runner's statistics
+    run_ticks(ticker, ...)   the live loop: a tick at every deadline, its lateness recorded
+                             (action_expert's and policy_client's threads)
 
 The runner counts chunks and refusals (`RunnerStats`, the same offline); a live loop adds its
 publication rate, how late its ticks start, whether it died, and the feature contract the VLM
@@ -154,3 +156,19 @@ class ExpertDiagnostics:
         if runner is None:
             return f'{state}: no checkpoint loaded'
         return runner.stats.status_line(self.rate_hz())
+
+
+def run_ticks(ticker, tick, diagnostics: ExpertDiagnostics, fatal, what: str) -> None:
+    """Call `tick()` at every deadline of `ticker` (a DeadlineTicker) until it stops.
+
+    An unexpected error is made loud (`fatal(message)`, `diagnostics.failed`, which /diagnostics
+    reports) and propagates: the thread ends, the node's health says why.
+    """
+    while ticker.wait():
+        try:
+            tick()
+        except Exception as exc:  # unexpected: make it loud, then let it propagate
+            failed = diagnostics.failed = f'{type(exc).__name__}: {exc}'
+            fatal(f'{what} stopped by an unexpected error: {failed}')
+            raise
+        diagnostics.lateness_ms.add(ticker.last_lateness_s * 1e3)
