@@ -1,11 +1,12 @@
 """Helpers the test modules share: on sys.path through setup.cfg's `pythonpath`.
 
-Use: `from support import free_port, spinning, wait_for`.
+Use: `from support import alive, free_port, spinning, wait_for`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 import contextlib
+from pathlib import Path
 import socket
 import threading
 import time
@@ -16,6 +17,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (reaped or not, it no longer runs)."""
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != 'Z'
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0,

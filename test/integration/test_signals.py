@@ -27,7 +27,7 @@ import threading
 import time
 
 import pytest
-from support import free_port, wait_for
+from support import alive, free_port, wait_for
 
 from vla_insertion.core import bag
 from vla_insertion.core.orchestration.launch_table import params_on_free_ports
@@ -106,20 +106,12 @@ class Program:
     def kill(self) -> None:
         """Leave nothing behind on a shared machine, whatever the test found."""
         for pid in self.started_pids().values():   # group leaders, each in its own session
-            if _alive(pid):
+            if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         if self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(timeout=10)
         self._reader.join(timeout=10)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != 'Z'
 
 
 def _burst(pid: int, rng: random.Random, log: list[str], t0: float) -> None:
@@ -207,7 +199,7 @@ def test_process_group_stops_cleanly_under_signal_bursts(tmp_path, index):
     assert set(report['exit_codes'].values()) <= allowed, why
     pids = sup.started_pids()
     assert set(pids) == {'robot_receiver', 'sleeper', 'watchdog'}, why
-    assert not [n for n, pid in pids.items() if _alive(pid)], why
+    assert not [n for n, pid in pids.items() if alive(pid)], why
 
 
 def test_a_stopped_supervisor_has_its_programs_stopped_by_the_watchdog(tmp_path):
@@ -221,10 +213,10 @@ def test_a_stopped_supervisor_has_its_programs_stopped_by_the_watchdog(tmp_path)
         pids = sup.started_pids()
         children = {n: p for n, p in pids.items() if n != 'watchdog'}
         # 2 s of silence, then SIGINT; both programs exit on it
-        gone = wait_for(lambda: not any(_alive(p) for p in children.values()), 60, 0.1)
+        gone = wait_for(lambda: not any(alive(p) for p in children.values()), 60, 0.1)
         os.kill(sup.popen.pid, signal.SIGCONT)
-        assert gone, f'{name}: alive {[n for n, p in children.items() if _alive(p)]}'
-        assert wait_for(lambda: not _alive(pids['watchdog']), 30), f'{name}: watchdog'
+        assert gone, f'{name}: alive {[n for n, p in children.items() if alive(p)]}'
+        assert wait_for(lambda: not alive(pids['watchdog']), 30), f'{name}: watchdog'
         os.kill(sup.popen.pid, signal.SIGINT)
         code = sup.finish(timeout_s=60)
     finally:
@@ -361,7 +353,7 @@ def test_demo_stops_every_program_under_signal_bursts(tmp_path, tiny_vlm_dir, ro
         assert set(codes.values()) <= {0, 1, -signal.SIGINT}, why
     pids = demo.started_pids()
     assert 'chunk_executor' in pids and 'watchdog' in pids, why
-    assert not [n for n, pid in pids.items() if _alive(pid)], why
+    assert not [n for n, pid in pids.items() if alive(pid)], why
 
 
 def test_a_hung_demo_cannot_leave_the_executor_running(tmp_path, tiny_vlm_dir, ros_env):
@@ -373,13 +365,13 @@ def test_a_hung_demo_cannot_leave_the_executor_running(tmp_path, tiny_vlm_dir, r
         pids = demo.started_pids()
         programs = {n: p for n, p in pids.items() if n != 'watchdog'}
         # 10 s without a heartbeat, then SIGINT (10 s grace, SIGTERM, SIGKILL 3 s later)
-        gone = wait_for(lambda: not any(_alive(p) for p in programs.values()), 90, 0.2)
-        alive = [n for n, p in programs.items() if _alive(p)]
+        gone = wait_for(lambda: not any(alive(p) for p in programs.values()), 90, 0.2)
+        running = [n for n, p in programs.items() if alive(p)]
         os.kill(demo.popen.pid, signal.SIGCONT)
-        assert gone, f'still running with the demo stopped: {alive}\n{demo.text[-3000:]}'
+        assert gone, f'still running with the demo stopped: {running}\n{demo.text[-3000:]}'
         code = demo.finish(timeout_s=120)          # it finds its programs gone and ends
     finally:
         demo.kill()
     assert 'chunk_executor' in programs
     assert code == 1 and 'process exited early' in demo.text, demo.text[-3000:]
-    assert not _alive(pids['watchdog'])
+    assert not alive(pids['watchdog'])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
@@ -25,6 +24,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
+from support import wait_for
 
 from vla_insertion import conversions as conv
 from vla_insertion.core import bag, topics
@@ -157,14 +157,10 @@ class FakeCell(Node):
             self.diagnostics.extend(s for s in msg.status if s.name == 'action_expert')
 
     def wait_for(self, predicate, timeout_s: float = WAIT_S) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def locked():
             with self.lock:
-                if predicate():
-                    return True
-            time.sleep(0.05)
-        with self.lock:
-            return predicate()
+                return predicate()
+        return wait_for(locked, timeout_s, 0.05)
 
 
 @pytest.fixture(scope='module')
@@ -360,10 +356,8 @@ def test_live_node_and_offline_runner_agree_on_recorded_inputs(rclpy_context, ch
                 pubs[entry].publish(msg)
                 newest[entry] = data.stamp_s
         for entry, when in newest.items():    # the node holds the newest of each stream
-            deadline = time.monotonic() + WAIT_S
-            while time.monotonic() < deadline and not holds(entry, when):
-                time.sleep(0.005)
-            assert holds(entry, when), (entry.name, held[entry](), when)
+            assert wait_for(lambda: holds(entry, when), WAIT_S, 0.005), \
+                (entry.name, held[entry](), when)
         live.append(node.tick(now_s=float(t)))
         features = inputs.features(t)        # and the robot when their views were taken
         expected.append(offline.tick(features, inputs.window(t), inputs.robot(t), float(t),

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import support
 import zmq
 
 from vla_insertion.core.bridge.receive import (
@@ -28,10 +29,7 @@ def nonzero(counter):
 
 
 def wait_for(predicate, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.01)
-    return predicate()
+    return support.wait_for(predicate, timeout_s, 0.01)
 
 
 class Collector:

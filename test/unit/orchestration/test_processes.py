@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from support import alive, wait_for
 
 from vla_insertion.core.orchestration.processes import ProcessGroup
 
@@ -26,12 +27,8 @@ PARENT = ('import subprocess, sys, time\n'
 
 def _wait_ready(path, timeout_s=10.0):
     # the child must have installed its signal handler before we signal it
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and 'ready' in path.read_text():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f'{path.name} never became ready')
+    assert wait_for(lambda: path.exists() and 'ready' in path.read_text(), timeout_s, 0.02), \
+        f'{path.name} never became ready'
 
 
 def test_clean_shutdown_on_sigint(tmp_path):
@@ -80,18 +77,8 @@ def test_children_die_with_a_killed_supervisor(tmp_path):
     child_pid = int(sup.stdout.readline())
     sup.kill()
     sup.wait()
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and _alive(child_pid):
-        time.sleep(0.05)
-    assert not _alive(child_pid), 'the child outlived its killed supervisor'
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != 'Z'
+    assert wait_for(lambda: not alive(child_pid), 10.0, 0.05), \
+        'the child outlived its killed supervisor'
 
 
 def test_sigint_reaches_a_child_of_a_supervisor_that_ignores_it(tmp_path):
@@ -183,7 +170,7 @@ def test_stop_all_runs_to_its_end_under_a_burst_of_signals(tmp_path):
         StopRequest.restore(previous)
     assert report.clean, report
     assert report.exit_codes['slow'] == 0
-    assert not _alive(proc.popen.pid)
+    assert not alive(proc.popen.pid)
     assert outer.requested                       # passed on after the stop
 
 
@@ -201,11 +188,9 @@ def test_a_silent_supervisor_has_its_programs_stopped_by_the_watchdog(tmp_path):
     while time.monotonic() < beat_until:
         group.beat()
         time.sleep(0.1)
-    assert _alive(proc.popen.pid), 'the watchdog stopped a child of a supervisor that beats'
-    deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline and _alive(proc.popen.pid):
-        time.sleep(0.05)                              # no beat: hung
-    assert not _alive(proc.popen.pid), 'the child outlived its hung supervisor'
+    assert alive(proc.popen.pid), 'the watchdog stopped a child of a supervisor that beats'
+    assert wait_for(lambda: not alive(proc.popen.pid), 30.0, 0.05), \
+        'the child outlived its hung supervisor'      # no beat: hung
     assert watchdog.wait(timeout=30.0) == 0          # it exits after its stop
     report = group.stop_all(grace_s=5.0)
     assert report.clean and report.exit_codes['clean'] == 0, report
