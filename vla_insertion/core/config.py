@@ -60,6 +60,10 @@ def require_one_of(name: str, value, choices) -> None:
     require(value in choices, f'{name} must be one of {sorted(choices)}, got {value!r}')
 
 
+def require_string(name: str, value) -> None:
+    require(isinstance(value, str), f'{name} must be a string, got {value!r}')
+
+
 def require_unique_names(name: str, values) -> None:
     require(len(values) > 0 and all(isinstance(v, str) and v for v in values),
             f'{name} must be a non-empty list of non-empty strings, got {values!r}')
@@ -867,8 +871,7 @@ class PolicyClientConfig:
         require_one_of('protocol', self.protocol, POLICY_PROTOCOLS)
         require_host('server_host', self.server_host)
         require_port('server_port', self.server_port)
-        require(isinstance(self.api_token, str), f'api_token must be a string, got '
-                                                 f'{self.api_token!r}')
+        require_string('api_token', self.api_token)
         require_positive('rate_hz', self.rate_hz)
         require(self.rate_hz <= 1000.0, f'rate_hz must be <= 1000, got {self.rate_hz!r}')
         for name in ('max_feature_age_s', 'max_sensor_age_s', 'max_robot_age_s',
@@ -938,7 +941,6 @@ class ServePolicyConfig:
         require_one_of('protocol', self.protocol, POLICY_PROTOCOLS)
         require_host('bind', self.bind)
         require_port('port', self.port)
-        require(isinstance(self.api_token, str), f'api_token must be a string, got '
-                                                 f'{self.api_token!r}')
+        require_string('api_token', self.api_token)
         require_host('episode_host', self.episode_host)
         require_port('episode_port', self.episode_port)
