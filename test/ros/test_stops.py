@@ -18,12 +18,11 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
-from support import free_port, wait_for
+from support import free_port, spinning, wait_for
 from trajectory_msgs.msg import JointTrajectory
 import zmq
 
@@ -153,24 +152,8 @@ def cell(rclpy_context):
         Parameter('chunk_timeout_s', value=CHUNK_TIMEOUT_S),
         Parameter('outputs', value=['command_v1', 'joint_trajectory'])])
     cell = Cell(rclpy_context, robot)
-    executor = MultiThreadedExecutor(num_threads=4, context=rclpy_context)
-    executor.add_node(node)
-    executor.add_node(cell)
-    done = threading.Event()
-
-    def spin() -> None:
-        while not done.is_set():
-            executor.spin_once(timeout_sec=0.05)
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    yield cell
-    done.set()
-    thread.join(10.0)
-    for n in (node, cell):
-        executor.remove_node(n)
-        n.destroy_node()
-    executor.shutdown(timeout_sec=5.0)
+    with spinning(rclpy_context, node, cell):
+        yield cell
     robot.close()
 
 
